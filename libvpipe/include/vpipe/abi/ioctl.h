@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vpipe/abi/ioctl.h -- the application <-> guest component ABI of vPipe.
+ *
+ * The guest component comes in two interchangeable forms that speak this ABI:
+ *   - the kernel module: ioctl(2) on /dev/vpipe with these structures;
+ *   - the userspace guest agent (vpipe-guestd): the same structures in messages on a unix
+ *     socket (struct vpipe_agent_msg), with the file descriptors passed as SCM_RIGHTS.
+ * libvpipe hides which one it talks to.
+ *
+ * File descriptors in these structures are the CALLER's descriptor numbers. Over the agent
+ * socket the descriptors named by an operation travel as SCM_RIGHTS in the order in_fd, out_fd.
+ */
+#ifndef VPIPE_ABI_IOCTL_H
+#define VPIPE_ABI_IOCTL_H
+
+#ifdef __KERNEL__
+#include <linux/ioctl.h>
+#include <linux/types.h>
+#else
+#include <stdint.h>
+#include <sys/ioctl.h>
+#endif
+
+/* struct vpipe_ioc_op.op: the four pipe types (same numbers as enum vpipe_op) */
+#define VPIPE_IOC_FILE_TO_FILE 1
+#define VPIPE_IOC_FILE_TO_SOCKET 2
+#define VPIPE_IOC_SOCKET_TO_FILE 3
+#define VPIPE_IOC_SOCKET_TO_SOCKET 4
+
+/* struct vpipe_ioc_op.flags */
+#define VPIPE_OPF_NO_CACHE_RULE 0x1 /* never serve from the guest page cache (always offload) */
+
+/* how (part of) an operation was carried out: bits of struct vpipe_ioc_op.paths */
+#define VPIPE_PATH_OFFLOAD 0x1      /* dom0 moved bytes (the vPipe path) */
+#define VPIPE_PATH_GUEST_CACHE 0x2  /* the guest copied a range its page cache held (paper 3.2) */
+#define VPIPE_PATH_ZERO_FILL 0x4    /* destination blocks allocated by writing zeros in the guest */
+#define VPIPE_PATH_WRITE_ZEROES 0x8 /* destination blocks allocated with FALLOC_FL_WRITE_ZEROES */
+
+/* handle-less calls pass handle = VPIPE_NO_HANDLE and the descriptors directly */
+#define VPIPE_NO_HANDLE (-1)
+
+struct vpipe_ioc_create {
+	int32_t in_fd;
+	int32_t out_fd;
+	int32_t handle;   /* out: >= 0 */
+	uint32_t flags;   /* must be 0 */
+};
+
+struct vpipe_ioc_op {
+	/* in */
+	uint32_t op;            /* VPIPE_IOC_* */
+	int32_t handle;         /* from VPIPE_IOC_CREATE, or VPIPE_NO_HANDLE */
+	int32_t in_fd;          /* with VPIPE_NO_HANDLE */
+	int32_t out_fd;
+	uint64_t in_offset;     /* file source: offset to read from */
+	uint64_t out_offset;    /* file destination: offset to write at */
+	uint64_t length;        /* bytes to move */
+	uint32_t flags;         /* VPIPE_OPF_* */
+	uint32_t reserved0;     /* must be 0 */
+	/* out */
+	uint64_t moved;          /* bytes moved (also the return value) */
+	uint64_t offloaded;      /* of which dom0 moved */
+	uint64_t guest_copied;   /* of which the guest moved (cache rule) */
+	uint64_t zero_filled;    /* bytes of zeros the guest wrote to allocate destination blocks */
+	uint32_t paths;          /* VPIPE_PATH_* bits */
+	uint32_t requests;       /* ring requests used */
+	/* socket results (socket endpoints): a restored socket replaces the caller's descriptor */
+	int32_t new_in_fd;       /* agent only: index of the SCM_RIGHTS fd that replaces in_fd, or -1 */
+	int32_t new_out_fd;      /* likewise for out_fd */
+};
+
+/* per guest-component counters since it started */
+struct vpipe_ioc_stats {
+	uint64_t ops[5];              /* indexed by VPIPE_IOC_*; [0] unused */
+	uint64_t ops_failed;
+	uint64_t bytes_offloaded;
+	uint64_t bytes_guest_cache;
+	uint64_t bytes_zero_filled;
+	uint64_t bytes_write_zeroes;
+	uint64_t ring_requests;
+	uint64_t extents_mapped;
+	uint64_t handles_open;
+	uint64_t engine_connected;    /* 1 when the ring to dom0 is up */
+	uint64_t reserved[6];
+};
+
+#define VPIPE_IOC_MAGIC 'V'
+#define VPIPE_IOC_CREATE _IOWR(VPIPE_IOC_MAGIC, 1, struct vpipe_ioc_create)
+#define VPIPE_IOC_DESTROY _IOW(VPIPE_IOC_MAGIC, 2, int32_t)
+#define VPIPE_IOC_OP _IOWR(VPIPE_IOC_MAGIC, 3, struct vpipe_ioc_op)
+#define VPIPE_IOC_STATS _IOR(VPIPE_IOC_MAGIC, 4, struct vpipe_ioc_stats)
+
+/*
+ * Agent socket framing. Request: header + the ioctl's structure (+ SCM_RIGHTS). Reply: header
+ * with result (0 or -errno) + the structure as updated (+ SCM_RIGHTS of restored sockets).
+ */
+#define VPIPE_AGENT_MAGIC 0x47415056u /* "VPAG" */
+
+struct vpipe_agent_msg {
+	uint32_t magic;     /* VPIPE_AGENT_MAGIC */
+	uint32_t cmd;       /* VPIPE_IOC_* request number */
+	int32_t result;     /* reply: 0 or -errno */
+	uint32_t length;    /* bytes of payload that follow */
+};
+
+#endif /* VPIPE_ABI_IOCTL_H */

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vpipe/abi/ring.h -- the guest <-> dom0 request ring of vPipe, protocol version 1.
+ *
+ * This header is the protocol: it is shared verbatim by the guest kernel module, the userspace
+ * guest agent and the dom0 engine. docs/protocol.md explains it in prose; where the two disagree,
+ * this header wins and the document is the bug.
+ *
+ * Shape (borrowed from blkif with indirect descriptors):
+ *
+ *   ring page (one 4 KiB page, Xen's DEFINE_RING_TYPES layout)
+ *     struct vpipe_request  { id, length, op, nr_pages, desc_bytes, page[10] }   64 bytes
+ *     struct vpipe_response { id, moved, status }                                 32 bytes
+ *
+ *   descriptor pages (1..VPIPE_DESC_MAX_PAGES per request, named by page[]: grant references on
+ *   Xen, page indexes into the shared descriptor area on the shm transport). Concatenated in
+ *   page[] order they hold one descriptor stream:
+ *     struct vpipe_desc_header   magic, version, two endpoints (src, dst)
+ *     struct vpipe_segment[]     file extents of both endpoints, in stream order
+ *
+ * A request moves `length` bytes from the source endpoint to the destination endpoint. A file
+ * endpoint is a list of segments on one virtual disk of the requesting VM; concatenated in
+ * order, the segments are exactly `length` bytes of the file's contents. A socket endpoint is a
+ * frozen TCP connection of the requesting VM (struct vpipe_tcp_state).
+ *
+ * Who validates what:
+ *   - dom0 validates EVERY field of every request and descriptor before use (the guest is
+ *     untrusted): op, reserved fields, page count and references, magic/version, endpoint kinds
+ *     against op, vdev against the VM's own disks, each segment against that disk's size
+ *     (no overflow), segment lengths summing to `length`, alignment (below), and for sockets the
+ *     addresses against the VM's own identity. dom0 copies the request and the descriptor
+ *     stream out of shared memory once, then validates and uses only its private copy.
+ *   - the guest validates the response's id (must be one it has outstanding) and clamps `moved`
+ *     to the request's length.
+ *
+ * Alignment rule: inside a DESTINATION file endpoint every segment boundary is a multiple of
+ * VPIPE_SECTOR_SIZE, except the start of the first segment and the end of the last one.
+ * (Extents are block-granular; only the ends of a byte range can fall inside a block. dom0
+ * writes a partial sector by read-modify-write, so this bounds that work to two sectors per
+ * request.) Source segments may start and end anywhere: dom0 reads the enclosing sectors.
+ */
+#ifndef VPIPE_ABI_RING_H
+#define VPIPE_ABI_RING_H
+
+#ifdef __KERNEL__
+#include <linux/types.h>
+#include <xen/interface/io/ring.h>
+#else
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+/* Xen's ring.h expects the includer to provide its barriers; these are the C11 equivalents of
+ * what xenctrl.h defines for tools: full fence, acquire (read) fence, release (write) fence. */
+#ifndef xen_mb
+#define xen_mb() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define xen_rmb() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define xen_wmb() __atomic_thread_fence(__ATOMIC_RELEASE)
+#endif
+#ifndef __XEN_INTERFACE_VERSION__
+#define __XEN_INTERFACE_VERSION__ 0x00040e00
+#endif
+#include <xen/io/ring.h>
+#endif
+
+#define VPIPE_PROTOCOL_VERSION 1u
+
+#define VPIPE_PAGE_SIZE 4096u
+#define VPIPE_SECTOR_SIZE 512u
+/* descriptor pages a single request may name */
+#define VPIPE_DESC_MAX_PAGES 10u
+#define VPIPE_DESC_MAX_BYTES (VPIPE_DESC_MAX_PAGES * VPIPE_PAGE_SIZE)
+/* a single request moves at most this much; larger operations are split by the guest */
+#define VPIPE_MAX_REQUEST_LENGTH (1ull << 40)
+
+/* ---- operations ------------------------------------------------------------------------- */
+
+enum vpipe_op {
+	VPIPE_OP_NOP = 0,              /* round trip only: no descriptor, length 0 */
+	VPIPE_OP_FILE_TO_FILE = 1,
+	VPIPE_OP_FILE_TO_SOCKET = 2,
+	VPIPE_OP_SOCKET_TO_FILE = 3,
+	VPIPE_OP_SOCKET_TO_SOCKET = 4,
+	VPIPE_OP_MAX_ = 5
+};
+
+/* ---- ring entries ------------------------------------------------------------------------ */
+
+struct vpipe_request {
+	uint64_t id;          /* chosen by the guest, echoed in the response */
+	uint64_t length;      /* bytes to move; 0 < length <= VPIPE_MAX_REQUEST_LENGTH (0 for NOP) */
+	uint8_t op;           /* enum vpipe_op */
+	uint8_t flags;        /* none defined in version 1: must be 0 */
+	uint8_t nr_pages;     /* descriptor pages named in page[] (0 for NOP) */
+	uint8_t reserved0;    /* must be 0 */
+	uint32_t desc_bytes;  /* bytes of the descriptor stream in use, <= nr_pages * PAGE_SIZE */
+	uint32_t page[VPIPE_DESC_MAX_PAGES]; /* grant refs (xen) / descriptor page index (shm) */
+};
+
+/*
+ * Status codes: 0, or a negative Linux errno from this list. dom0 never returns others.
+ *   -EINVAL     malformed request (a field failed validation); nothing was moved
+ *   -EPERM      the request names something the VM does not own (disk, address)
+ *   -EROFS      write to a disk the VM may only read
+ *   -ERANGE     a segment lies outside its disk
+ *   -EIO        the disk image failed a read or write; `moved` says how far it got
+ *   -ENOSPC     dom0 could not get buffers; retry later
+ *   -ECONNRESET the peer of a socket endpoint reset the connection
+ *   -EPIPE      the peer of a socket endpoint closed its receiving side
+ *   -ETIMEDOUT  a socket endpoint made no progress for the engine's socket timeout
+ *   -ECANCELED  the engine shut the channel down while the request was in progress
+ *   -EOPNOTSUPP the operation is valid but this engine does not implement it
+ */
+struct vpipe_response {
+	uint64_t id;          /* the request's id */
+	uint64_t moved;       /* bytes moved to the destination, <= length; durable on files */
+	int32_t status;
+	uint32_t reserved0;
+	uint64_t reserved1;
+};
+
+DEFINE_RING_TYPES(vpipe, struct vpipe_request, struct vpipe_response);
+
+#define VPIPE_RING_SIZE __CONST_RING_SIZE(vpipe, VPIPE_PAGE_SIZE)
+
+/* ---- descriptor stream ------------------------------------------------------------------ */
+
+#define VPIPE_DESC_MAGIC 0x31445056u /* "VPD1" little-endian */
+
+enum vpipe_endpoint_kind {
+	VPIPE_EP_FILE = 1,
+	VPIPE_EP_SOCKET = 2
+};
+
+#define VPIPE_AF_INET 4
+#define VPIPE_AF_INET6 6
+
+/* option bits of struct vpipe_tcp_state.options */
+#define VPIPE_TCPOPT_SACK 0x01
+#define VPIPE_TCPOPT_TIMESTAMP 0x02
+#define VPIPE_TCPOPT_WSCALE 0x04
+
+/*
+ * A frozen TCP connection (TCP_REPAIR vocabulary). Addresses and ports in network byte order.
+ * On completion dom0 writes the connection's final state back into the same descriptor
+ * (the guest restores its socket from it).
+ */
+struct vpipe_tcp_state {
+	uint8_t family;            /* VPIPE_AF_INET / VPIPE_AF_INET6 */
+	uint8_t options;           /* VPIPE_TCPOPT_* */
+	uint8_t snd_wscale;
+	uint8_t rcv_wscale;
+	uint16_t local_port;
+	uint16_t remote_port;
+	uint8_t local_addr[16];    /* IPv4 in the first 4 bytes */
+	uint8_t remote_addr[16];
+	uint32_t snd_seq;          /* TCP_QUEUE_SEQ of the send queue (next byte to send) */
+	uint32_t rcv_seq;          /* TCP_QUEUE_SEQ of the receive queue (next byte expected) */
+	uint32_t mss;
+	uint32_t timestamp;        /* TCP_TIMESTAMP */
+	uint32_t snd_wl1;          /* struct tcp_repair_window */
+	uint32_t snd_wnd;
+	uint32_t max_window;
+	uint32_t rcv_wnd;
+	uint32_t rcv_wup;
+	/* bytes carried along in the descriptor stream at carry_offset: first the send queue
+	 * (sent, not yet acknowledged), then the receive queue (received, not yet read) */
+	uint32_t sndq_len;
+	uint32_t rcvq_len;
+	uint32_t carry_offset;
+	uint32_t reserved[2];
+};
+
+struct vpipe_endpoint {
+	uint32_t kind;             /* enum vpipe_endpoint_kind */
+	uint32_t vdev;             /* file: the VM's virtual disk (Xen virtual-device number) */
+	uint32_t first_segment;    /* file: index of its first segment in the segment array */
+	uint32_t nr_segments;      /* file: number of segments, >= 1 */
+	uint32_t reserved[4];      /* must be 0 */
+	struct vpipe_tcp_state tcp;/* socket */
+};
+
+struct vpipe_desc_header {
+	uint32_t magic;            /* VPIPE_DESC_MAGIC */
+	uint16_t version;          /* VPIPE_PROTOCOL_VERSION */
+	uint16_t header_bytes;     /* sizeof(struct vpipe_desc_header); segments start here */
+	uint32_t nr_segments;      /* size of the segment array */
+	uint32_t reserved0;        /* must be 0 */
+	struct vpipe_endpoint src;
+	struct vpipe_endpoint dst;
+};
+
+#define VPIPE_SEG_ZERO 0x0001      /* reads as zeros (hole / unwritten extent): source only */
+
+struct vpipe_segment {
+	uint64_t disk_offset;      /* byte offset on the virtual disk; 0 for VPIPE_SEG_ZERO */
+	uint32_t length;           /* bytes, > 0 */
+	uint16_t flags;            /* VPIPE_SEG_* */
+	uint16_t reserved0;        /* must be 0 */
+};
+
+#define VPIPE_DESC_MAX_SEGMENTS \
+	((VPIPE_DESC_MAX_BYTES - sizeof(struct vpipe_desc_header)) / sizeof(struct vpipe_segment))
+
+#ifndef __cplusplus
+#define VPIPE_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#else
+#define VPIPE_STATIC_ASSERT(c, m) static_assert(c, m)
+#endif
+VPIPE_STATIC_ASSERT(sizeof(struct vpipe_request) == 64, "request layout is ABI");
+VPIPE_STATIC_ASSERT(sizeof(struct vpipe_response) == 32, "response layout is ABI");
+VPIPE_STATIC_ASSERT(sizeof(struct vpipe_tcp_state) == 96, "tcp state layout is ABI");
+VPIPE_STATIC_ASSERT(sizeof(struct vpipe_endpoint) == 128, "endpoint layout is ABI");
+VPIPE_STATIC_ASSERT(sizeof(struct vpipe_desc_header) == 272, "descriptor header is ABI");
+VPIPE_STATIC_ASSERT(sizeof(struct vpipe_segment) == 16, "segment layout is ABI");
+
+#endif /* VPIPE_ABI_RING_H */

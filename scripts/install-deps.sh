@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages vPipe builds and tests with (see README "Dependencies").
+set -euo pipefail
+pkgs=(
+  build-essential cmake ninja-build pkg-config git
+  libgtest-dev libgmock-dev libbenchmark-dev         # tests, micro benchmarks
+  libxen-dev                                         # xen/io/ring.h, libxengnttab/evtchn/store
+  libaio-dev                                         # O_DIRECT block I/O on disk images
+  libnftables-dev nftables                           # flow steering in dom0
+  libcli11-dev libspdlog-dev libfmt-dev              # CLI parsing, logging
+  libtomlplusplus-dev nlohmann-json3-dev             # config files, --json output
+  iproute2 e2fsprogs util-linux kmod procps psmisc   # the lab: netns, veth, loop, mkfs
+  iputils-ping                                       # lab connectivity checks
+  curl socat iperf3 gnuplot-nox                      # lab clients, benchmarks, plots
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
