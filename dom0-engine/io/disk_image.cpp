@@ -1,0 +1,91 @@
+#include "io/disk_image.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <system_error>
+
+namespace vpipe::engine {
+
+namespace {
+
+constexpr uint32_t kDefaultFileAlignment = 512;
+constexpr uint32_t kFallbackFileAlignment = 4096;
+
+[[noreturn]] void fail(int err, const std::string& path, const std::string& what) {
+    throw std::system_error(err, std::generic_category(),
+                            "disk image " + path + ": " + what);
+}
+
+// The alignment the filesystem reports for direct I/O on this file, 0 if it doesn't say.
+uint32_t statx_dio_alignment(int fd) {
+#ifdef STATX_DIOALIGN
+    struct statx stx {};
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align != 0)
+        return std::max(stx.stx_dio_offset_align, stx.stx_dio_mem_align);
+#else
+    (void)fd;
+#endif
+    return 0;
+}
+
+// Without statx's answer: 512 if a 512-byte direct read is accepted, otherwise 4096.
+uint32_t probe_file_alignment(int fd, uint64_t size) {
+    if (size < kDefaultFileAlignment) return kDefaultFileAlignment;  // nothing to probe with
+    void* buf = std::aligned_alloc(kFallbackFileAlignment, kFallbackFileAlignment);
+    if (!buf) throw std::bad_alloc();
+    const ssize_t n = ::pread(fd, buf, kDefaultFileAlignment, 0);
+    const int err = errno;
+    std::free(buf);
+    return (n < 0 && err == EINVAL) ? kFallbackFileAlignment : kDefaultFileAlignment;
+}
+
+}  // namespace
+
+std::unique_ptr<DiskImage> DiskImage::open(const std::string& path, bool writable) {
+    UniqueFd fd(::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC));
+    if (!fd)
+        fail(errno, path,
+             writable ? "cannot open read-write with O_DIRECT" : "cannot open read-only with O_DIRECT");
+
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) fail(errno, path, "fstat");
+
+    uint64_t size = 0;
+    uint32_t alignment = 0;
+    if (S_ISBLK(st.st_mode)) {
+        if (::ioctl(fd.get(), BLKGETSIZE64, &size) != 0) fail(errno, path, "BLKGETSIZE64");
+        int logical_block = 0;
+        if (::ioctl(fd.get(), BLKSSZGET, &logical_block) != 0) fail(errno, path, "BLKSSZGET");
+        alignment = static_cast<uint32_t>(logical_block);
+    } else if (S_ISREG(st.st_mode)) {
+        size = static_cast<uint64_t>(st.st_size);
+        alignment = statx_dio_alignment(fd.get());
+        if (alignment == 0) alignment = probe_file_alignment(fd.get(), size);
+    } else {
+        fail(EINVAL, path, "neither a regular file nor a block device");
+    }
+
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > kMaxAlignment)
+        fail(EINVAL, path, "unsupported direct I/O alignment " + std::to_string(alignment));
+
+    return std::unique_ptr<DiskImage>(
+        new DiskImage(path, std::move(fd), writable, size, alignment));
+}
+
+DiskImage::DiskImage(std::string path, UniqueFd fd, bool writable, uint64_t size,
+                     uint32_t alignment)
+    : path_(std::move(path)),
+      fd_(std::move(fd)),
+      writable_(writable),
+      size_(size),
+      alignment_(alignment) {}
+
+}  // namespace vpipe::engine
