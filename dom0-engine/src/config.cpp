@@ -1,0 +1,117 @@
+#include "config.h"
+
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <set>
+#include <stdexcept>
+
+namespace vpipe::engine {
+namespace {
+
+[[noreturn]] void fail(const std::string& origin, const std::string& what) {
+    throw std::runtime_error(origin + ": " + what);
+}
+
+template <typename T>
+T get_or(const toml::table& t, const char* key, T fallback, const std::string& origin,
+         const std::string& where) {
+    const toml::node* n = t.get(key);
+    if (!n) return fallback;
+    if constexpr (std::is_same_v<T, std::string>) {
+        if (auto v = n->value<std::string>()) return *v;
+        fail(origin, where + key + " must be a string");
+    } else if constexpr (std::is_same_v<T, bool>) {
+        if (auto v = n->value<bool>()) return *v;
+        fail(origin, where + key + " must be true or false");
+    } else {
+        auto v = n->value<int64_t>();
+        if (!v || *v < 0 || static_cast<uint64_t>(*v) > std::numeric_limits<T>::max())
+            fail(origin, where + key + " must be a non-negative integer in range");
+        return static_cast<T>(*v);
+    }
+}
+
+template <typename T>
+T require(const toml::table& t, const char* key, const std::string& origin,
+          const std::string& where) {
+    if (!t.contains(key)) fail(origin, where + key + " is required");
+    return get_or<T>(t, key, T{}, origin, where);
+}
+
+}  // namespace
+
+EngineConfig parse_config(const std::string& text, const std::string& origin) {
+    toml::table root;
+    try {
+        root = toml::parse(text, origin);
+    } catch (const toml::parse_error& e) {
+        fail(origin, std::string("syntax: ") + std::string(e.description()));
+    }
+    EngineConfig cfg;
+    if (auto* eng = root["engine"].as_table()) {
+        const std::string w = "[engine] ";
+        cfg.control_socket = get_or(*eng, "control_socket", cfg.control_socket, origin, w);
+        cfg.pool_pages = get_or(*eng, "pool_pages", cfg.pool_pages, origin, w);
+        cfg.buffer_pages = get_or(*eng, "buffer_pages", cfg.buffer_pages, origin, w);
+        cfg.queue_depth = get_or(*eng, "queue_depth", cfg.queue_depth, origin, w);
+        cfg.log_level = get_or(*eng, "log_level", cfg.log_level, origin, w);
+    }
+    if (cfg.buffer_pages == 0 || cfg.pool_pages < cfg.buffer_pages)
+        fail(origin, "[engine] pool_pages must hold at least one buffer of buffer_pages");
+    if (cfg.queue_depth == 0 || cfg.queue_depth > 1024)
+        fail(origin, "[engine] queue_depth must be 1..1024");
+
+    std::set<std::string> names, channels;
+    std::set<uint32_t> ids;
+    if (auto* vms = root["vm"].as_array()) {
+        for (size_t i = 0; i < vms->size(); ++i) {
+            auto* t = (*vms)[i].as_table();
+            if (!t) fail(origin, "[[vm]] entries must be tables");
+            const std::string w = "[[vm]] #" + std::to_string(i + 1) + " ";
+            VmConfig vm;
+            vm.name = require<std::string>(*t, "name", origin, w);
+            vm.id = require<uint32_t>(*t, "id", origin, w);
+            vm.weight = get_or(*t, "weight", vm.weight, origin, w);
+            vm.threads = get_or(*t, "threads", vm.threads, origin, w);
+            vm.channel = require<std::string>(*t, "channel", origin, w);
+            vm.ip = get_or(*t, "ip", std::string(), origin, w);
+            vm.mac = get_or(*t, "mac", std::string(), origin, w);
+            vm.vif = get_or(*t, "vif", std::string(), origin, w);
+            vm.bridge = get_or(*t, "bridge", std::string(), origin, w);
+            if (vm.weight == 0) fail(origin, w + "weight must be >= 1");
+            if (vm.threads == 0 || vm.threads > 256) fail(origin, w + "threads must be 1..256");
+            if (!names.insert(vm.name).second) fail(origin, w + "duplicate name " + vm.name);
+            if (!ids.insert(vm.id).second) fail(origin, w + "duplicate id");
+            if (!channels.insert(vm.channel).second) fail(origin, w + "duplicate channel");
+            std::set<uint32_t> vdevs;
+            if (auto* disks = t->get_as<toml::array>("disk")) {
+                for (auto& d : *disks) {
+                    auto* dt = d.as_table();
+                    if (!dt) fail(origin, w + "disk entries must be tables");
+                    DiskConfig dc;
+                    dc.vdev = require<uint32_t>(*dt, "vdev", origin, w + "disk ");
+                    dc.image = require<std::string>(*dt, "image", origin, w + "disk ");
+                    dc.writable = get_or(*dt, "writable", true, origin, w + "disk ");
+                    if (!vdevs.insert(dc.vdev).second)
+                        fail(origin, w + "duplicate vdev " + std::to_string(dc.vdev));
+                    vm.disks.push_back(std::move(dc));
+                }
+            }
+            cfg.vms.push_back(std::move(vm));
+        }
+    }
+    return cfg;
+}
+
+EngineConfig load_config(const std::string& path) {
+    toml::table root;
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error(path + ": cannot open");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return parse_config(text, path);
+}
+
+}  // namespace vpipe::engine

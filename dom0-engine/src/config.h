@@ -1,0 +1,44 @@
+// vpiped's configuration: the VMs it serves and their disks and network identity. In the lab
+// this file is written by vpipe-lab; on Xen the same facts come from xenstore.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vpipe::engine {
+
+struct DiskConfig {
+    uint32_t vdev = 0;        // the guest's virtual device number (xvda = 51712)
+    std::string image;        // what blkback would serve: a file or a block device
+    bool writable = true;
+};
+
+struct VmConfig {
+    std::string name;
+    uint32_t id = 0;
+    uint32_t weight = 1;
+    uint32_t threads = 4;     // per-VM worker threads: one operation each at a time
+    std::string channel;      // unix socket the VM's guest component connects to
+    std::string ip;           // the VM's own addresses: flows must use these
+    std::string mac;
+    std::string vif;
+    std::string bridge;
+    std::vector<DiskConfig> disks;
+};
+
+struct EngineConfig {
+    std::string control_socket = "/run/vpipe/vpiped.ctl";
+    uint32_t pool_pages = 16384;      // preallocated buffer pages shared by all VMs
+    uint32_t buffer_pages = 256;      // pages per buffer (one I/O window)
+    uint32_t queue_depth = 32;        // libaio requests in flight per worker
+    std::string log_level = "info";
+    std::vector<VmConfig> vms;
+};
+
+// Parses a TOML file. Throws std::runtime_error naming the file, the key and what is wrong.
+EngineConfig load_config(const std::string& path);
+// Same, from text (for tests).
+EngineConfig parse_config(const std::string& toml_text, const std::string& origin = "<text>");
+
+}  // namespace vpipe::engine

@@ -1,0 +1,18 @@
+// Carrying out a validated request on a worker thread.
+#pragma once
+
+#include <cstdint>
+
+#include "io/block_io.h"
+#include "io/page_pool.h"
+#include "request.h"
+#include "vm.h"
+
+namespace vpipe::engine {
+
+// Moves the request's bytes. Returns 0 or a negative status (vpipe/abi/ring.h); *moved is the
+// number of bytes durably at the destination, also on failure.
+int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
+                    uint64_t* moved);
+
+}  // namespace vpipe::engine

@@ -1,0 +1,66 @@
+#include "vm.h"
+
+namespace vpipe::engine {
+
+const char* op_name(uint8_t op) {
+    switch (op) {
+    case VPIPE_OP_NOP: return "nop";
+    case VPIPE_OP_FILE_TO_FILE: return "file_to_file";
+    case VPIPE_OP_FILE_TO_SOCKET: return "file_to_socket";
+    case VPIPE_OP_SOCKET_TO_FILE: return "socket_to_file";
+    case VPIPE_OP_SOCKET_TO_SOCKET: return "socket_to_socket";
+    default: return "unknown";
+    }
+}
+
+Vm::Vm(const VmConfig& cfg, const EngineConfig& engine) : cfg_(cfg) {
+    for (const auto& d : cfg_.disks) disks_[d.vdev] = DiskImage::open(d.image, d.writable);
+    workers_ = std::make_unique<WorkerPool>(cfg_.name, cfg_.threads, engine.queue_depth);
+}
+
+DiskImage* Vm::disk(uint32_t vdev) const {
+    auto it = disks_.find(vdev);
+    return it == disks_.end() ? nullptr : it->second.get();
+}
+
+DiskLookup Vm::disk_lookup() const {
+    return [this](uint32_t vdev) -> std::optional<DiskLimits> {
+        const DiskImage* d = disk(vdev);
+        if (!d) return std::nullopt;
+        return DiskLimits{d->size(), d->writable()};
+    };
+}
+
+nlohmann::json Vm::stats_json() const {
+    nlohmann::json j;
+    j["name"] = cfg_.name;
+    j["id"] = cfg_.id;
+    j["weight"] = cfg_.weight;
+    j["threads"] = cfg_.threads;
+    j["connected"] = connected_.load();
+    j["channels"] = counters_.channels.load();
+    j["requests"] = counters_.requests.load();
+    j["rejected"] = counters_.rejected.load();
+    j["failed"] = counters_.failed.load();
+    j["active"] = counters_.active.load();
+    nlohmann::json ops = nlohmann::json::object(), bytes = nlohmann::json::object();
+    for (uint8_t op = VPIPE_OP_FILE_TO_FILE; op < VPIPE_OP_MAX_; ++op) {
+        ops[op_name(op)] = counters_.ops[op].load();
+        bytes[op_name(op)] = counters_.bytes[op].load();
+    }
+    j["ops"] = ops;
+    j["bytes"] = bytes;
+    nlohmann::json disks = nlohmann::json::array();
+    for (const auto& [vdev, d] : disks_) {
+        disks.push_back({{"vdev", vdev},
+                         {"image", d->path()},
+                         {"size", d->size()},
+                         {"writable", d->writable()},
+                         {"bytes_read", d->bytes_read.load()},
+                         {"bytes_written", d->bytes_written.load()}});
+    }
+    j["disks"] = disks;
+    return j;
+}
+
+}  // namespace vpipe::engine

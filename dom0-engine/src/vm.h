@@ -1,0 +1,55 @@
+// One VM as the engine sees it: its disks (opened by the engine from the toolstack's
+// configuration, never from a path the guest names), its workers and its counters.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "config.h"
+#include "io/disk_image.h"
+#include "request.h"
+#include "worker_pool.h"
+
+namespace vpipe::engine {
+
+struct VmCounters {
+    std::atomic<uint64_t> requests{0};      // ring requests received
+    std::atomic<uint64_t> rejected{0};      // failed validation
+    std::atomic<uint64_t> failed{0};        // valid, but the operation failed
+    std::atomic<uint64_t> active{0};        // in progress now
+    std::array<std::atomic<uint64_t>, VPIPE_OP_MAX_> ops{};    // completed, by op
+    std::array<std::atomic<uint64_t>, VPIPE_OP_MAX_> bytes{};  // moved, by op
+    std::atomic<uint64_t> channels{0};      // ring connections accepted so far
+};
+
+class Vm {
+public:
+    // Opens the VM's disk images. Throws std::system_error / std::runtime_error.
+    Vm(const VmConfig& cfg, const EngineConfig& engine);
+
+    const VmConfig& config() const { return cfg_; }
+    const std::string& name() const { return cfg_.name; }
+    DiskImage* disk(uint32_t vdev) const;
+    DiskLookup disk_lookup() const;
+    WorkerPool& workers() { return *workers_; }
+    VmCounters& counters() { return counters_; }
+    std::atomic<bool>& connected() { return connected_; }
+
+    nlohmann::json stats_json() const;
+
+private:
+    VmConfig cfg_;
+    std::map<uint32_t, std::unique_ptr<DiskImage>> disks_;
+    VmCounters counters_;
+    std::atomic<bool> connected_{false};
+    std::unique_ptr<WorkerPool> workers_;  // last: joins before the disks close
+};
+
+const char* op_name(uint8_t op);
+
+}  // namespace vpipe::engine

@@ -1,0 +1,229 @@
+#include "vm_service.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "ops.h"
+#include "request.h"
+#include "util/unix_socket.h"
+
+namespace vpipe::engine {
+
+struct VmService::Channel {
+    std::unique_ptr<transport::ShmHostChannel> shm;
+    std::mutex ring_mu;           // the back ring's private indexes: service thread + workers
+    bool alive = true;            // under ring_mu
+    bool stalled = false;         // under ring_mu: requests waiting for response slots
+};
+
+VmService::VmService(Vm& vm, PagePool& pool) : vm_(vm), pool_(pool) {}
+
+VmService::~VmService() { stop(); }
+
+void VmService::start() {
+    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
+    listen_fd_ = listen_unix(vm_.config().channel, 0600);
+    thread_ = std::thread([this] { run(); });
+}
+
+void VmService::stop() {
+    if (!thread_.joinable()) return;
+    stopping_ = true;
+    transport::kick(wake_fd_.get());
+    thread_.join();
+}
+
+void VmService::run() {
+    pthread_setname_np(pthread_self(), ("ring/" + vm_.name()).substr(0, 15).c_str());
+    spdlog::info("vm {}: waiting for its guest on {}", vm_.name(), vm_.config().channel);
+    while (!stopping_) {
+        pollfd fds[4] = {{wake_fd_.get(), POLLIN, 0}, {listen_fd_.get(), POLLIN, 0}};
+        nfds_t n = 2;
+        if (channel_) {
+            fds[n++] = {channel_->shm->event_fd(), POLLIN, 0};
+            fds[n++] = {channel_->shm->control_fd(), POLLIN, 0};
+        }
+        if (::poll(fds, n, -1) < 0) {
+            if (errno == EINTR) continue;
+            spdlog::error("vm {}: poll: {}", vm_.name(), std::strerror(errno));
+            break;
+        }
+        if (fds[0].revents) transport::drain_kicks(wake_fd_.get());
+        if (stopping_) break;
+        if (fds[1].revents & POLLIN) accept_one();
+        if (n == 4) {
+            if (fds[3].revents) {
+                // Nothing is ever sent on the control socket after the handshake: readable
+                // means EOF or garbage, both mean the guest side is gone.
+                close_channel("guest closed its channel");
+                continue;
+            }
+        }
+        if (channel_) drain_requests();  // also on wake-ups: response slots may have freed
+    }
+    close_channel("engine stopping");
+}
+
+void VmService::accept_one() {
+    UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) return;
+    if (channel_) {
+        vpipe_shm_welcome busy{VPIPE_SHM_MAGIC, VPIPE_PROTOCOL_VERSION, 0, -EBUSY, 0};
+        send_msg_fds(conn.get(), &busy, sizeof(busy), nullptr, 0);
+        spdlog::warn("vm {}: refused a second channel while one is connected", vm_.name());
+        return;
+    }
+    std::unique_ptr<transport::ShmHostChannel> shm;
+    int r = transport::ShmHostChannel::accept(std::move(conn), vm_.config().threads, &shm);
+    if (r < 0) {
+        spdlog::warn("vm {}: refused a channel: {}", vm_.name(), std::strerror(-r));
+        return;
+    }
+    channel_ = std::make_shared<Channel>();
+    channel_->shm = std::move(shm);
+    vm_.connected() = true;
+    vm_.counters().channels++;
+    spdlog::info("vm {}: guest connected ({} descriptor pages)", vm_.name(),
+                 channel_->shm->desc_pages());
+}
+
+void VmService::close_channel(const char* why) {
+    if (!channel_) return;
+    {
+        std::lock_guard lk(channel_->ring_mu);
+        channel_->alive = false;
+    }
+    // Workers may still hold the channel (and so its mapping) until their operation ends;
+    // their responses are dropped.
+    channel_.reset();
+    vm_.connected() = false;
+    spdlog::info("vm {}: channel closed: {}", vm_.name(), why);
+}
+
+void VmService::drain_requests() {
+    transport::drain_kicks(channel_->shm->event_fd());
+    for (;;) {
+        std::vector<vpipe_request> batch;
+        {
+            std::lock_guard lk(channel_->ring_mu);
+            vpipe_back_ring_t& back = channel_->shm->ring();
+            RING_IDX rp = back.sring->req_prod;
+            xen_rmb();  // read req_prod before the entries it publishes
+            if (RING_REQUEST_PROD_OVERFLOW(&back, rp)) {
+                spdlog::error("vm {}: guest set req_prod {} past the ring (cons {}); closing",
+                              vm_.name(), rp, back.req_cons);
+                channel_->alive = false;
+            } else {
+                RING_IDX rc = back.req_cons;
+                channel_->stalled = false;
+                while (rc != rp) {
+                    if (RING_REQUEST_CONS_OVERFLOW(&back, rc)) {
+                        // Every response slot is promised: resume when a worker answers.
+                        channel_->stalled = true;
+                        break;
+                    }
+                    vpipe_request req;
+                    RING_COPY_REQUEST(&back, rc, &req);  // one copy; the guest can't race us
+                    batch.push_back(req);
+                    back.req_cons = ++rc;
+                }
+            }
+        }
+        if (!channel_->alive) {
+            close_channel("malformed ring");
+            return;
+        }
+        for (const auto& req : batch) handle(req);
+        int more = 0;
+        {
+            std::lock_guard lk(channel_->ring_mu);
+            if (channel_->stalled) return;
+            RING_FINAL_CHECK_FOR_REQUESTS(&channel_->shm->ring(), more);
+        }
+        if (!more) return;
+    }
+}
+
+void VmService::handle(const vpipe_request& req) {
+    auto& counters = vm_.counters();
+    counters.requests++;
+    auto ch = channel_;
+    if (int r = check_request(req); r < 0) {
+        counters.rejected++;
+        spdlog::warn("vm {}: request {:#x} rejected: {}", vm_.name(), req.id, std::strerror(-r));
+        respond(ch, req.id, r, 0);
+        return;
+    }
+    if (req.op == VPIPE_OP_NOP) {
+        respond(ch, req.id, 0, 0);
+        return;
+    }
+    // Copy the descriptor pages out of shared memory once; parse only the copy.
+    std::vector<uint8_t> desc(size_t{req.nr_pages} * VPIPE_PAGE_SIZE);
+    for (unsigned i = 0; i < req.nr_pages; ++i) {
+        if (ch->shm->copy_desc_page(req.page[i], desc.data() + size_t{i} * VPIPE_PAGE_SIZE) < 0) {
+            counters.rejected++;
+            spdlog::warn("vm {}: request {:#x} names descriptor page {} outside its area",
+                         vm_.name(), req.id, req.page[i]);
+            respond(ch, req.id, -EINVAL, 0);
+            return;
+        }
+    }
+    auto parsed = std::make_shared<ParsedRequest>();
+    int r = parse_request(req, std::span(desc.data(), req.desc_bytes), vm_.disk_lookup(),
+                          parsed.get());
+    if (r < 0) {
+        counters.rejected++;
+        spdlog::warn("vm {}: {} request {:#x} rejected: {}", vm_.name(), op_name(req.op), req.id,
+                     std::strerror(-r));
+        respond(ch, req.id, r, 0);
+        return;
+    }
+    counters.active++;
+    vm_.workers().submit([this, ch, parsed](BlockIo& io) {
+        uint64_t moved = 0;
+        int status = execute_request(vm_, io, pool_, *parsed, &moved);
+        auto& c = vm_.counters();
+        if (status == 0)
+            c.ops[parsed->op]++;
+        else {
+            c.failed++;
+            spdlog::warn("vm {}: {} request {:#x} failed after {} bytes: {}", vm_.name(),
+                         op_name(parsed->op), parsed->id, moved, std::strerror(-status));
+        }
+        c.active--;
+        respond(ch, parsed->id, status, moved);
+    });
+}
+
+void VmService::respond(const std::shared_ptr<Channel>& ch, uint64_t id, int status,
+                        uint64_t moved) {
+    int notify = 0;
+    bool wake_service = false;
+    {
+        std::lock_guard lk(ch->ring_mu);
+        if (!ch->alive) return;
+        vpipe_back_ring_t& back = ch->shm->ring();
+        vpipe_response* rsp = RING_GET_RESPONSE(&back, back.rsp_prod_pvt);
+        rsp->id = id;
+        rsp->moved = moved;
+        rsp->status = status;
+        rsp->reserved0 = 0;
+        rsp->reserved1 = 0;
+        back.rsp_prod_pvt++;
+        RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&back, notify);
+        wake_service = ch->stalled;
+    }
+    if (notify) ch->shm->notify_guest();
+    if (wake_service) transport::kick(wake_fd_.get());
+}
+
+}  // namespace vpipe::engine

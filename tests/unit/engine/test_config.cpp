@@ -1,0 +1,56 @@
+#include <gtest/gtest.h>
+
+#include "config.h"
+
+using namespace vpipe::engine;
+
+TEST(EngineConfig, ParsesTheLabFormat) {
+    auto c = parse_config(R"(
+[engine]
+control_socket = "/run/x.ctl"
+pool_pages = 1024
+queue_depth = 16
+[[vm]]
+name = "vm1"
+id = 1
+weight = 2
+threads = 3
+channel = "/run/vm1.sock"
+ip = "10.199.0.11"
+[[vm.disk]]
+vdev = 51712
+image = "/var/lib/x.img"
+[[vm.disk]]
+vdev = 51728
+image = "/var/lib/y.img"
+writable = false
+)");
+    EXPECT_EQ(c.control_socket, "/run/x.ctl");
+    EXPECT_EQ(c.pool_pages, 1024u);
+    ASSERT_EQ(c.vms.size(), 1u);
+    EXPECT_EQ(c.vms[0].weight, 2u);
+    EXPECT_EQ(c.vms[0].threads, 3u);
+    ASSERT_EQ(c.vms[0].disks.size(), 2u);
+    EXPECT_TRUE(c.vms[0].disks[0].writable);
+    EXPECT_FALSE(c.vms[0].disks[1].writable);
+}
+
+TEST(EngineConfig, ErrorsNameTheProblem) {
+    auto expect_error = [](const char* text, const char* needle) {
+        try {
+            parse_config(text, "cfg.toml");
+            ADD_FAILURE() << "no error for: " << text;
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+        }
+    };
+    expect_error("[[vm]]\nid = 1\nchannel = \"/a\"\n", "name is required");
+    expect_error("[[vm]]\nname = \"a\"\nid = -1\nchannel = \"/a\"\n", "id must be");
+    expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm]]\nname = \"a\"\nid = 2\nchannel = \"/b\"\n",
+                 "duplicate name");
+    expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\nweight = 0\n", "weight");
+    expect_error("[engine]\nqueue_depth = 0\n", "queue_depth");
+    expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm.disk]]\nvdev = 1\nimage = \"x\"\n[[vm.disk]]\nvdev = 1\nimage = \"y\"\n",
+                 "duplicate vdev");
+    expect_error("not toml at all = = =", "cfg.toml");
+}

@@ -1,0 +1,190 @@
+// Every field of a ring request is checked before use: one test per way a guest can lie.
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "request.h"
+
+using namespace vpipe::engine;
+
+namespace {
+
+constexpr uint64_t kDiskSize = 1ull << 30;  // vdev 51712, writable
+constexpr uint32_t kVdev = 51712, kRoVdev = 51728;
+
+DiskLookup lookup() {
+    return [](uint32_t vdev) -> std::optional<DiskLimits> {
+        if (vdev == kVdev) return DiskLimits{kDiskSize, true};
+        if (vdev == kRoVdev) return DiskLimits{kDiskSize, false};
+        return std::nullopt;
+    };
+}
+
+// A valid file->file request: 3 source segments (one hole), 2 destination segments.
+struct Fixture {
+    vpipe_request req{};
+    vpipe_desc_header h{};
+    std::vector<vpipe_segment> segs;
+
+    Fixture() {
+        req.id = 7;
+        req.op = VPIPE_OP_FILE_TO_FILE;
+        req.length = 3 * 4096;
+        req.nr_pages = 1;
+        h.magic = VPIPE_DESC_MAGIC;
+        h.version = VPIPE_PROTOCOL_VERSION;
+        h.header_bytes = sizeof(h);
+        h.src = {VPIPE_EP_FILE, kVdev, 0, 3, {}, {}};
+        h.dst = {VPIPE_EP_FILE, kVdev, 3, 2, {}, {}};
+        segs = {{4096 * 100, 4096, 0, 0}, {0, 4096, VPIPE_SEG_ZERO, 0}, {4096 * 7, 4096, 0, 0},
+                {4096 * 500, 8192, 0, 0}, {4096 * 900, 4096, 0, 0}};
+    }
+    std::vector<uint8_t> desc() {
+        h.nr_segments = static_cast<uint32_t>(segs.size());
+        std::vector<uint8_t> d(sizeof(h) + segs.size() * sizeof(vpipe_segment));
+        std::memcpy(d.data(), &h, sizeof(h));
+        std::memcpy(d.data() + sizeof(h), segs.data(), segs.size() * sizeof(vpipe_segment));
+        req.desc_bytes = static_cast<uint32_t>(d.size());
+        d.resize(size_t{req.nr_pages} * VPIPE_PAGE_SIZE);
+        return d;
+    }
+    int parse(ParsedRequest* out = nullptr) {
+        auto d = desc();
+        ParsedRequest tmp;
+        return parse_request(req, d, lookup(), out ? out : &tmp);
+    }
+};
+
+}  // namespace
+
+TEST(RequestValidation, AcceptsAValidFileToFile) {
+    Fixture f;
+    ParsedRequest p;
+    ASSERT_EQ(f.parse(&p), 0);
+    EXPECT_EQ(p.id, 7u);
+    ASSERT_EQ(p.src_file.extents.size(), 3u);
+    EXPECT_TRUE(p.src_file.extents[1].zero);
+    EXPECT_EQ(p.src_file.extents[2].disk_offset, 4096u * 7);
+    ASSERT_EQ(p.dst_file.extents.size(), 2u);
+    EXPECT_EQ(p.dst_file.extents[0].length, 8192u);
+}
+
+TEST(RequestValidation, Nop) {
+    vpipe_request r{};
+    r.op = VPIPE_OP_NOP;
+    EXPECT_EQ(check_request(r), 0);
+    r.length = 1;
+    EXPECT_EQ(check_request(r), -EINVAL);
+    r.length = 0;
+    r.page[3] = 1;
+    EXPECT_EQ(check_request(r), -EINVAL);
+}
+
+TEST(RequestValidation, HeaderFields) {
+    { Fixture f; f.req.flags = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.reserved0 = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.op = VPIPE_OP_MAX_; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.op = 200; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.length = 0; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.length = VPIPE_MAX_REQUEST_LENGTH + 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.nr_pages = 0; EXPECT_EQ(check_request(f.req), -EINVAL); }
+    { Fixture f; f.req.nr_pages = VPIPE_DESC_MAX_PAGES + 1; f.req.desc_bytes = 300; EXPECT_EQ(check_request(f.req), -EINVAL); }
+    { Fixture f; f.req.page[5] = 9; EXPECT_EQ(f.parse(), -EINVAL); }  // unused page slot
+}
+
+TEST(RequestValidation, DescriptorBytes) {
+    Fixture f;
+    auto d = f.desc();
+    ParsedRequest p;
+    f.req.desc_bytes = sizeof(vpipe_desc_header) - 1;
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p), -EINVAL);
+    f.req.desc_bytes = VPIPE_PAGE_SIZE + 1;  // more than its one page
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p), -EINVAL);
+    // Segments claimed beyond desc_bytes.
+    Fixture g;
+    g.desc();
+    auto d2 = g.desc();
+    g.req.desc_bytes -= sizeof(vpipe_segment);
+    EXPECT_EQ(parse_request(g.req, d2, lookup(), &p), -EINVAL);
+}
+
+TEST(RequestValidation, DescriptorHeader) {
+    { Fixture f; f.h.magic ^= 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.version = 2; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.header_bytes = 256; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.reserved0 = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.src.kind = VPIPE_EP_SOCKET; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.dst.kind = 9; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.src.reserved[2] = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+}
+
+TEST(RequestValidation, SegmentIndexesCannotOverflow) {
+    { Fixture f; f.h.dst.first_segment = 0xFFFFFFFFu; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.dst.nr_segments = 0xFFFFFFFFu; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.src.nr_segments = 0; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.dst.first_segment = 2; EXPECT_EQ(f.parse(), -EINVAL); }  // overlaps src
+}
+
+TEST(RequestValidation, DisksAreTheVmsOwn) {
+    { Fixture f; f.h.src.vdev = 1234; EXPECT_EQ(f.parse(), -EPERM); }
+    { Fixture f; f.h.dst.vdev = kRoVdev; EXPECT_EQ(f.parse(), -EROFS); }
+    { Fixture f; f.h.src.vdev = kRoVdev; EXPECT_EQ(f.parse(), 0); }  // reading is fine
+}
+
+TEST(RequestValidation, SegmentsStayInsideTheDisk) {
+    { Fixture f; f.segs[0].disk_offset = kDiskSize; EXPECT_EQ(f.parse(), -ERANGE); }
+    { Fixture f; f.segs[0].disk_offset = kDiskSize - 4095; EXPECT_EQ(f.parse(), -ERANGE); }
+    { Fixture f; f.segs[0].disk_offset = kDiskSize - 4096; EXPECT_EQ(f.parse(), 0); }
+    // disk_offset + length wraps around 2^64
+    { Fixture f; f.segs[3].disk_offset = UINT64_MAX - 100; EXPECT_EQ(f.parse(), -ERANGE); }
+}
+
+TEST(RequestValidation, SegmentFields) {
+    { Fixture f; f.segs[0].length = 0; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.segs[0].reserved0 = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.segs[0].flags = 0x8; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.segs[1].disk_offset = 4096; EXPECT_EQ(f.parse(), -EINVAL); }  // hole with offset
+    { Fixture f; f.segs[3].flags = VPIPE_SEG_ZERO; f.segs[3].disk_offset = 0; EXPECT_EQ(f.parse(), -EINVAL); }
+}
+
+TEST(RequestValidation, LengthsMustAddUp) {
+    { Fixture f; f.req.length += 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.segs[4].length = 4095; EXPECT_EQ(f.parse(), -EINVAL); }
+}
+
+TEST(RequestValidation, DestinationAlignmentRule) {
+    // Ends of a destination may be unaligned ...
+    {
+        Fixture f;
+        f.segs[3].disk_offset += 100;
+        f.segs[3].length -= 100;
+        f.segs[4].length -= 1;
+        f.req.length -= 101;
+        f.segs[2].length -= 101;
+        EXPECT_EQ(f.parse(), 0);
+    }
+    // ... an inner boundary may not.
+    {
+        Fixture f;
+        f.segs[3].length -= 1;
+        f.segs[4].length += 1;
+        EXPECT_EQ(f.parse(), -EINVAL);
+    }
+    // Sources may be unaligned anywhere.
+    {
+        Fixture f;
+        f.segs[0].disk_offset += 1;
+        f.segs[2].disk_offset += 3;
+        EXPECT_EQ(f.parse(), 0);
+    }
+}
+
+TEST(RequestValidation, SocketOperationsAreRefusedUntilImplemented) {
+    Fixture f;
+    f.req.op = VPIPE_OP_FILE_TO_SOCKET;
+    f.h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, {}, {}};
+    f.segs.resize(3);
+    EXPECT_EQ(f.parse(), -EOPNOTSUPP);
+}
