@@ -1,0 +1,86 @@
+// vpipe-guestd: the guest component of vPipe as a userspace agent.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "config.h"
+#include "engine_link.h"
+#include "file_ops.h"
+#include "files/disk_table.h"
+#include "files/file_hold.h"
+#include "server.h"
+#include "util/log.h"
+
+static const char* kDescription = R"(NAME
+    vpipe-guestd - the vPipe guest component, as a userspace agent
+
+SYNOPSIS
+    vpipe-guestd --config FILE [--log-level LEVEL]
+
+DESCRIPTION
+    Runs inside a VM where the /dev/vpipe kernel module is not loaded. Applications (through
+    libvpipe) connect to its unix socket and pass the descriptors of an operation. For files it
+    flushes the range, holds the file against truncation and writes, maps the range to extents
+    on the VM's virtual disk (FIEMAP), allocates destination blocks, and asks dom0 over the ring
+    to move the bytes; afterwards it drops stale cached pages and sets the file size. It needs
+    root (CAP_SYS_ADMIN for FIEMAP on others' files, CAP_LINUX_IMMUTABLE for holds).
+    FILE names the VM's disks (vdev and block device), the socket to listen on and dom0's
+    channel. It reconnects when the engine restarts.
+
+EXIT STATUS
+    0 after SIGINT/SIGTERM; 1 on a configuration or start-up error.
+
+EXAMPLES
+    vpipe-guestd --config /run/vpipe-lab/vm1/agent.toml
+)";
+
+int main(int argc, char** argv) {
+    CLI::App app{kDescription, "vpipe-guestd"};
+    std::string config_path, log_level;
+    app.add_option("-c,--config", config_path, "agent configuration (TOML)")->required();
+    app.add_option("--log-level", log_level, "trace|debug|info|warn|error");
+    CLI11_PARSE(app, argc, argv);
+    try {
+        auto cfg = vpipe::agent::load_agent_config(config_path);
+        if (!log_level.empty()) cfg.log_level = log_level;
+        vpipe::init_logging("vpipe-guestd", cfg.log_level);
+
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+        vpipe::agent::FileHold::set_state_dir(cfg.state_dir);
+        vpipe::agent::FileHold::recover();
+        vpipe::agent::DiskTable disks;
+        for (const auto& d : cfg.disks) {
+            if (int r = disks.add(d.vdev, d.device); r < 0)
+                throw std::runtime_error("disk " + d.device + ": " + std::strerror(-r));
+        }
+        vpipe::agent::EngineLink link(cfg.engine_channel, cfg.desc_pages);
+        vpipe::agent::AgentStats stats;
+        vpipe::agent::AgentContext ctx{cfg, disks, link, stats};
+        link.start();
+        vpipe::agent::Server server(ctx, cfg.listen);
+        server.start();
+        spdlog::info("vm {}: serving {} with {} disk(s)", cfg.vm, cfg.listen, cfg.disks.size());
+        for (;;) {
+            int sig = 0;
+            sigwait(&set, &sig);
+            if (sig != SIGPIPE) break;
+        }
+        server.stop();
+        link.stop();
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "vpipe-guestd: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vpipe.h -- libvpipe, the application API of vPipe (SoCC'14, Table 1).
+ *
+ * vPipe moves bytes between a VM's files and TCP sockets without the bytes entering the VM:
+ * the guest component turns descriptors into disk extents and TCP state, and the driver
+ * domain (dom0) moves the data.
+ *
+ *   int h = vpipe_create(file_fd, sock_fd);
+ *   ssize_t n = vpipe_file_to_socket(h, offset, length);   // blocking, like sendfile()
+ *   vpipe_destroy(h);
+ *
+ * or without a handle: vpipe_file_to_socket_fd(file_fd, sock_fd, offset, length).
+ *
+ * Conventions
+ *   - Every call is thread safe and blocking (also on non-blocking descriptors).
+ *   - Errors: -1 with errno set. Operations return the number of bytes moved; a short count
+ *     means the source ended (EOF) or the peer went away after some bytes moved; the next call
+ *     then reports the error.
+ *   - Fallback: when vPipe cannot offload (no guest component or engine, a file that is not on
+ *     a VM disk, an operation too small to pay for the hand-over), libvpipe moves the bytes
+ *     itself the classic way, counts it (vpipe_get_stats) and records why
+ *     (vpipe_last_result). Set VPIPE_NO_FALLBACK=1 in the environment, or call
+ *     vpipe_set_fallback(0), to get an error instead (errno ENOTSUP / EHOSTDOWN / ENXIO).
+ *   - Locating the guest component: /dev/vpipe if present, else the agent socket named by
+ *     $VPIPE_AGENT_SOCKET, else /run/vpipe/agent.sock.
+ */
+#ifndef VPIPE_VPIPE_H
+#define VPIPE_VPIPE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#define VPIPE_API __attribute__((visibility("default")))
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- handles (Table 1) -------------------------------------------------------------------- */
+
+/* Registers a (source, destination) pair. Returns a handle >= 0, or -1 (errno: EBADF if a
+ * descriptor is not open, EINVAL if a descriptor is neither a regular file nor a TCP socket). */
+VPIPE_API int vpipe_create(int in_fd, int out_fd);
+
+/* Releases a handle. 0, or -1 with errno EBADF for an unknown handle. */
+VPIPE_API int vpipe_destroy(int handle);
+
+/* file -> socket: `length` bytes of the file from `offset` to the socket. */
+VPIPE_API ssize_t vpipe_file_to_socket(int handle, off_t offset, size_t length);
+/* socket -> file: `length` bytes from the socket into the file at `offset`. */
+VPIPE_API ssize_t vpipe_socket_to_file(int handle, off_t offset, size_t length);
+/* socket -> socket: `length` bytes from one connection to the other. */
+VPIPE_API ssize_t vpipe_socket_to_socket(int handle, size_t length);
+/* file -> file: `length` bytes of the source from `in_offset` to the destination at
+ * `out_offset`. Copying past the source's end moves what exists (short count). Writing past
+ * the destination's end extends it. */
+VPIPE_API ssize_t vpipe_file_to_file(int handle, off_t in_offset, size_t length, off_t out_offset);
+
+/* ---- handle-less variants ------------------------------------------------------------------ */
+
+VPIPE_API ssize_t vpipe_file_to_socket_fd(int file_fd, int sock_fd, off_t offset, size_t length);
+VPIPE_API ssize_t vpipe_socket_to_file_fd(int sock_fd, int file_fd, off_t offset, size_t length);
+VPIPE_API ssize_t vpipe_socket_to_socket_fd(int in_fd, int out_fd, size_t length);
+VPIPE_API ssize_t vpipe_file_to_file_fd(int in_fd, int out_fd, off_t in_offset, size_t length,
+                              off_t out_offset);
+
+/* ---- how the last call on this thread went --------------------------------------------- */
+
+enum vpipe_path {
+	VPIPE_RESULT_OFFLOADED = 1,   /* dom0 moved the bytes (possibly with parts from the cache) */
+	VPIPE_RESULT_FALLBACK = 2,    /* libvpipe moved the bytes in the guest: see reason */
+	VPIPE_RESULT_FAILED = 3
+};
+
+struct vpipe_result {
+	int path;                     /* enum vpipe_path */
+	int error;                    /* errno of the failure or of the offload that fell back */
+	const char *reason;           /* static text: why it fell back / failed, "" when offloaded */
+	uint64_t moved;
+	uint64_t offloaded;           /* bytes dom0 moved */
+	uint64_t guest_copied;        /* bytes the guest moved (cache rule or fallback) */
+	uint64_t zero_filled;         /* zeros the guest wrote to allocate destination blocks */
+	uint32_t requests;            /* ring requests used */
+};
+
+/* Fills *out with the outcome of this thread's last operation. 0, or -1 (EINVAL on NULL). */
+VPIPE_API int vpipe_last_result(struct vpipe_result *out);
+
+/* ---- library-wide control and counters ---------------------------------------------------- */
+
+/* 1: fall back to a guest copy when offload is impossible (default unless VPIPE_NO_FALLBACK);
+ * 0: fail instead. Returns the previous setting. */
+VPIPE_API int vpipe_set_fallback(int enabled);
+
+struct vpipe_stats {
+	uint64_t ops;                 /* operations called in this process */
+	uint64_t ops_offloaded;
+	uint64_t ops_fallback;
+	uint64_t ops_failed;
+	uint64_t bytes_offloaded;
+	uint64_t bytes_guest;         /* moved by the guest: fallback + cache rule */
+	uint64_t bytes_zero_filled;
+};
+
+/* Counters of this process since it loaded libvpipe. 0, or -1 (EINVAL on NULL). */
+VPIPE_API int vpipe_get_stats(struct vpipe_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VPIPE_VPIPE_H */

@@ -1,0 +1,117 @@
+#include "fallback.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <vector>
+
+namespace vpipe::lib {
+namespace {
+
+// Waits until `fd` is ready for `events` (the API is blocking even on non-blocking fds).
+int wait_ready(int fd, short events) {
+    pollfd p{fd, events, 0};
+    while (::poll(&p, 1, -1) < 0)
+        if (errno != EINTR) return -errno;
+    return 0;
+}
+
+int64_t finish(uint64_t moved, int err) {
+    return moved ? static_cast<int64_t>(moved) : -err;
+}
+
+// Writes all of buf to a (possibly non-blocking) socket or file.
+int write_all(int fd, const char* buf, size_t len, bool is_file, uint64_t file_off) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = is_file ? ::pwrite(fd, buf + done, len - done, static_cast<off_t>(file_off + done))
+                            : ::send(fd, buf + done, len - done, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN && !is_file) {
+                if (int r = wait_ready(fd, POLLOUT)) return r;
+                continue;
+            }
+            return -errno;
+        }
+        done += static_cast<size_t>(n);
+    }
+    return 0;
+}
+
+}  // namespace
+
+int64_t fallback_file_to_file(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off,
+                              uint64_t length) {
+    uint64_t moved = 0;
+    while (moved < length) {
+        loff_t ioff = static_cast<loff_t>(in_off + moved), ooff = static_cast<loff_t>(out_off + moved);
+        size_t want = static_cast<size_t>(std::min<uint64_t>(length - moved, 1ull << 30));
+        ssize_t n = ::copy_file_range(in_fd, &ioff, out_fd, &ooff, want, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return finish(moved, errno);
+        }
+        if (n == 0) break;  // EOF
+        moved += static_cast<uint64_t>(n);
+    }
+    return static_cast<int64_t>(moved);
+}
+
+int64_t fallback_file_to_socket(int file_fd, uint64_t offset, int sock_fd, uint64_t length) {
+    uint64_t moved = 0;
+    while (moved < length) {
+        off_t off = static_cast<off_t>(offset + moved);
+        size_t want = static_cast<size_t>(std::min<uint64_t>(length - moved, 1ull << 30));
+        ssize_t n = ::sendfile(sock_fd, file_fd, &off, want);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                if (int r = wait_ready(sock_fd, POLLOUT)) return finish(moved, -r);
+                continue;
+            }
+            return finish(moved, errno);
+        }
+        if (n == 0) break;
+        moved += static_cast<uint64_t>(n);
+    }
+    return static_cast<int64_t>(moved);
+}
+
+static int64_t socket_to_sink(int sock_fd, int out_fd, bool out_is_file, uint64_t offset,
+                              uint64_t length) {
+    std::vector<char> buf(static_cast<size_t>(std::min<uint64_t>(length, 1 << 20)));
+    uint64_t moved = 0;
+    while (moved < length) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), length - moved));
+        ssize_t n = ::recv(sock_fd, buf.data(), want, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                if (int r = wait_ready(sock_fd, POLLIN)) return finish(moved, -r);
+                continue;
+            }
+            return finish(moved, errno);
+        }
+        if (n == 0) break;  // peer closed
+        if (int r = write_all(out_fd, buf.data(), static_cast<size_t>(n), out_is_file, offset + moved))
+            return finish(moved, -r);
+        moved += static_cast<uint64_t>(n);
+    }
+    return static_cast<int64_t>(moved);
+}
+
+int64_t fallback_socket_to_file(int sock_fd, int file_fd, uint64_t offset, uint64_t length) {
+    return socket_to_sink(sock_fd, file_fd, true, offset, length);
+}
+
+int64_t fallback_socket_to_socket(int in_fd, int out_fd, uint64_t length) {
+    return socket_to_sink(in_fd, out_fd, false, 0, length);
+}
+
+}  // namespace vpipe::lib

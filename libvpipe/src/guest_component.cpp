@@ -1,0 +1,162 @@
+#include "guest_component.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+namespace vpipe::lib {
+namespace {
+
+const char* agent_path() {
+    const char* p = std::getenv("VPIPE_AGENT_SOCKET");
+    return (p && *p) ? p : "/run/vpipe/agent.sock";
+}
+
+// /dev/vpipe, opened once per process; -1 when absent.
+int module_fd() {
+    static int fd = -1;
+    static std::once_flag once;
+    std::call_once(once, [] { fd = ::open("/dev/vpipe", O_RDWR | O_CLOEXEC); });
+    return fd;
+}
+
+// One agent connection per thread: calls block, so threads must not queue behind each other.
+struct AgentConn {
+    int fd = -1;
+    ~AgentConn() {
+        if (fd >= 0) ::close(fd);
+    }
+    void reset() {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+};
+thread_local AgentConn t_conn;
+
+int connect_agent() {
+    if (t_conn.fd >= 0) return 0;
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const char* path = agent_path();
+    if (std::strlen(path) >= sizeof(addr.sun_path)) {
+        ::close(fd);
+        return -ENAMETOOLONG;
+    }
+    std::strcpy(addr.sun_path, path);
+    while (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
+        if (errno == EINTR) continue;
+        int e = errno;
+        ::close(fd);
+        return -e;
+    }
+    t_conn.fd = fd;
+    return 0;
+}
+
+int send_all(int fd, const void* buf, size_t len, const int* fds, size_t nfds) {
+    const char* p = static_cast<const char*>(buf);
+    while (len) {
+        iovec iov{const_cast<char*>(p), len};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 2)];
+        if (nfds) {
+            msg.msg_control = control;
+            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+            cmsghdr* c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+            std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+        }
+        ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        nfds = 0;
+        p += n;
+        len -= static_cast<size_t>(n);
+    }
+    return 0;
+}
+
+int recv_all(int fd, void* buf, size_t len) {
+    char* p = static_cast<char*>(buf);
+    while (len) {
+        ssize_t n = ::recv(fd, p, len, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        if (n == 0) return -ECONNRESET;
+        p += n;
+        len -= static_cast<size_t>(n);
+    }
+    return 0;
+}
+
+// One request/reply exchange with the agent. Transport failures return -errno with the
+// connection reset; the agent's own answer comes back in *result.
+int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, int* result) {
+    if (int r = connect_agent(); r < 0) return r;
+    vpipe_agent_msg hdr{VPIPE_AGENT_MAGIC, cmd, 0, static_cast<uint32_t>(len)};
+    // Header and body in one message so the descriptors travel with the first byte.
+    char buf[sizeof(hdr) + sizeof(vpipe_ioc_stats) + sizeof(vpipe_ioc_op)];
+    std::memcpy(buf, &hdr, sizeof(hdr));
+    if (len) std::memcpy(buf + sizeof(hdr), body, len);
+    int r = send_all(t_conn.fd, buf, sizeof(hdr) + len, fds, nfds);
+    vpipe_agent_msg rep{};
+    if (r == 0) r = recv_all(t_conn.fd, &rep, sizeof(rep));
+    if (r == 0 && (rep.magic != VPIPE_AGENT_MAGIC || rep.cmd != cmd || rep.length > sizeof(buf)))
+        r = -EPROTO;
+    if (r == 0 && rep.length) {
+        if (rep.length != len && !(cmd == VPIPE_IOC_STATS && rep.length == sizeof(vpipe_ioc_stats)))
+            r = -EPROTO;
+        else
+            r = recv_all(t_conn.fd, body, rep.length);
+    }
+    if (r < 0) {
+        t_conn.reset();
+        return r;
+    }
+    *result = rep.result;
+    return 0;
+}
+
+}  // namespace
+
+int component_op(vpipe_ioc_op* op, int in_fd, int out_fd) {
+    if (int mfd = module_fd(); mfd >= 0) {
+        op->in_fd = in_fd;
+        op->out_fd = out_fd;
+        return ::ioctl(mfd, VPIPE_IOC_OP, op) < 0 ? -errno : 0;
+    }
+    const int fds[2] = {in_fd, out_fd};
+    op->in_fd = 0;   // over the socket: indexes of the passed descriptors
+    op->out_fd = 1;
+    int result = 0;
+    int r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result);
+    if (r == -EPIPE || r == -ECONNRESET)  // the agent restarted since our last call: once more
+        r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result);
+    return r < 0 ? r : result;
+}
+
+int component_stats(vpipe_ioc_stats* out) {
+    if (int mfd = module_fd(); mfd >= 0) return ::ioctl(mfd, VPIPE_IOC_STATS, out) < 0 ? -errno : 0;
+    int result = 0;
+    int r = exchange(VPIPE_IOC_STATS, out, 0, nullptr, 0, &result);
+    return r < 0 ? r : result;
+}
+
+}  // namespace vpipe::lib

@@ -1,0 +1,15 @@
+// How libvpipe reaches the guest component: /dev/vpipe (kernel module) when present, else the
+// agent's unix socket. Both speak vpipe/abi/ioctl.h.
+#pragma once
+
+#include <vpipe/abi/ioctl.h>
+
+namespace vpipe::lib {
+
+// Runs one operation. 0 or -errno. -ENOENT/-ECONNREFUSED when no guest component exists.
+int component_op(vpipe_ioc_op* op, int in_fd, int out_fd);
+
+// Asks the guest component for its counters. 0 or -errno.
+int component_stats(vpipe_ioc_stats* out);
+
+}  // namespace vpipe::lib
