@@ -1,0 +1,35 @@
+// The lab's subcommands: up / down / info / exec / demo (main.cpp only parses the command line).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace vpipe::lab {
+
+struct UpOptions {
+    int vms = 1;
+    int disks = 1;
+    int disk_mib = 1024;
+    std::string weights;  // "1,1,2"; "" = all 1
+    int link_mbit = 0;
+    std::string guest_cpus = "0";
+    std::string dom0_cpus;  // "" = the last online CPU
+    int neighbours = 0;
+    int vcpu_quota = 0;
+    std::string image_dir = "/var/lib/vpipe-lab";
+    bool daemons = true;
+    bool quiet = false;
+};
+
+// Each returns the process exit status.
+int cmd_up(const UpOptions& opt);
+int cmd_down(bool quiet);
+int cmd_info(bool json);
+enum class ExecTarget { Vm, Client, Dom0 };
+// Replaces the process with cmd on success; returns 125 (lab error) / 126 / 127 (exec error).
+int cmd_exec(ExecTarget target, const std::string& vm, const std::vector<std::string>& cmd);
+int cmd_demo();
+
+bool lab_is_up();
+
+}  // namespace vpipe::lab

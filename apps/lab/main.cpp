@@ -1,0 +1,248 @@
+// vpipe-lab: builds and tears down the lab (VMs modelled with namespaces, loop disks, cgroups) and
+// runs commands inside it. Command-line parsing and help texts only; the work is in lab.cpp & co.
+#include <unistd.h>
+
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "lab.h"
+#include "util.h"
+#include "util/log.h"
+
+namespace {
+
+using namespace vpipe::lab;
+
+// Man-page-like help: NAME / SYNOPSIS / DESCRIPTION come from the description, OPTIONS from CLI11,
+// EXIT STATUS / EXAMPLES from the footer.
+class ManFormatter : public CLI::Formatter {
+public:
+    ManFormatter() {
+        label("Positionals", "ARGUMENTS");
+        label("Subcommands", "COMMANDS");
+        column_width(34);
+    }
+    std::string make_usage(const CLI::App*, std::string) const override { return ""; }
+    std::string make_description(const CLI::App* app) const override { return app->get_description(); }
+    std::string make_subcommand(const CLI::App* sub) const override {
+        // one line per command: the part after " - " on the NAME line
+        std::string d = sub->get_description(), summary;
+        auto pos = d.find("NAME\n");
+        if (pos != std::string::npos) {
+            auto eol = d.find('\n', pos + 5);
+            std::string line = d.substr(pos + 5, eol - pos - 5);
+            auto dash = line.find(" - ");
+            summary = dash == std::string::npos ? vpipe::lab::trim(line) : line.substr(dash + 3);
+        }
+        std::stringstream out;
+        CLI::detail::format_help(out, sub->get_name(), summary, column_width_);
+        return out.str();
+    }
+};
+
+const char* kExitCommon =
+    "EXIT STATUS\n"
+    "    0  success\n"
+    "    1  failure (the reason is printed on stderr)\n"
+    "    2  bad command line\n";
+
+std::string man(const std::string& name, const std::string& synopsis, const std::string& description) {
+    return "NAME\n    " + name + "\n\nSYNOPSIS\n    " + synopsis + "\n\nDESCRIPTION\n" + description + "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // Everything after the first "--" is the command for exec/client/dom0.
+    std::vector<std::string> cmd;
+    int cli_argc = argc;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--") == 0) {
+            cli_argc = i;
+            for (int k = i + 1; k < argc; ++k) cmd.emplace_back(argv[k]);
+            break;
+        }
+    }
+
+    CLI::App app(man("vpipe-lab - build the vPipe lab: VMs modelled with real kernel objects",
+                     "vpipe-lab [--verbose] COMMAND [OPTIONS] [-- CMD...]",
+                     "    Without a hypervisor a \"VM\" is a network namespace (vpl-vmN) with a veth vifN.0 on\n"
+                     "    the bridge xenbr0 in the dom0 namespace (vpl-dom0), next to the \"physical\" port peth0\n"
+                     "    towards a client namespace (vpl-client); its disks are ext4 images on loop devices\n"
+                     "    mounted under /run/vpipe-lab/vmN/diskK; its CPU is a cgroup vpipe-lab/vmN. The engine\n"
+                     "    vpiped runs in dom0, one guest agent vpipe-guestd per VM. State: /run/vpipe-lab/state.json.\n"
+                     "    Needs root. Run `vpipe-lab COMMAND --help` for each command.\n"),
+                 "vpipe-lab");
+    auto fmt = std::make_shared<ManFormatter>();
+    app.formatter(fmt);
+    app.option_defaults()->group("OPTIONS");
+    app.set_help_flag("-h,--help", "print this help and exit");
+    app.footer(std::string(kExitCommon) +
+               "    exec/client/dom0 exit with CMD's status; 125 when the lab could not be entered,\n"
+               "    126/127 when CMD could not be executed / found.\n\n"
+               "EXAMPLES\n"
+               "    vpipe-lab up --vms 3 --weights 1,1,2 --disks 2\n"
+               "    vpipe-lab exec vm1 -- ping -c1 10.199.0.1\n"
+               "    vpipe-lab info --json\n"
+               "    vpipe-lab down\n");
+    app.require_subcommand(1);
+    bool verbose = false;
+    std::string log_level = "warn";
+    app.add_flag("-v,--verbose", verbose, "log every step and command (debug level)");
+    app.add_option("--log-level", log_level, "spdlog level: trace, debug, info, warn, error")->capture_default_str();
+
+    // ---- up
+    UpOptions up;
+    bool no_daemons = false;
+    auto* up_cmd = app.add_subcommand(
+        "up", man("vpipe-lab up - create the lab and start the engine and the guest agents",
+                  "vpipe-lab up [--vms N] [--disks K] [--disk-mib M] [--weights W,...] [--link-mbit M]\n"
+                  "                 [--guest-cpus LIST] [--dom0-cpus LIST] [--neighbours K] [--vcpu-quota PCT]\n"
+                  "                 [--image-dir DIR]",
+                  "    Creates namespaces vpl-dom0, vpl-client, vpl-vm1..N; the bridge xenbr0 (10.199.0.254/24)\n"
+                  "    in dom0 with one veth per VM (vifN.0 <-> eth0, 10.199.0.(10+N), MAC 02:00:00:00:00:NN)\n"
+                  "    and peth0 <-> the client's eth0 (10.199.0.1); K sparse ext4 images per VM in\n"
+                  "    DIR/vmN/diskK.img on loop devices (direct I/O when possible) mounted at\n"
+                  "    /run/vpipe-lab/vmN/diskK (mode 1777; vdev 51712 + 16*K like Xen's xvda, xvdb...);\n"
+                  "    cgroups vpipe-lab/{dom0,vmN,neighbourJ} (v1 cpu+cpuacct+cpuset, or v2); writes\n"
+                  "    /run/vpipe-lab/vpiped.toml and vmN/agent.toml; starts vpiped in dom0 and one vpipe-guestd\n"
+                  "    per VM (found next to vpipe-lab, else in PATH) and waits for their sockets (10 s).\n"
+                  "    Fails if a lab (or a remnant of one) exists; on any failure everything created is\n"
+                  "    removed again. Progress is recorded in /run/vpipe-lab/state.json as it goes.\n"));
+    up_cmd->add_option("--vms", up.vms, "number of VMs (1..200)")->capture_default_str();
+    up_cmd->add_option("--disks", up.disks, "disks per VM (0..15)")->capture_default_str();
+    up_cmd->add_option("--disk-mib", up.disk_mib, "size of each disk image in MiB (sparse)")->capture_default_str();
+    up_cmd->add_option("--weights", up.weights, "engine weight per VM, e.g. 1,1,2 (default all 1)");
+    up_cmd->add_option("--link-mbit", up.link_mbit,
+                       "rate of the client link in Mbit/s, tbf on peth0 and the client's eth0 (0 = unlimited)")
+        ->capture_default_str();
+    up_cmd->add_option("--guest-cpus", up.guest_cpus, "cpuset of the VMs and neighbours")->capture_default_str();
+    up_cmd->add_option("--dom0-cpus", up.dom0_cpus, "cpuset of dom0 (the engine); default: the last CPU");
+    up_cmd->add_option("--neighbours", up.neighbours, "busy-looping neighbour \"VMs\" on the guest CPUs")
+        ->capture_default_str();
+    up_cmd->add_option("--vcpu-quota", up.vcpu_quota, "CPU quota per VM cgroup in percent of one CPU (0 = none)")
+        ->capture_default_str();
+    up_cmd->add_option("--image-dir", up.image_dir, "where the disk images live")->capture_default_str();
+    up_cmd->add_flag("--no-daemons", no_daemons, "don't start vpiped / vpipe-guestd (tests)")->group("");
+    up_cmd->footer(std::string(kExitCommon) +
+                   "\nEXAMPLES\n"
+                   "    vpipe-lab up\n"
+                   "    vpipe-lab up --vms 3 --weights 1,1,2 --disks 2 --disk-mib 4096\n"
+                   "    vpipe-lab up --vms 2 --guest-cpus 0 --dom0-cpus 1 --neighbours 2 --vcpu-quota 50 --link-mbit 1000\n");
+
+    // ---- down
+    auto* down_cmd = app.add_subcommand(
+        "down", man("vpipe-lab down - remove everything the lab created",
+                    "vpipe-lab down",
+                    "    Kills the engine, agents and neighbours (by recorded pid, then every process found in a\n"
+                    "    lab cgroup or vpl-* namespace), unmounts /run/vpipe-lab/*, detaches loop devices backed\n"
+                    "    by lab images, deletes the vpl-* namespaces (with the bridge, veths, qdiscs), removes the\n"
+                    "    vpipe-lab cgroups, the images and /run/vpipe-lab. Works without state.json (after a\n"
+                    "    crash or a half-failed up) by scanning. Idempotent.\n"));
+    down_cmd->footer(std::string("EXIT STATUS\n"
+                                 "    0  everything is gone (also when there was nothing)\n"
+                                 "    1  something could not be removed (listed on stderr); run it again\n") +
+                     "\nEXAMPLES\n    vpipe-lab down\n");
+
+    // ---- info
+    bool info_json = false;
+    auto* info_cmd = app.add_subcommand(
+        "info", man("vpipe-lab info - describe the running lab",
+                    "vpipe-lab info [--json]",
+                    "    Prints the VMs, their addresses, disks and daemons. With --json prints the state:\n"
+                    "    {\"engine\":{pid,config,control_socket,log}, \"client\":{ip,netns},\n"
+                    "     \"dom0\":{netns,bridge,ip}, \"vms\":[{name,ip,mac,netns,vif,weight,agent_pid,\n"
+                    "     agent_socket,agent_config,agent_log,cgroup,disks:[{vdev,image,device,mount}]}], ...}\n"
+                    "    Pids are 0 when the daemons were not started.\n"));
+    info_cmd->add_flag("--json", info_json, "machine-readable output");
+    info_cmd->footer(std::string("EXIT STATUS\n    0  the lab is up\n    1  it is not (or its state is unreadable)\n") +
+                     "\nEXAMPLES\n    vpipe-lab info\n    vpipe-lab info --json | jq -r '.vms[0].disks[0].mount'\n");
+
+    // ---- exec / client / dom0
+    std::string exec_vm;
+    std::vector<std::string> extra;
+    const std::string exec_exit =
+        "EXIT STATUS\n"
+        "    CMD's exit status; 125 when the lab could not be entered (not up, unknown VM, not root);\n"
+        "    126 when CMD could not be executed, 127 when it was not found.\n";
+    auto* exec_cmd = app.add_subcommand(
+        "exec", man("vpipe-lab exec - run a command inside a VM",
+                    "vpipe-lab exec VM -- CMD [ARGS...]",
+                    "    Runs CMD in VM's network namespace (vpl-VM) and cgroup, with VPIPE_AGENT_SOCKET set to\n"
+                    "    that VM's agent socket, VPIPE_VM=VM and VPIPE_DISK=its first disk's mount. The mount\n"
+                    "    namespace is the host's: the VM's disks are at /run/vpipe-lab/VM/diskK. stdin, stdout\n"
+                    "    and stderr are inherited; the command replaces vpipe-lab (no extra process).\n"));
+    exec_cmd->add_option("vm", exec_vm, "VM name (vm1, vm2, ...)")->required();
+    exec_cmd->add_option("cmd", extra, "the command (put it after --)");
+    exec_cmd->footer(exec_exit + "\nEXAMPLES\n    vpipe-lab exec vm1 -- ping -c1 10.199.0.1\n"
+                                 "    vpipe-lab exec vm2 -- sh -c 'echo hi > /run/vpipe-lab/vm2/disk0/x'\n");
+    auto* client_cmd = app.add_subcommand(
+        "client", man("vpipe-lab client - run a command on the remote client host",
+                      "vpipe-lab client -- CMD [ARGS...]",
+                      "    Runs CMD in the client's network namespace (vpl-client, 10.199.0.1), the far end of\n"
+                      "    dom0's physical port. stdin, stdout and stderr are inherited.\n"));
+    client_cmd->add_option("cmd", extra, "the command (put it after --)");
+    client_cmd->footer(exec_exit + "\nEXAMPLES\n    vpipe-lab client -- ping -c1 10.199.0.11\n"
+                                   "    vpipe-lab client -- curl http://10.199.0.11:8080/file\n");
+    auto* dom0_cmd = app.add_subcommand(
+        "dom0", man("vpipe-lab dom0 - run a command in dom0",
+                    "vpipe-lab dom0 -- CMD [ARGS...]",
+                    "    Runs CMD in dom0's network namespace (vpl-dom0) and cgroup (vpipe-lab/dom0, the dom0\n"
+                    "    CPUs), with VPIPE_CONTROL_SOCKET set to the engine's control socket.\n"));
+    dom0_cmd->add_option("cmd", extra, "the command (put it after --)");
+    dom0_cmd->footer(exec_exit + "\nEXAMPLES\n    vpipe-lab dom0 -- nft list ruleset\n"
+                                 "    vpipe-lab dom0 -- bridge link show\n");
+
+    // ---- demo
+    auto* demo_cmd = app.add_subcommand(
+        "demo", man("vpipe-lab demo - a short tour: copy a file in vm1 with cp-vpipe and with cp",
+                    "vpipe-lab demo",
+                    "    Brings the lab up if needed (1 VM, 1 GiB disk), writes 256 MiB of random data in vm1,\n"
+                    "    copies it with cp-vpipe (skipped if not built) and with cp, prints both times and the\n"
+                    "    SHA-256 sums, and the engine's `vpipectl stats`; takes the lab down again if it\n"
+                    "    brought it up.\n"));
+    demo_cmd->footer(std::string(kExitCommon) + "\nEXAMPLES\n    vpipe-lab demo\n");
+
+    for (auto* s : {up_cmd, down_cmd, info_cmd, exec_cmd, client_cmd, dom0_cmd, demo_cmd}) {
+        s->formatter(fmt);
+        s->group("COMMANDS");
+        s->set_help_flag();
+        s->set_help_flag("-h,--help", "print this help and exit");
+    }
+
+    try {
+        app.parse(cli_argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? 0 : 2;
+    }
+    if (!cmd.empty() && !(exec_cmd->parsed() || client_cmd->parsed() || dom0_cmd->parsed())) {
+        std::cerr << "vpipe-lab: `-- CMD` is only accepted by exec, client and dom0\n";
+        return 2;
+    }
+    if (verbose) log_level = "debug";
+    vpipe::init_logging("vpipe-lab", log_level);
+    set_verbose(verbose);
+
+    std::vector<std::string> full = extra;
+    full.insert(full.end(), cmd.begin(), cmd.end());
+    try {
+        if (up_cmd->parsed()) {
+            up.daemons = !no_daemons;
+            return cmd_up(up);
+        }
+        if (down_cmd->parsed()) return cmd_down(false);
+        if (info_cmd->parsed()) return cmd_info(info_json);
+        if (exec_cmd->parsed()) return cmd_exec(ExecTarget::Vm, exec_vm, full);
+        if (client_cmd->parsed()) return cmd_exec(ExecTarget::Client, "", full);
+        if (dom0_cmd->parsed()) return cmd_exec(ExecTarget::Dom0, "", full);
+        if (demo_cmd->parsed()) return cmd_demo();
+    } catch (const std::exception& e) {
+        std::cerr << "vpipe-lab: " << e.what() << "\n";
+        return 1;
+    }
+    return 2;
+}

@@ -1,0 +1,428 @@
+// Integration test of vpipe-lab: builds small labs (no daemons), checks them, tears them down, and
+// checks that nothing is left behind — also after a crash in the middle of `up`.
+// Needs root; skips otherwise. Never touches a lab that was already up when it started.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kLab = std::string(VPIPE_BIN_DIR) + "/vpipe-lab";
+const std::string kRun = "/run/vpipe-lab";
+
+struct Res {
+    int status = -1;
+    std::string out;
+};
+
+// Runs argv (no shell), stdout+stderr captured; `env` entries are added; `uid` >= 0 drops privileges.
+Res run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}, int uid = -1) {
+    int pfd[2];
+    if (pipe(pfd) != 0) return {};
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        dup2(pfd[1], 2);
+        close(pfd[0]);
+        close(pfd[1]);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
+        if (uid >= 0 && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(99);
+        std::vector<char*> a;
+        for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+        a.push_back(nullptr);
+        execvp(a[0], a.data());
+        _exit(127);
+    }
+    close(pfd[1]);
+    Res r;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(pfd[0], buf, sizeof buf)) > 0) r.out.append(buf, static_cast<size_t>(n));
+    close(pfd[0]);
+    int ws = 0;
+    waitpid(pid, &ws, 0);
+    r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    return r;
+}
+
+Res lab(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
+    args.insert(args.begin(), kLab);
+    return run(args, env);
+}
+
+std::string slurp(const std::string& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+bool have(const std::string& tool) {
+    for (const char* d : {"/usr/sbin", "/usr/bin", "/sbin", "/bin"})
+        if (access((std::string(d) + "/" + tool).c_str(), X_OK) == 0) return true;
+    return false;
+}
+
+std::vector<std::string> lab_netns() {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/run/netns", ec))
+        if (e.path().filename().string().rfind("vpl-", 0) == 0) out.push_back(e.path().filename().string());
+    return out;
+}
+
+std::vector<std::string> lab_mounts() {
+    std::vector<std::string> out;
+    std::istringstream in(slurp("/proc/self/mountinfo"));
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::string f[5];
+        for (auto& x : f) ls >> x;
+        if (f[4] == kRun || f[4].rfind(kRun + "/", 0) == 0) out.push_back(f[4]);
+    }
+    return out;
+}
+
+std::vector<std::string> lab_cgroups() {
+    std::vector<std::string> out;
+    std::error_code ec;
+    if (fs::exists("/sys/fs/cgroup/vpipe-lab", ec)) out.push_back("/sys/fs/cgroup/vpipe-lab");
+    for (const auto& e : fs::directory_iterator("/sys/fs/cgroup", ec))
+        if (fs::exists(e.path() / "vpipe-lab", ec)) out.push_back((e.path() / "vpipe-lab").string());
+    return out;
+}
+
+std::vector<std::string> lab_loops(const std::string& image_dir) {
+    std::vector<std::string> out;
+    auto r = run({"losetup", "-J", "-l"});
+    if (r.status != 0 || r.out.find('{') == std::string::npos) return out;
+    auto j = json::parse(r.out, nullptr, false);
+    if (j.is_discarded()) return out;
+    for (const auto& d : j.value("loopdevices", json::array())) {
+        std::string bf = d.contains("back-file") && d["back-file"].is_string() ? d["back-file"].get<std::string>() : "";
+        if (bf.rfind(image_dir + "/", 0) == 0) out.push_back(d.value("name", "?") + " -> " + bf);
+    }
+    return out;
+}
+
+std::vector<std::string> lab_processes() {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+        std::string n = e.path().filename().string();
+        if (n.empty() || !isdigit(n[0])) continue;
+        std::string cg = slurp("/proc/" + n + "/cgroup");
+        if (cg.find(":/vpipe-lab/") != std::string::npos) {
+            std::string st = slurp("/proc/" + n + "/stat");
+            auto rp = st.rfind(')');
+            if (rp != std::string::npos && rp + 2 < st.size() && st[rp + 2] == 'Z') continue;  // being reaped
+            out.push_back(n);
+        }
+    }
+    return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+}
+
+// Asserts that nothing of the lab remains.
+void expect_clean(const std::string& image_dir) {
+    EXPECT_TRUE(lab_mounts().empty()) << "mounts left: " << join(lab_mounts());
+    EXPECT_TRUE(lab_loops(image_dir).empty()) << "loops left: " << join(lab_loops(image_dir));
+    EXPECT_TRUE(lab_netns().empty()) << "netns left: " << join(lab_netns());
+    EXPECT_TRUE(lab_cgroups().empty()) << "cgroups left: " << join(lab_cgroups());
+    EXPECT_FALSE(fs::exists(kRun)) << kRun << " left";
+    // processes may take a moment to be reaped by init
+    for (int i = 0; i < 50 && !lab_processes().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_TRUE(lab_processes().empty()) << "processes left in lab cgroups: " << join(lab_processes());
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(image_dir, ec))
+        EXPECT_NE(e.path().extension(), ".img") << "image left: " << e.path();
+}
+
+class Lab : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (geteuid() != 0) GTEST_SKIP() << "needs root (namespaces, loop devices, mounts, cgroups)";
+        if (access(kLab.c_str(), X_OK) != 0) GTEST_SKIP() << kLab << " not built";
+        if (fs::exists(kRun) || !lab_netns().empty())
+            GTEST_SKIP() << "a lab is already up on this host (someone else's?); not touching it. "
+                            "Run `vpipe-lab down` if it is a leftover.";
+        owns_lab_ = true;
+        char tmpl[] = "/tmp/vpipe-lab-test-XXXXXX";
+        ASSERT_NE(mkdtemp(tmpl), nullptr);
+        tmp_ = tmpl;
+    }
+    void TearDown() override {
+        if (!owns_lab_) return;
+        auto r = lab({"down"});
+        EXPECT_EQ(r.status, 0) << r.out;
+        std::error_code ec;
+        fs::remove_all(tmp_, ec);
+    }
+
+    json info() {
+        auto r = lab({"info", "--json"});
+        EXPECT_EQ(r.status, 0) << r.out;
+        return json::parse(r.out, nullptr, false);
+    }
+
+    bool owns_lab_ = false;
+    std::string tmp_;
+};
+
+const std::vector<std::string> kSmallUp{"up", "--vms", "2", "--disks", "2", "--disk-mib", "64", "--no-daemons"};
+
+TEST_F(Lab, UpInfoExecDown) {
+    auto up = lab(kSmallUp);
+    ASSERT_EQ(up.status, 0) << up.out;
+
+    json j = info();
+    ASSERT_FALSE(j.is_discarded());
+    EXPECT_EQ(j["engine"]["pid"], 0);
+    EXPECT_EQ(j["engine"]["config"], "/run/vpipe-lab/vpiped.toml");
+    EXPECT_EQ(j["engine"]["control_socket"], "/run/vpipe-lab/vpiped.ctl");
+    EXPECT_EQ(j["engine"]["log"], "/run/vpipe-lab/vpiped.log");
+    EXPECT_EQ(j["client"]["ip"], "10.199.0.1");
+    EXPECT_EQ(j["client"]["netns"], "vpl-client");
+    EXPECT_EQ(j["dom0"]["netns"], "vpl-dom0");
+    EXPECT_EQ(j["dom0"]["bridge"], "xenbr0");
+    EXPECT_EQ(j["dom0"]["ip"], "10.199.0.254");
+    ASSERT_EQ(j["vms"].size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+        const auto& vm = j["vms"][i];
+        std::string name = "vm" + std::to_string(i + 1);
+        EXPECT_EQ(vm["name"], name);
+        EXPECT_EQ(vm["ip"], "10.199.0.1" + std::to_string(i + 1));
+        EXPECT_EQ(vm["mac"], "02:00:00:00:00:0" + std::to_string(i + 1));
+        EXPECT_EQ(vm["netns"], "vpl-" + name);
+        EXPECT_EQ(vm["vif"], "vif" + std::to_string(i + 1) + ".0");
+        EXPECT_EQ(vm["weight"], 1);
+        EXPECT_EQ(vm["agent_pid"], 0);
+        EXPECT_EQ(vm["agent_socket"], "/run/vpipe-lab/" + name + "/agent.sock");
+        EXPECT_EQ(vm["agent_config"], "/run/vpipe-lab/" + name + "/agent.toml");
+        EXPECT_EQ(vm["agent_log"], "/run/vpipe-lab/" + name + "/agent.log");
+        EXPECT_TRUE(fs::exists(vm["agent_config"].get<std::string>()));
+        EXPECT_TRUE(fs::is_directory(vm["cgroup"].get<std::string>())) << vm["cgroup"];
+        EXPECT_TRUE(fs::exists("/run/netns/vpl-" + name));
+        ASSERT_EQ(vm["disks"].size(), 2u);
+        for (int k = 0; k < 2; ++k) {
+            const auto& d = vm["disks"][k];
+            EXPECT_EQ(d["vdev"], 51712 + 16 * k);
+            EXPECT_EQ(d["image"], "/var/lib/vpipe-lab/" + name + "/disk" + std::to_string(k) + ".img");
+            EXPECT_EQ(d["mount"], "/run/vpipe-lab/" + name + "/disk" + std::to_string(k));
+            EXPECT_EQ(d["device"].get<std::string>().rfind("/dev/loop", 0), 0u) << d["device"];
+            EXPECT_TRUE(fs::exists(d["image"].get<std::string>()));
+            auto mounts = lab_mounts();
+            EXPECT_NE(std::find(mounts.begin(), mounts.end(), d["mount"].get<std::string>()), mounts.end());
+            struct stat st {};
+            ASSERT_EQ(stat(d["mount"].get<std::string>().c_str(), &st), 0);
+            EXPECT_EQ(st.st_mode & 07777, 01777u);
+        }
+    }
+    for (const char* ns : {"vpl-dom0", "vpl-client"}) EXPECT_TRUE(fs::exists(std::string("/run/netns/") + ns));
+    std::string cfg = slurp("/run/vpipe-lab/vpiped.toml");
+    EXPECT_NE(cfg.find("control_socket = \"/run/vpipe-lab/vpiped.ctl\""), std::string::npos) << cfg;
+    EXPECT_NE(cfg.find("[[vm.disk]]"), std::string::npos) << cfg;
+    EXPECT_NE(cfg.find("vdev = 51728"), std::string::npos) << cfg;
+    std::string acfg = slurp("/run/vpipe-lab/vm2/agent.toml");
+    EXPECT_NE(acfg.find("listen = \"/run/vpipe-lab/vm2/agent.sock\""), std::string::npos) << acfg;
+    EXPECT_NE(acfg.find(j["vms"][1]["disks"][0]["device"].get<std::string>()), std::string::npos) << acfg;
+
+    // exec: files land on the VM's mount, exit status propagates, environment and namespaces are the VM's
+    std::string mnt = j["vms"][0]["disks"][0]["mount"];
+    auto w = lab({"exec", "vm1", "--", "sh", "-c", "echo hi > " + mnt + "/x"});
+    EXPECT_EQ(w.status, 0) << w.out;
+    EXPECT_EQ(slurp(mnt + "/x"), "hi\n");
+    EXPECT_NE(lab({"exec", "vm1", "--", "false"}).status, 0);
+    EXPECT_EQ(lab({"exec", "vm1", "--", "sh", "-c", "exit 7"}).status, 7);
+    EXPECT_EQ(lab({"exec", "vm1", "--", "no-such-command-vpipe"}).status, 127);
+    EXPECT_EQ(lab({"exec", "vm9", "--", "true"}).status, 125);
+    auto env = lab({"exec", "vm2", "--", "sh", "-c", "echo $VPIPE_AGENT_SOCKET $VPIPE_VM"});
+    EXPECT_EQ(env.out, "/run/vpipe-lab/vm2/agent.sock vm2\n");
+    auto cg = lab({"exec", "vm2", "--", "cat", "/proc/self/cgroup"});
+    EXPECT_NE(cg.out.find("/vpipe-lab/vm2"), std::string::npos) << cg.out;
+    auto addr = lab({"exec", "vm1", "--", "ip", "-br", "addr", "show", "eth0"});
+    EXPECT_NE(addr.out.find("10.199.0.11/24"), std::string::npos) << addr.out;
+    auto link = lab({"exec", "vm1", "--", "ip", "link", "show", "eth0"});
+    EXPECT_NE(link.out.find("02:00:00:00:00:01"), std::string::npos) << link.out;
+    auto br = lab({"dom0", "--", "ip", "-br", "link", "show", "master", "xenbr0"});
+    for (const char* port : {"peth0", "vif1.0", "vif2.0"}) EXPECT_NE(br.out.find(port), std::string::npos) << br.out;
+    auto cl = lab({"client", "--", "ip", "-br", "addr", "show", "eth0"});
+    EXPECT_NE(cl.out.find("10.199.0.1/24"), std::string::npos) << cl.out;
+
+    // a second up fails clearly and leaves the running lab alone
+    auto again = lab(kSmallUp);
+    EXPECT_NE(again.status, 0);
+    EXPECT_NE(again.out.find("already up"), std::string::npos) << again.out;
+    EXPECT_TRUE(fs::exists("/run/vpipe-lab/state.json"));
+
+    auto down = lab({"down"});
+    EXPECT_EQ(down.status, 0) << down.out;
+    expect_clean("/var/lib/vpipe-lab");
+    EXPECT_FALSE(fs::exists("/var/lib/vpipe-lab"));
+    auto down2 = lab({"down"});
+    EXPECT_EQ(down2.status, 0) << down2.out;
+    EXPECT_NE(lab({"info"}).status, 0);
+}
+
+TEST_F(Lab, NetworkAcrossTheBridge) {
+    if (!have("ping")) GTEST_SKIP() << "ping (iputils-ping) is not installed";
+    auto up = lab({"up", "--vms", "2", "--disks", "1", "--disk-mib", "64", "--no-daemons", "--image-dir", tmp_});
+    ASSERT_EQ(up.status, 0) << up.out;
+    auto a = lab({"exec", "vm1", "--", "ping", "-c1", "-W2", "10.199.0.1"});
+    EXPECT_EQ(a.status, 0) << a.out;
+    auto b = lab({"client", "--", "ping", "-c1", "-W2", "10.199.0.12"});
+    EXPECT_EQ(b.status, 0) << b.out;
+    auto c = lab({"exec", "vm2", "--", "ping", "-c1", "-W2", "10.199.0.11"});
+    EXPECT_EQ(c.status, 0) << c.out;
+    auto d = lab({"dom0", "--", "ping", "-c1", "-W2", "10.199.0.12"});
+    EXPECT_EQ(d.status, 0) << d.out;
+    EXPECT_EQ(lab({"down"}).status, 0);
+    expect_clean(tmp_);
+}
+
+TEST_F(Lab, CpuControls) {
+    // one neighbour busy-loops on the guest CPU for the (short) life of this lab
+    auto up = lab({"up", "--vms", "1", "--disks", "0", "--neighbours", "1", "--vcpu-quota", "50", "--link-mbit",
+                   "100", "--weights", "3", "--no-daemons", "--image-dir", tmp_});
+    ASSERT_EQ(up.status, 0) << up.out;
+    json j = info();
+    EXPECT_EQ(j["vms"][0]["weight"], 3);
+    ASSERT_EQ(j["neighbours"].size(), 1u);
+    int npid = j["neighbours"][0]["pid"];
+    EXPECT_GT(npid, 0);
+    EXPECT_EQ(kill(npid, 0), 0);
+    EXPECT_NE(slurp("/proc/" + std::to_string(npid) + "/cgroup").find("/vpipe-lab/neighbour1"), std::string::npos);
+    std::string cgdir = j["vms"][0]["cgroup"];
+    if (fs::exists(cgdir + "/cpu.max")) {
+        EXPECT_EQ(slurp(cgdir + "/cpu.max"), "50000 100000\n");
+    } else {
+        EXPECT_EQ(slurp(cgdir + "/cpu.cfs_quota_us"), "50000\n");
+    }
+    auto tc = lab({"dom0", "--", "tc", "qdisc", "show", "dev", "peth0"});
+    EXPECT_NE(tc.out.find("tbf"), std::string::npos) << tc.out;
+    EXPECT_NE(tc.out.find("100Mbit"), std::string::npos) << tc.out;
+    EXPECT_EQ(lab({"down"}).status, 0);
+    expect_clean(tmp_);
+    EXPECT_TRUE(kill(npid, 0) != 0 || slurp("/proc/" + std::to_string(npid) + "/cgroup").find("vpipe-lab") ==
+                                           std::string::npos);
+}
+
+TEST_F(Lab, DownAfterStateFileLost) {
+    auto up = lab({"up", "--vms", "2", "--disks", "2", "--disk-mib", "64", "--neighbours", "1", "--no-daemons",
+                   "--image-dir", tmp_});
+    ASSERT_EQ(up.status, 0) << up.out;
+    ASSERT_TRUE(fs::remove("/run/vpipe-lab/state.json"));
+    auto down = lab({"down"});
+    EXPECT_EQ(down.status, 0) << down.out;
+    expect_clean(tmp_);
+}
+
+class LabCrash : public Lab, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(LabCrash, DownCleansUpAfterKill9MidUp) {
+    auto up = lab({"up", "--vms", "2", "--disks", "2", "--disk-mib", "64", "--neighbours", "1", "--no-daemons",
+                   "--image-dir", tmp_},
+                  {"VPIPE_LAB_TEST_CRASH_AFTER=" + GetParam()});
+    ASSERT_EQ(up.status, 128 + SIGKILL) << up.out;
+    auto down = lab({"down"});
+    EXPECT_EQ(down.status, 0) << down.out;
+    expect_clean(tmp_);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, LabCrash, ::testing::Values("state", "cgroups", "netns", "network", "disk", "disks"));
+
+class LabExternalKill : public Lab, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(LabExternalKill, DownCleansUpAfterExternalKill9) {
+    // kill -9 from outside as soon as state.json mentions the parameter, i.e. while `up` (or one of
+    // its children: ip, mkfs, losetup, mount) is busy with the next step
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl(kLab.c_str(), kLab.c_str(), "up", "--vms", "3", "--disks", "2", "--disk-mib", "64", "--no-daemons",
+              "--image-dir", tmp_.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline &&
+           slurp("/run/vpipe-lab/state.json").find(GetParam()) == std::string::npos)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    kill(pid, SIGKILL);
+    int ws = 0;
+    waitpid(pid, &ws, 0);
+    auto down = lab({"down"});
+    EXPECT_EQ(down.status, 0) << down.out;
+    expect_clean(tmp_);
+}
+
+INSTANTIATE_TEST_SUITE_P(Phases, LabExternalKill,
+                         ::testing::Values("vpl-vm3", "disk0.img", "/dev/loop", "\"mounted\": true", "disk1.img"));
+
+TEST_F(Lab, FailedUpRollsBack) {
+    // the image dir can't be created (its parent is a file): fails after namespaces and cgroups exist
+    std::string file = tmp_ + "/not-a-dir";
+    std::ofstream(file) << "x";
+    auto up = lab({"up", "--vms", "2", "--disk-mib", "64", "--no-daemons", "--image-dir", file + "/images"});
+    EXPECT_NE(up.status, 0);
+    EXPECT_NE(up.out.find("rolled back"), std::string::npos) << up.out;
+    expect_clean(tmp_);
+    EXPECT_TRUE(fs::exists(file));
+
+    auto bad = lab({"up", "--guest-cpus", "4096", "--no-daemons"});
+    EXPECT_NE(bad.status, 0);
+    EXPECT_NE(bad.out.find("not online"), std::string::npos) << bad.out;
+    expect_clean("/var/lib/vpipe-lab");
+
+    auto weights = lab({"up", "--vms", "3", "--weights", "1,2", "--no-daemons"});
+    EXPECT_NE(weights.status, 0);
+    expect_clean("/var/lib/vpipe-lab");
+
+    auto nonroot = run({kLab, "up", "--no-daemons"}, {}, 65534);
+    EXPECT_NE(nonroot.status, 0);
+    EXPECT_NE(nonroot.out.find("root"), std::string::npos) << nonroot.out;
+    expect_clean("/var/lib/vpipe-lab");
+}
+
+TEST(LabHelp, EverySubcommandHasAManStyleHelp) {
+    if (access(kLab.c_str(), X_OK) != 0) GTEST_SKIP() << kLab << " not built";
+    for (std::string sub : {"", "up", "down", "info", "exec", "client", "dom0", "demo"}) {
+        std::vector<std::string> argv{kLab};
+        if (!sub.empty()) argv.push_back(sub);
+        argv.push_back("--help");
+        auto r = run(argv);
+        EXPECT_EQ(r.status, 0) << sub;
+        for (const char* section : {"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES"})
+            EXPECT_NE(r.out.find(section), std::string::npos) << "vpipe-lab " << sub << " --help lacks " << section;
+    }
+    EXPECT_EQ(run({kLab, "up", "--vms", "x"}).status, 2);
+    EXPECT_EQ(run({kLab}).status, 2);
+}
+
+}  // namespace
