@@ -44,6 +44,25 @@ int write_all(int fd, const char* buf, size_t len, bool is_file, uint64_t file_o
     return 0;
 }
 
+// pread/pwrite loop, continuing after `moved` bytes.
+int64_t copy_by_hand(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_t length,
+                     uint64_t moved) {
+    std::vector<char> buf(static_cast<size_t>(std::min<uint64_t>(length - moved, 1 << 20)));
+    while (moved < length) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), length - moved));
+        ssize_t n = ::pread(in_fd, buf.data(), want, static_cast<off_t>(in_off + moved));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return finish(moved, errno);
+        }
+        if (n == 0) break;
+        if (int r = write_all(out_fd, buf.data(), static_cast<size_t>(n), true, out_off + moved))
+            return finish(moved, -r);
+        moved += static_cast<uint64_t>(n);
+    }
+    return static_cast<int64_t>(moved);
+}
+
 }  // namespace
 
 int64_t fallback_file_to_file(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off,
@@ -55,6 +74,9 @@ int64_t fallback_file_to_file(int in_fd, uint64_t in_off, int out_fd, uint64_t o
         ssize_t n = ::copy_file_range(in_fd, &ioff, out_fd, &ooff, want, 0);
         if (n < 0) {
             if (errno == EINTR) continue;
+            // Across filesystems (EXDEV since Linux 5.19) or where the kernel can't: copy by hand.
+            if (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
+                return copy_by_hand(in_fd, in_off, out_fd, out_off, length, moved);
             return finish(moved, errno);
         }
         if (n == 0) break;  // EOF

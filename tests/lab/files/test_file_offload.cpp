@@ -1,0 +1,375 @@
+// file -> file through the real stack: libvpipe in this process talks to the lab VM's agent,
+// the agent maps extents and rings dom0, vpiped copies blocks inside the VM's disk image.
+// Every case is checked byte for byte by reading the destination back through the filesystem
+// (the agent dropped its cached pages, so the bytes come from the image).
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <vpipe/vpipe.h>
+
+namespace {
+
+const std::string kBin = VPIPE_BIN_DIR;
+
+// Runs a command, returns its exit status and stdout.
+int run(const std::string& cmd, std::string* out = nullptr) {
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return -1;
+    std::string buf;
+    char chunk[4096];
+    size_t n;
+    while ((n = std::fread(chunk, 1, sizeof(chunk), p)) > 0) buf.append(chunk, n);
+    int st = ::pclose(p);
+    if (out) *out = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+nlohmann::json lab_info() {
+    std::string out;
+    if (run(kBin + "/vpipe-lab info --json 2>/dev/null", &out) != 0) return {};
+    return nlohmann::json::parse(out);
+}
+
+uint64_t agent_io(pid_t pid, const char* key) {
+    FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/io").c_str(), "r");
+    char k[32];
+    unsigned long long v, found = 0;
+    while (f && std::fscanf(f, "%31s %llu", k, &v) == 2)
+        if (std::string(k) == std::string(key) + ":") found = v;
+    if (f) std::fclose(f);
+    return found;
+}
+
+void fill_random(std::vector<char>* buf, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    for (size_t i = 0; i + 8 <= buf->size(); i += 8) {
+        uint64_t v = rng();
+        std::memcpy(buf->data() + i, &v, 8);
+    }
+    for (size_t i = buf->size() & ~size_t{7}; i < buf->size(); ++i) (*buf)[i] = static_cast<char>(rng());
+}
+
+void write_file(const std::string& path, const std::vector<char>& data) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0) << path;
+    size_t done = 0;
+    while (done < data.size()) {
+        ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        ASSERT_GT(n, 0);
+        done += static_cast<size_t>(n);
+    }
+    ::close(fd);
+}
+
+std::vector<char> read_file(const std::string& path) {
+    std::vector<char> out;
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return out;
+    char chunk[1 << 16];
+    ssize_t n;
+    while ((n = ::read(fd, chunk, sizeof(chunk))) > 0) out.insert(out.end(), chunk, chunk + n);
+    ::close(fd);
+    return out;
+}
+
+// Moves `len` bytes with libvpipe; returns the count, checks it was offloaded (not a fallback).
+ssize_t offload(int in, int out, off_t in_off, size_t len, off_t out_off) {
+    ssize_t n = vpipe_file_to_file_fd(in, out, in_off, len, out_off);
+    vpipe_result r{};
+    vpipe_last_result(&r);
+    EXPECT_NE(r.path, VPIPE_RESULT_FALLBACK) << "fell back: " << r.reason;
+    if (n > 0) {
+        EXPECT_EQ(r.offloaded + r.guest_copied, static_cast<uint64_t>(n));
+    }
+    return n;
+}
+
+class FileOffload : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (::geteuid() != 0) return;
+        // One lab per host: wait for another user's lab to go away rather than tear it down.
+        for (int i = 0; i < 60 && !lab_info().is_null(); ++i)
+            std::this_thread::sleep_for(std::chrono::seconds(10));
+        std::string out;
+        int st = run(kBin + "/vpipe-lab up --vms 1 --disks 2 --disk-mib 1024 2>&1", &out);
+        ASSERT_EQ(st, 0) << out;
+        brought_up_ = true;
+        info_ = lab_info();
+        ::setenv("VPIPE_AGENT_SOCKET", info_["vms"][0]["agent_socket"].get<std::string>().c_str(), 1);
+        vpipe_set_fallback(1);
+    }
+    static void TearDownTestSuite() {
+        if (brought_up_) {
+            std::string out;
+            EXPECT_EQ(run(kBin + "/vpipe-lab down 2>&1", &out), 0) << out;
+        }
+        brought_up_ = false;
+    }
+    void SetUp() override {
+        if (::geteuid() != 0) GTEST_SKIP() << "the lab needs root";
+        ASSERT_TRUE(brought_up_);
+    }
+    static std::string disk(int k) {
+        return info_["vms"][0]["disks"][k]["mount"].get<std::string>();
+    }
+    static nlohmann::json engine_vm() {
+        std::string out;
+        run(kBin + "/vpipectl --control " + info_["engine"]["control_socket"].get<std::string>() +
+                " stats --json",
+            &out);
+        return nlohmann::json::parse(out)["vms"][0];
+    }
+
+    // Copies a whole new file of `size` random bytes and checks it.
+    void copy_new_file(uint64_t size, const std::string& src_dir, const std::string& dst_dir) {
+        std::vector<char> data(size);
+        fill_random(&data, size + 1);
+        const std::string src = src_dir + "/src-" + std::to_string(size);
+        const std::string dst = dst_dir + "/dst-" + std::to_string(size);
+        write_file(src, data);
+        int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ASSERT_GE(in, 0);
+        ASSERT_GE(out, 0);
+        EXPECT_EQ(offload(in, out, 0, size, 0), static_cast<ssize_t>(size));
+        ::close(in);
+        ::close(out);
+        struct stat st{};
+        ASSERT_EQ(::stat(dst.c_str(), &st), 0);
+        EXPECT_EQ(static_cast<uint64_t>(st.st_size), size);
+        EXPECT_TRUE(read_file(dst) == data) << "content differs for size " << size;
+    }
+
+    static inline nlohmann::json info_;
+    static inline bool brought_up_ = false;
+};
+
+}  // namespace
+
+TEST_F(FileOffload, SmallAndOddSizes) {
+    for (uint64_t size : {0ull, 1ull, 4095ull, (1ull << 20) + 1}) copy_new_file(size, disk(0), disk(0));
+}
+
+TEST_F(FileOffload, SecondDiskOfTheSameVm) {
+    copy_new_file((8ull << 20) + 3, disk(0), disk(1));
+    copy_new_file(12345, disk(1), disk(0));
+}
+
+TEST_F(FileOffload, JustWrittenQuarterGigabyteWithCpVpipe) {
+    // The acceptance case: written inside the VM and copied at once with cp-vpipe.
+    const std::string src = disk(0) + "/big", dst = disk(0) + "/big.copy";
+    const pid_t agent = info_["vms"][0]["agent_pid"].get<pid_t>();
+    const uint64_t agent_r0 = agent_io(agent, "rchar"), agent_w0 = agent_io(agent, "wchar");
+    const uint64_t engine_read0 = engine_vm()["disks"][0]["bytes_read"].get<uint64_t>();
+    std::string out;
+    int st = run(kBin + "/vpipe-lab exec vm1 -- sh -c 'head -c 268435456 /dev/urandom > " + src +
+                     " && " + kBin + "/cp-vpipe --stats " + src + " " + dst + "' 2>&1",
+                 &out);
+    ASSERT_EQ(st, 0) << out;
+    unsigned long long copied = 0, offloaded = 0, requests = 0, guest = 0, zero = 0, rchar = 0, wchar = 0;
+    const char* stats = std::strstr(out.c_str(), "copied ");
+    ASSERT_NE(stats, nullptr) << out;
+    ASSERT_EQ(std::sscanf(stats,
+                          "copied %llu bytes: offloaded %llu in %llu ring request(s), guest %llu, "
+                          "zero-filled %llu; cp-vpipe's own syscall I/O: rchar %llu wchar %llu",
+                          &copied, &offloaded, &requests, &guest, &zero, &rchar, &wchar),
+              7)
+        << out;
+    EXPECT_EQ(copied, 256ull << 20);
+    EXPECT_EQ(offloaded, 256ull << 20);
+    EXPECT_EQ(guest, 0u);
+    EXPECT_LT(rchar + wchar, 1ull << 20) << "the copying process moved data itself";
+    // The agent read nothing of the data; what it wrote is exactly the zero-fill of the new
+    // file's blocks (docs/append.md), reported as such.
+    EXPECT_LT(agent_io(agent, "rchar") - agent_r0, 1ull << 20);
+    EXPECT_LE(agent_io(agent, "wchar") - agent_w0, zero + (1ull << 20));
+    EXPECT_GE(engine_vm()["disks"][0]["bytes_read"].get<uint64_t>() - engine_read0, 256ull << 20);
+    EXPECT_EQ(run("cmp -s " + src + " " + dst), 0) << "copy differs";
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
+}
+
+TEST_F(FileOffload, SparseFileKeepsItsHolesAsZeros) {
+    const std::string src = disk(0) + "/sparse", dst = disk(0) + "/sparse.copy";
+    int fd = ::open(src.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, 16 << 20), 0);
+    std::vector<char> chunk(100000);
+    fill_random(&chunk, 7);
+    for (off_t at : {off_t{0}, off_t{5 << 20}, off_t{(16 << 20) - 100000}})
+        ASSERT_EQ(::pwrite(fd, chunk.data(), chunk.size(), at), static_cast<ssize_t>(chunk.size()));
+    int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    EXPECT_EQ(offload(fd, out, 0, 16 << 20, 0), 16 << 20);
+    ::close(out);
+    std::vector<char> expect(16 << 20, 0);
+    ASSERT_EQ(::pread(fd, expect.data(), expect.size(), 0), static_cast<ssize_t>(expect.size()));
+    ::close(fd);
+    EXPECT_TRUE(read_file(dst) == expect);
+}
+
+TEST_F(FileOffload, FragmentedFileWithHundredsOfExtents) {
+    // Interleave 4 KiB appends to two files, syncing each, so their blocks alternate. ext4
+    // would keep each file contiguous; mb_stream_req sends every allocation through the shared
+    // locality-group pool so the two files really interleave.
+    const std::string src = disk(0) + "/frag", other = disk(0) + "/frag.other", dst = disk(1) + "/frag.copy";
+    const std::string dev = info_["vms"][0]["disks"][0]["device"].get<std::string>();
+    const std::string knob = "/sys/fs/ext4/" + dev.substr(dev.rfind('/') + 1) + "/mb_stream_req";
+    auto set_knob = [&](const char* v) {
+        FILE* f = std::fopen(knob.c_str(), "w");
+        ASSERT_NE(f, nullptr) << knob;
+        std::fputs(v, f);
+        std::fclose(f);
+    };
+    set_knob("100000");
+    int a = ::open(src.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int b = ::open(other.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    std::vector<char> data(300 * 4096);
+    fill_random(&data, 11);
+    for (int i = 0; i < 300; ++i) {
+        ASSERT_EQ(::write(a, data.data() + i * 4096, 4096), 4096);
+        ASSERT_EQ(::fsync(a), 0);
+        ASSERT_EQ(::write(b, data.data(), 4096), 4096);
+        ASSERT_EQ(::fsync(b), 0);
+    }
+    ::close(a);
+    ::close(b);
+    set_knob("16");
+    int in = ::open(src.c_str(), O_RDONLY);
+    std::vector<uint8_t> buf(sizeof(fiemap) + 512 * sizeof(fiemap_extent));
+    auto* m = reinterpret_cast<fiemap*>(buf.data());
+    m->fm_length = ~0ull;
+    m->fm_extent_count = 512;
+    ASSERT_EQ(::ioctl(in, FS_IOC_FIEMAP, m), 0);
+    ASSERT_GE(m->fm_mapped_extents, 100u) << "the file did not fragment";
+    int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    EXPECT_EQ(offload(in, out, 0, data.size(), 0), static_cast<ssize_t>(data.size()));
+    ::close(in);
+    ::close(out);
+    EXPECT_TRUE(read_file(dst) == data);
+}
+
+TEST_F(FileOffload, UnalignedOffsetsAndLengthsIntoTheMiddleOfAFile) {
+    const std::string src = disk(0) + "/ua.src", dst = disk(0) + "/ua.dst";
+    std::vector<char> s(8 << 20), d(6 << 20);
+    fill_random(&s, 21);
+    fill_random(&d, 22);
+    write_file(src, s);
+    write_file(dst, d);
+    const off_t in_off = 12345, out_off = 999;
+    const size_t len = (3 << 20) + 777;
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY);
+    EXPECT_EQ(offload(in, out, in_off, len, out_off), static_cast<ssize_t>(len));
+    ::close(in);
+    ::close(out);
+    std::memcpy(d.data() + out_off, s.data() + in_off, len);
+    EXPECT_TRUE(read_file(dst) == d) << "overwrite in the middle went wrong";
+}
+
+TEST_F(FileOffload, AppendKeepsTheOldTail) {
+    const std::string src = disk(0) + "/ap.src", dst = disk(0) + "/ap.dst";
+    std::vector<char> s(2 << 20), d(5000);
+    fill_random(&s, 31);
+    fill_random(&d, 32);
+    write_file(src, s);
+    write_file(dst, d);
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY);
+    EXPECT_EQ(offload(in, out, 0, s.size(), 5000), static_cast<ssize_t>(s.size()));
+    vpipe_result r{};
+    vpipe_last_result(&r);
+    EXPECT_GT(r.zero_filled, 0u) << "an append allocates (and reports) destination blocks";
+    ::close(in);
+    ::close(out);
+    d.insert(d.end(), s.begin(), s.end());
+    EXPECT_TRUE(read_file(dst) == d);
+}
+
+TEST_F(FileOffload, LengthPastEndOfFileIsAShortCount) {
+    const std::string src = disk(0) + "/short.src", dst = disk(0) + "/short.dst";
+    std::vector<char> s(1 << 20);
+    fill_random(&s, 41);
+    write_file(src, s);
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    EXPECT_EQ(offload(in, out, 512 << 10, 10 << 20, 0), 512 << 10);
+    EXPECT_EQ(offload(in, out, 1 << 20, 10 << 20, 512 << 10), 0) << "at EOF: 0";
+    ::close(in);
+    ::close(out);
+    EXPECT_TRUE(read_file(dst) == std::vector<char>(s.begin() + (512 << 10), s.end()));
+}
+
+TEST_F(FileOffload, WrongDescriptorsAreClearErrors) {
+    const std::string src = disk(0) + "/err.src", dst = disk(0) + "/err.dst";
+    write_file(src, std::vector<char>(8192, 'x'));
+    write_file(dst, std::vector<char>(8192, 'y'));
+    int ro = ::open(dst.c_str(), O_RDONLY), wo = ::open(src.c_str(), O_WRONLY);
+    int in = ::open(src.c_str(), O_RDONLY), rw = ::open(src.c_str(), O_RDWR);
+    errno = 0;
+    EXPECT_EQ(vpipe_file_to_file_fd(in, ro, 0, 100, 0), -1);
+    EXPECT_EQ(errno, EBADF) << "destination opened read-only";
+    EXPECT_EQ(vpipe_file_to_file_fd(wo, rw, 0, 100, 0), -1);
+    EXPECT_EQ(errno, EBADF) << "source opened write-only";
+    EXPECT_EQ(vpipe_file_to_file_fd(in, rw, 0, 4096, 100), -1);
+    EXPECT_EQ(errno, EINVAL) << "overlapping ranges of one file";
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    EXPECT_EQ(vpipe_file_to_file_fd(in, sv[0], 0, 100, 0), -1);
+    EXPECT_EQ(errno, EINVAL) << "a socket is not a file";
+    EXPECT_EQ(vpipe_file_to_file_fd(in, 987654, 0, 100, 0), -1);
+    EXPECT_EQ(errno, EBADF);
+    for (int fd : {ro, wo, in, rw, sv[0], sv[1]}) ::close(fd);
+    EXPECT_TRUE(read_file(dst) == std::vector<char>(8192, 'y')) << "a refused call wrote";
+}
+
+TEST_F(FileOffload, FileOffTheVmDisksFallsBackVisiblyOrFails) {
+    const std::string src = "/var/tmp/vpipe-fallback-src", dst = disk(0) + "/fb.dst";
+    std::vector<char> s(100000);
+    fill_random(&s, 51);
+    write_file(src, s);
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    vpipe_stats before{}, after{};
+    vpipe_get_stats(&before);
+    EXPECT_EQ(vpipe_file_to_file_fd(in, out, 0, s.size(), 0), static_cast<ssize_t>(s.size()));
+    vpipe_result r{};
+    vpipe_last_result(&r);
+    EXPECT_EQ(r.path, VPIPE_RESULT_FALLBACK);
+    EXPECT_EQ(r.error, ENXIO);
+    EXPECT_NE(std::string(r.reason).find("not on one of this VM's virtual disks"), std::string::npos);
+    vpipe_get_stats(&after);
+    EXPECT_EQ(after.ops_fallback, before.ops_fallback + 1);
+    EXPECT_EQ(after.bytes_guest, before.bytes_guest + s.size());
+    EXPECT_TRUE(read_file(dst) == s);
+
+    vpipe_set_fallback(0);
+    errno = 0;
+    EXPECT_EQ(vpipe_file_to_file_fd(in, out, 0, s.size(), 0), -1);
+    EXPECT_EQ(errno, ENXIO);
+    vpipe_set_fallback(1);
+    ::close(in);
+    ::close(out);
+    ::unlink(src.c_str());
+}
+
+TEST_F(FileOffload, EngineCountersMatchWhatMoved) {
+    auto vm = engine_vm();
+    EXPECT_EQ(vm["connected"], true);
+    EXPECT_EQ(vm["rejected"], 0) << "the agent built a request the engine refused";
+    EXPECT_EQ(vm["failed"], 0);
+    EXPECT_EQ(vm["active"], 0);
+    EXPECT_GT(vm["ops"]["file_to_file"].get<uint64_t>(), 0u);
+}
