@@ -62,37 +62,47 @@ int guest_copy(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_
     return 0;
 }
 
-// Sends the chunks of one offloaded piece, keeping up to `window` requests in flight.
-// *moved = bytes of the leading run of requests that completed fully.
-int offload_chunks(AgentContext& ctx, const std::vector<RingChunk>& chunks, uint64_t* moved) {
-    const size_t window = std::max<size_t>(1, std::min<size_t>(chunks.size(), 8));
-    std::vector<std::shared_ptr<EngineLink::Ticket>> tickets(chunks.size());
-    size_t next = 0, done = 0;
+// One stage of the pipeline: a stretch of an offloaded piece whose destination blocks are
+// prepared, mapped and handed to dom0 as ring requests while the next stage is prepared.
+struct Stage {
+    size_t piece = 0;        // index into pieces
+    uint64_t offset = 0;     // in the operation's stream
+    uint64_t length = 0;
+    std::vector<RingChunk> chunks;
+    std::vector<std::shared_ptr<EngineLink::Ticket>> tickets;
     int status = 0;
-    bool prefix_intact = true;
-    *moved = 0;
-    while (done < chunks.size()) {
-        while (status == 0 && next < chunks.size() && next - done < window) {
-            int r = ctx.link.submit(VPIPE_OP_FILE_TO_FILE, chunks[next].length, chunks[next].desc,
-                                    &tickets[next]);
-            if (r < 0) {
-                status = r;
-                break;
-            }
-            ctx.stats.ring_requests++;
-            ++next;
+};
+
+// Submits every chunk of a stage (the ring and descriptor pages bound how many are in flight).
+void submit_stage(AgentContext& ctx, Stage* st) {
+    st->tickets.resize(st->chunks.size());
+    for (size_t i = 0; i < st->chunks.size(); ++i) {
+        int r = ctx.link.submit(VPIPE_OP_FILE_TO_FILE, st->chunks[i].length, st->chunks[i].desc,
+                                &st->tickets[i]);
+        if (r < 0) {
+            st->status = r;
+            st->tickets.resize(i);
+            return;
         }
-        if (done == next) break;  // nothing in flight (submission failed)
-        uint64_t m = 0;
-        int r = ctx.link.wait(tickets[done], &m);
-        if (prefix_intact) {
-            *moved += m;
-            if (r < 0 || m < chunks[done].length) prefix_intact = false;
-        }
-        if (r < 0 && status == 0) status = r;
-        ++done;
+        ctx.stats.ring_requests++;
     }
-    return status;
+}
+
+// Waits for a stage; returns the bytes of its leading run of fully completed requests.
+uint64_t wait_stage(AgentContext& ctx, Stage* st) {
+    uint64_t moved = 0;
+    bool intact = true;
+    for (size_t i = 0; i < st->tickets.size(); ++i) {
+        uint64_t m = 0;
+        int r = ctx.link.wait(st->tickets[i], &m);
+        if (intact) {
+            moved += m;
+            if (r < 0 || m < st->chunks[i].length) intact = false;
+        }
+        if (r < 0 && st->status == 0) st->status = r;
+    }
+    if (st->status == 0 && moved < st->length) st->status = -EIO;
+    return moved;
 }
 
 int check_access(int fd, bool want_read, bool want_write) {
@@ -154,39 +164,73 @@ int file_to_file(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op) {
     if (!same_file) {
         if (int r = FileHold::acquire_destination(out_fd, &dst_hold); r < 0) return r;
     }
-    // Destination blocks the filesystem considers written, so dom0 can write into them.
+    // Destination blocks the filesystem considers written, so dom0 can write into them. The
+    // guest prepares stage k+1 (zero-fill costs guest disk writes, docs/append.md) while dom0
+    // copies stage k, so the two overlap instead of adding up.
+    // Finishing sets the size from the original one: take it before anything grows the file.
     DestPrep prep{};
-    if (int r = prepare_destination(out_fd, op->out_offset, len, &prep); r < 0) return r;
-    op->zero_filled = prep.zero_filled;
-    op->paths |= prep.paths;
-    ctx.stats.bytes_zero_filled += prep.zero_filled;
-    ctx.stats.bytes_write_zeroes += prep.write_zeroes;
+    struct stat dst_now{};
+    if (::fstat(out_fd, &dst_now) < 0) return -errno;
+    prep.old_size = static_cast<uint64_t>(dst_now.st_size);
+    auto prepare = [&](uint64_t off, uint64_t n) {
+        DestPrep p{};
+        int r = prepare_destination(out_fd, off, n, &p);
+        prep.zero_filled += p.zero_filled;
+        prep.write_zeroes += p.write_zeroes;
+        prep.paths |= p.paths;
+        ctx.stats.bytes_zero_filled += p.zero_filled;
+        ctx.stats.bytes_write_zeroes += p.write_zeroes;
+        return r;
+    };
+    std::vector<Stage> stages;
+    const uint64_t stage_bytes = std::max<uint64_t>(ctx.cfg.chunk_bytes, 16ull << 20);
+    for (size_t i = 0; i < pieces.size(); ++i) {
+        if (pieces[i].from_cache) continue;
+        for (uint64_t o = 0; o < pieces[i].length; o += stage_bytes)
+            stages.push_back({i, pieces[i].offset + o, std::min(stage_bytes, pieces[i].length - o), {}, {}, 0});
+    }
 
     // Bytes that reached the destination, per piece; the stream counts up to the first gap.
     std::vector<uint64_t> done(pieces.size(), 0);
+    std::vector<bool> piece_broken(pieces.size(), false);
     int status = 0;
-    for (size_t i = 0; i < pieces.size() && status == 0; ++i) {
-        const Piece& p = pieces[i];
-        if (p.from_cache) continue;  // the guest's part comes after dom0's
+    size_t waited = 0;
+    auto retire = [&](Stage& st) {
+        uint64_t m = wait_stage(ctx, &st);
+        op->offloaded += m;
+        ctx.stats.bytes_offloaded += m;
+        if (!piece_broken[st.piece]) done[st.piece] += m;
+        if (st.status < 0) {
+            piece_broken[st.piece] = true;
+            if (status == 0) status = st.status;
+        }
+    };
+    constexpr size_t kStagesInFlight = 2;
+    for (size_t k = 0; k < stages.size() && status == 0; ++k) {
+        Stage& st = stages[k];
+        int r = prepare(op->out_offset + st.offset, st.length);
         FileExtents se, de;
-        int r = map_file_range(in_fd, op->in_offset + p.offset, p.length, ctx.disks, &se);
-        if (r == 0) r = map_file_range(out_fd, op->out_offset + p.offset, p.length, ctx.disks, &de);
+        if (r == 0) r = map_file_range(in_fd, op->in_offset + st.offset, st.length, ctx.disks, &se);
+        if (r == 0) r = map_file_range(out_fd, op->out_offset + st.offset, st.length, ctx.disks, &de);
         if (r == 0 && std::any_of(de.segments.begin(), de.segments.end(),
-                                  [](const Segment& s) { return s.zero; }))
+                                  [](const Segment& sg) { return sg.zero; }))
             r = -EIO;  // prepare_destination promised written blocks: never write into a hole
         if (r < 0) {
             status = r;
             break;
         }
         ctx.stats.extents_mapped += se.segments.size() + de.segments.size();
-        auto chunks = build_file_to_file(se, de, p.length, ctx.cfg.chunk_bytes);
-        r = offload_chunks(ctx, chunks, &done[i]);
-        op->requests += static_cast<uint32_t>(chunks.size());
-        op->offloaded += done[i];
+        st.chunks = build_file_to_file(se, de, st.length, ctx.cfg.chunk_bytes);
+        op->requests += static_cast<uint32_t>(st.chunks.size());
         op->paths |= VPIPE_PATH_OFFLOAD;
-        ctx.stats.bytes_offloaded += done[i];
-        if (r < 0 || done[i] < p.length) status = r < 0 ? r : -EIO;
+        submit_stage(ctx, &st);
+        // Keep one stage with dom0 while the guest prepares the next.
+        while (k + 1 - waited >= kStagesInFlight) retire(stages[waited++]);
     }
+    while (waited < stages.size() && (!stages[waited].tickets.empty() || stages[waited].status != 0))
+        retire(stages[waited++]);
+    op->zero_filled = prep.zero_filled;
+    op->paths |= prep.paths;
 
     // Then the cached runs (cache rule), copied by the guest through its page cache.
     for (size_t i = 0; i < pieces.size() && status == 0; ++i) {

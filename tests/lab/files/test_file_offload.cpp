@@ -366,10 +366,14 @@ TEST_F(FileOffload, FileOffTheVmDisksFallsBackVisiblyOrFails) {
 }
 
 TEST_F(FileOffload, EngineCountersMatchWhatMoved) {
+    // ctest runs every case in its own process and lab: move something first.
+    const uint64_t ops0 = engine_vm()["ops"]["file_to_file"].get<uint64_t>();
+    copy_new_file(3 << 20, disk(0), disk(0));
     auto vm = engine_vm();
     EXPECT_EQ(vm["connected"], true);
     EXPECT_EQ(vm["rejected"], 0) << "the agent built a request the engine refused";
     EXPECT_EQ(vm["failed"], 0);
     EXPECT_EQ(vm["active"], 0);
-    EXPECT_GT(vm["ops"]["file_to_file"].get<uint64_t>(), 0u);
+    EXPECT_EQ(vm["ops"]["file_to_file"].get<uint64_t>(), ops0 + 1);
+    EXPECT_GE(vm["bytes"]["file_to_file"].get<uint64_t>(), 3u << 20);
 }
