@@ -1,0 +1,840 @@
+// Lab tests of vpipe-httpd and vpipe-proxy: the lab (2 VMs, 2 GiB disks, engine and agents) is
+// brought up for the suite, servers run inside the VMs (`vpipe-lab exec`), curl runs on the
+// client host (`vpipe-lab client`), and every transfer is checked byte for byte (SHA-256) with
+// exact status codes and sizes.
+//
+// Needs root; skips otherwise. The lab is shared with other people's tests: when one is up, the
+// suite waits (up to 10 minutes) instead of touching it, and it only ever takes down the lab it
+// brought up itself. Test names end in the mode (e.g. HttpdGet_vpipe); the 512 MiB case is
+// AppsLab.Large_Get512MiB_vpipe (filter it out with --gtest_filter=-*Large* or ctest -E Large).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+const std::string kBin = VPIPE_BIN_DIR;
+const std::string kLab = kBin + "/vpipe-lab";
+const std::string kHttpd = kBin + "/vpipe-httpd";
+const std::string kProxy = kBin + "/vpipe-proxy";
+const std::string kVm1Ip = "10.199.0.11";
+const std::string kVm2Ip = "10.199.0.12";
+constexpr uint64_t kMiB = 1024 * 1024;
+
+struct Res {
+    int status = -1;
+    std::string out, err;
+};
+
+// Runs argv (no shell); stdout and stderr captured separately.
+Res run(const std::vector<std::string>& argv) {
+    int po[2], pe[2];
+    if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) return {};
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        std::vector<char*> a;
+        for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+        a.push_back(nullptr);
+        execvp(a[0], a.data());
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    Res r;
+    pollfd p[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+    int open_fds = 2;
+    char buf[65536];
+    while (open_fds > 0) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        for (int i = 0; i < 2; ++i) {
+            if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t n = read(p[i].fd, buf, sizeof buf);
+            if (n <= 0) {
+                close(p[i].fd);
+                p[i].fd = -1;
+                --open_fds;
+            } else {
+                (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+            }
+        }
+    }
+    int ws = 0;
+    waitpid(pid, &ws, 0);
+    r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    return r;
+}
+
+Res lab(std::vector<std::string> args) {
+    args.insert(args.begin(), kLab);
+    return run(args);
+}
+
+// A bash script on the client host (10.199.0.1).
+Res client(const std::string& script) { return lab({"client", "--", "bash", "-o", "pipefail", "-c", script}); }
+
+std::string slurp(const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+std::string sha256_of(const std::string& path) {
+    auto r = run({"sha256sum", path});
+    return r.status == 0 ? r.out.substr(0, 64) : "sha256sum failed: " + r.err;
+}
+
+bool lab_busy() {
+    if (lab({"info"}).status == 0) return true;
+    std::error_code ec;
+    if (fs::exists("/run/vpipe-lab", ec)) return true;
+    for (const auto& e : fs::directory_iterator("/run/netns", ec))
+        if (e.path().filename().string().rfind("vpl-", 0) == 0) return true;
+    return false;
+}
+
+// The outcome of one curl transfer: -w fields (written to stderr with %{stderr}) and the SHA-256
+// of the body (piped into sha256sum, so nothing large touches the disk).
+struct Curl {
+    int rc = -1;        // curl's exit code
+    int code = 0;       // HTTP status
+    uint64_t size = 0;  // body bytes received
+    int connects = -1;
+    double seconds = 0, speed = 0;
+    std::string sha, err;
+};
+
+const char* kCurlW = "%{stderr}W code=%{http_code} size=%{size_download} conn=%{num_connects} "
+                     "time=%{time_total} speed=%{speed_download} rc=%{exitcode}\\n";
+
+Curl parse_curl(const Res& r) {
+    Curl c;
+    c.err = r.err;
+    c.sha = r.out.substr(0, 64);
+    std::istringstream in(r.err);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("W ", 0) != 0) continue;
+        std::sscanf(line.c_str(), "W code=%d size=%lu conn=%d time=%lf speed=%lf rc=%d", &c.code, &c.size,
+                    &c.connects, &c.seconds, &c.speed, &c.rc);
+    }
+    return c;
+}
+
+// GET (or whatever `opts` say) of url from the client; the body is hashed.
+Curl curl_sha(const std::string& url, const std::string& opts = "") {
+    return parse_curl(client("curl -sS --connect-timeout 5 --max-time 300 " + opts + " -w '" + kCurlW + "' '" + url +
+                             "' | sha256sum"));
+}
+
+// A transfer whose body goes to a file and whose response head goes to another.
+struct CurlFile {
+    Curl c;
+    std::string body, head;
+};
+
+CurlFile curl_file(const std::string& tmp, const std::string& url, const std::string& opts = "") {
+    std::string b = tmp + "/body", h = tmp + "/head";
+    fs::remove(b);
+    fs::remove(h);
+    CurlFile f;
+    f.c = parse_curl(client("curl -sS --connect-timeout 5 --max-time 120 " + opts + " -o " + b + " -D " + h + " -w '" +
+                            kCurlW + "' '" + url + "'"));
+    f.body = slurp(b);
+    f.head = slurp(h);
+    return f;
+}
+
+// Value of a header in a dumped response head ("" if absent); the last response's if several.
+std::string header_value(const std::string& head, const std::string& name) {
+    std::string v;
+    std::istringstream in(head);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.size() > name.size() && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0 &&
+            line[name.size()] == ':') {
+            v = line.substr(name.size() + 1);
+            while (!v.empty() && v[0] == ' ') v.erase(0, 1);
+        }
+    }
+    return v;
+}
+
+// One server process (vpipe-httpd / vpipe-proxy) running in a VM via `vpipe-lab exec`.
+struct Server {
+    pid_t pid = -1;
+    std::string log;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class AppsLab : public ::testing::Test {
+protected:
+    static inline std::string skip_;       // set: skip every test with this reason
+    static inline std::string setup_err_;  // set: fail every test with this
+    static inline bool owns_lab_ = false;
+    static inline json info_;
+    static inline std::string tmp_;
+    static inline std::string root_[3];  // [1], [2]: the VMs' first disks
+    static inline std::map<std::string, Server> servers_;
+    static inline std::map<std::string, std::string> sha_;  // path -> SHA-256
+
+    static void SetUpTestSuite() {
+        skip_.clear();
+        setup_err_.clear();
+        if (geteuid() != 0) {
+            skip_ = "needs root (the lab uses namespaces, loop devices, mounts and cgroups)";
+            return;
+        }
+        for (const auto& b : {kLab, kHttpd, kProxy, kBin + "/vpiped", kBin + "/vpipe-guestd"})
+            if (access(b.c_str(), X_OK) != 0) {
+                skip_ = b + " is not built";
+                return;
+            }
+        if (run({"bash", "-c", "command -v curl"}).status != 0) {
+            skip_ = "curl is not installed (scripts/install-deps.sh)";
+            return;
+        }
+        // The lab is shared: wait for a running one to go away instead of touching it.
+        auto deadline = std::chrono::steady_clock::now() + 10min;
+        for (;;) {
+            if (!lab_busy()) {
+                auto up = lab({"up", "--vms", "2", "--disk-mib", "2048"});
+                if (up.status == 0) {
+                    owns_lab_ = true;
+                    break;
+                }
+                if ((up.out + up.err).find("already up") == std::string::npos) {
+                    setup_err_ = "vpipe-lab up failed (" + std::to_string(up.status) + "): " + up.out + up.err;
+                    return;
+                }
+                // somebody else won the race: wait like for any other running lab
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                skip_ = "a lab is up (someone else's) and stayed up for 10 minutes; not touching it";
+                return;
+            }
+            std::fprintf(stderr, "[ lab busy ] another lab is up; retrying in 10 s\n");
+            std::this_thread::sleep_for(10s);
+        }
+        auto r = lab({"info", "--json"});
+        info_ = json::parse(r.out, nullptr, false);
+        if (r.status != 0 || info_.is_discarded()) {
+            setup_err_ = "vpipe-lab info --json failed: " + r.out + r.err;
+            return;
+        }
+        for (int i = 1; i <= 2; ++i) root_[i] = info_["vms"][i - 1]["disks"][0]["mount"].get<std::string>();
+        char tmpl[] = "/tmp/vpipe-apps-test-XXXXXX";
+        if (!mkdtemp(tmpl)) {
+            setup_err_ = "mkdtemp failed";
+            return;
+        }
+        tmp_ = tmpl;
+        chmod(tmp_.c_str(), 0755);
+    }
+
+    static void TearDownTestSuite() {
+        for (auto& [name, s] : servers_) stop(&s);
+        servers_.clear();
+        sha_.clear();
+        if (owns_lab_) {
+            auto r = lab({"down"});
+            if (r.status != 0) std::fprintf(stderr, "vpipe-lab down failed: %s%s\n", r.out.c_str(), r.err.c_str());
+            owns_lab_ = false;
+        }
+        if (!tmp_.empty()) {
+            std::error_code ec;
+            fs::remove_all(tmp_, ec);
+            tmp_.clear();
+        }
+    }
+
+    void SetUp() override {
+        if (!skip_.empty()) GTEST_SKIP() << skip_;
+        ASSERT_TRUE(setup_err_.empty()) << setup_err_;
+    }
+
+    // SIGTERM, then SIGKILL after 10 s. The exit status (or -1).
+    static int stop(Server* s) {
+        if (s->pid <= 0) return -1;
+        kill(s->pid, SIGTERM);
+        int ws = 0;
+        for (int i = 0; i < 100; ++i) {
+            if (waitpid(s->pid, &ws, WNOHANG) == s->pid) {
+                s->pid = -1;
+                return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+            }
+            std::this_thread::sleep_for(100ms);
+        }
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, &ws, 0);
+        s->pid = -1;
+        return 128 + SIGKILL;
+    }
+
+    // Starts `args` in `vm` (stderr+stdout to a log in tmp_) and waits for "listening on".
+    static Server start(const std::string& vm, const std::string& logname, const std::vector<std::string>& args) {
+        Server s;
+        s.log = tmp_ + "/" + logname + ".log";
+        pid_t pid = fork();
+        if (pid == 0) {
+            int fd = open(s.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            int devnull = open("/dev/null", O_RDONLY);
+            dup2(devnull, 0);
+            std::vector<std::string> argv{kLab, "exec", vm, "--"};
+            argv.insert(argv.end(), args.begin(), args.end());
+            std::vector<char*> a;
+            for (const auto& x : argv) a.push_back(const_cast<char*>(x.c_str()));
+            a.push_back(nullptr);
+            execv(a[0], a.data());
+            _exit(127);
+        }
+        s.pid = pid;
+        for (int i = 0; i < 100; ++i) {
+            if (slurp(s.log).find("listening on") != std::string::npos) return s;
+            int ws;
+            if (waitpid(pid, &ws, WNOHANG) == pid) {
+                s.pid = -1;
+                ADD_FAILURE() << logname << " exited at start: " << slurp(s.log);
+                return s;
+            }
+            std::this_thread::sleep_for(100ms);
+        }
+        ADD_FAILURE() << logname << " did not start listening within 10 s: " << slurp(s.log);
+        return s;
+    }
+
+    static int httpd_port(const std::string& mode) { return mode == "rw" ? 8081 : mode == "sendfile" ? 8082 : 8083; }
+
+    // The httpd of `mode` in VM `vm` (1 or 2), started on first use. Its URL base.
+    std::string httpd(const std::string& mode, int vm = 1) {
+        std::string key = "httpd-" + mode + "-vm" + std::to_string(vm);
+        int port = httpd_port(mode);
+        if (!servers_.count(key))
+            servers_[key] = start("vm" + std::to_string(vm), key,
+                                  {kHttpd, "--mode", mode, "--port", std::to_string(port), "--root", root_[vm]});
+        return "http://" + std::string(vm == 1 ? kVm1Ip : kVm2Ip) + ":" + std::to_string(port);
+    }
+    std::string log_of(const std::string& key) { return servers_.count(key) ? slurp(servers_[key].log) : ""; }
+
+    // A file of `size` pseudo-random bytes in VM vm's disk (created once). Its host path.
+    std::string file(int vm, const std::string& name, uint64_t size) {
+        std::string path = root_[vm] + "/" + name;
+        struct stat st {};
+        if (stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == size) return path;
+        std::mt19937_64 rng(std::hash<std::string>{}(name) ^ size);
+        std::ofstream out(path, std::ios::binary | std::ios::trunc);
+        std::vector<uint64_t> block(kMiB / 8);
+        for (uint64_t done = 0; done < size;) {
+            for (auto& w : block) w = rng();
+            uint64_t n = std::min<uint64_t>(size - done, kMiB);
+            out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(n));
+            done += n;
+        }
+        out.close();
+        EXPECT_TRUE(out.good()) << "cannot write " << path;
+        sha_.erase(path);
+        return path;
+    }
+    std::string sha(const std::string& path) {
+        if (!sha_.count(path)) sha_[path] = sha256_of(path);
+        return sha_[path];
+    }
+
+    // Lines of a server log that mention `needle`.
+    static std::vector<std::string> log_lines(const std::string& log, const std::string& needle) {
+        std::vector<std::string> out;
+        std::istringstream in(log);
+        std::string line;
+        while (std::getline(in, line))
+            if (line.find(needle) != std::string::npos) out.push_back(line);
+        return out;
+    }
+
+    // "offloaded" / "fallback(...)" from the last log line mentioning `needle`.
+    static std::string vpipe_path(const std::string& log, const std::string& needle) {
+        auto lines = log_lines(log, needle);
+        if (lines.empty()) return "?";
+        auto pos = lines.back().find("vpipe=");
+        if (pos == std::string::npos) return "-";
+        auto end = lines.back().find(" ms=", pos);
+        return lines.back().substr(pos + 6, end == std::string::npos ? std::string::npos : end - pos - 6);
+    }
+
+    // ---- the checks, one function per test, run for each mode
+
+    void HttpdGet(const std::string& mode) {
+        std::string base = httpd(mode);
+        struct Case {
+            std::string name;
+            uint64_t size;
+        };
+        for (const Case& c : std::vector<Case>{{"z0", 0}, {"b1", 1}, {"m1", kMiB + 1}, {"m64", 64 * kMiB}}) {
+            SCOPED_TRACE(c.name);
+            std::string path = file(1, c.name, c.size);
+            Curl r = curl_sha(base + "/" + c.name);
+            EXPECT_EQ(r.rc, 0) << r.err;
+            EXPECT_EQ(r.code, 200) << r.err;
+            EXPECT_EQ(r.size, c.size);
+            EXPECT_EQ(r.sha, sha(path));
+            if (c.name == "m64")
+                std::printf("[ THROUGHPUT ] vpipe-httpd --mode %s: 64 MiB GET piped into sha256sum in %.3f s = %.1f MiB/s\n",
+                            mode.c_str(), r.seconds, r.speed / kMiB);
+        }
+        // throughput without the hashing on the client: the median of 3 GETs to /dev/null
+        {
+            std::vector<double> speeds;
+            for (int i = 0; i < 3; ++i) {
+                Curl t = parse_curl(client("curl -sS --max-time 120 -o /dev/null -w '" + std::string(kCurlW) + "' " +
+                                           base + "/m64"));
+                EXPECT_EQ(t.code, 200);
+                EXPECT_EQ(t.size, 64 * kMiB);
+                speeds.push_back(t.speed / kMiB);
+            }
+            std::sort(speeds.begin(), speeds.end());
+            std::string vp = mode == "vpipe" ? vpipe_path(log_of("httpd-" + mode + "-vm1"), "GET /m64 ") : "-";
+            std::printf("[ THROUGHPUT ] vpipe-httpd --mode %s: 64 MiB GET to /dev/null: median %.1f MiB/s "
+                        "(%.1f / %.1f / %.1f)%s\n",
+                        mode.c_str(), speeds[1], speeds[0], speeds[1], speeds[2],
+                        mode == "vpipe" ? (" vpipe=" + vp).c_str() : "");
+            RecordProperty("get64_mib_per_s", std::to_string(speeds[1]));
+        }
+        // HEAD: the head of a GET (curl -I writes the head as the output); no body follows
+        CurlFile h = curl_file(tmp_, base + "/m1", "-I");
+        EXPECT_EQ(h.c.code, 200);
+        EXPECT_EQ(header_value(h.head, "Content-Length"), std::to_string(kMiB + 1));
+        auto raw = client("printf 'HEAD /m1 HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | socat -t 5 - TCP:" +
+                          kVm1Ip + ":" + std::to_string(httpd_port(mode)));
+        EXPECT_EQ(raw.out.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << raw.out;
+        EXPECT_EQ(raw.out.size() - raw.out.find("\r\n\r\n"), 4u) << "HEAD sent a body: " << raw.out;
+        // the log has one line per request with the mode (and the vPipe outcome)
+        std::string log = log_of("httpd-" + mode + "-vm1");
+        auto lines = log_lines(log, "\"GET /m64 HTTP/1.1\" 200 bytes=67108864 mode=" + mode);
+        EXPECT_EQ(lines.size(), 4u) << log;
+        if (mode == "vpipe") {
+            ASSERT_FALSE(lines.empty());
+            EXPECT_TRUE(lines[0].find("vpipe=offloaded") != std::string::npos ||
+                        lines[0].find("vpipe=fallback(") != std::string::npos ||
+                        lines[0].find("vpipe=mixed(") != std::string::npos)
+                << lines[0];
+            auto z = log_lines(log, "\"GET /z0 HTTP/1.1\" 200 bytes=0 mode=vpipe vpipe=-");
+            EXPECT_EQ(z.size(), 1u) << log;
+        }
+    }
+
+    void HttpdRanges(const std::string& mode) {
+        std::string base = httpd(mode);
+        std::string path = file(1, "m1", kMiB + 1);
+        std::string data = slurp(path);
+        ASSERT_EQ(data.size(), kMiB + 1);
+        struct Case {
+            std::string range;
+            uint64_t start, len;
+        };
+        for (const Case& c : std::vector<Case>{{"0-0", 0, 1},
+                                                {"1000-1999", 1000, 1000},
+                                                {"524288-", 524288, kMiB + 1 - 524288},
+                                                {"-100", kMiB + 1 - 100, 100},
+                                                {"1048570-99999999", 1048570, 7}}) {
+            SCOPED_TRACE(c.range);
+            CurlFile f = curl_file(tmp_, base + "/m1", "-H 'Range: bytes=" + c.range + "'");
+            EXPECT_EQ(f.c.code, 206) << f.c.err;
+            EXPECT_EQ(f.c.size, c.len);
+            EXPECT_EQ(header_value(f.head, "Content-Range"),
+                      "bytes " + std::to_string(c.start) + "-" + std::to_string(c.start + c.len - 1) + "/" +
+                          std::to_string(kMiB + 1));
+            EXPECT_EQ(header_value(f.head, "Content-Length"), std::to_string(c.len));
+            EXPECT_TRUE(f.body == data.substr(c.start, c.len)) << "body differs";
+        }
+        // a range in the middle of the 64 MiB file, hashed against the same bytes on disk
+        std::string big = file(1, "m64", 64 * kMiB);
+        Curl m = curl_sha(base + "/m64", "-r 10000000-30000000");
+        EXPECT_EQ(m.code, 206);
+        EXPECT_EQ(m.size, 20000001u);
+        auto want = run({"bash", "-c", "tail -c +10000001 " + big + " | head -c 20000001 | sha256sum"});
+        EXPECT_EQ(m.sha, want.out.substr(0, 64));
+        // unsatisfiable: past the end, and any range of an empty file
+        CurlFile u = curl_file(tmp_, base + "/m1", "-H 'Range: bytes=1048577-'");
+        EXPECT_EQ(u.c.code, 416);
+        EXPECT_EQ(header_value(u.head, "Content-Range"), "bytes */1048577");
+        file(1, "z0", 0);
+        CurlFile u0 = curl_file(tmp_, base + "/z0", "-H 'Range: bytes=-1'");
+        EXPECT_EQ(u0.c.code, 416);
+        // multiple ranges and malformed ranges are ignored: the whole file
+        for (std::string r : {"0-1,5-6", "bytes=x-y", "5-3"}) {
+            CurlFile w = curl_file(tmp_, base + "/m1", "-H 'Range: bytes=" + r + "'");
+            EXPECT_EQ(w.c.code, 200) << r;
+            EXPECT_EQ(w.c.size, kMiB + 1) << r;
+        }
+    }
+
+    void HttpdKeepAlive(const std::string& mode) {
+        std::string base = httpd(mode);
+        std::string b1 = file(1, "b1", 1), m1 = file(1, "m1", kMiB + 1);
+        file(1, "z0", 0);
+        // three requests, one connection
+        auto r = client("curl -sS --max-time 60 -o " + tmp_ + "/k1 -o " + tmp_ + "/k2 -o " + tmp_ +
+                        "/k3 -w '%{http_code} %{num_connects} %{size_download}\\n' " + base + "/b1 " + base + "/m1 " +
+                        base + "/b1");
+        EXPECT_EQ(r.status, 0) << r.err;
+        EXPECT_EQ(r.out, "200 1 1\n200 0 1048577\n200 0 1\n");
+        EXPECT_EQ(slurp(tmp_ + "/k1"), slurp(b1));
+        EXPECT_TRUE(slurp(tmp_ + "/k2") == slurp(m1));
+        EXPECT_EQ(slurp(tmp_ + "/k3"), slurp(b1));
+        // the server saw the three on one connection (same peer address and port)
+        auto lines = log_lines(log_of("httpd-" + mode + "-vm1"), "\"GET /");
+        ASSERT_GE(lines.size(), 3u);
+        auto peer = [](const std::string& l) { return l.substr(l.find(' ') + 1, l.find(" \"") - l.find(' ') - 1); };
+        size_t n = lines.size();
+        EXPECT_EQ(peer(lines[n - 1]), peer(lines[n - 3]));
+        EXPECT_EQ(peer(lines[n - 2]), peer(lines[n - 3]));
+        // Connection: close is honoured: a new connection for each request
+        auto c = client("curl -sS --max-time 60 -H 'Connection: close' -o /dev/null -o /dev/null "
+                        "-w '%{http_code} %{num_connects}\\n' " + base + "/b1 " + base + "/b1");
+        EXPECT_EQ(c.out, "200 1\n200 1\n") << c.err;
+        // HTTP/1.0 closes by default
+        CurlFile h10 = curl_file(tmp_, base + "/b1", "-0");
+        EXPECT_EQ(h10.c.code, 200);
+        EXPECT_EQ(header_value(h10.head, "Connection"), "close");
+        // pipelined requests on one connection are answered in order
+        auto p = client("printf 'GET /z0 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nHEAD /m1 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+                        "GET /nope HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | "
+                        "socat -t 5 - TCP:" + kVm1Ip + ":" + std::to_string(httpd_port(mode)) +
+                        " | grep -a '^HTTP/1.1'");
+        EXPECT_EQ(p.out, "HTTP/1.1 200 OK\r\nHTTP/1.1 200 OK\r\nHTTP/1.1 404 Not Found\r\n") << p.err;
+    }
+
+    void HttpdPut(const std::string& mode) {
+        std::string base = httpd(mode);
+        struct Case {
+            std::string src;
+            uint64_t size;
+        };
+        for (const Case& c : std::vector<Case>{{"z0", 0}, {"b1", 1}, {"m1", kMiB + 1}, {"m64", 64 * kMiB}}) {
+            SCOPED_TRACE(c.src);
+            std::string src = file(1, c.src, c.size);
+            std::string name = "up-" + mode + "-" + c.src;
+            std::string dst = root_[1] + "/" + name;
+            fs::remove(dst);
+            auto put = [&] {
+                return parse_curl(client("curl -sS --max-time 300 -T " + src + " -w '" + kCurlW + "' " + base + "/" +
+                                         name + " | sha256sum"));
+            };
+            Curl r = put();
+            EXPECT_EQ(r.rc, 0) << r.err;
+            EXPECT_EQ(r.code, 201) << r.err;
+            ASSERT_TRUE(fs::exists(dst));
+            EXPECT_EQ(fs::file_size(dst), c.size);
+            EXPECT_EQ(sha256_of(dst), sha(src));
+            // again: the existing file is replaced
+            Curl again = put();
+            EXPECT_EQ(again.code, 204) << again.err;
+            EXPECT_EQ(fs::file_size(dst), c.size);
+            EXPECT_EQ(sha256_of(dst), sha(src));
+            auto lines = log_lines(log_of("httpd-" + mode + "-vm1"),
+                                   "\"PUT /" + name + " HTTP/1.1\" 201 bytes=" + std::to_string(c.size) + " mode=" + mode);
+            EXPECT_EQ(lines.size(), 1u);
+            if (c.src == "m64" && !lines.empty()) std::printf("[ PUT 64 MiB ] %s\n", lines[0].c_str());
+            fs::remove(dst);
+        }
+        // a shorter body replaces a longer file completely
+        std::string dst = root_[1] + "/up-" + mode + "-shrink";
+        file(1, "m1", kMiB + 1);
+        client("curl -sS -T " + root_[1] + "/m1 " + base + "/up-" + mode + "-shrink");
+        Curl s = parse_curl(client("curl -sS -T " + root_[1] + "/b1 -w '" + kCurlW + "' " + base + "/up-" + mode +
+                                   "-shrink | sha256sum"));
+        EXPECT_EQ(s.code, 204);
+        EXPECT_EQ(fs::file_size(dst), 1u);
+        fs::remove(dst);
+        // PUT can't escape the root, write a directory, or create parents
+        CurlFile t = curl_file(tmp_, base + "/../up-escape", "--path-as-is -T " + root_[1] + "/b1");
+        EXPECT_EQ(t.c.code, 403);
+        std::error_code ec;
+        fs::create_directory(root_[1] + "/putdir", ec);
+        CurlFile d = curl_file(tmp_, base + "/putdir", "-T " + root_[1] + "/b1");
+        EXPECT_EQ(d.c.code, 403);
+        CurlFile r = curl_file(tmp_, base + "/", "-X PUT --data-binary x");  // (-T would append a file name)
+        EXPECT_EQ(r.c.code, 403);
+        CurlFile l = curl_file(tmp_, base + "/nolength", "-X PUT -H 'Transfer-Encoding: chunked' --data-binary x");
+        EXPECT_EQ(l.c.code, 411);
+        EXPECT_FALSE(fs::exists(root_[1] + "/nolength"));
+        CurlFile p = curl_file(tmp_, base + "/no-such-dir/x", "-T " + root_[1] + "/b1");
+        EXPECT_EQ(p.c.code, 404);
+        EXPECT_FALSE(fs::exists(root_[1] + "/../up-escape"));
+    }
+
+    void HttpdErrors(const std::string& mode) {
+        std::string base = httpd(mode);
+        file(1, "b1", 1);
+        auto code = [&](const std::string& url, const std::string& opts = "") {
+            CurlFile f = curl_file(tmp_, url, opts);
+            return f.c.code;
+        };
+        EXPECT_EQ(code(base + "/no-such-file"), 404);
+        EXPECT_EQ(code(base + "/b1/below-a-file"), 404);
+        // traversal: literal, percent-encoded, and through a symlink that leads out of the root
+        EXPECT_EQ(code(base + "/../../../../etc/passwd", "--path-as-is"), 403);
+        EXPECT_EQ(code(base + "/%2e%2e/%2e%2e/etc/passwd"), 403);
+        EXPECT_EQ(code(base + "/a/..%2f..%2f..%2fetc/passwd"), 403);
+        std::error_code ec;
+        fs::create_directory_symlink("/etc", root_[1] + "/escape", ec);
+        EXPECT_EQ(code(base + "/escape/passwd"), 403);
+        fs::create_directory(root_[1] + "/adir", ec);
+        EXPECT_EQ(code(base + "/adir"), 403);
+        EXPECT_EQ(code(base + "/"), 403);
+        EXPECT_EQ(code(base + "/b1", "-X DELETE"), 405);
+        EXPECT_EQ(code(base + "/b1", "-X POST -d x"), 405);
+        EXPECT_EQ(code(base + "/bad%zz"), 400);
+        EXPECT_EQ(code(base + "/nul%00"), 400);
+        EXPECT_EQ(code(base + "/b1", "-H 'Host:'"), 400);  // HTTP/1.1 needs Host
+        // a malformed request line, and an oversized head
+        auto bad = client("printf 'GARBAGE\\r\\n\\r\\n' | socat -t 5 - TCP:" + kVm1Ip + ":" +
+                          std::to_string(httpd_port(mode)) + " | head -1");
+        EXPECT_EQ(bad.out, "HTTP/1.1 400 Bad Request\r\n") << bad.err;
+        EXPECT_EQ(code(base + "/b1", "-H 'X-Big: " + std::string(20000, 'x') + "'"), 431);
+        EXPECT_EQ(code(base + "/b1", "-H 'X-Big: " + std::string(1000, 'x') + "'"), 200);
+        // the server is still fine
+        Curl ok = curl_sha(base + "/b1");
+        EXPECT_EQ(ok.code, 200);
+        EXPECT_EQ(ok.size, 1u);
+    }
+
+    // n parallel GETs of distinct 16 MiB files from each VM in `vms`
+    void concurrent(const std::string& mode, const std::vector<int>& vms, int n) {
+        std::string script;
+        std::vector<std::pair<std::string, std::string>> expect;  // result file -> sha
+        for (int vm : vms) {
+            std::string base = httpd(mode, vm);
+            for (int i = 0; i < n; ++i) {
+                std::string name = "c16-" + std::to_string(i);
+                std::string src = file(vm, name, 16 * kMiB);
+                std::string res = tmp_ + "/par-vm" + std::to_string(vm) + "-" + std::to_string(i);
+                script += "(curl -sS --max-time 120 -w '" + std::string(kCurlW) + "' " + base + "/" + name + " 2>" + res +
+                          ".w | sha256sum > " + res + ".sha) & ";
+                expect.emplace_back(res, sha(src));
+            }
+        }
+        script += "wait";
+        auto t0 = std::chrono::steady_clock::now();
+        auto r = client(script);
+        double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        EXPECT_EQ(r.status, 0) << r.err;
+        for (const auto& [res, want] : expect) {
+            SCOPED_TRACE(res);
+            Res fake;
+            fake.out = slurp(res + ".sha");
+            fake.err = slurp(res + ".w");
+            Curl c = parse_curl(fake);
+            EXPECT_EQ(c.rc, 0) << c.err;
+            EXPECT_EQ(c.code, 200) << c.err;
+            EXPECT_EQ(c.size, 16 * kMiB);
+            EXPECT_EQ(c.sha, want);
+        }
+        std::printf("[ THROUGHPUT ] %zu parallel 16 MiB GETs, mode %s, %zu VM(s): %.2f s = %.1f MiB/s total\n",
+                    expect.size(), mode.c_str(), vms.size(), secs, expect.size() * 16.0 / secs);
+    }
+    void HttpdConcurrentOneVm(const std::string& mode) { concurrent(mode, {1}, 4); }
+    void HttpdConcurrentTwoVms(const std::string& mode) { concurrent(mode, {1, 2}, 4); }
+
+    static int proxy_port(const std::string& mode) { return mode == "rw" ? 9001 : mode == "splice" ? 9002 : 9003; }
+
+    // client -> proxy (vm1) -> httpd (vm2, sendfile mode, port 8080)
+    void ProxyGet64MiB(const std::string& mode) {
+        if (!servers_.count("backend"))
+            servers_["backend"] =
+                start("vm2", "backend", {kHttpd, "--mode", "sendfile", "--port", "8080", "--root", root_[2]});
+        std::string key = "proxy-" + mode;
+        int port = proxy_port(mode);
+        if (!servers_.count(key))
+            servers_[key] = start("vm1", key,
+                                  {kProxy, "--mode", mode, "--listen", std::to_string(port), "--to", kVm2Ip + ":8080"});
+        std::string base = "http://" + kVm1Ip + ":" + std::to_string(port);
+        std::string src = file(2, "m64", 64 * kMiB);
+        Curl r = curl_sha(base + "/m64");
+        EXPECT_EQ(r.rc, 0) << r.err;
+        EXPECT_EQ(r.code, 200) << r.err;
+        EXPECT_EQ(r.size, 64 * kMiB);
+        EXPECT_EQ(r.sha, sha(src));
+        // small responses on a kept-alive connection must not wait for a full chunk
+        std::string b1 = file(2, "b1", 1);
+        auto k = client("curl -sS --max-time 20 -o /dev/null -o /dev/null -w '%{http_code} %{size_download}\\n' " +
+                        base + "/b1 " + base + "/b1");
+        EXPECT_EQ(k.out, "200 1\n200 1\n") << k.err;
+        // two bodies big enough for vPipe (in vpipe mode) on one kept-alive connection
+        std::string m1 = file(2, "m1", kMiB + 1);
+        auto k2 = client("curl -sS --max-time 30 -o " + tmp_ + "/p1 -o " + tmp_ + "/p2 -w '%{http_code} %{size_download}\\n' " +
+                         base + "/m1 " + base + "/m1");
+        EXPECT_EQ(k2.out, "200 1048577\n200 1048577\n") << k2.err;
+        EXPECT_TRUE(slurp(tmp_ + "/p1") == slurp(m1) && slurp(tmp_ + "/p2") == slurp(m1));
+        // and the other direction: an upload through the proxy
+        std::string dst = root_[2] + "/up-proxy-" + mode;
+        fs::remove(dst);
+        Curl u = parse_curl(client("curl -sS --max-time 60 -T " + m1 + " -w '" + kCurlW + "' " + base + "/up-proxy-" +
+                                   mode + " | sha256sum"));
+        EXPECT_EQ(u.code, 201) << u.err;
+        EXPECT_EQ(sha256_of(dst), sha(m1));
+        fs::remove(dst);
+        // one log line per connection, with the byte counts
+        std::this_thread::sleep_for(200ms);  // the relay logs after both directions closed
+        std::string log = log_of(key);
+        auto lines = log_lines(log, "down=" + std::to_string(64 * kMiB + 0));
+        auto all = log_lines(log, " up=");
+        EXPECT_EQ(all.size(), 4u) << log;
+        bool found = false;
+        for (const auto& l : all)
+            if (l.find(" down=6710") != std::string::npos && l.find("mode=" + mode) != std::string::npos) {
+                found = true;
+                if (mode == "vpipe") {
+                    EXPECT_NE(l.find(" vpipe="), std::string::npos) << l;
+                }
+                std::printf("[ PROXY ] %s\n", l.c_str());
+            }
+        EXPECT_TRUE(found) << log;
+        std::printf("[ THROUGHPUT ] vpipe-proxy --mode %s (backend sendfile in vm2): 64 MiB GET in %.3f s = %.1f MiB/s\n",
+                    mode.c_str(), r.seconds, r.speed / kMiB);
+    }
+};
+
+#define PER_HTTPD_MODE(check)                          \
+    TEST_F(AppsLab, check##_rw) { check("rw"); }       \
+    TEST_F(AppsLab, check##_sendfile) { check("sendfile"); } \
+    TEST_F(AppsLab, check##_vpipe) { check("vpipe"); }
+
+PER_HTTPD_MODE(HttpdGet)
+PER_HTTPD_MODE(HttpdRanges)
+PER_HTTPD_MODE(HttpdKeepAlive)
+PER_HTTPD_MODE(HttpdPut)
+PER_HTTPD_MODE(HttpdErrors)
+PER_HTTPD_MODE(HttpdConcurrentOneVm)
+PER_HTTPD_MODE(HttpdConcurrentTwoVms)
+
+TEST_F(AppsLab, ProxyGet64MiB_rw) { ProxyGet64MiB("rw"); }
+TEST_F(AppsLab, ProxyGet64MiB_splice) { ProxyGet64MiB("splice"); }
+TEST_F(AppsLab, ProxyGet64MiB_vpipe) { ProxyGet64MiB("vpipe"); }
+
+// The big one, vpipe mode only (filter with -*Large*).
+TEST_F(AppsLab, Large_Get512MiB_vpipe) {
+    std::string base = httpd("vpipe");
+    std::string path = file(1, "g512", 512 * kMiB);
+    Curl r = curl_sha(base + "/g512");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.code, 200) << r.err;
+    EXPECT_EQ(r.size, 512 * kMiB);
+    EXPECT_EQ(r.sha, sha(path));
+    std::printf("[ THROUGHPUT ] vpipe-httpd --mode vpipe: 512 MiB GET in %.3f s = %.1f MiB/s (vpipe=%s)\n", r.seconds,
+                r.speed / kMiB, vpipe_path(log_of("httpd-vpipe-vm1"), "GET /g512 ").c_str());
+    fs::remove(path);
+}
+
+// SIGTERM stops both servers with status 0, also with a client connection open.
+TEST_F(AppsLab, ServersExitZeroOnSigterm) {
+    file(1, "b1", 1);
+    Server h = start("vm1", "sigterm-httpd", {kHttpd, "--mode", "vpipe", "--port", "8090", "--root", root_[1]});
+    Server p = start("vm1", "sigterm-proxy", {kProxy, "--mode", "vpipe", "--listen", "9090", "--to", kVm1Ip + ":8090"});
+    Curl r = curl_sha("http://" + kVm1Ip + ":9090/b1");
+    EXPECT_EQ(r.code, 200);
+    // an idle keep-alive connection through the proxy, held open by socat for a while
+    pid_t idle = fork();
+    if (idle == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl(kLab.c_str(), kLab.c_str(), "client", "--", "bash", "-c",
+              ("(printf 'GET /b1 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep 20) | socat -t 20 - TCP:" + kVm1Ip + ":9090")
+                  .c_str(),
+              static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    std::this_thread::sleep_for(500ms);
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(stop(&p), 0) << slurp(p.log);
+    EXPECT_EQ(stop(&h), 0) << slurp(h.log);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 8s);
+    EXPECT_NE(slurp(h.log).find("stopping"), std::string::npos);
+    EXPECT_NE(slurp(p.log).find("stopping"), std::string::npos);
+    kill(idle, SIGKILL);
+    waitpid(idle, nullptr, 0);
+}
+
+// ---- command lines (no lab needed)
+
+TEST(AppsCli, ManStyleHelp) {
+    for (const auto& bin : {kHttpd, kProxy}) {
+        if (access(bin.c_str(), X_OK) != 0) GTEST_SKIP() << bin << " not built";
+        auto r = run({bin, "--help"});
+        EXPECT_EQ(r.status, 0) << bin;
+        for (const char* s : {"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES", "--mode"})
+            EXPECT_NE(r.out.find(s), std::string::npos) << bin << " --help lacks " << s;
+    }
+}
+
+TEST(AppsCli, BadArgumentsExitNonZeroWithAMessage) {
+    if (access(kHttpd.c_str(), X_OK) != 0 || access(kProxy.c_str(), X_OK) != 0) GTEST_SKIP() << "not built";
+    std::vector<std::vector<std::string>> bad = {
+        {kHttpd},
+        {kHttpd, "--mode", "rw", "--port", "8080"},
+        {kHttpd, "--mode", "splice", "--port", "8080", "--root", "/tmp"},
+        {kHttpd, "--mode", "rw", "--port", "0", "--root", "/tmp"},
+        {kHttpd, "--mode", "rw", "--port", "99999", "--root", "/tmp"},
+        {kHttpd, "--mode", "rw", "--port", "x", "--root", "/tmp"},
+        {kHttpd, "--mode", "rw", "--port", "8080", "--root", "/no/such/dir"},
+        {kHttpd, "--mode", "rw", "--port", "8080", "--root", "/tmp", "--threads", "0"},
+        {kHttpd, "--mode", "rw", "--port", "8080", "--root", "/tmp", "--bogus"},
+        {kProxy},
+        {kProxy, "--mode", "sendfile", "--listen", "9000", "--to", "127.0.0.1:80"},
+        {kProxy, "--mode", "rw", "--listen", "9000"},
+        {kProxy, "--mode", "rw", "--listen", "9000", "--to", "127.0.0.1"},
+        {kProxy, "--mode", "rw", "--listen", "9000", "--to", "127.0.0.1:0"},
+        {kProxy, "--mode", "rw", "--listen", "9000", "--to", ":80"},
+        {kProxy, "--mode", "rw", "--listen", "70000", "--to", "127.0.0.1:80"},
+        {kProxy, "--mode", "vpipe", "--listen", "9000", "--to", "127.0.0.1:80", "--chunk", "0"},
+    };
+    for (const auto& argv : bad) {
+        std::string cmd;
+        for (const auto& a : argv) cmd += a + " ";
+        auto r = run(argv);
+        EXPECT_EQ(r.status, 2) << cmd << "\n" << r.out << r.err;
+        EXPECT_FALSE(r.err.empty()) << cmd;
+    }
+    // a port that can't be bound is a runtime failure (1), not a usage error
+    auto busy = run({"bash", "-c",
+                     "socat TCP-LISTEN:18089,bind=127.0.0.1,reuseaddr - </dev/null & sleep 0.5; " + kHttpd +
+                         " --mode rw --port 18089 --bind 127.0.0.1 --root /tmp; rc=$?; kill %1; exit $rc"});
+    EXPECT_EQ(busy.status, 1) << busy.err;
+    EXPECT_NE(busy.err.find("cannot listen"), std::string::npos) << busy.err;
+}
+
+}  // namespace
