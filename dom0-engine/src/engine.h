@@ -10,6 +10,7 @@
 #include "config.h"
 #include "control.h"
 #include "io/page_pool.h"
+#include "shadow.h"
 #include "vm.h"
 #include "vm_service.h"
 
@@ -29,6 +30,7 @@ public:
 private:
     EngineConfig cfg_;
     std::unique_ptr<PagePool> pool_;
+    std::unique_ptr<SocketEngine> sockets_;  // shadow sockets + steering (nullptr: none)
     std::vector<std::unique_ptr<Vm>> vms_;
     std::vector<std::unique_ptr<VmService>> services_;
     std::unique_ptr<ControlServer> control_;

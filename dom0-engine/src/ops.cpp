@@ -7,7 +7,7 @@
 namespace vpipe::engine {
 
 int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
-                    uint64_t* moved) {
+                    uint64_t* moved, SocketEngine* sockets, const DescWriter& write_back) {
     *moved = 0;
     // Bytes are counted as they move, not at the end: this is where credits will be charged.
     auto& bytes = vm.counters().bytes[req.op];
@@ -21,6 +21,13 @@ int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& re
         int r = copy_extents(io, pool, *src, req.src_file.extents, *dst, req.dst_file.extents,
                              req.length, charge, moved);
         return r == -ENOMEM ? -ENOSPC : r;  // the protocol's "no buffers now"
+    }
+    case VPIPE_OP_FILE_TO_SOCKET:
+    case VPIPE_OP_SOCKET_TO_FILE:
+    case VPIPE_OP_SOCKET_TO_SOCKET: {
+        if (!write_back) return -EOPNOTSUPP;
+        int r = execute_socket_request(vm, io, pool, sockets, req, write_back, moved);
+        return r == -ENOMEM ? -ENOSPC : r;
     }
     default:
         return -EOPNOTSUPP;

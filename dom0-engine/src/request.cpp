@@ -1,5 +1,7 @@
 #include "request.h"
 
+#include <arpa/inet.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -60,7 +62,47 @@ int parse_file_endpoint(const vpipe_endpoint& ep, bool source, uint64_t length,
     return total == length ? 0 : -EINVAL;
 }
 
+bool valid_remote_ipv4(const uint8_t* a) {
+    if (a[0] == 0 || a[0] == 127 || a[0] >= 224) return false;  // 0/8, loopback, multicast+
+    for (int i = 4; i < 16; ++i)
+        if (a[i]) return false;
+    return true;
+}
+
+int parse_socket_endpoint(const vpipe_endpoint& ep, const VmIdentity& vm) {
+    if (ep.vdev || ep.first_segment || ep.nr_segments) return -EINVAL;
+    if (!all_zero(ep.reserved, sizeof(ep.reserved))) return -EINVAL;
+    const vpipe_tcp_state& t = ep.tcp;
+    if (!all_zero(t.reserved, sizeof(t.reserved))) return -EINVAL;
+    if (t.family != VPIPE_AF_INET && t.family != VPIPE_AF_INET6) return -EINVAL;
+    if (t.local_port == 0 || t.remote_port == 0) return -EINVAL;
+    if (t.options & ~(VPIPE_TCPOPT_SACK | VPIPE_TCPOPT_TIMESTAMP | VPIPE_TCPOPT_WSCALE)) return -EINVAL;
+    if (t.options & VPIPE_TCPOPT_WSCALE) {
+        if (t.snd_wscale > 14 || t.rcv_wscale > 14) return -EINVAL;
+    } else if (t.snd_wscale || t.rcv_wscale) {
+        return -EINVAL;
+    }
+    if (t.mss < 64 || t.mss > 65535) return -EINVAL;
+    if (t.sndq_len != 0 || t.rcvq_len != 0) return -EINVAL;  // requests carry no queues
+    if (t.carry_offset % 8 != 0) return -EINVAL;
+    // the addresses: the VM's own, towards a unicast peer
+    if (t.family == VPIPE_AF_INET6) return -EPERM;  // the VM has no IPv6 identity configured
+    if (!vm.ipv4) return -EPERM;
+    if (std::memcmp(t.local_addr, vm.ipv4->data(), 4) != 0 || !all_zero(t.local_addr + 4, 12))
+        return -EPERM;
+    if (!valid_remote_ipv4(t.remote_addr)) return -EPERM;
+    if (std::memcmp(t.remote_addr, t.local_addr, 4) == 0) return -EPERM;
+    return 0;
+}
+
 }  // namespace
+
+VmIdentity VmIdentity::from_ip_string(const std::string& ip) {
+    VmIdentity id;
+    std::array<uint8_t, 4> a{};
+    if (!ip.empty() && ::inet_pton(AF_INET, ip.c_str(), a.data()) == 1) id.ipv4 = a;
+    return id;
+}
 
 int check_request(const vpipe_request& req) {
     if (req.flags != 0 || req.reserved0 != 0) return -EINVAL;
@@ -81,11 +123,13 @@ int check_request(const vpipe_request& req) {
 }
 
 int parse_request(const vpipe_request& req, std::span<const uint8_t> desc,
-                  const DiskLookup& disks, ParsedRequest* out) {
+                  const DiskLookup& disks, ParsedRequest* out, const VmIdentity& vm) {
     if (int r = check_request(req); r < 0) return r;
     out->id = req.id;
     out->op = req.op;
     out->length = req.length;
+    out->nr_pages = req.nr_pages;
+    for (unsigned i = 0; i < VPIPE_DESC_MAX_PAGES; ++i) out->pages[i] = req.page[i];
     if (req.op == VPIPE_OP_NOP) return 0;
     if (desc.size() < req.desc_bytes) return -EINVAL;
 
@@ -121,10 +165,38 @@ int parse_request(const vpipe_request& req, std::span<const uint8_t> desc,
             return r;
     }
     if (!src_file || !dst_file) {
-        // Socket endpoints arrive with the shadow-socket work; until then refuse cleanly.
-        out->src_tcp = h.src.tcp;
-        out->dst_tcp = h.dst.tcp;
-        return -EOPNOTSUPP;
+        // Socket endpoints: the flow must be the VM's own; the carry rooms lie inside the
+        // pages, after the stream in use, in endpoint order, each at least VPIPE_CARRY_MIN.
+        const uint64_t end = uint64_t{req.nr_pages} * VPIPE_PAGE_SIZE;
+        uint64_t prev = req.desc_bytes;
+        const vpipe_endpoint* eps[2] = {&h.src, &h.dst};
+        uint64_t starts[2] = {0, 0};
+        for (int i = 0; i < 2; ++i) {
+            if (eps[i]->kind != VPIPE_EP_SOCKET) continue;
+            if (int r = parse_socket_endpoint(*eps[i], vm)) return r;
+            starts[i] = eps[i]->tcp.carry_offset;
+            if (starts[i] < prev || starts[i] >= end) return -EINVAL;
+            prev = starts[i] + VPIPE_CARRY_MIN;
+        }
+        if (prev > end) return -EINVAL;
+        const bool src_sock = h.src.kind == VPIPE_EP_SOCKET, dst_sock = h.dst.kind == VPIPE_EP_SOCKET;
+        if (src_sock) {
+            out->src_tcp = h.src.tcp;
+            out->src_room = static_cast<uint32_t>((dst_sock ? starts[1] : end) - starts[0]);
+        }
+        if (dst_sock) {
+            out->dst_tcp = h.dst.tcp;
+            out->dst_room = static_cast<uint32_t>(end - starts[1]);
+        }
+        if (src_sock && dst_sock &&
+            std::memcmp(&h.src.tcp.local_port, &h.dst.tcp.local_port, 2 + 2) == 0 &&
+            std::memcmp(h.src.tcp.remote_addr, h.dst.tcp.remote_addr, 16) == 0)
+            return -EINVAL;  // one connection cannot be both ends
+        // the segment array holds exactly the file endpoint's segments
+        const uint32_t file_segs = src_file ? h.src.nr_segments : dst_file ? h.dst.nr_segments : 0;
+        if (h.nr_segments != file_segs) return -EINVAL;
+        if ((src_file && h.src.first_segment != 0) || (dst_file && h.dst.first_segment != 0))
+            return -EINVAL;
     }
     return 0;
 }

@@ -13,7 +13,8 @@ const char* op_name(uint8_t op) {
     }
 }
 
-Vm::Vm(const VmConfig& cfg, const EngineConfig& engine) : cfg_(cfg) {
+Vm::Vm(const VmConfig& cfg, const EngineConfig& engine)
+    : cfg_(cfg), identity_(VmIdentity::from_ip_string(cfg.ip)) {
     for (const auto& d : cfg_.disks) disks_[d.vdev] = DiskImage::open(d.image, d.writable);
     workers_ = std::make_unique<WorkerPool>(cfg_.name, cfg_.threads, engine.queue_depth);
 }
@@ -43,6 +44,8 @@ nlohmann::json Vm::stats_json() const {
     j["rejected"] = counters_.rejected.load();
     j["failed"] = counters_.failed.load();
     j["active"] = counters_.active.load();
+    j["shadow_sockets"] = counters_.shadow_sockets.load();
+    j["steered_flows"] = counters_.steered_flows.load();
     nlohmann::json ops = nlohmann::json::object(), bytes = nlohmann::json::object();
     for (uint8_t op = VPIPE_OP_FILE_TO_FILE; op < VPIPE_OP_MAX_; ++op) {
         ops[op_name(op)] = counters_.ops[op].load();

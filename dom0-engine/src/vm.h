@@ -13,6 +13,7 @@
 #include "config.h"
 #include "io/disk_image.h"
 #include "request.h"
+#include "shadow.h"
 #include "worker_pool.h"
 
 namespace vpipe::engine {
@@ -25,6 +26,8 @@ struct VmCounters {
     std::array<std::atomic<uint64_t>, VPIPE_OP_MAX_> ops{};    // completed, by op
     std::array<std::atomic<uint64_t>, VPIPE_OP_MAX_> bytes{};  // moved, by op
     std::atomic<uint64_t> channels{0};      // ring connections accepted so far
+    std::atomic<uint64_t> shadow_sockets{0}; // connections held in dom0 now
+    std::atomic<uint64_t> steered_flows{0};  // flows steered to dom0 now
 };
 
 class Vm {
@@ -36,6 +39,10 @@ public:
     const std::string& name() const { return cfg_.name; }
     DiskImage* disk(uint32_t vdev) const;
     DiskLookup disk_lookup() const;
+    const VmIdentity& identity() const { return identity_; }
+    ShadowCounters shadow_counters() {
+        return {&counters_.shadow_sockets, &counters_.steered_flows};
+    }
     WorkerPool& workers() { return *workers_; }
     VmCounters& counters() { return counters_; }
     std::atomic<bool>& connected() { return connected_; }
@@ -46,6 +53,7 @@ private:
     VmConfig cfg_;
     std::map<uint32_t, std::unique_ptr<DiskImage>> disks_;
     VmCounters counters_;
+    VmIdentity identity_;
     std::atomic<bool> connected_{false};
     std::unique_ptr<WorkerPool> workers_;  // last: joins before the disks close
 };

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <vector>
 
@@ -23,7 +24,8 @@ struct VmService::Channel {
     bool stalled = false;         // under ring_mu: requests waiting for response slots
 };
 
-VmService::VmService(Vm& vm, PagePool& pool) : vm_(vm), pool_(pool) {}
+VmService::VmService(Vm& vm, PagePool& pool, SocketEngine* sockets)
+    : vm_(vm), pool_(pool), sockets_(sockets) {}
 
 VmService::~VmService() { stop(); }
 
@@ -179,7 +181,7 @@ void VmService::handle(const vpipe_request& req) {
     }
     auto parsed = std::make_shared<ParsedRequest>();
     int r = parse_request(req, std::span(desc.data(), req.desc_bytes), vm_.disk_lookup(),
-                          parsed.get());
+                          parsed.get(), vm_.identity());
     if (r < 0) {
         counters.rejected++;
         spdlog::warn("vm {}: {} request {:#x} rejected: {}", vm_.name(), op_name(req.op), req.id,
@@ -190,7 +192,23 @@ void VmService::handle(const vpipe_request& req) {
     counters.active++;
     vm_.workers().submit([this, ch, parsed](BlockIo& io) {
         uint64_t moved = 0;
-        int status = execute_request(vm_, io, pool_, *parsed, &moved);
+        // Results of socket endpoints go back into the request's own descriptor pages (the
+        // guest reads them after the response, before it frees the pages).
+        DescWriter write_back = [ch, parsed](uint64_t off, const void* data, size_t n) -> int {
+            const auto* p = static_cast<const uint8_t*>(data);
+            if (off + n > uint64_t{parsed->nr_pages} * VPIPE_PAGE_SIZE) return -EINVAL;
+            while (n > 0) {
+                const uint32_t page = parsed->pages[off / VPIPE_PAGE_SIZE];
+                const uint32_t in = static_cast<uint32_t>(off % VPIPE_PAGE_SIZE);
+                const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(n, VPIPE_PAGE_SIZE - in));
+                if (int wr = ch->shm->write_desc_page(page, in, p, m); wr < 0) return wr;
+                p += m;
+                off += m;
+                n -= m;
+            }
+            return 0;
+        };
+        int status = execute_request(vm_, io, pool_, *parsed, &moved, sockets_, write_back);
         auto& c = vm_.counters();
         if (status == 0)
             c.ops[parsed->op]++;

@@ -17,7 +17,7 @@ namespace vpipe::engine {
 
 class VmService {
 public:
-    VmService(Vm& vm, PagePool& pool);
+    VmService(Vm& vm, PagePool& pool, SocketEngine* sockets = nullptr);
     ~VmService();
     VmService(const VmService&) = delete;
     VmService& operator=(const VmService&) = delete;
@@ -37,6 +37,7 @@ private:
 
     Vm& vm_;
     PagePool& pool_;
+    SocketEngine* sockets_;
     UniqueFd listen_fd_;
     UniqueFd wake_fd_;                 // stop requests and "response slots freed" wake-ups
     std::shared_ptr<Channel> channel_; // touched by the service thread only

@@ -20,6 +20,7 @@ struct EngineLink::Ticket {
     int status = 0;
     uint64_t moved = 0;
     uint64_t length = 0;
+    std::span<uint8_t> readback;   // filled from the request's pages before they are freed
 };
 
 struct EngineLink::Conn {
@@ -70,11 +71,17 @@ bool EngineLink::wait_connected(int ms) {
 }
 
 int EngineLink::submit(uint8_t op, uint64_t length, std::span<const uint8_t> desc,
-                       std::shared_ptr<Ticket>* out) {
+                       std::shared_ptr<Ticket>* out, uint32_t pages, std::span<uint8_t> readback) {
     if (desc.size() > VPIPE_DESC_MAX_BYTES) return -E2BIG;
-    const uint32_t npages = static_cast<uint32_t>((desc.size() + VPIPE_PAGE_SIZE - 1) / VPIPE_PAGE_SIZE);
+    uint32_t npages = static_cast<uint32_t>((desc.size() + VPIPE_PAGE_SIZE - 1) / VPIPE_PAGE_SIZE);
+    if (pages) {
+        if (pages < npages || pages > VPIPE_DESC_MAX_PAGES) return -EINVAL;
+        npages = pages;
+    }
+    if (!readback.empty() && readback.size() < size_t{npages} * VPIPE_PAGE_SIZE) return -EINVAL;
     auto ticket = std::make_shared<Ticket>();
     ticket->length = length;
+    ticket->readback = readback;
     std::shared_ptr<Conn> c;
     int notify = 0;
     {
@@ -98,8 +105,9 @@ int EngineLink::submit(uint8_t op, uint64_t length, std::span<const uint8_t> des
             p.pages.push_back(page);
             req.page[i] = page;
             size_t off = size_t{i} * VPIPE_PAGE_SIZE;
-            size_t n = std::min<size_t>(VPIPE_PAGE_SIZE, desc.size() - off);
-            std::memcpy(c->ch->desc_page(page), desc.data() + off, n);
+            size_t n = off < desc.size() ? std::min<size_t>(VPIPE_PAGE_SIZE, desc.size() - off) : 0;
+            if (n) std::memcpy(c->ch->desc_page(page), desc.data() + off, n);
+            if (n < VPIPE_PAGE_SIZE) std::memset(c->ch->desc_page(page) + n, 0, VPIPE_PAGE_SIZE - n);
         }
         vpipe_front_ring_t& ring = c->ch->ring();
         *RING_GET_REQUEST(&ring, ring.req_prod_pvt) = req;
@@ -196,6 +204,10 @@ void EngineLink::reap(Conn& c) {
                 spdlog::error("dom0 answered unknown request {:#x}", rsp.id);
                 continue;
             }
+            auto& rb = it->second.ticket->readback;
+            for (size_t k = 0; k < it->second.pages.size() && !rb.empty(); ++k)
+                std::memcpy(rb.data() + k * VPIPE_PAGE_SIZE, c.ch->desc_page(it->second.pages[k]),
+                            VPIPE_PAGE_SIZE);
             for (uint32_t page : it->second.pages) c.free_pages.push_back(page);
             complete(*it->second.ticket, rsp.status, rsp.moved);
             c.pending.erase(it);

@@ -36,8 +36,12 @@ public:
     struct Ticket;
     // -EHOSTDOWN when no engine is connected; blocks while the ring or the descriptor pages
     // are full.
+    // `pages`: how many descriptor pages the request names (0: as many as `desc` needs; more
+    // gives dom0 room to write results). `readback`: if not empty (at least pages * 4096
+    // bytes, alive until wait() returned), the request's pages are copied into it when the
+    // response arrives, before they are reused -- dom0's results for socket endpoints.
     int submit(uint8_t op, uint64_t length, std::span<const uint8_t> desc,
-               std::shared_ptr<Ticket>* out);
+               std::shared_ptr<Ticket>* out, uint32_t pages = 0, std::span<uint8_t> readback = {});
     // Waits for the answer: 0 or -errno; *moved <= length. -ECANCELED when the channel died
     // with the request in flight.
     int wait(const std::shared_ptr<Ticket>& t, uint64_t* moved);

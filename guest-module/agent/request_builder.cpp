@@ -1,6 +1,7 @@
 #include "request_builder.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 
@@ -114,6 +115,86 @@ std::vector<RingChunk> build_file_to_file(const FileExtents& src_in, const FileE
         p = q;
     }
     return chunks;
+}
+
+size_t max_socket_segments() {
+    return (VPIPE_DESC_MAX_BYTES - 2 * kMinCarryRoom - sizeof(vpipe_desc_header)) / sizeof(vpipe_segment);
+}
+
+SocketChunk build_socket_request(uint8_t op, const FileExtents* file, uint64_t file_offset,
+                                 uint64_t length, const vpipe_tcp_state* src,
+                                 const vpipe_tcp_state* dst) {
+    std::vector<vpipe_segment> pieces;
+    if (file) {
+        const std::vector<Segment> segs = coalesce(file->segments);
+        const auto ends = stream_ends(segs);
+        if ((ends.empty() ? 0 : ends.back()) < file_offset + length)
+            throw std::invalid_argument("build_socket_request: extents do not cover the range");
+        append_pieces(segs, ends, file_offset, file_offset + length, &pieces);
+        if (pieces.size() > max_socket_segments())
+            throw std::invalid_argument("build_socket_request: too many segments");
+    }
+    vpipe_desc_header h{};
+    h.magic = VPIPE_DESC_MAGIC;
+    h.version = VPIPE_PROTOCOL_VERSION;
+    h.header_bytes = sizeof(h);
+    h.nr_segments = static_cast<uint32_t>(pieces.size());
+    const uint32_t stream = static_cast<uint32_t>(sizeof(h) + pieces.size() * sizeof(vpipe_segment));
+    const uint32_t carry = (stream + 7u) & ~7u;
+    const uint32_t end = VPIPE_DESC_MAX_BYTES;
+    auto sock = [](vpipe_endpoint& ep, const vpipe_tcp_state& st, uint32_t off) {
+        ep.kind = VPIPE_EP_SOCKET;
+        ep.tcp = st;
+        ep.tcp.sndq_len = ep.tcp.rcvq_len = 0;
+        ep.tcp.carry_offset = off;
+        ep.tcp.reserved[0] = ep.tcp.reserved[1] = 0;
+    };
+    auto filep = [&](vpipe_endpoint& ep) {
+        ep.kind = VPIPE_EP_FILE;
+        ep.vdev = file->vdev;
+        ep.first_segment = 0;
+        ep.nr_segments = static_cast<uint32_t>(pieces.size());
+    };
+    switch (op) {
+    case VPIPE_OP_FILE_TO_SOCKET:
+        filep(h.src);
+        sock(h.dst, *dst, carry);
+        break;
+    case VPIPE_OP_SOCKET_TO_FILE:
+        sock(h.src, *src, carry);
+        filep(h.dst);
+        break;
+    case VPIPE_OP_SOCKET_TO_SOCKET: {
+        const uint32_t half = ((carry + (end - carry) / 2) + 7u) & ~7u;
+        sock(h.src, *src, carry);
+        sock(h.dst, *dst, half);
+        break;
+    }
+    default: throw std::invalid_argument("build_socket_request: not a socket op");
+    }
+    SocketChunk c;
+    c.desc.resize(stream);
+    std::memcpy(c.desc.data(), &h, sizeof(h));
+    if (!pieces.empty())
+        std::memcpy(c.desc.data() + sizeof(h), pieces.data(), pieces.size() * sizeof(vpipe_segment));
+    return c;
+}
+
+int read_socket_result(std::span<const uint8_t> pages, bool source, SocketResult* out) {
+    *out = SocketResult{};
+    if (pages.size() < sizeof(vpipe_desc_header)) return -EPROTO;
+    vpipe_desc_header h;
+    std::memcpy(&h, pages.data(), sizeof(h));
+    const vpipe_endpoint& ep = source ? h.src : h.dst;
+    out->flags = VPIPE_EP_RESULT_FLAGS(&ep);
+    if (!(out->flags & VPIPE_EPF_VALID)) return 0;
+    out->st = ep.tcp;
+    const uint64_t off = ep.tcp.carry_offset;
+    const uint64_t n = uint64_t{ep.tcp.sndq_len} + ep.tcp.rcvq_len;
+    if (off > pages.size() || n > pages.size() - off) return -EPROTO;
+    out->sndq.assign(pages.begin() + off, pages.begin() + off + ep.tcp.sndq_len);
+    out->rcvq.assign(pages.begin() + off + ep.tcp.sndq_len, pages.begin() + off + n);
+    return 0;
 }
 
 }  // namespace vpipe::agent

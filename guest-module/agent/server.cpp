@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "socket_ops.h"
 #include "transport/shm_channel.h"
 #include "util/unix_socket.h"
 
@@ -104,6 +105,8 @@ void Server::serve(UniqueFd conn) {
 
         vpipe_agent_msg reply{VPIPE_AGENT_MAGIC, hdr.cmd, 0, 0};
         size_t reply_len = 0;
+        SocketReplacements repl;
+        std::vector<int> reply_fds;
         switch (hdr.cmd) {
         case VPIPE_IOC_OP: {
             vpipe_ioc_op& op = body.op;
@@ -117,7 +120,16 @@ void Server::serve(UniqueFd conn) {
             } else if (op.op == VPIPE_IOC_FILE_TO_FILE) {
                 reply.result = file_to_file(ctx_, fds[0].get(), fds[1].get(), &op);
             } else if (op.op >= VPIPE_IOC_FILE_TO_SOCKET && op.op <= VPIPE_IOC_SOCKET_TO_SOCKET) {
-                reply.result = -EOPNOTSUPP;  // shadow sockets: not in this build yet
+                reply.result = socket_op(ctx_, fds[0].get(), fds[1].get(), &op, &repl);
+                // restored connections travel back as SCM_RIGHTS, in the order in, out
+                if (repl.in) {
+                    op.new_in_fd = static_cast<int32_t>(reply_fds.size());
+                    reply_fds.push_back(repl.in.get());
+                }
+                if (repl.out) {
+                    op.new_out_fd = static_cast<int32_t>(reply_fds.size());
+                    reply_fds.push_back(repl.out.get());
+                }
             } else {
                 reply.result = -EINVAL;
             }
@@ -136,7 +148,9 @@ void Server::serve(UniqueFd conn) {
             break;
         }
         reply.length = static_cast<uint32_t>(reply_len);
-        if (send_msg_fds(conn.get(), &reply, sizeof(reply), nullptr, 0) < 0) break;
+        if (send_msg_fds(conn.get(), &reply, sizeof(reply), reply_fds.empty() ? nullptr : reply_fds.data(),
+                         reply_fds.size()) < 0)
+            break;
         if (reply_len && send_msg_fds(conn.get(), &body, reply_len, nullptr, 0) < 0) break;
     }
     {

@@ -106,9 +106,54 @@ int recv_all(int fd, void* buf, size_t len) {
     return 0;
 }
 
+// Receives exactly len bytes; descriptors attached (SCM_RIGHTS) are appended to *fds (at most
+// 2; more are closed).
+int recv_all_fds(int fd, void* buf, size_t len, int* fds, size_t* nfds) {
+    char* p = static_cast<char*>(buf);
+    while (len) {
+        iovec iov{p, len};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < k; ++i) {
+                int got;
+                std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (*nfds < 2)
+                    fds[(*nfds)++] = got;
+                else
+                    ::close(got);
+            }
+        }
+        if (n == 0) return -ECONNRESET;
+        p += n;
+        len -= static_cast<size_t>(n);
+    }
+    return 0;
+}
+
 // One request/reply exchange with the agent. Transport failures return -errno with the
-// connection reset; the agent's own answer comes back in *result.
-int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, int* result) {
+// connection reset; the agent's own answer comes back in *result. Descriptors the agent
+// returns (restored sockets) land in rfds[0..*nrfds).
+int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, int* result,
+             int* rfds = nullptr, size_t* nrfds = nullptr) {
+    int dummy_fds[2];
+    size_t dummy_n = 0;
+    if (!rfds) {
+        rfds = dummy_fds;
+        nrfds = &dummy_n;
+    }
+    *nrfds = 0;
     if (int r = connect_agent(); r < 0) return r;
     vpipe_agent_msg hdr{VPIPE_AGENT_MAGIC, cmd, 0, static_cast<uint32_t>(len)};
     // Header and body in one message so the descriptors travel with the first byte.
@@ -117,7 +162,7 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
     if (len) std::memcpy(buf + sizeof(hdr), body, len);
     int r = send_all(t_conn.fd, buf, sizeof(hdr) + len, fds, nfds);
     vpipe_agent_msg rep{};
-    if (r == 0) r = recv_all(t_conn.fd, &rep, sizeof(rep));
+    if (r == 0) r = recv_all_fds(t_conn.fd, &rep, sizeof(rep), rfds, nrfds);
     if (r == 0 && (rep.magic != VPIPE_AGENT_MAGIC || rep.cmd != cmd || rep.length > sizeof(buf)))
         r = -EPROTO;
     if (r == 0 && rep.length) {
@@ -128,10 +173,24 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
     }
     if (r < 0) {
         t_conn.reset();
+        for (size_t i = 0; i < *nrfds; ++i) ::close(rfds[i]);
+        *nrfds = 0;
         return r;
     }
+    if (rfds == dummy_fds)
+        for (size_t i = 0; i < dummy_n; ++i) ::close(dummy_fds[i]);
     *result = rep.result;
     return 0;
+}
+
+// Puts the restored socket `fresh` on the application's descriptor number `target`, keeping
+// target's FD_CLOEXEC (the number never becomes free: no race with other threads).
+int install(int fresh, int target) {
+    int fl = ::fcntl(target, F_GETFD);
+    int r = 0;
+    if (fl < 0 || ::dup3(fresh, target, (fl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) r = -errno;
+    ::close(fresh);
+    return r;
 }
 
 }  // namespace
@@ -146,10 +205,30 @@ int component_op(vpipe_ioc_op* op, int in_fd, int out_fd) {
     op->in_fd = 0;   // over the socket: indexes of the passed descriptors
     op->out_fd = 1;
     int result = 0;
-    int r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result);
-    if (r == -EPIPE || r == -ECONNRESET)  // the agent restarted since our last call: once more
-        r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result);
-    return r < 0 ? r : result;
+    int rfds[2];
+    size_t nr = 0;
+    const vpipe_ioc_op sent = *op;
+    int r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr);
+    if (r == -EPIPE || r == -ECONNRESET) {  // the agent restarted since our last call: once more
+        *op = sent;
+        r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr);
+    }
+    if (r < 0) return r;
+    // Socket endpoints come back as new sockets (the connection restored from dom0's final
+    // state): they replace the application's descriptors in place.
+    bool used[2] = {false, false};
+    auto take = [&](int32_t idx, int target) -> int {
+        if (idx < 0) return 0;
+        if (static_cast<size_t>(idx) >= nr || used[idx]) return -EPROTO;
+        used[idx] = true;
+        return install(rfds[idx], target);
+    };
+    int ri = take(op->new_in_fd, in_fd);
+    int ro = take(op->new_out_fd, out_fd);
+    for (size_t i = 0; i < nr; ++i)
+        if (!used[i]) ::close(rfds[i]);
+    if (result == 0 && (ri < 0 || ro < 0)) result = ri < 0 ? ri : ro;
+    return result;
 }
 
 int component_stats(vpipe_ioc_stats* out) {

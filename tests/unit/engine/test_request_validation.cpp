@@ -1,4 +1,6 @@
 // Every field of a ring request is checked before use: one test per way a guest can lie.
+#include <arpa/inet.h>
+
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -181,10 +183,174 @@ TEST(RequestValidation, DestinationAlignmentRule) {
     }
 }
 
-TEST(RequestValidation, SocketOperationsAreRefusedUntilImplemented) {
+// ---- socket endpoints -------------------------------------------------------------------
+
+namespace {
+
+const VmIdentity kVm = VmIdentity::from_ip_string("10.199.0.11");
+
+vpipe_tcp_state good_tcp(uint16_t lport = 5000) {
+    vpipe_tcp_state t{};
+    t.family = VPIPE_AF_INET;
+    t.options = VPIPE_TCPOPT_SACK | VPIPE_TCPOPT_TIMESTAMP | VPIPE_TCPOPT_WSCALE;
+    t.snd_wscale = 7;
+    t.rcv_wscale = 7;
+    t.local_port = htons(lport);
+    t.remote_port = htons(40000);
+    const uint8_t vm[4] = {10, 199, 0, 11}, cl[4] = {10, 199, 0, 1};
+    std::memcpy(t.local_addr, vm, 4);
+    std::memcpy(t.remote_addr, cl, 4);
+    t.snd_seq = 1000;
+    t.rcv_seq = 2000;
+    t.mss = 1448;
+    t.snd_wnd = t.max_window = t.rcv_wnd = 65535;
+    return t;
+}
+
+// file -> socket with the 3 source segments of Fixture and the socket's carry room after them
+struct SockFixture : Fixture {
+    SockFixture() {
+        req.op = VPIPE_OP_FILE_TO_SOCKET;
+        req.nr_pages = 10;
+        segs.resize(3);
+        h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp()};
+        h.dst.tcp.carry_offset = 8192;
+    }
+    int parse_sock(ParsedRequest* out = nullptr, const VmIdentity& id = kVm) {
+        auto d = desc();
+        ParsedRequest tmp;
+        return parse_request(req, d, lookup(), out ? out : &tmp, id);
+    }
+};
+
+}  // namespace
+
+TEST(SocketValidation, AcceptsFileToSocket) {
+    SockFixture f;
+    ParsedRequest p;
+    ASSERT_EQ(f.parse_sock(&p), 0);
+    EXPECT_EQ(p.src_file.extents.size(), 3u);
+    EXPECT_EQ(p.dst_tcp.mss, 1448u);
+    EXPECT_EQ(p.dst_room, 10 * 4096u - 8192u);
+    EXPECT_EQ(p.nr_pages, 10);
+}
+
+TEST(SocketValidation, AddressesMustBeTheVmsOwn) {
+    SockFixture f;
+    EXPECT_EQ(f.parse_sock(nullptr, VmIdentity{}), -EPERM);  // VM without a network identity
+    f.h.dst.tcp.local_addr[3] = 12;                          // vm2's address
+    EXPECT_EQ(f.parse_sock(), -EPERM);
+    SockFixture g;
+    const uint8_t lo[4] = {127, 0, 0, 1};
+    std::memcpy(g.h.dst.tcp.remote_addr, lo, 4);
+    EXPECT_EQ(g.parse_sock(), -EPERM);
+    SockFixture m;
+    m.h.dst.tcp.remote_addr[0] = 224;  // multicast peer
+    EXPECT_EQ(m.parse_sock(), -EPERM);
+    SockFixture v6;
+    v6.h.dst.tcp.family = VPIPE_AF_INET6;
+    EXPECT_EQ(v6.parse_sock(), -EPERM);
+    SockFixture self;
+    std::memcpy(self.h.dst.tcp.remote_addr, self.h.dst.tcp.local_addr, 4);
+    EXPECT_EQ(self.parse_sock(), -EPERM);
+}
+
+TEST(SocketValidation, FamilyPortsAndOptions) {
+    auto bad = [](auto mutate) {
+        SockFixture f;
+        mutate(f.h.dst.tcp);
+        return f.parse_sock();
+    };
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.family = 5; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.local_port = 0; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.remote_port = 0; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.options |= 0x80; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.snd_wscale = 15; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.options = 0; }), -EINVAL);  // scales without WSCALE
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.mss = 0; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.mss = 70000; }), -EINVAL);
+}
+
+TEST(SocketValidation, ReservedAndQueuesMustBeZero) {
+    auto bad = [](auto mutate) {
+        SockFixture f;
+        mutate(f.h.dst);
+        return f.parse_sock();
+    };
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.reserved[0] = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.reserved[3] = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.reserved[1] = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.vdev = kVdev; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.nr_segments = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.rcvq_len = 1; }), -EINVAL);
+}
+
+TEST(SocketValidation, CarryRoomInsideThePages) {
+    auto with = [](uint32_t off, uint8_t pages) {
+        SockFixture f;
+        f.req.nr_pages = pages;
+        f.h.dst.tcp.carry_offset = off;
+        return f.parse_sock();
+    };
+    EXPECT_EQ(with(4096, 2), 0);
+    EXPECT_EQ(with(4100, 2), -EINVAL);   // room below VPIPE_CARRY_MIN
+    EXPECT_EQ(with(4097, 3), -EINVAL);   // not 8-aligned
+    EXPECT_EQ(with(16, 2), -EINVAL);     // overlaps the stream in use
+    EXPECT_EQ(with(8192, 2), -EINVAL);   // outside the pages
+    EXPECT_EQ(with(1u << 31, 10), -EINVAL);
+}
+
+TEST(SocketValidation, SegmentsBelongToTheFileEndpoint) {
+    SockFixture f;
+    f.segs.resize(5);  // 2 stray segments
+    f.segs[3] = {4096, 4096, 0, 0};
+    f.segs[4] = {8192, 4096, 0, 0};
+    EXPECT_EQ(f.parse_sock(), -EINVAL);
+    SockFixture g;
+    g.h.src.kind = VPIPE_EP_SOCKET;  // wrong kind for the op
+    EXPECT_EQ(g.parse_sock(), -EINVAL);
+}
+
+TEST(SocketValidation, SocketToSocketRoomsAndDistinctFlows) {
     Fixture f;
-    f.req.op = VPIPE_OP_FILE_TO_SOCKET;
-    f.h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, {}, {}};
-    f.segs.resize(3);
-    EXPECT_EQ(f.parse(), -EOPNOTSUPP);
+    f.req.op = VPIPE_OP_SOCKET_TO_SOCKET;
+    f.req.nr_pages = 10;
+    f.segs.clear();
+    f.h.src = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp(5000)};
+    f.h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp(5001)};
+    f.h.src.tcp.carry_offset = 272;
+    f.h.dst.tcp.carry_offset = 20480;
+    auto d = f.desc();
+    ParsedRequest p;
+    ASSERT_EQ(parse_request(f.req, d, lookup(), &p, kVm), 0);
+    EXPECT_EQ(p.src_room, 20480u - 272u);
+    EXPECT_EQ(p.dst_room, 40960u - 20480u);
+    // rooms in the wrong order / overlapping
+    f.h.dst.tcp.carry_offset = 2048;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EINVAL);
+    // the same connection at both ends
+    f.h.dst = f.h.src;
+    f.h.dst.tcp.carry_offset = 20480;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EINVAL);
+}
+
+TEST(SocketValidation, SocketToFile) {
+    Fixture f;
+    f.req.op = VPIPE_OP_SOCKET_TO_FILE;
+    f.req.nr_pages = 10;
+    f.req.length = 3 * 4096;
+    f.segs = {{4096 * 500, 8192, 0, 0}, {4096 * 900, 4096, 0, 0}};
+    f.h.src = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp()};
+    f.h.src.tcp.carry_offset = 4096;
+    f.h.dst = {VPIPE_EP_FILE, kVdev, 0, 2, {}, {}};
+    auto d = f.desc();
+    ParsedRequest p;
+    ASSERT_EQ(parse_request(f.req, d, lookup(), &p, kVm), 0);
+    EXPECT_EQ(p.dst_file.extents.size(), 2u);
+    f.h.dst.vdev = kRoVdev;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EROFS);
 }

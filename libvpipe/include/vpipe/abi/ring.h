@@ -175,9 +175,26 @@ struct vpipe_endpoint {
 	uint32_t vdev;             /* file: the VM's virtual disk (Xen virtual-device number) */
 	uint32_t first_segment;    /* file: index of its first segment in the segment array */
 	uint32_t nr_segments;      /* file: number of segments, >= 1 */
-	uint32_t reserved[4];      /* must be 0 */
+	uint32_t reserved[4];      /* must be 0 in a request; see VPIPE_EP_RESULT_FLAGS */
 	struct vpipe_tcp_state tcp;/* socket */
 };
+
+/*
+ * Socket endpoints, the carry area (version 1 meaning of fields that are 0 for files):
+ *  - request: tcp.sndq_len and tcp.rcvq_len are 0 (the guest waits until the peer acknowledged
+ *    everything the application sent, and delivers unread received bytes itself);
+ *    tcp.carry_offset names the endpoint's carry room in the descriptor pages: 8-aligned, at or
+ *    after desc_bytes; the room ends at the next socket endpoint's carry_offset (the source's
+ *    room comes first) or at nr_pages * VPIPE_PAGE_SIZE. A room is at least VPIPE_CARRY_MIN.
+ *  - response: dom0 writes the connection's final state into the endpoint's tcp (same
+ *    carry_offset), its queues into the room (sndq_len bytes of sent-but-unacknowledged data,
+ *    then rcvq_len bytes received but not consumed), and result flags into reserved[0].
+ */
+#define VPIPE_CARRY_MIN 4096u
+#define VPIPE_EP_RESULT_FLAGS(ep) ((ep)->reserved[0])
+#define VPIPE_EPF_VALID 0x1u       /* dom0 wrote a restorable final state */
+#define VPIPE_EPF_PEER_FIN 0x2u    /* the peer closed its sending side (FIN consumed by dom0) */
+#define VPIPE_EPF_RESET 0x4u       /* the connection is dead (RST): nothing to restore */
 
 struct vpipe_desc_header {
 	uint32_t magic;            /* VPIPE_DESC_MAGIC */

@@ -1,0 +1,94 @@
+// Shadow sockets: a VM's TCP connection taken over by dom0's stack for one operation
+// (DESIGN.md "Shadow sockets without kernel patches"), and handed back afterwards.
+//
+//   take over:  tcp::restore(state, transparent, no window probe) -> Steering::add_flow ->
+//               window probe (so a peer stalled by the guest's block resumes at once)
+//   hand back:  Steering::remove_flow (the guest still blocks the flow in its own netns, so
+//               the client's frames are dropped there, never answered with RST) -> freeze ->
+//               close_silently -> the final state + queues go back in the descriptor
+//
+// SocketEngine owns the engine's one Steering (not thread-safe: every call is serialized
+// here) and counts live shadow sockets and steered flows.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "steering/steering.h"
+#include "util/unique_fd.h"
+#include "vpipe/abi/ring.h"
+
+namespace vpipe::engine {
+
+class SocketEngine {
+public:
+    // Creates the steering table in the calling thread's network namespace. nullptr (logged)
+    // when that is impossible: socket operations are then answered -EOPNOTSUPP.
+    static std::unique_ptr<SocketEngine> create();
+    ~SocketEngine();
+
+    int add_flow(const steering::FlowKey& k);
+    int remove_flow(const steering::FlowKey& k);
+
+    std::atomic<uint64_t> shadow_sockets{0};   // live now
+    std::atomic<uint64_t> steered_flows{0};    // live now
+    std::atomic<uint64_t> handovers{0};        // taken over so far
+
+private:
+    SocketEngine() = default;
+    std::mutex mu_;
+    std::unique_ptr<steering::Steering> steering_;
+};
+
+// Per-VM live counters (kept in VmCounters; see vm.h).
+struct ShadowCounters {
+    std::atomic<uint64_t>* shadow_sockets;
+    std::atomic<uint64_t>* steered_flows;
+};
+
+// One connection held in dom0 for the duration of a request.
+class Shadow {
+public:
+    Shadow(SocketEngine& eng, ShadowCounters vmc) : eng_(eng), vmc_(vmc) {}
+    ~Shadow();  // abort path: un-steer, close silently
+    Shadow(const Shadow&) = delete;
+    Shadow& operator=(const Shadow&) = delete;
+
+    // Restores `st` as a transparent socket bound to the VM's address and steers the flow to
+    // it. `room` is the endpoint's carry room: the receive buffer is capped so that what the
+    // peer may queue fits it; `cap_send` caps the send buffer too (socket->socket destination,
+    // whose unacknowledged bytes must always fit the room).
+    int open(const vpipe_tcp_state& st, uint32_t room, bool cap_send);
+
+    int fd() const { return fd_.get(); }
+    bool open_now() const { return static_cast<bool>(fd_); }
+    uint64_t bytes_acked() const;   // tcpi_bytes_acked since open()
+
+    // Hands the connection back: remove_flow, freeze, close silently. Fills *final (queue
+    // lengths included, carry_offset untouched) and the queues; *flags gets VPIPE_EPF_*.
+    // A peer that closed (CLOSE_WAIT) gives VPIPE_EPF_PEER_FIN and rcv_seq before the FIN;
+    // a dead connection gives VPIPE_EPF_RESET and no state.
+    int hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::vector<uint8_t>* rcvq,
+                  uint32_t* flags);
+    // Drops the connection silently without reading it (error paths).
+    void abort();
+
+private:
+    SocketEngine& eng_;
+    ShadowCounters vmc_;
+    UniqueFd fd_;
+    steering::FlowKey key_{};
+    bool steered_ = false;
+    uint64_t acked_base_ = 0;
+};
+
+// Reads the full TCP_REPAIR state of `fd` like tcp::freeze(), but also in CLOSE_WAIT (the
+// peer's FIN consumed: rcv_seq is then reported BEFORE the FIN and *peer_fin set). The socket
+// is left in repair mode. -errno on failure.
+int freeze_any(int fd, vpipe_tcp_state* st, std::vector<uint8_t>* sndq, std::vector<uint8_t>* rcvq,
+               bool* peer_fin);
+
+}  // namespace vpipe::engine

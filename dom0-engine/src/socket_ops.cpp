@@ -1,0 +1,356 @@
+#include "socket_ops.h"
+
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+
+namespace vpipe::engine {
+
+std::chrono::milliseconds socket_timeout() {
+    static const std::chrono::milliseconds t = [] {
+        const char* e = std::getenv("VPIPE_SOCKET_TIMEOUT_MS");
+        long v = e ? std::atol(e) : 0;
+        return std::chrono::milliseconds(v > 0 ? v : 30000);
+    }();
+    return t;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int map_sock_err(int e) {
+    switch (e) {
+    case ECONNRESET:
+    case EPIPE:
+    case ENOTCONN: return -ECONNRESET;
+    case ETIMEDOUT: return -ETIMEDOUT;
+    default: return -EIO;
+    }
+}
+
+int tcp_state(int fd) {
+    struct tcp_info ti {};
+    socklen_t l = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0) return -1;
+    return ti.tcpi_state;
+}
+
+// Sends all of buf on a non-blocking socket; -ETIMEDOUT after the socket timeout without
+// progress, -ECONNRESET when the peer is gone.
+int send_all(int fd, const uint8_t* buf, size_t n) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = ::send(fd, buf + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            off += static_cast<size_t>(w);
+            continue;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
+        pollfd p{fd, POLLOUT, 0};
+        int pr = ::poll(&p, 1, static_cast<int>(socket_timeout().count()));
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0 && errno != EINTR) return -EIO;
+        if (p.revents & (POLLERR | POLLHUP) && !(p.revents & POLLOUT)) {
+            int err = 0;
+            socklen_t l = sizeof(err);
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+            return map_sock_err(err ? err : ECONNRESET);
+        }
+    }
+    return 0;
+}
+
+// Receives up to `want` bytes (at least 1 unless EOF). >0 bytes, 0 EOF, or -status.
+ssize_t recv_some(int fd, uint8_t* buf, size_t want) {
+    for (;;) {
+        ssize_t r = ::recv(fd, buf, want, MSG_DONTWAIT);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) return map_sock_err(errno);
+        pollfd p{fd, POLLIN, 0};
+        int pr = ::poll(&p, 1, static_cast<int>(socket_timeout().count()));
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0 && errno != EINTR) return -EIO;
+    }
+}
+
+// Waits until what is still queued on the destination shadow (unacknowledged + unread) fits
+// the carry room. Gives up after the socket timeout without progress (-ETIMEDOUT) or when the
+// connection died (-ECONNRESET).
+int settle(int fd, uint32_t room) {
+    auto last_progress = Clock::now();
+    int last_outq = -1;
+    for (;;) {
+        int outq = 0, inq = 0;
+        if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(fd, SIOCINQ, &inq) < 0) return -EIO;
+        if (static_cast<uint64_t>(outq) + static_cast<uint64_t>(inq) + 64 <= room) return 0;
+        int st = tcp_state(fd);
+        if (st != 1 /*ESTABLISHED*/ && st != 8 /*CLOSE_WAIT*/) return -ECONNRESET;
+        if (outq != last_outq) {
+            last_outq = outq;
+            last_progress = Clock::now();
+        } else if (Clock::now() - last_progress > socket_timeout()) {
+            return -ETIMEDOUT;
+        }
+        pollfd p{fd, 0, 0};
+        ::poll(&p, 1, 1);
+    }
+}
+
+struct EndpointResult {
+    uint32_t flags = 0;
+    vpipe_tcp_state st{};
+    std::vector<uint8_t> sndq, rcvq;
+};
+
+// Writes one socket endpoint's result into the guest's descriptor pages.
+int write_result(const DescWriter& write, bool source, const vpipe_tcp_state& req_st,
+                 EndpointResult& res) {
+    const size_t ep_off = source ? offsetof(vpipe_desc_header, src) : offsetof(vpipe_desc_header, dst);
+    if (res.flags & VPIPE_EPF_VALID) {
+        res.st.carry_offset = req_st.carry_offset;
+        res.st.sndq_len = static_cast<uint32_t>(res.sndq.size());
+        res.st.rcvq_len = static_cast<uint32_t>(res.rcvq.size());
+        res.st.reserved[0] = res.st.reserved[1] = 0;
+        uint64_t off = req_st.carry_offset;
+        if (!res.sndq.empty() && write(off, res.sndq.data(), res.sndq.size()) < 0) return -EIO;
+        off += res.sndq.size();
+        if (!res.rcvq.empty() && write(off, res.rcvq.data(), res.rcvq.size()) < 0) return -EIO;
+        if (write(ep_off + offsetof(vpipe_endpoint, tcp), &res.st, sizeof(res.st)) < 0) return -EIO;
+    }
+    uint32_t flags = res.flags;
+    return write(ep_off + offsetof(vpipe_endpoint, reserved), &flags, sizeof(flags));
+}
+
+// Hands the shadow back and fits its queues into the endpoint's carry room. A destination
+// whose unacknowledged tail the application will send again (file->socket) may lose that
+// tail: *dropped says how many bytes, and snd_seq is moved back over them.
+int finish_endpoint(Shadow& sh, uint32_t room, bool may_drop_tail, EndpointResult* res,
+                    uint64_t* dropped) {
+    *dropped = 0;
+    if (!sh.open_now()) return 0;  // flags 0: the guest restores what it sent
+    int r = sh.hand_back(&res->st, &res->sndq, &res->rcvq, &res->flags);
+    if (r < 0) return r;
+    const uint64_t need = res->sndq.size() + res->rcvq.size();
+    if (need <= room) return 0;
+    if (res->rcvq.size() > room || !may_drop_tail) {
+        // Bytes dom0 acknowledged cannot be handed back: the connection cannot continue.
+        spdlog::error("carry overflow: {} + {} queued bytes > room {}; connection lost",
+                      res->sndq.size(), res->rcvq.size(), room);
+        res->flags = VPIPE_EPF_RESET;
+        return -EIO;
+    }
+    const size_t keep = room - res->rcvq.size();
+    *dropped = res->sndq.size() - keep;
+    res->st.snd_seq -= static_cast<uint32_t>(*dropped);
+    res->sndq.resize(keep);
+    return 0;
+}
+
+int send_all_counted(int fd, const uint8_t* buf, size_t n, uint64_t* done) {
+    size_t off = 0;
+    int r = 0;
+    // send_all in pieces so that a failure still tells how far it got
+    constexpr size_t kPiece = 256 << 10;
+    while (off < n && r == 0) {
+        size_t m = std::min(kPiece, n - off);
+        r = send_all(fd, buf + off, m);
+        if (r == 0) off += m;
+    }
+    *done += off;
+    return r;
+}
+
+int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
+                   const DescWriter& write, uint64_t* moved) {
+    auto& bytes = vm.counters().bytes[req.op];
+    DiskImage* disk = vm.disk(req.src_file.vdev);
+    if (!disk) return -EPERM;
+    Shadow dst(eng, vm.shadow_counters());
+    EndpointResult res;
+    int status = dst.open(req.dst_tcp, req.dst_room, false);
+    if (status < 0) {
+        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
+        dst.abort();
+        write_result(write, false, req.dst_tcp, res);
+        return -EIO;
+    }
+    uint64_t sent = 0;
+    {
+        std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
+        if (!buf) status = -ENOSPC;
+        while (buf && sent < req.length && status == 0) {
+            const uint64_t n = std::min<uint64_t>(buf->size(), req.length - sent);
+            const std::vector<Extent> w = slice_extents(req.src_file.extents, sent, n);
+            if ((status = io.read(*disk, w, buf->data())) != 0) break;
+            uint64_t done = 0;
+            status = send_all_counted(dst.fd(), buf->data(), n, &done);
+            sent += done;
+            bytes.fetch_add(done, std::memory_order_relaxed);
+        }
+    }
+    if (status == 0) status = settle(dst.fd(), req.dst_room);
+    const uint64_t acked = dst.bytes_acked();
+    uint64_t dropped = 0;
+    int r = finish_endpoint(dst, req.dst_room, true, &res, &dropped);
+    if (r < 0 && (status == 0 || status == -ETIMEDOUT)) status = r == -EIO ? -EIO : -ECONNRESET;
+    *moved = (res.flags & VPIPE_EPF_VALID) ? sent - dropped : std::min(acked, sent);
+    if (write_result(write, false, req.dst_tcp, res) < 0 && status == 0) status = -EIO;
+    return status;
+}
+
+int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
+                   const DescWriter& write, uint64_t* moved) {
+    auto& bytes = vm.counters().bytes[req.op];
+    DiskImage* disk = vm.disk(req.dst_file.vdev);
+    if (!disk) return -EPERM;
+    Shadow src(eng, vm.shadow_counters());
+    EndpointResult res;
+    int status = src.open(req.src_tcp, req.src_room, false);
+    if (status < 0) {
+        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
+        src.abort();
+        write_result(write, true, req.src_tcp, res);
+        return -EIO;
+    }
+    uint64_t pos = 0;
+    bool eof = false;
+    {
+        std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
+        if (!buf) status = -ENOSPC;
+        while (buf && pos < req.length && status == 0 && !eof) {
+            const uint64_t want = std::min<uint64_t>(buf->size(), req.length - pos);
+            uint64_t got = 0;
+            while (got < want) {
+                ssize_t n = recv_some(src.fd(), buf->data() + got, want - got);
+                if (n == 0) {
+                    eof = true;
+                    break;
+                }
+                if (n < 0) {
+                    status = static_cast<int>(n);
+                    break;
+                }
+                got += static_cast<uint64_t>(n);
+            }
+            if (got == 0) break;
+            const std::vector<Extent> w = slice_extents(req.dst_file.extents, pos, got);
+            if (int wr = io.write(*disk, w, buf->data()); wr != 0) {
+                // these bytes were taken from the connection but could not be stored
+                spdlog::error("vm {}: socket->file: {} received bytes lost to a write error", vm.name(), got);
+                if (status == 0) status = wr;
+                break;
+            }
+            pos += got;
+            bytes.fetch_add(got, std::memory_order_relaxed);
+        }
+    }
+    if (pos > 0) {
+        if (int fr = io.flush(*disk); fr != 0) {
+            pos = 0;
+            if (status == 0) status = fr;
+        }
+    }
+    uint64_t dropped = 0;
+    int r = finish_endpoint(src, req.src_room, false, &res, &dropped);
+    if (r < 0 && status == 0) status = r == -EIO ? -EIO : -ECONNRESET;
+    *moved = pos;
+    if (write_result(write, true, req.src_tcp, res) < 0 && status == 0) status = -EIO;
+    return status;
+}
+
+int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
+                     const DescWriter& write, uint64_t* moved) {
+    auto& bytes = vm.counters().bytes[req.op];
+    Shadow src(eng, vm.shadow_counters()), dst(eng, vm.shadow_counters());
+    EndpointResult sres, dres;
+    int status = src.open(req.src_tcp, req.src_room, false);
+    if (status < 0) {
+        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
+        src.abort();
+        write_result(write, true, req.src_tcp, sres);
+        write_result(write, false, req.dst_tcp, dres);
+        return -EIO;
+    }
+    if ((status = dst.open(req.dst_tcp, req.dst_room, true)) < 0) {
+        // the source is live in dom0 already (it may have acknowledged bytes): hand it back
+        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
+        dst.abort();
+        status = -EIO;
+    }
+    uint64_t fwd = 0;
+    if (status == 0) {
+        std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
+        if (!buf) status = -ENOSPC;
+        const size_t piece = buf ? std::min<size_t>(buf->size(), 256 << 10) : 0;
+        while (buf && fwd < req.length && status == 0) {
+            ssize_t n = recv_some(src.fd(), buf->data(), std::min<uint64_t>(piece, req.length - fwd));
+            if (n == 0) break;
+            if (n < 0) {
+                status = static_cast<int>(n);
+                break;
+            }
+            uint64_t done = 0;
+            status = send_all_counted(dst.fd(), buf->data(), static_cast<size_t>(n), &done);
+            fwd += done;
+            bytes.fetch_add(done, std::memory_order_relaxed);
+            if (done < static_cast<uint64_t>(n)) {
+                spdlog::error("vm {}: socket->socket: {} bytes taken from the source could not be sent",
+                              vm.name(), static_cast<uint64_t>(n) - done);
+                break;
+            }
+        }
+    }
+    if (status == 0) status = settle(dst.fd(), req.dst_room);
+    uint64_t dropped = 0;
+    int r1 = finish_endpoint(src, req.src_room, false, &sres, &dropped);
+    int r2 = finish_endpoint(dst, req.dst_room, false, &dres, &dropped);
+    if (status == 0) status = r1 < 0 ? r1 : r2;
+    if (status == -ENOTCONN) status = -ECONNRESET;
+    *moved = fwd;
+    int w1 = write_result(write, true, req.src_tcp, sres);
+    int w2 = write_result(write, false, req.dst_tcp, dres);
+    if ((w1 < 0 || w2 < 0) && status == 0) status = -EIO;
+    return status;
+}
+
+}  // namespace
+
+int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine* eng,
+                           const ParsedRequest& req, const DescWriter& write, uint64_t* moved) {
+    *moved = 0;
+    if (!eng) {
+        EndpointResult none;
+        if (req.op != VPIPE_OP_FILE_TO_SOCKET) write_result(write, true, req.src_tcp, none);
+        if (req.op != VPIPE_OP_SOCKET_TO_FILE) write_result(write, false, req.dst_tcp, none);
+        return -EOPNOTSUPP;
+    }
+    try {
+        switch (req.op) {
+        case VPIPE_OP_FILE_TO_SOCKET: return file_to_socket(vm, io, pool, *eng, req, write, moved);
+        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *eng, req, write, moved);
+        case VPIPE_OP_SOCKET_TO_SOCKET: return socket_to_socket(vm, pool, *eng, req, write, moved);
+        default: return -EINVAL;
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("vm {}: socket request {:#x}: {}", vm.name(), req.id, e.what());
+        return -EIO;
+    }
+}
+
+}  // namespace vpipe::engine
