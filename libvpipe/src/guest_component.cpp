@@ -10,9 +10,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
+
+#include "util/unix_socket.h"
 
 namespace vpipe::lib {
 namespace {
+
+using vpipe::UniqueFd;
 
 const char* agent_path() {
     const char* p = std::getenv("VPIPE_AGENT_SOCKET");
@@ -42,104 +47,18 @@ thread_local AgentConn t_conn;
 
 int connect_agent() {
     if (t_conn.fd >= 0) return 0;
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    const char* path = agent_path();
-    if (std::strlen(path) >= sizeof(addr.sun_path)) {
-        ::close(fd);
-        return -ENAMETOOLONG;
-    }
-    std::strcpy(addr.sun_path, path);
-    while (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
-        if (errno == EINTR) continue;
-        int e = errno;
-        ::close(fd);
-        return -e;
-    }
-    t_conn.fd = fd;
+    UniqueFd fd = connect_unix(agent_path());
+    if (!fd) return -errno;
+    t_conn.fd = fd.release();
     return 0;
 }
 
-int send_all(int fd, const void* buf, size_t len, const int* fds, size_t nfds) {
-    const char* p = static_cast<const char*>(buf);
-    while (len) {
-        iovec iov{const_cast<char*>(p), len};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 2)];
-        if (nfds) {
-            msg.msg_control = control;
-            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-            cmsghdr* c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-            std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-        }
-        ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -errno;
-        }
-        nfds = 0;
-        p += n;
-        len -= static_cast<size_t>(n);
-    }
-    return 0;
-}
-
-int recv_all(int fd, void* buf, size_t len) {
-    char* p = static_cast<char*>(buf);
-    while (len) {
-        ssize_t n = ::recv(fd, p, len, 0);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -errno;
-        }
-        if (n == 0) return -ECONNRESET;
-        p += n;
-        len -= static_cast<size_t>(n);
-    }
-    return 0;
-}
-
-// Receives exactly len bytes; descriptors attached (SCM_RIGHTS) are appended to *fds (at most
-// 2; more are closed).
+// Receives exactly len bytes plus the descriptors attached to them (at most 2).
 int recv_all_fds(int fd, void* buf, size_t len, int* fds, size_t* nfds) {
-    char* p = static_cast<char*>(buf);
-    while (len) {
-        iovec iov{p, len};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof(control);
-        ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -errno;
-        }
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-            size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; ++i) {
-                int got;
-                std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (*nfds < 2)
-                    fds[(*nfds)++] = got;
-                else
-                    ::close(got);
-            }
-        }
-        if (n == 0) return -ECONNRESET;
-        p += n;
-        len -= static_cast<size_t>(n);
-    }
-    return 0;
+    std::vector<UniqueFd> got;
+    int r = recv_msg_fds(fd, buf, len, &got, 2);
+    for (auto& f : got) fds[(*nfds)++] = f.release();
+    return r;
 }
 
 // One request/reply exchange with the agent. Transport failures return -errno with the
@@ -160,7 +79,7 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
     char buf[sizeof(hdr) + sizeof(vpipe_ioc_stats) + sizeof(vpipe_ioc_op)];
     std::memcpy(buf, &hdr, sizeof(hdr));
     if (len) std::memcpy(buf + sizeof(hdr), body, len);
-    int r = send_all(t_conn.fd, buf, sizeof(hdr) + len, fds, nfds);
+    int r = send_msg_fds(t_conn.fd, buf, sizeof(hdr) + len, fds, nfds);
     vpipe_agent_msg rep{};
     if (r == 0) r = recv_all_fds(t_conn.fd, &rep, sizeof(rep), rfds, nrfds);
     if (r == 0 && (rep.magic != VPIPE_AGENT_MAGIC || rep.cmd != cmd || rep.length > sizeof(buf)))
@@ -169,7 +88,7 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
         if (rep.length != len && !(cmd == VPIPE_IOC_STATS && rep.length == sizeof(vpipe_ioc_stats)))
             r = -EPROTO;
         else
-            r = recv_all(t_conn.fd, body, rep.length);
+            r = recv_msg_fds(t_conn.fd, body, rep.length, nullptr, 0);
     }
     if (r < 0) {
         t_conn.reset();
