@@ -102,7 +102,7 @@ summary() {
   {
     echo "# Benchmark results"
     echo
-    echo "Regenerate with \`bench/run.sh\` (root). Machine: $(machine). Generated $(date -u +%Y-%m-%dT%H:%MZ)."
+    echo "Regenerate with \`bench/run.sh\` (root). Machine: $(machine). Load average when done: $(cut -d' ' -f1-3 /proc/loadavg). Generated $(date -u +%Y-%m-%dT%H:%MZ)."
     echo
     echo "What the lab models and what it does not: VMs are network namespaces + cgroups on one"
     echo "kernel; VM scheduling delay is modelled by busy neighbour cgroups sharing the guest's core"
@@ -125,9 +125,17 @@ summary() {
         echo "| $k | $cp | $vp | $ratio | $gcp | $gvp | $dvp |"
       done
       echo
-      echo "cp-vpipe writes a new file, so it pays the append cost (a guest-side zero-fill of the new"
-      echo "blocks, overlapped with dom0's copy; docs/append.md). Raw data: file_to_file.csv; plot:"
-      echo "file_to_file.png."
+      echo "Where vPipe loses here, and why:"
+      echo "- cp-vpipe writes a new file, so it pays the append cost: a guest-side zero-fill of the new"
+      echo "  blocks (ext4 cannot hand out written blocks otherwise), overlapped with dom0's copy, so the"
+      echo "  disk writes every byte twice (docs/append.md). Into an existing file vPipe matches cp."
+      echo "- The lab under-models VM scheduling for this path: cp's work is mostly kernel work (page"
+      echo "  cache, loop and writeback threads) that runs outside the VM's cgroup, so busy neighbours"
+      echo "  slow cp much less than on a hypervisor, where all of it would run on the guest's vCPU."
+      echo "- What vPipe does save is the guest's CPU: compare the guest CPU columns."
+      echo "What would fix the first: a device with write-zeroes-unmap (FALLOC_FL_WRITE_ZEROES), or a"
+      echo "filesystem hook like the paper's ext3 patch; for the second, charging the loop device's"
+      echo "worker to the VM (a later lab change). Raw data: file_to_file.csv; plot: file_to_file.png."
     fi
     if [ -s "$R/micro.csv" ]; then
       echo
