@@ -5,6 +5,7 @@
 #   bench/run.sh            everything
 #   bench/run.sh micro      only the micro-benchmarks
 #   bench/run.sh scenarios  only the lab scenarios
+#   bench/run.sh fairness   only the sharing-dom0 experiment (Fig 7): fairness.csv + fairness.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -98,6 +99,13 @@ GP
   rm -f "$R/.cp.dat" "$R/.vp.dat"
 }
 
+# Fig 7: 3 VMs (weights 1:1:2) serving files with vpipe-httpd --mode vpipe over a shaped link;
+# shares measured on the client every 250 ms. The lab test writes fairness.csv / fairness.png.
+run_fairness() {
+  lab_wait_free
+  "$B/test_fairness" --gtest_color=no | tee "$R/fairness.log" | grep -E '^\[ (SHARES|  FAILED|       OK) ' || true
+}
+
 summary() {
   {
     echo "# Benchmark results"
@@ -137,6 +145,15 @@ summary() {
       echo "filesystem hook like the paper's ext3 patch; for the second, charging the loop device's"
       echo "worker to the VM (a later lab change). Raw data: file_to_file.csv; plot: file_to_file.png."
     fi
+    if [ -s "$R/fairness.csv" ]; then
+      echo
+      echo "## Sharing dom0 (Fig 7): weights 1:1:2, client-side shares (fairness.csv, fairness.png)"
+      echo
+      echo "| seconds | vm1 MiB/s | vm2 MiB/s | vm3 MiB/s | phase |"
+      echo "|---|---|---|---|---|"
+      awk -F, 'NR > 1 { k = int($1 - 0.001); n[k]++; a[k] += $2; b[k] += $3; c[k] += $4; p[k] = $8 }
+               END { for (k = 0; k in n; k++) printf "| %d-%d | %.1f | %.1f | %.1f | %s |\n", k, k + 1, a[k] / n[k], b[k] / n[k], c[k] / n[k], p[k] }' "$R/fairness.csv"
+    fi
     if [ -s "$R/micro.csv" ]; then
       echo
       echo "## Micro-benchmarks (micro.csv)"
@@ -151,8 +168,9 @@ summary() {
 case "$what" in
   micro) run_micro ;;
   scenarios) run_file_to_file; plot ;;
-  all) run_micro; run_file_to_file; plot ;;
-  *) echo "usage: bench/run.sh [all|micro|scenarios]" >&2; exit 2 ;;
+  fairness) run_fairness ;;
+  all) run_micro; run_file_to_file; plot; run_fairness ;;
+  *) echo "usage: bench/run.sh [all|micro|scenarios|fairness]" >&2; exit 2 ;;
 esac
 summary
 echo "bench: results in $R/ (SUMMARY.md)"

@@ -1,5 +1,6 @@
 #include "configs.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -43,6 +44,15 @@ std::string engine_config_text(const LabState& s) {
       << "pool_pages = 16384\n"
       << "queue_depth = 32\n"
       << "log_level = \"info\"\n";
+    if (s.link_mbit > 0) {
+        // With --link-mbit the shaped client link, not dom0, is the bottleneck: the engine's
+        // total credit rate must stay below what the link delivers, or bytes queue at the link
+        // (send() blocks, the blocked VM stops asking for credit), and TCP, not the weights,
+        // decides the shares. tbf counts whole frames (1514 bytes carry 1448 of payload:
+        // 95.6 %) and TCP does not keep a shaped link 100 % busy: 90 % of the link.
+        o << "total_rate_mbps = " << std::max<long>(1, static_cast<long>(s.link_mbit) * 90 / 100)
+          << "   # --link-mbit " << s.link_mbit << " minus framing\n";
+    }
     for (const auto& vm : s.vms) {
         o << "\n[[vm]]\n"
           << "name = " << q(vm.name) << "\n"

@@ -19,6 +19,8 @@ static const char* kDescription = R"(NAME
 SYNOPSIS
     vpipectl [--control PATH] ping
     vpipectl [--control PATH] stats [--json]
+    vpipectl [--control PATH] set-weight VM WEIGHT
+    vpipectl [--control PATH] calibration [--json]
 
 DESCRIPTION
     Connects to vpiped's control socket: --control, else $VPIPE_CONTROL_SOCKET, else
@@ -26,14 +28,29 @@ DESCRIPTION
     ping   checks that the engine answers.
     stats  per VM: connection, requests (received, rejected, failed, active), operations and
            bytes per operation type, and per disk image the bytes the engine read and wrote;
-           plus the buffer pool. --json prints the engine's JSON unchanged.
+           plus the buffer pool; and the sharing of dom0: the fairness mode, tick, total credit
+           rate (and where it came from), and per VM its live weight, credit (bytes; negative
+           = debt), bytes charged, waits for credit, and whether it is active (asked for credit
+           in the last tick). --json prints the engine's JSON unchanged.
+    set-weight
+           sets VM's (name or numeric id) weight to WEIGHT (1..10000), live: it takes effect at
+           the engine's next credit tick. Not persisted: the configuration file's weight is
+           used again after a restart.
+    calibration
+           what the start-up calibration measured (O_DIRECT reads of the first VM disk image,
+           memory copy) and the total credit rate in use (calibrated, or total_rate_mbps from
+           the configuration).
+    The same numbers are served in Prometheus text format on the engine's metrics_listen
+    address (default 127.0.0.1:9477): curl http://127.0.0.1:9477/metrics
 
 EXIT STATUS
-    0 on success; 1 when the engine cannot be reached or answers with an error; 2 on usage
-    errors.
+    0 on success; 1 when the engine cannot be reached or answers with an error (e.g. an
+    unknown VM or a weight out of range); 2 on usage errors.
 
 EXAMPLES
     vpipectl stats
+    vpipectl set-weight vm3 2
+    vpipectl calibration
     vpipectl --control /run/vpipe-lab/vpiped.ctl stats --json | jq '.vms[0].bytes'
 )";
 
@@ -91,6 +108,14 @@ void print_stats(const nlohmann::json& s) {
         std::printf("  requests %lu  rejected %lu  failed %lu  active %lu\n",
                     vm["requests"].get<unsigned long>(), vm["rejected"].get<unsigned long>(),
                     vm["failed"].get<unsigned long>(), vm["active"].get<unsigned long>());
+        if (vm.contains("credits")) {
+            const auto& c = vm["credits"];
+            const int64_t credit = c["credit"].get<int64_t>();
+            std::printf("  credits: weight %u  credit %s%s  charged %s  waits %lu  %s\n", c["weight"].get<unsigned>(),
+                        credit < 0 ? "-" : "", human(static_cast<uint64_t>(credit < 0 ? -credit : credit)).c_str(),
+                        human(c["charged"].get<uint64_t>()).c_str(), c["waits"].get<unsigned long>(),
+                        c["active"].get<bool>() ? "active" : "idle");
+        }
         for (const auto& [op, n] : vm["ops"].items())
             std::printf("  %-17s %8lu ops  %12s\n", op.c_str(), n.get<unsigned long>(),
                         human(vm["bytes"][op].get<uint64_t>()).c_str());
@@ -99,6 +124,13 @@ void print_stats(const nlohmann::json& s) {
                         d["image"].get<std::string>().c_str(),
                         human(d["bytes_read"].get<uint64_t>()).c_str(),
                         human(d["bytes_written"].get<uint64_t>()).c_str());
+    }
+    if (s.contains("fairness")) {
+        const auto& f = s["fairness"];
+        std::printf("fairness: %s, tick %u ms, total rate %s/s (%.0f Mbit/s, from %s)\n",
+                    f["mode"].get<std::string>().c_str(), f["tick_ms"].get<unsigned>(),
+                    human(f["total_rate"].get<uint64_t>()).c_str(), f["total_rate"].get<double>() * 8 / 1e6,
+                    f["total_rate_source"].get<std::string>().c_str());
     }
     const auto& p = s["pool"];
     std::printf("buffer pool: %lu of %lu buffers in use (high water %lu), %s each\n",
@@ -117,6 +149,13 @@ int main(int argc, char** argv) {
     auto* ping = app.add_subcommand("ping", "check that the engine answers");
     auto* stats = app.add_subcommand("stats", "per-VM counters");
     stats->add_flag("--json", json, "machine-readable output");
+    std::string sw_vm;
+    long sw_weight = 0;
+    auto* set_weight = app.add_subcommand("set-weight", "change a VM's weight (live, from the next tick)");
+    set_weight->add_option("VM", sw_vm, "VM name or numeric id")->required();
+    set_weight->add_option("WEIGHT", sw_weight, "1..10000")->required();
+    auto* calibration = app.add_subcommand("calibration", "start-up calibration and the total credit rate");
+    calibration->add_flag("--json", json, "machine-readable output");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -135,6 +174,36 @@ int main(int argc, char** argv) {
                 std::puts(reply["stats"].dump(2).c_str());
             else
                 print_stats(reply["stats"]);
+        } else if (set_weight->parsed()) {
+            if (sw_weight < 1 || sw_weight > 10000) {
+                std::fprintf(stderr, "vpipectl: WEIGHT must be 1..10000\n");
+                return 2;
+            }
+            nlohmann::json vm = sw_vm;
+            if (!sw_vm.empty() && sw_vm.find_first_not_of("0123456789") == std::string::npos)
+                vm = std::stoul(sw_vm);
+            if (int r = call(control, {{"cmd", "set-weight"}, {"vm", vm}, {"weight", sw_weight}}, &reply)) return r;
+            std::printf("%s: weight %ld (was %u), from the next tick\n", reply["vm"].get<std::string>().c_str(),
+                        sw_weight, reply["previous"].get<unsigned>());
+        } else if (calibration->parsed()) {
+            if (int r = call(control, {{"cmd", "calibration"}}, &reply)) return r;
+            if (json) {
+                reply.erase("ok");
+                std::puts(reply.dump(2).c_str());
+            } else {
+                const auto& c = reply["calibration"];
+                std::printf("disk:   %s/s  (O_DIRECT reads of %s)%s\n",
+                            human(c["disk_bytes_per_second"].get<uint64_t>()).c_str(),
+                            c["disk"].get<std::string>().empty() ? "-" : c["disk"].get<std::string>().c_str(),
+                            c.contains("error") ? (" [" + c["error"].get<std::string>() + "]").c_str() : "");
+                std::printf("memory: %s/s  (memcpy)\n", human(c["memory_bytes_per_second"].get<uint64_t>()).c_str());
+                std::printf("measured (min): %s/s in %.2f s\n",
+                            human(c["measured_bytes_per_second"].get<uint64_t>()).c_str(), c["seconds"].get<double>());
+                std::printf("total credit rate in use: %s/s (%.0f Mbit/s, from %s)\n",
+                            human(reply["total_rate"].get<uint64_t>()).c_str(),
+                            reply["total_rate"].get<double>() * 8 / 1e6,
+                            reply["total_rate_source"].get<std::string>().c_str());
+            }
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "vpipectl: bad answer from the engine: %s\n", e.what());

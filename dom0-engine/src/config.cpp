@@ -58,6 +58,26 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
         cfg.buffer_pages = get_or(*eng, "buffer_pages", cfg.buffer_pages, origin, w);
         cfg.queue_depth = get_or(*eng, "queue_depth", cfg.queue_depth, origin, w);
         cfg.log_level = get_or(*eng, "log_level", cfg.log_level, origin, w);
+        cfg.socket_timeout_ms = get_or(*eng, "socket_timeout_ms", cfg.socket_timeout_ms, origin, w);
+        cfg.fairness = get_or(*eng, "fairness", cfg.fairness, origin, w);
+        cfg.tick_ms = get_or(*eng, "tick_ms", cfg.tick_ms, origin, w);
+        cfg.total_rate_mbps = get_or(*eng, "total_rate_mbps", cfg.total_rate_mbps, origin, w);
+        cfg.metrics_listen = get_or(*eng, "metrics_listen", cfg.metrics_listen, origin, w);
+    }
+    if (cfg.fairness != "work-conserving" && cfg.fairness != "strict")
+        fail(origin, "[engine] fairness must be \"work-conserving\" or \"strict\"");
+    if (cfg.tick_ms == 0 || cfg.tick_ms > 1000) fail(origin, "[engine] tick_ms must be 1..1000");
+    if (cfg.total_rate_mbps > 10'000'000)
+        fail(origin, "[engine] total_rate_mbps must be at most 10000000 (0 = calibrate)");
+    if (!cfg.metrics_listen.empty()) {
+        const auto colon = cfg.metrics_listen.rfind(':');
+        bool ok = colon != std::string::npos && colon > 0 && colon + 1 < cfg.metrics_listen.size() &&
+                  cfg.metrics_listen.size() - colon - 1 <= 5;
+        if (ok) {
+            for (char c : cfg.metrics_listen.substr(colon + 1)) ok &= c >= '0' && c <= '9';
+            ok &= ok && std::stoul(cfg.metrics_listen.substr(colon + 1)) <= 65535;
+        }
+        if (!ok) fail(origin, "[engine] metrics_listen must be \"IPV4:PORT\" or \"\" (off)");
     }
     if (cfg.buffer_pages == 0 || cfg.pool_pages < cfg.buffer_pages)
         fail(origin, "[engine] pool_pages must hold at least one buffer of buffer_pages");
@@ -81,7 +101,7 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
             vm.mac = get_or(*t, "mac", std::string(), origin, w);
             vm.vif = get_or(*t, "vif", std::string(), origin, w);
             vm.bridge = get_or(*t, "bridge", std::string(), origin, w);
-            if (vm.weight == 0) fail(origin, w + "weight must be >= 1");
+            if (vm.weight == 0 || vm.weight > kMaxWeight) fail(origin, w + "weight must be 1..10000");
             if (vm.threads == 0 || vm.threads > 256) fail(origin, w + "threads must be 1..256");
             if (!names.insert(vm.name).second) fail(origin, w + "duplicate name " + vm.name);
             if (!ids.insert(vm.id).second) fail(origin, w + "duplicate id");

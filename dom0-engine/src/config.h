@@ -8,6 +8,8 @@
 
 namespace vpipe::engine {
 
+inline constexpr uint32_t kMaxWeight = 10000;  // largest VM weight (config and set-weight)
+
 struct DiskConfig {
     uint32_t vdev = 0;        // the guest's virtual device number (xvda = 51712)
     std::string image;        // what blkback would serve: a file or a block device
@@ -33,6 +35,12 @@ struct EngineConfig {
     uint32_t buffer_pages = 256;      // pages per buffer (one I/O window)
     uint32_t queue_depth = 32;        // libaio requests in flight per worker
     std::string log_level = "info";
+    uint32_t socket_timeout_ms = 30000;  // shadow sockets: no progress this long = -ETIMEDOUT
+    // Sharing dom0 (credit scheduler, paper 3.4)
+    std::string fairness = "work-conserving";   // or "strict"
+    uint32_t tick_ms = 10;                      // credit refill period
+    uint64_t total_rate_mbps = 0;               // 0: use the start-up calibration
+    std::string metrics_listen = "127.0.0.1:9477";  // Prometheus GET /metrics; "" = off
     std::vector<VmConfig> vms;
 };
 

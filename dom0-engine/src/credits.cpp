@@ -65,7 +65,7 @@ bool CreditScheduler::charge(uint32_t id, uint64_t bytes) {
         auto it = vms_.find(id);
         if (it == vms_.end()) return false;
         Vm& vm = it->second;
-        vm.wanted_this_period = true;
+        vm.quiet = 0;
         // Any positive credit admits a window (debt covers the rest), so a window larger than
         // one tick's share still moves, and pays for itself over the next ticks.
         if (vm.credit > 0) {
@@ -78,7 +78,7 @@ bool CreditScheduler::charge(uint32_t id, uint64_t bytes) {
             counted_wait = true;
         }
         vm.waiting++;
-        if (opt_.mode == Mode::kWorkConserving && all_demand_starved_locked()) {
+        if (opt_.mode == Mode::kWorkConserving && opt_.early_refill && all_demand_starved_locked()) {
             // Nobody who wants to move bytes can: spending the next period's credit now keeps
             // the capacity busy without changing the proportions.
             tick_locked();
@@ -96,7 +96,7 @@ bool CreditScheduler::try_charge(uint32_t id, uint64_t bytes) {
     auto it = vms_.find(id);
     if (stopped_ || it == vms_.end()) return false;
     Vm& vm = it->second;
-    vm.wanted_this_period = true;
+    vm.quiet = 0;
     if (vm.credit <= 0) return false;
     vm.credit -= static_cast<int64_t>(bytes);
     vm.charged += bytes;
@@ -106,7 +106,7 @@ bool CreditScheduler::try_charge(uint32_t id, uint64_t bytes) {
 bool CreditScheduler::all_demand_starved_locked() const {
     bool any = false;
     for (const auto& [id, vm] : vms_) {
-        if (!(vm.wanted_this_period || vm.wanted_last_period)) continue;
+        if (!recently_wanted(vm)) continue;
         any = true;
         if (vm.credit > 0 || vm.waiting == 0) return false;  // someone can still move bytes
     }
@@ -123,13 +123,11 @@ void CreditScheduler::tick_locked() {
                           std::chrono::duration<double>(opt_.period).count();
     uint64_t weights = 0;
     for (auto& [id, vm] : vms_) {
-        const bool eligible = opt_.mode == Mode::kStrict || vm.wanted_this_period ||
-                              vm.wanted_last_period || vm.waiting > 0;
+        const bool eligible = opt_.mode == Mode::kStrict || recently_wanted(vm) || vm.waiting > 0;
         if (eligible) weights += vm.weight;
     }
     for (auto& [id, vm] : vms_) {
-        const bool eligible = opt_.mode == Mode::kStrict || vm.wanted_this_period ||
-                              vm.wanted_last_period || vm.waiting > 0;
+        const bool eligible = opt_.mode == Mode::kStrict || recently_wanted(vm) || vm.waiting > 0;
         if (eligible && weights) {
             const double share = budget * vm.weight / static_cast<double>(weights);
             const int64_t cap = static_cast<int64_t>(std::ceil(share * opt_.burst_periods));
@@ -137,8 +135,7 @@ void CreditScheduler::tick_locked() {
         } else if (vm.credit > 0) {
             vm.credit = 0;  // idle: no hoarding (debt, if any, is kept and paid off later)
         }
-        vm.wanted_last_period = vm.wanted_this_period;
-        vm.wanted_this_period = false;
+        if (vm.quiet < ~0u / 2) vm.quiet++;
     }
     cv_.notify_all();
 }
@@ -154,7 +151,7 @@ std::vector<CreditScheduler::VmShare> CreditScheduler::snapshot() const {
     std::vector<VmShare> out;
     for (const auto& [id, vm] : vms_)
         out.push_back({id, vm.weight, vm.credit, vm.charged, vm.waits,
-                       vm.wanted_this_period || vm.wanted_last_period});
+                       recently_wanted(vm)});
     return out;
 }
 

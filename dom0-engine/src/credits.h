@@ -36,6 +36,17 @@ public:
         std::chrono::microseconds period{10000};           // tick period
         double burst_periods = 2.0;                        // credit cap, in ticks' worth
         Mode mode = Mode::kWorkConserving;
+        // Work-conserving only: when every VM that wants to move bytes is out of credit, tick
+        // early. Right when total_rate is an estimate of dom0's own capacity (calibration):
+        // starved demand means the estimate was low. Wrong when total_rate is a known external
+        // bottleneck (a link configured by the operator): running past it only queues bytes at
+        // the bottleneck, where weights are not enforced. The engine turns it off then.
+        bool early_refill = true;
+        // Work-conserving only: a VM stays eligible (keeps its share, and its credit grows up
+        // to the burst cap) for this many ticks after it last asked for credit. 2 = the
+        // current and the last period. Longer bridges short pauses of a busy VM (the hand-over
+        // between two ring requests) so its share is not handed to the others meanwhile.
+        unsigned active_periods = 2;
     };
 
     struct VmShare {
@@ -44,7 +55,7 @@ public:
         int64_t credit;          // bytes it may move now (negative: debt from a large window)
         uint64_t charged;        // bytes charged since it was added
         uint64_t waits;          // times a worker had to wait for credit
-        bool active;             // asked for credit in the current or last period
+        bool active;             // asked for credit within the last active_periods ticks
     };
 
     explicit CreditScheduler(Options opt);
@@ -80,12 +91,12 @@ private:
         int64_t credit = 0;
         uint64_t charged = 0;
         uint64_t waits = 0;
-        bool wanted_this_period = false;   // asked for credit since the last tick
-        bool wanted_last_period = false;
+        unsigned quiet = ~0u / 2;          // ticks since it last asked for credit (0: this period)
         unsigned waiting = 0;              // workers blocked on credit now
     };
 
     void tick_locked();
+    bool recently_wanted(const Vm& vm) const { return vm.quiet < opt_.active_periods; }
     bool all_demand_starved_locked() const;
 
     mutable std::mutex mu_;

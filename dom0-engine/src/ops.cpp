@@ -1,5 +1,6 @@
 #include "ops.h"
 
+#include <algorithm>
 #include <cerrno>
 
 #include "io/file_copy.h"
@@ -9,15 +10,30 @@ namespace vpipe::engine {
 int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
                     uint64_t* moved, SocketEngine* sockets, const DescWriter& write_back) {
     *moved = 0;
-    // Bytes are counted as they move, not at the end: this is where credits will be charged.
-    auto& bytes = vm.counters().bytes[req.op];
-    ChargeFn charge = [&bytes](uint64_t n) { bytes.fetch_add(n, std::memory_order_relaxed); };
-
+    // Credit is charged before each window's bytes move; they are counted once written.
+    // copy_extents calls `charge` after window k is written, and it may already have read
+    // window k+1 (it overlaps reading k+1 with writing k): so windows 0 and 1 are charged up
+    // front and the callback for window k charges window k+2. Every read is charged before it
+    // is issued; a failed copy leaves the unused prepayment charged (its VM's own loss).
+    const uint64_t window = pool.buffer_bytes();
+    uint64_t charged_until = 0;  // stream bytes charged so far
+    auto prepay = [&](uint64_t upto) {
+        upto = std::min<uint64_t>(upto, req.length);
+        if (upto > charged_until) vm.reserve(upto - charged_until);
+        charged_until = std::max(charged_until, upto);
+    };
+    uint64_t done = 0;
+    ChargeFn charge = [&](uint64_t n) {
+        vm.count(req.op, n);
+        done += n;
+        prepay(done + 2 * window);
+    };
     switch (req.op) {
     case VPIPE_OP_FILE_TO_FILE: {
         DiskImage* src = vm.disk(req.src_file.vdev);
         DiskImage* dst = vm.disk(req.dst_file.vdev);
         if (!src || !dst) return -EPERM;  // validated already; disks never go away under us
+        prepay(2 * window);
         int r = copy_extents(io, pool, *src, req.src_file.extents, *dst, req.dst_file.extents,
                              req.length, charge, moved);
         return r == -ENOMEM ? -ENOSPC : r;  // the protocol's "no buffers now"

@@ -129,8 +129,44 @@ std::unique_ptr<SocketEngine> SocketEngine::create() {
     auto st = steering::Steering::create();
     if (!st) return nullptr;
     std::unique_ptr<SocketEngine> e(new SocketEngine());
+    e->fwmark_ = st->fwmark();
     e->steering_ = std::move(st);
     return e;
+}
+
+namespace {
+steering::FlowKey reversed(const steering::FlowKey& k) {
+    steering::FlowKey r = k;
+    r.local_addr = k.remote_addr;
+    r.local_port = k.remote_port;
+    r.remote_addr = k.local_addr;
+    r.remote_port = k.local_port;
+    return r;
+}
+void set_mark(int fd, uint32_t mark) {
+    if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
+        spdlog::warn("shadow socket: SO_MARK {:#x}: {}", mark, std::strerror(errno));
+}
+}  // namespace
+
+void SocketEngine::attach(const steering::FlowKey& k, int fd) {
+    std::lock_guard lk(live_mu_);
+    const steering::FlowKey r = reversed(k);
+    for (const auto& [key, pfd] : live_)
+        if (key == r) {
+            spdlog::debug("shadow sockets {} and its peer: both ends in dom0, delivered locally", k.to_string());
+            set_mark(fd, fwmark_);
+            set_mark(pfd, fwmark_);
+        }
+    live_.emplace_back(k, fd);
+}
+
+void SocketEngine::detach(const steering::FlowKey& k) {
+    std::lock_guard lk(live_mu_);
+    std::erase_if(live_, [&](const auto& e) { return e.first == k; });
+    const steering::FlowKey r = reversed(k);
+    for (const auto& [key, pfd] : live_)
+        if (key == r) set_mark(pfd, 0);
 }
 
 SocketEngine::~SocketEngine() {
@@ -178,6 +214,8 @@ int Shadow::open(const vpipe_tcp_state& st_in, uint32_t room, bool cap_send) {
     if (cap_send) set_int(fd_.get(), SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(cap / 2));
     set_int(fd_.get(), IPPROTO_TCP, TCP_NODELAY, 1);
     key_ = steering::FlowKey::from_tcp_state(st);
+    eng_.attach(key_, fd_.get());
+    attached_ = true;
     if ((r = eng_.add_flow(key_)) < 0) return r;
     steered_ = true;
     vmc_.steered_flows->fetch_add(1);
@@ -200,6 +238,10 @@ uint64_t Shadow::bytes_acked() const {
 int Shadow::hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::vector<uint8_t>* rcvq,
                       uint32_t* flags) {
     *flags = 0;
+    if (attached_) {
+        eng_.detach(key_);
+        attached_ = false;
+    }
     // Frames of the flow go to the VM again, whose own block drops them until the guest has
     // restored the connection: no RST, no ACK of bytes that would be lost.
     if (steered_) {
@@ -223,6 +265,10 @@ int Shadow::hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::v
 }
 
 void Shadow::abort() {
+    if (attached_) {
+        eng_.detach(key_);
+        attached_ = false;
+    }
     if (steered_) {
         eng_.remove_flow(key_);
         steered_ = false;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,9 @@
 
 namespace vpipe::engine {
 
+// The shadow sockets' progress timeout ([engine] socket_timeout_ms; see socket_ops.h).
+void set_socket_timeout(std::chrono::milliseconds t);
+
 class SocketEngine {
 public:
     // Creates the steering table in the calling thread's network namespace. nullptr (logged)
@@ -33,6 +37,16 @@ public:
     int add_flow(const steering::FlowKey& k);
     int remove_flow(const steering::FlowKey& k);
 
+    // A flow between two VMs can be offloaded at both ends at once (vpipe-proxy in vm1 relaying
+    // from vpipe-httpd in vm2): then both shadows live in this stack, and what one sends to the
+    // other VM's address must reach the other shadow, not the VM (whose own block drops it).
+    // attach() marks both sockets with the steering fwmark (its policy route delivers locally,
+    // via lo, to the peer shadow found by its 4-tuple; SO_MARK resets the cached route);
+    // detach() (before the shadow is frozen and closed) unmarks the peer, which then sends to
+    // the VM again (or to the VM's steered flow).
+    void attach(const steering::FlowKey& k, int fd);
+    void detach(const steering::FlowKey& k);
+
     std::atomic<uint64_t> shadow_sockets{0};   // live now
     std::atomic<uint64_t> steered_flows{0};    // live now
     std::atomic<uint64_t> handovers{0};        // taken over so far
@@ -41,6 +55,9 @@ private:
     SocketEngine() = default;
     std::mutex mu_;
     std::unique_ptr<steering::Steering> steering_;
+    uint32_t fwmark_ = 0;
+    std::mutex live_mu_;
+    std::vector<std::pair<steering::FlowKey, int>> live_;  // open shadows: key, fd
 };
 
 // Per-VM live counters (kept in VmCounters; see vm.h).
@@ -82,6 +99,7 @@ private:
     UniqueFd fd_;
     steering::FlowKey key_{};
     bool steered_ = false;
+    bool attached_ = false;
     uint64_t acked_base_ = 0;
 };
 

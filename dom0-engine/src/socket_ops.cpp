@@ -7,25 +7,35 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <optional>
 
 #include <spdlog/spdlog.h>
 
 namespace vpipe::engine {
 
+namespace {
+std::atomic<int64_t> g_socket_timeout_ms{30000};
+}
+
+void set_socket_timeout(std::chrono::milliseconds t) {
+    if (t.count() > 0) g_socket_timeout_ms.store(t.count(), std::memory_order_relaxed);
+}
+
 std::chrono::milliseconds socket_timeout() {
-    static const std::chrono::milliseconds t = [] {
+    static const long env = [] {
         const char* e = std::getenv("VPIPE_SOCKET_TIMEOUT_MS");
-        long v = e ? std::atol(e) : 0;
-        return std::chrono::milliseconds(v > 0 ? v : 30000);
+        return e ? std::atol(e) : 0L;
     }();
-    return t;
+    return std::chrono::milliseconds(env > 0 ? env : g_socket_timeout_ms.load(std::memory_order_relaxed));
 }
 
 namespace {
@@ -49,32 +59,6 @@ int tcp_state(int fd) {
     return ti.tcpi_state;
 }
 
-// Sends all of buf on a non-blocking socket; -ETIMEDOUT after the socket timeout without
-// progress, -ECONNRESET when the peer is gone.
-int send_all(int fd, const uint8_t* buf, size_t n) {
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = ::send(fd, buf + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w > 0) {
-            off += static_cast<size_t>(w);
-            continue;
-        }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
-        pollfd p{fd, POLLOUT, 0};
-        int pr = ::poll(&p, 1, static_cast<int>(socket_timeout().count()));
-        if (pr == 0) return -ETIMEDOUT;
-        if (pr < 0 && errno != EINTR) return -EIO;
-        if (p.revents & (POLLERR | POLLHUP) && !(p.revents & POLLOUT)) {
-            int err = 0;
-            socklen_t l = sizeof(err);
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-            return map_sock_err(err ? err : ECONNRESET);
-        }
-    }
-    return 0;
-}
-
 // Receives up to `want` bytes (at least 1 unless EOF). >0 bytes, 0 EOF, or -status.
 ssize_t recv_some(int fd, uint8_t* buf, size_t want) {
     for (;;) {
@@ -95,6 +79,7 @@ ssize_t recv_some(int fd, uint8_t* buf, size_t want) {
 int settle(int fd, uint32_t room) {
     auto last_progress = Clock::now();
     int last_outq = -1;
+    unsigned spins = 0;
     for (;;) {
         int outq = 0, inq = 0;
         if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(fd, SIOCINQ, &inq) < 0) return -EIO;
@@ -107,8 +92,8 @@ int settle(int fd, uint32_t room) {
         } else if (Clock::now() - last_progress > socket_timeout()) {
             return -ETIMEDOUT;
         }
-        pollfd p{fd, 0, 0};
-        ::poll(&p, 1, 1);
+        // the peer's ACKs come within an RTT: poll finely first, 1 ms steps after ~20 ms
+        ::usleep(++spins < 400 ? 50 : 1000);
     }
 }
 
@@ -162,23 +147,35 @@ int finish_endpoint(Shadow& sh, uint32_t room, bool may_drop_tail, EndpointResul
     return 0;
 }
 
+// Like send_all, but *done grows by every byte the socket accepted, also when it fails midway
+// (moved and the carried tail are computed from it: it must be exact).
 int send_all_counted(int fd, const uint8_t* buf, size_t n, uint64_t* done) {
     size_t off = 0;
-    int r = 0;
-    // send_all in pieces so that a failure still tells how far it got
-    constexpr size_t kPiece = 256 << 10;
-    while (off < n && r == 0) {
-        size_t m = std::min(kPiece, n - off);
-        r = send_all(fd, buf + off, m);
-        if (r == 0) off += m;
+    while (off < n) {
+        ssize_t w = ::send(fd, buf + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            off += static_cast<size_t>(w);
+            *done += static_cast<uint64_t>(w);
+            continue;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
+        pollfd p{fd, POLLOUT, 0};
+        int pr = ::poll(&p, 1, static_cast<int>(socket_timeout().count()));
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0 && errno != EINTR) return -EIO;
+        if (p.revents & (POLLERR | POLLHUP) && !(p.revents & POLLOUT)) {
+            int err = 0;
+            socklen_t l = sizeof(err);
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+            return map_sock_err(err ? err : ECONNRESET);
+        }
     }
-    *done += off;
-    return r;
+    return 0;
 }
 
 int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
                    const DescWriter& write, uint64_t* moved) {
-    auto& bytes = vm.counters().bytes[req.op];
     DiskImage* disk = vm.disk(req.src_file.vdev);
     if (!disk) return -EPERM;
     Shadow dst(eng, vm.shadow_counters());
@@ -192,17 +189,51 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
     }
     uint64_t sent = 0;
     {
-        std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
-        if (!buf) status = -ENOSPC;
-        while (buf && sent < req.length && status == 0) {
-            const uint64_t n = std::min<uint64_t>(buf->size(), req.length - sent);
-            const std::vector<Extent> w = slice_extents(req.src_file.extents, sent, n);
-            if ((status = io.read(*disk, w, buf->data())) != 0) break;
-            uint64_t done = 0;
-            status = send_all_counted(dst.fd(), buf->data(), n, &done);
-            sent += done;
-            bytes.fetch_add(done, std::memory_order_relaxed);
+        // Double-buffered: window k+1 is read from the image (this thread: BlockIo is not
+        // thread-safe) while window k is being sent (a helper thread). With one buffer only
+        // (pool short), strictly alternating.
+        std::optional<PagePool::Buffer> bufs[2];
+        bufs[0] = pool.get(std::chrono::milliseconds(100));
+        if (bufs[0] && req.length > bufs[0]->size()) bufs[1] = pool.get(std::chrono::milliseconds(0));
+        if (!bufs[0]) status = -ENOSPC;
+        struct Sending {
+            std::future<int> done;
+            uint64_t n = 0, counted = 0;
+        };
+        std::optional<Sending> inflight;
+        auto finish_send = [&] {
+            if (!inflight) return 0;
+            int r = inflight->done.get();
+            sent += inflight->counted;
+            vm.count(req.op, inflight->counted);  // its credit was reserved before it was sent
+            inflight.reset();
+            return r;
+        };
+        uint64_t read_pos = 0;
+        unsigned k = 0;
+        while (bufs[0] && read_pos < req.length && status == 0) {
+            PagePool::Buffer& b = bufs[1] ? *bufs[k % 2] : *bufs[0];
+            if (!bufs[1] && (status = finish_send()) != 0) break;  // one buffer: wait first
+            const uint64_t n = std::min<uint64_t>(b.size(), req.length - read_pos);
+            const std::vector<Extent> w = slice_extents(req.src_file.extents, read_pos, n);
+            int rr = io.read(*disk, w, b.data());
+            int sr = finish_send();  // window k-1 (two buffers: it was sent while we read)
+            if (rr != 0 || sr != 0) {
+                status = sr != 0 ? sr : rr;
+                break;
+            }
+            vm.reserve(n);  // credit before the bytes move, not after
+            inflight.emplace();
+            inflight->n = n;
+            uint8_t* data = b.data();
+            const int fd = dst.fd();
+            uint64_t* counted = &inflight->counted;
+            inflight->done = std::async(std::launch::async,
+                                        [fd, data, n, counted] { return send_all_counted(fd, data, n, counted); });
+            read_pos += n;
+            ++k;
         }
+        if (int r = finish_send(); status == 0) status = r;
     }
     if (status == 0) status = settle(dst.fd(), req.dst_room);
     const uint64_t acked = dst.bytes_acked();
@@ -216,7 +247,6 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
 
 int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
                    const DescWriter& write, uint64_t* moved) {
-    auto& bytes = vm.counters().bytes[req.op];
     DiskImage* disk = vm.disk(req.dst_file.vdev);
     if (!disk) return -EPERM;
     Shadow src(eng, vm.shadow_counters());
@@ -257,7 +287,7 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
                 break;
             }
             pos += got;
-            bytes.fetch_add(got, std::memory_order_relaxed);
+            vm.charge(req.op, got);
         }
     }
     if (pos > 0) {
@@ -276,7 +306,6 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
 
 int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
                      const DescWriter& write, uint64_t* moved) {
-    auto& bytes = vm.counters().bytes[req.op];
     Shadow src(eng, vm.shadow_counters()), dst(eng, vm.shadow_counters());
     EndpointResult sres, dres;
     int status = src.open(req.src_tcp, req.src_room, false);
@@ -308,7 +337,7 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
             uint64_t done = 0;
             status = send_all_counted(dst.fd(), buf->data(), static_cast<size_t>(n), &done);
             fwd += done;
-            bytes.fetch_add(done, std::memory_order_relaxed);
+            vm.charge(req.op, done);
             if (done < static_cast<uint64_t>(n)) {
                 spdlog::error("vm {}: socket->socket: {} bytes taken from the source could not be sent",
                               vm.name(), static_cast<uint64_t>(n) - done);

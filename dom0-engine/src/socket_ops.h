@@ -17,8 +17,9 @@ namespace vpipe::engine {
 // Writes `n` bytes at `offset` of the request's descriptor stream (into the guest's pages).
 using DescWriter = std::function<int(uint64_t offset, const void* data, size_t n)>;
 
-// No progress on a socket for this long ends the request with -ETIMEDOUT
-// (VPIPE_SOCKET_TIMEOUT_MS in the engine's environment overrides it, for tests).
+// No progress on a socket for this long ends the request with -ETIMEDOUT: [engine]
+// socket_timeout_ms (default 30000), set at start-up with set_socket_timeout() (shadow.h);
+// VPIPE_SOCKET_TIMEOUT_MS in the engine's environment overrides both (tests).
 std::chrono::milliseconds socket_timeout();
 
 // Runs a validated socket request. Always writes each socket endpoint's result (flags, and a

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config.h"
+#include "credits.h"
 #include "io/disk_image.h"
 #include "request.h"
 #include "shadow.h"
@@ -47,6 +48,23 @@ public:
     VmCounters& counters() { return counters_; }
     std::atomic<bool>& connected() { return connected_; }
 
+    // The engine's credit scheduler (nullptr: none, nothing is charged). Set before start.
+    void set_credits(CreditScheduler* credits) { credits_ = credits; }
+    // Charges `bytes` to this VM (waits for credit) and counts them as moved by `op`. The
+    // one call every data path makes per window.
+    void charge(uint8_t op, uint64_t bytes) {
+        reserve(bytes);
+        count(op, bytes);
+    }
+    // Only the credit part: charged ahead of a window whose bytes are counted when they land.
+    void reserve(uint64_t bytes) {
+        if (credits_ && bytes) credits_->charge(cfg_.id, bytes);  // false only on shutdown
+    }
+    // Only the counting part.
+    void count(uint8_t op, uint64_t bytes) {
+        if (op < VPIPE_OP_MAX_) counters_.bytes[op].fetch_add(bytes, std::memory_order_relaxed);
+    }
+
     nlohmann::json stats_json() const;
 
 private:
@@ -55,6 +73,7 @@ private:
     VmCounters counters_;
     VmIdentity identity_;
     std::atomic<bool> connected_{false};
+    CreditScheduler* credits_ = nullptr;
     std::unique_ptr<WorkerPool> workers_;  // last: joins before the disks close
 };
 

@@ -1,0 +1,42 @@
+// Prometheus text-format metrics (exposition format 0.0.4) of the engine's stats, served over
+// HTTP GET /metrics on a TCP address ([engine] metrics_listen). Tiny on purpose: one thread,
+// one connection at a time, only GET /metrics (404 for anything else), 2 s per request.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "util/unique_fd.h"
+
+namespace vpipe::engine {
+
+// The metrics text for Engine::stats() JSON. Pure function (unit-tested).
+std::string format_metrics(const nlohmann::json& stats);
+
+class MetricsServer {
+public:
+    using Render = std::function<std::string()>;
+
+    // Binds `listen` ("IPV4:PORT"); throws std::runtime_error if it cannot.
+    MetricsServer(const std::string& listen, Render render);
+    ~MetricsServer();
+    void start();
+    void stop();
+    uint16_t port() const { return port_; }  // the bound port (useful with port 0)
+
+private:
+    void run();
+    void serve(int conn);
+
+    Render render_;
+    UniqueFd listen_fd_, wake_fd_;
+    uint16_t port_ = 0;
+    std::atomic<bool> stopping_{false};
+    std::thread thread_;
+};
+
+}  // namespace vpipe::engine

@@ -1,0 +1,535 @@
+// Lab test of sharing dom0 fairly (paper 3.4, Fig 7), scaled to a CI box: 3 VMs with weights
+// 1:1:2 each serve a large file with vpipe-httpd --mode vpipe (file -> socket offloaded to the
+// engine) over the lab's client link shaped to kLinkMbit; the engine's total credit rate is the
+// link's payload rate (vpipe-lab writes total_rate_mbps). A client in the client netns fetches
+// from all three at once and records, every 250 ms, the bytes each connection received.
+//
+// Timeline: vm1 starts at 0 s, vm2 at 3 s, vm3 (a smaller file) at 6 s and runs to completion;
+// then vm1:vm2 run 1:1; at +3 s `vpipectl set-weight vm1 3`; 3 s later everything stops. Then
+// weights 1,1,8 and vm1 fetches alone (work conservation: it must get the whole link).
+// The table goes to bench/results/fairness.csv (+ fairness.png when gnuplot is installed).
+//
+// The lab is shared: when one is up the test waits (up to 10 minutes) and only ever takes down
+// the lab it brought up itself.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+const std::string kBin = VPIPE_BIN_DIR;
+const std::string kLab = kBin + "/vpipe-lab";
+const std::string kCtl = kBin + "/vpipectl";
+const std::string kResults = std::string(VPIPE_SOURCE_DIR) + "/bench/results";
+constexpr int kLinkMbit = 400;
+constexpr uint64_t kMiB = 1024 * 1024;
+constexpr int kPort = 8083;
+constexpr auto kSample = 250ms;
+
+struct Res {
+    int status = -1;
+    std::string out;
+};
+
+// Runs argv (no shell); stdout+stderr captured.
+Res run(const std::vector<std::string>& argv) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return {};
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        std::vector<char*> a;
+        for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+        a.push_back(nullptr);
+        execvp(a[0], a.data());
+        _exit(127);
+    }
+    close(p[1]);
+    Res r;
+    char buf[65536];
+    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) r.out.append(buf, static_cast<size_t>(n));
+    close(p[0]);
+    int ws = 0;
+    waitpid(pid, &ws, 0);
+    r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    return r;
+}
+
+Res lab(std::vector<std::string> args) {
+    args.insert(args.begin(), kLab);
+    return run(args);
+}
+
+bool lab_busy() {
+    if (lab({"info"}).status == 0) return true;
+    std::error_code ec;
+    if (fs::exists("/run/vpipe-lab", ec)) return true;
+    for (const auto& e : fs::directory_iterator("/run/netns", ec))
+        if (e.path().filename().string().rfind("vpl-", 0) == 0) return true;
+    return false;
+}
+
+std::string slurp(const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// Fetches http://10.199.0.1N:kPort/NAME from up to 3 servers at once, from the lab's client
+// network namespace (this thread only: setns is per thread), counting received bytes.
+class Fetcher {
+public:
+    static constexpr int kVms = 3;
+    struct Sample {
+        double t;                        // seconds since the fetcher started
+        std::array<uint64_t, kVms> bytes;  // received in this interval
+        std::array<bool, kVms> running;
+    };
+
+    Fetcher() : t0_(Clock::now()) {
+        thread_ = std::thread([this] { loop(); });
+        std::unique_lock lk(mu_);
+        while (!ready_) {
+            lk.unlock();
+            std::this_thread::sleep_for(1ms);
+            lk.lock();
+        }
+    }
+    ~Fetcher() {
+        stop_ = true;
+        thread_.join();
+    }
+    std::string error() {
+        std::lock_guard lk(mu_);
+        return error_;
+    }
+    void start(int vm, const std::string& name) {
+        std::lock_guard lk(mu_);
+        pending_start_[vm] = name;
+    }
+    void cancel(int vm) { cancel_[vm] = true; }
+    bool running(int vm) const { return running_[vm]; }
+    bool finished(int vm) const { return finished_[vm]; }
+    double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+    std::vector<Sample> samples() {
+        std::lock_guard lk(mu_);
+        return samples_;
+    }
+
+private:
+    void fail(const std::string& e) {
+        std::lock_guard lk(mu_);
+        if (error_.empty()) error_ = e;
+    }
+    void loop() {
+        int ns = open("/run/netns/vpl-client", O_RDONLY | O_CLOEXEC);
+        if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) fail(std::string("setns vpl-client: ") + strerror(errno));
+        if (ns >= 0) close(ns);
+        {
+            std::lock_guard lk(mu_);
+            ready_ = true;
+        }
+        std::array<int, kVms> fd{-1, -1, -1};
+        std::array<uint64_t, kVms> acc{};
+        auto next_sample = Clock::now() + kSample;
+        std::vector<char> buf(1 << 20);
+        while (!stop_) {
+            for (int i = 0; i < kVms; ++i) {
+                std::string name;
+                {
+                    std::lock_guard lk(mu_);
+                    name.swap(pending_start_[i]);
+                }
+                if (!name.empty()) {
+                    fd[i] = connect_and_get(i, name);
+                    running_[i] = fd[i] >= 0;
+                    finished_[i] = false;
+                }
+                if (cancel_[i].exchange(false) && fd[i] >= 0) {
+                    close(fd[i]);
+                    fd[i] = -1;
+                    running_[i] = false;
+                }
+            }
+            pollfd p[kVms];
+            for (int i = 0; i < kVms; ++i) p[i] = {fd[i], POLLIN, 0};
+            poll(p, kVms, 5);
+            for (int i = 0; i < kVms; ++i) {
+                if (fd[i] < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+                ssize_t n = recv(fd[i], buf.data(), buf.size(), MSG_DONTWAIT);
+                if (n > 0) {
+                    acc[i] += static_cast<uint64_t>(n);
+                } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    close(fd[i]);
+                    fd[i] = -1;
+                    running_[i] = false;
+                    finished_[i] = true;
+                }
+            }
+            if (Clock::now() >= next_sample) {
+                Sample s{std::chrono::duration<double>(next_sample - t0_).count(), acc, {}};
+                for (int i = 0; i < kVms; ++i) s.running[i] = fd[i] >= 0;
+                acc = {};
+                next_sample += kSample;
+                std::lock_guard lk(mu_);
+                samples_.push_back(s);
+            }
+        }
+        for (int f : fd)
+            if (f >= 0) close(f);
+    }
+    int connect_and_get(int vm, const std::string& name) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(kPort);
+        const std::string ip = "10.199.0." + std::to_string(11 + vm);
+        inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
+        if (connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+            fail("connect " + ip + ": " + strerror(errno));
+            close(s);
+            return -1;
+        }
+        const std::string req = "GET /" + name + " HTTP/1.1\r\nHost: " + ip + "\r\nConnection: close\r\n\r\n";
+        if (send(s, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+            fail("send to " + ip + " failed");
+            close(s);
+            return -1;
+        }
+        return s;
+    }
+
+    const Clock::time_point t0_;
+    std::mutex mu_;
+    bool ready_ = false;
+    std::string error_;
+    std::array<std::string, kVms> pending_start_;
+    std::array<std::atomic<bool>, kVms> cancel_{};
+    std::array<std::atomic<bool>, kVms> running_{};
+    std::array<std::atomic<bool>, kVms> finished_{};
+    std::vector<Sample> samples_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+// Bytes per VM received in samples with t in (from, to].
+std::array<double, 3> bytes_in(const std::vector<Fetcher::Sample>& ss, double from, double to) {
+    std::array<double, 3> b{};
+    for (const auto& s : ss)
+        if (s.t > from && s.t <= to + 1e-9)
+            for (int i = 0; i < 3; ++i) b[i] += static_cast<double>(s.bytes[i]);
+    return b;
+}
+
+std::array<double, 3> shares(const std::array<double, 3>& b) {
+    const double total = b[0] + b[1] + b[2];
+    std::array<double, 3> s{};
+    for (int i = 0; i < 3; ++i) s[i] = total > 0 ? b[i] / total : 0;
+    return s;
+}
+
+std::string fmt_shares(const std::array<double, 3>& s) {
+    char out[96];
+    std::snprintf(out, sizeof out, "%.3f / %.3f / %.3f", s[0], s[1], s[2]);
+    return out;
+}
+
+// Every share within `tol` (relative) of its target.
+void expect_shares(const std::string& what, const std::array<double, 3>& got, const std::array<double, 3>& want,
+                   double tol) {
+    for (int i = 0; i < 3; ++i) {
+        if (want[i] == 0) continue;
+        EXPECT_NEAR(got[i], want[i], want[i] * tol)
+            << what << ": vm" << i + 1 << " share " << got[i] << ", want " << want[i] << " ±" << tol * 100
+            << " % (shares " << fmt_shares(got) << ")";
+    }
+}
+
+}  // namespace
+
+class FairnessLab : public ::testing::Test {
+protected:
+    static inline std::string skip_, setup_err_, tmp_;
+    static inline bool owns_lab_ = false;
+    static inline std::string root_[3];
+    static inline pid_t servers_[3] = {-1, -1, -1};
+
+    static void SetUpTestSuite() {
+        if (geteuid() != 0) {
+            skip_ = "needs root (the lab uses namespaces, loop devices, mounts and cgroups)";
+            return;
+        }
+        for (const auto& b : {kLab, kCtl, kBin + "/vpipe-httpd", kBin + "/vpiped", kBin + "/vpipe-guestd"})
+            if (access(b.c_str(), X_OK) != 0) {
+                skip_ = b + " is not built";
+                return;
+            }
+        auto deadline = Clock::now() + 10min;
+        for (;;) {
+            if (!lab_busy()) {
+                auto up = lab({"up", "--vms", "3", "--weights", "1,1,2", "--link-mbit", std::to_string(kLinkMbit),
+                               "--disks", "1", "--disk-mib", "768"});
+                if (up.status == 0) {
+                    owns_lab_ = true;
+                    break;
+                }
+                if (up.out.find("already up") == std::string::npos) {
+                    setup_err_ = "vpipe-lab up failed (" + std::to_string(up.status) + "): " + up.out;
+                    return;
+                }
+            }
+            if (Clock::now() >= deadline) {
+                skip_ = "a lab is up (someone else's) and stayed up for 10 minutes; not touching it";
+                return;
+            }
+            std::fprintf(stderr, "[ lab busy ] another lab is up; retrying in 10 s\n");
+            std::this_thread::sleep_for(10s);
+        }
+        auto r = lab({"info", "--json"});
+        json info = json::parse(r.out, nullptr, false);
+        if (r.status != 0 || info.is_discarded()) {
+            setup_err_ = "vpipe-lab info --json failed: " + r.out;
+            return;
+        }
+        for (int i = 0; i < 3; ++i) root_[i] = info["vms"][i]["disks"][0]["mount"].get<std::string>();
+        char tmpl[] = "/tmp/vpipe-fairness-XXXXXX";
+        if (!mkdtemp(tmpl)) {
+            setup_err_ = "mkdtemp failed";
+            return;
+        }
+        tmp_ = tmpl;
+        // the files (not sparse, not in the page cache: the agent's cache rule would serve
+        // cached data in the guest instead of offloading it)
+        const uint64_t sizes[3] = {512 * kMiB, 512 * kMiB, 128 * kMiB};
+        std::vector<uint64_t> block(kMiB / 8);
+        std::mt19937_64 rng(42);
+        for (auto& w : block) w = rng();
+        for (int i = 0; i < 3; ++i) {
+            const std::string path = root_[i] + "/big";
+            int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            if (fd < 0) {
+                setup_err_ = "cannot create " + path;
+                return;
+            }
+            for (uint64_t done = 0; done < sizes[i]; done += kMiB) {
+                block[0] = done + static_cast<uint64_t>(i);
+                if (write(fd, block.data(), kMiB) != static_cast<ssize_t>(kMiB)) {
+                    setup_err_ = "cannot write " + path;
+                    close(fd);
+                    return;
+                }
+            }
+            fsync(fd);
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            close(fd);
+        }
+        for (int i = 0; i < 3; ++i) {
+            const std::string log = tmp_ + "/httpd-vm" + std::to_string(i + 1) + ".log";
+            pid_t pid = fork();
+            if (pid == 0) {
+                int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+                dup2(fd, 1);
+                dup2(fd, 2);
+                std::vector<std::string> argv{kLab, "exec", "vm" + std::to_string(i + 1), "--", kBin + "/vpipe-httpd",
+                                              "--mode", "vpipe", "--port", std::to_string(kPort), "--root", root_[i],
+                                              "--no-fallback"};
+                std::vector<char*> a;
+                for (const auto& x : argv) a.push_back(const_cast<char*>(x.c_str()));
+                a.push_back(nullptr);
+                execv(a[0], a.data());
+                _exit(127);
+            }
+            servers_[i] = pid;
+            bool up = false;
+            for (int k = 0; k < 100 && !up; ++k) {
+                up = slurp(log).find("listening on") != std::string::npos;
+                if (!up) std::this_thread::sleep_for(100ms);
+            }
+            if (!up) {
+                setup_err_ = "vpipe-httpd in vm" + std::to_string(i + 1) + " did not start: " + slurp(log);
+                return;
+            }
+        }
+    }
+
+    static void TearDownTestSuite() {
+        for (pid_t& pid : servers_) {
+            if (pid <= 0) continue;
+            kill(pid, SIGTERM);
+            int ws = 0;
+            for (int i = 0; i < 50 && waitpid(pid, &ws, WNOHANG) != pid; ++i) std::this_thread::sleep_for(100ms);
+            if (waitpid(pid, &ws, WNOHANG) == 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &ws, 0);
+            }
+            pid = -1;
+        }
+        if (owns_lab_) {
+            auto r = lab({"down"});
+            if (r.status != 0) std::fprintf(stderr, "vpipe-lab down failed: %s\n", r.out.c_str());
+            owns_lab_ = false;
+        }
+        if (!tmp_.empty()) {
+            std::error_code ec;
+            fs::remove_all(tmp_, ec);
+        }
+    }
+
+    void SetUp() override {
+        if (!skip_.empty()) GTEST_SKIP() << skip_;
+        ASSERT_TRUE(setup_err_.empty()) << setup_err_;
+    }
+
+    static Res ctl(std::vector<std::string> args) {
+        args.insert(args.begin(), {kLab, "dom0", "--", kCtl});
+        return run(args);
+    }
+    static void set_weight(const std::string& vm, int w) {
+        auto r = ctl({"set-weight", vm, std::to_string(w)});
+        EXPECT_EQ(r.status, 0) << r.out;
+    }
+};
+
+TEST_F(FairnessLab, Fig7SharesFollowWeights) {
+    Fetcher f;
+    ASSERT_TRUE(f.error().empty()) << f.error();
+    auto at = [&](double t) {
+        while (f.now() < t) std::this_thread::sleep_for(10ms);
+    };
+    f.start(0, "big");
+    at(3);
+    f.start(1, "big");
+    at(6);
+    f.start(2, "big");
+    // vm3 runs to completion (128 MiB at half of the link: ~6 s)
+    while (!f.finished(2) && f.now() < 40) std::this_thread::sleep_for(10ms);
+    const double t3_end = f.now();
+    ASSERT_TRUE(f.finished(2)) << "vm3's transfer did not finish";
+    ASSERT_TRUE(f.running(0) && f.running(1)) << "vm1/vm2 finished too early";
+    at(t3_end + 3);
+    const double t_sw = f.now();
+    set_weight("vm1", 3);
+    at(t_sw + 3);
+    const double t_end = f.now();
+    f.cancel(0);
+    f.cancel(1);
+    at(t_end + 0.5);
+    // work conservation: weights 1,1,8, vm1 alone
+    set_weight("vm1", 1);
+    set_weight("vm3", 8);
+    std::this_thread::sleep_for(1s);  // let the cancelled transfers wind down in the engine
+    const double t_wc = f.now();
+    f.start(0, "big");
+    at(t_wc + 3);
+    f.cancel(0);
+    at(t_wc + 3.5);
+    set_weight("vm3", 2);
+    ASSERT_TRUE(f.error().empty()) << f.error();
+    const auto ss = f.samples();
+
+    // the table: bench/results/fairness.csv
+    fs::create_directories(kResults);
+    {
+        std::ofstream csv(kResults + "/fairness.csv");
+        csv << "t_s,vm1_mib_s,vm2_mib_s,vm3_mib_s,vm1_share,vm2_share,vm3_share,phase\n";
+        for (const auto& s : ss) {
+            const double per = std::chrono::duration<double>(kSample).count() * kMiB;
+            std::array<double, 3> b{double(s.bytes[0]), double(s.bytes[1]), double(s.bytes[2])};
+            auto sh = shares(b);
+            const char* phase = s.t <= 3 ? "vm1 alone" : s.t <= 6 ? "vm1+vm2 1:1"
+                                : s.t <= t3_end ? "1:1:2" : s.t <= t_sw ? "vm1+vm2 1:1 (vm3 done)"
+                                : s.t <= t_end ? "set-weight vm1 3 (3:1)" : s.t <= t_wc ? "idle"
+                                : "vm1 alone, weights 1,1,8";
+            char line[256];
+            std::snprintf(line, sizeof line, "%.2f,%.2f,%.2f,%.2f,%.3f,%.3f,%.3f,%s\n", s.t, b[0] / per, b[1] / per,
+                          b[2] / per, sh[0], sh[1], sh[2], phase);
+            csv << line;
+        }
+    }
+    std::printf("[ SHARES ] t=%.1f vm3 done, t=%.1f set-weight, t=%.1f end, t=%.1f work-conserving run\n", t3_end,
+                t_sw, t_end, t_wc);
+    // 1-second averages for the log
+    for (double t = 0; t + 1 <= t_wc + 3.5; t += 1) {
+        auto b = bytes_in(ss, t, t + 1);
+        std::printf("[ SHARES ] %5.1f-%5.1f s  MiB/s %6.1f %6.1f %6.1f  shares %s\n", t, t + 1, b[0] / kMiB,
+                    b[1] / kMiB, b[2] / kMiB, fmt_shares(shares(b)).c_str());
+    }
+    const double link_payload = kLinkMbit * 1e6 / 8;
+
+    // steady states (from 1 s after each change): shares within ±5 %
+    expect_shares("1:1 (vm1+vm2)", shares(bytes_in(ss, 4, 6)), {0.5, 0.5, 0}, 0.05);
+    expect_shares("1:1:2", shares(bytes_in(ss, 7, t3_end - 0.25)), {0.25, 0.25, 0.5}, 0.05);
+    expect_shares("1:1 after vm3", shares(bytes_in(ss, t3_end + 1, t_sw)), {0.5, 0.5, 0}, 0.05);
+    expect_shares("set-weight 3:1", shares(bytes_in(ss, t_sw + 1, t_end)), {0.75, 0.25, 0}, 0.05);
+    // settling: the second after each change (1 s later) is already within ±10 %
+    expect_shares("1:1:2, 1 s after vm3 starts", shares(bytes_in(ss, 7, 8)), {0.25, 0.25, 0.5}, 0.10);
+    expect_shares("1:1, 1 s after vm3 ends", shares(bytes_in(ss, t3_end + 1, t3_end + 2)), {0.5, 0.5, 0}, 0.10);
+    expect_shares("3:1, 1 s after set-weight", shares(bytes_in(ss, t_sw + 1, t_sw + 2)), {0.75, 0.25, 0}, 0.10);
+    // the link is used: the engine is the bottleneck, not by much
+    auto all = bytes_in(ss, 7, t3_end - 0.25);
+    const double rate = (all[0] + all[1] + all[2]) / (t3_end - 7.25);
+    EXPECT_GT(rate, 0.8 * link_payload) << "aggregate " << rate / kMiB << " MiB/s";
+    // work conserving: vm1 alone with weight 1 of 10 gets what it got alone at the start
+    const double alone = bytes_in(ss, 0.5, 3)[0] / 2.5;
+    const double alone_wc = bytes_in(ss, t_wc + 0.5, t_wc + 3)[0] / 2.5;
+    std::printf("[ SHARES ] vm1 alone: %.1f MiB/s (weights 1,1,2, start) vs %.1f MiB/s (weights 1,1,8) = %.1f %%\n",
+                alone / kMiB, alone_wc / kMiB, 100 * alone_wc / alone);
+    EXPECT_GE(alone_wc, 0.9 * alone);
+
+    // the engine's view agrees
+    auto st = ctl({"stats", "--json"});
+    ASSERT_EQ(st.status, 0) << st.out;
+    json j = json::parse(st.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << st.out;
+    EXPECT_EQ(j["fairness"]["total_rate_source"], "config");
+    EXPECT_EQ(j["fairness"]["total_rate"].get<uint64_t>(), uint64_t{kLinkMbit * 90 / 100} * 1000000 / 8);
+    EXPECT_EQ(j["vms"][2]["credits"]["weight"], 2);
+    EXPECT_GT(j["vms"][0]["credits"]["charged"].get<uint64_t>(), 0u);
+
+    if (run({"bash", "-c", "command -v gnuplot"}).status == 0) {
+        const std::string gp = "set terminal pngcairo size 900,500; set output '" + kResults +
+                               "/fairness.png'; set datafile separator ','; set key top right; "
+                               "set title 'Sharing dom0: 3 VMs file->socket (vPipe), weights 1:1:2, " +
+                               std::to_string(kLinkMbit) + " Mbit/s link (client side, 250 ms samples)'; "
+                               "set xlabel 'seconds'; set ylabel 'MiB/s'; set yrange [0:*]; "
+                               "plot '" + kResults + "/fairness.csv' every ::1 using 1:2 with lines title 'vm1 (w 1)', "
+                               "'' every ::1 using 1:3 with lines title 'vm2 (w 1)', "
+                               "'' every ::1 using 1:4 with lines title 'vm3 (w 2)'";
+        auto g = run({"gnuplot", "-e", gp});
+        EXPECT_EQ(g.status, 0) << g.out;
+    }
+}
