@@ -1,10 +1,17 @@
 #include "guest_flow_block.h"
 
 #include <arpa/inet.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
 #include <nftables/libnftables.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -19,7 +26,103 @@ std::string element(const vpipe_tcp_state& st) {
            std::to_string(ntohs(st.remote_port));
 }
 
+// A netlink message under construction (attributes nest by remembering their offsets).
+class NlMsg {
+public:
+    size_t begin(uint16_t type, uint16_t flags, uint32_t seq, uint8_t family, uint16_t res_id) {
+        size_t at = buf_.size();
+        nlmsghdr h{};
+        h.nlmsg_type = type;
+        h.nlmsg_flags = flags;
+        h.nlmsg_seq = seq;
+        put(&h, sizeof(h));
+        nfgenmsg g{};
+        g.nfgen_family = family;
+        g.version = NFNETLINK_V0;
+        g.res_id = htons(res_id);
+        put(&g, sizeof(g));
+        return at;
+    }
+    void end(size_t at) { hdr(at)->nlmsg_len = static_cast<uint32_t>(buf_.size() - at); }
+    void attr(uint16_t type, const void* data, size_t n) {
+        nlattr a{};
+        a.nla_type = type;
+        a.nla_len = static_cast<uint16_t>(NLA_HDRLEN + n);
+        put(&a, sizeof(a));
+        put(data, n);
+        buf_.resize(NLMSG_ALIGN(buf_.size()));
+    }
+    void str(uint16_t type, const std::string& s) { attr(type, s.c_str(), s.size() + 1); }
+    size_t nest(uint16_t type) {
+        size_t at = buf_.size();
+        nlattr a{};
+        a.nla_type = static_cast<uint16_t>(type | NLA_F_NESTED);
+        put(&a, sizeof(a));
+        return at;
+    }
+    void nest_end(size_t at) {
+        reinterpret_cast<nlattr*>(buf_.data() + at)->nla_len = static_cast<uint16_t>(buf_.size() - at);
+    }
+    const uint8_t* data() const { return buf_.data(); }
+    size_t size() const { return buf_.size(); }
+
+private:
+    nlmsghdr* hdr(size_t at) { return reinterpret_cast<nlmsghdr*>(buf_.data() + at); }
+    void put(const void* p, size_t n) {
+        auto* b = static_cast<const uint8_t*>(p);
+        buf_.insert(buf_.end(), b, b + n);
+    }
+    std::vector<uint8_t> buf_;
+};
+
 }  // namespace
+
+int GuestFlowBlock::set_element(bool add, const vpipe_tcp_state& st) {
+    if (nl_ < 0) return -EOPNOTSUPP;
+    // the set's key: local . lport . remote . rport, each field in a 4-byte register
+    uint8_t key[16] = {};
+    std::memcpy(key, st.local_addr, 4);
+    std::memcpy(key + 4, &st.local_port, 2);
+    std::memcpy(key + 8, st.remote_addr, 4);
+    std::memcpy(key + 12, &st.remote_port, 2);
+    const uint32_t seq = ++nl_seq_;
+    NlMsg m;
+    size_t b = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
+    m.end(b);
+    const uint16_t type = static_cast<uint16_t>((NFNL_SUBSYS_NFTABLES << 8) | (add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM));
+    size_t e = m.begin(type, static_cast<uint16_t>(NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE : 0)), seq + 1,
+                       NFPROTO_INET, 0);
+    m.str(NFTA_SET_ELEM_LIST_TABLE, table_);
+    m.str(NFTA_SET_ELEM_LIST_SET, "flows4");
+    size_t list = m.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+    size_t el = m.nest(NFTA_LIST_ELEM);
+    size_t k = m.nest(NFTA_SET_ELEM_KEY);
+    m.attr(NFTA_DATA_VALUE, key, sizeof(key));
+    m.nest_end(k);
+    m.nest_end(el);
+    m.nest_end(list);
+    m.end(e);
+    size_t f = m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
+    m.end(f);
+    nl_seq_ += 2;
+    sockaddr_nl k0{};
+    k0.nl_family = AF_NETLINK;
+    if (::sendto(nl_, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&k0), sizeof(k0)) < 0) return -errno;
+    // the ACK (or error) of the element message
+    alignas(nlmsghdr) uint8_t rb[8192];
+    for (int i = 0; i < 8; ++i) {
+        ssize_t n = ::recv(nl_, rb, sizeof(rb), 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        for (auto* h = reinterpret_cast<nlmsghdr*>(rb); NLMSG_OK(h, static_cast<uint32_t>(n)); h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_seq != seq + 1) continue;
+            return reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;  // 0 or -errno
+        }
+    }
+    return -EIO;
+}
 
 std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table) {
     std::unique_ptr<GuestFlowBlock> b(new GuestFlowBlock(table));
@@ -43,12 +146,26 @@ std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table)
         return nullptr;
     }
     b->live_ = true;
+    // the fast path; without it (or if its first use fails) every call goes through libnftables
+    int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (fd >= 0) {
+        sockaddr_nl a{};
+        a.nl_family = AF_NETLINK;
+        timeval tv{1, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+            b->nl_ = fd;
+        } else {
+            ::close(fd);
+        }
+    }
     return b;
 }
 
 GuestFlowBlock::~GuestFlowBlock() {
     destroy();
     if (nft_) nft_ctx_free(nft_);
+    if (nl_ >= 0) ::close(nl_);
 }
 
 int GuestFlowBlock::run(const std::string& cmd) {
@@ -72,7 +189,11 @@ int GuestFlowBlock::block(const vpipe_tcp_state& st) {
     if (st.family != VPIPE_AF_INET) return -EAFNOSUPPORT;
     std::lock_guard lk(mu_);
     if (!live_) return -EIO;
-    int r = run("add element inet " + table_ + " flows4 { " + element(st) + " }");
+    int r = set_element(true, st);
+    if (r != 0) {
+        if (r != -EOPNOTSUPP) spdlog::debug("guest flow block: netlink add: {}; using libnftables", std::strerror(-r));
+        r = run("add element inet " + table_ + " flows4 { " + element(st) + " }");
+    }
     if (r == 0) {
         // "add element" of an existing element succeeds silently: count only new ones
         ++blocked_;
@@ -84,7 +205,8 @@ int GuestFlowBlock::unblock(const vpipe_tcp_state& st) {
     if (st.family != VPIPE_AF_INET) return -EAFNOSUPPORT;
     std::lock_guard lk(mu_);
     if (!live_) return -EIO;
-    int r = run("delete element inet " + table_ + " flows4 { " + element(st) + " }");
+    int r = set_element(false, st);
+    if (r != 0 && r != -ENOENT) r = run("delete element inet " + table_ + " flows4 { " + element(st) + " }");
     if (r == 0 && blocked_ > 0) --blocked_;
     if (r < 0) spdlog::warn("guest flow block: cannot unblock {}: {}", element(st), std::strerror(-r));
     return r;

@@ -128,9 +128,12 @@ int wait_acked(int fd) {
         if (Clock::now() > deadline) return -ETIMEDOUT;
         struct tcp_info ti;
         if (tcp_info_state(fd, &ti) != kEstablished) return -ENOTCONN;
-        pollfd p{fd, 0, 0};
-        ::poll(&p, 1, spins < 100 ? 0 : 1);
-        if (spins < 100) sched_yield();
+        // an ACK is usually one RTT away (tens of us in a data centre): short sleeps first,
+        // 1 ms only after ~20 ms
+        if (spins < 100)
+            sched_yield();
+        else
+            ::usleep(spins < 500 ? 50 : 1000);
     }
 }
 
@@ -372,7 +375,11 @@ int blocked_flows() {
     return fb ? fb->blocked() : 0;
 }
 
-int socket_op(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, SocketReplacements* repl) {
+namespace {
+
+// One pass: file->socket moves everything (one hand-over per chunk); a socket source moves at
+// most one chunk (ctx.cfg.chunk_bytes). socket_op() below loops over this.
+int socket_op_once(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, SocketReplacements* repl) {
     op->moved = op->offloaded = op->guest_copied = op->zero_filled = 0;
     op->paths = op->requests = 0;
     const bool src_sock = op->op != VPIPE_IOC_FILE_TO_SOCKET;
@@ -575,6 +582,62 @@ int socket_op(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, Socket
     status = finish_file(local + m, status);
     if (status < 0 && op->moved == 0) return status;
     if (status < 0) spdlog::warn("socket op: short after {} bytes: {}", op->moved, std::strerror(-status));
+    return 0;
+}
+
+// Makes the agent's descriptor `fd` the restored socket `*fresh` for the next pass and keeps
+// a dup of it in *fresh for the application (libvpipe dup3()s the last one over its number).
+void continue_on(int fd, UniqueFd* fresh) {
+    if (!*fresh) return;
+    tcp::replace_fd(fd, fresh->get());
+    fresh->reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+}
+
+}  // namespace
+
+int socket_op(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, SocketReplacements* repl) {
+    if (op->op == VPIPE_IOC_FILE_TO_SOCKET) return socket_op_once(ctx, in_fd, out_fd, op, repl);
+    // socket -> file / socket -> socket: one chunk (hand-over) after the other until `length`
+    // bytes moved or the source really ended (FIN: short count) or the connection failed
+    // (short count; the next call reports the error) -- the API contract of vpipe.h.
+    const uint64_t total = op->length;
+    const uint64_t chunk = std::max<uint64_t>(ctx.cfg.chunk_bytes, 1);
+    vpipe_ioc_op acc = *op;
+    acc.moved = acc.offloaded = acc.guest_copied = acc.zero_filled = 0;
+    acc.paths = acc.requests = 0;
+    int status = 0;
+    while (acc.moved < total) {
+        vpipe_ioc_op sub = *op;
+        sub.length = total - acc.moved;
+        if (op->op == VPIPE_IOC_SOCKET_TO_FILE) sub.out_offset = op->out_offset + acc.moved;
+        SocketReplacements r1;
+        int r = socket_op_once(ctx, in_fd, out_fd, &sub, &r1);
+        acc.moved += sub.moved;
+        acc.offloaded += sub.offloaded;
+        acc.guest_copied += sub.guest_copied;
+        acc.zero_filled += sub.zero_filled;
+        acc.paths |= sub.paths;
+        acc.requests += sub.requests;
+        if (r1.in) {
+            continue_on(in_fd, &r1.in);
+            repl->in = std::move(r1.in);
+        }
+        if (r1.out) {
+            continue_on(out_fd, &r1.out);
+            repl->out = std::move(r1.out);
+        }
+        if (r < 0) {
+            status = r;
+            break;
+        }
+        if (sub.moved < std::min<uint64_t>(sub.length, chunk)) break;  // EOF / peer gone
+        if (sub.moved == 0) break;
+    }
+    const uint64_t moved = acc.moved;
+    *op = acc;
+    op->length = total;
+    if (status < 0 && moved == 0) return status;
+    if (status < 0) spdlog::warn("socket op: short after {} bytes: {}", moved, std::strerror(-status));
     return 0;
 }
 
