@@ -83,13 +83,18 @@ int ShmGuestChannel::open(const std::string& channel_path, uint32_t desc_pages,
     hello.ring_pages = 1;
     hello.desc_pages = desc_pages;
     const int fds[3] = {ch->memfd_.get(), ch->kick_dom0_.get(), ch->kick_guest_.get()};
-    if (int r = send_msg_fds(ch->control_.get(), &hello, sizeof(hello), fds, 3); r < 0) return r;
+    // dom0 may refuse (e.g. -EBUSY) and close before reading our hello: then the send fails,
+    // but its answer is already waiting in our receive buffer, so read it either way.
+    const int sent = send_msg_fds(ch->control_.get(), &hello, sizeof(hello), fds, 3);
 
     vpipe_shm_welcome welcome{};
-    if (int r = recv_msg_fds(ch->control_.get(), &welcome, sizeof(welcome), nullptr, 0); r < 0)
+    if (int r = recv_msg_fds(ch->control_.get(), &welcome, sizeof(welcome), nullptr, 0); r < 0) {
+        if (sent < 0) return sent;
         return r == -ECONNRESET ? -EPROTO : r;
+    }
     if (welcome.magic != VPIPE_SHM_MAGIC) return -EPROTO;
     if (welcome.status != 0) return welcome.status < 0 ? welcome.status : -EPROTO;
+    if (sent < 0) return sent;
     if (welcome.version != VPIPE_PROTOCOL_VERSION) return -EPROTO;
     ch->max_inflight_ = welcome.max_inflight;
     *out = std::move(ch);
