@@ -118,7 +118,13 @@ int component_op(vpipe_ioc_op* op, int in_fd, int out_fd) {
     if (int mfd = module_fd(); mfd >= 0) {
         op->in_fd = in_fd;
         op->out_fd = out_fd;
-        return ::ioctl(mfd, VPIPE_IOC_OP, op) < 0 ? -errno : 0;
+        op->new_in_fd = op->new_out_fd = -1;
+        int result = ::ioctl(mfd, VPIPE_IOC_OP, op) < 0 ? -errno : 0;
+        // The module installed restored sockets as new descriptors of ours; put them in place.
+        int ri = op->new_in_fd >= 0 ? install(op->new_in_fd, in_fd) : 0;
+        int ro = op->new_out_fd >= 0 ? install(op->new_out_fd, out_fd) : 0;
+        if (result == 0 && (ri < 0 || ro < 0)) result = ri < 0 ? ri : ro;
+        return result;
     }
     const int fds[2] = {in_fd, out_fd};
     op->in_fd = 0;   // over the socket: indexes of the passed descriptors

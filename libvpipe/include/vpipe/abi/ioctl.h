@@ -66,7 +66,10 @@ struct vpipe_ioc_op {
 	uint32_t paths;          /* VPIPE_PATH_* bits */
 	uint32_t requests;       /* ring requests used */
 	/* socket results (socket endpoints): a restored socket replaces the caller's descriptor */
-	int32_t new_in_fd;       /* agent only: index of the SCM_RIGHTS fd that replaces in_fd, or -1 */
+	/* agent: index of the SCM_RIGHTS fd that replaces in_fd, or -1;
+	 * module: a descriptor (O_CLOEXEC) the module installed in the caller's table, or -1.
+	 * Either way libvpipe dup3()s it over in_fd and closes it. */
+	int32_t new_in_fd;
 	int32_t new_out_fd;      /* likewise for out_fd */
 };
 

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vpipe_tcp.h -- TCP endpoints inside the guest kernel: check, freeze, restore.
+ *
+ * The kernel twin of the agent's socket_ops (guest-module/agent/socket_ops.cpp) and of
+ * common/tcp (TCP_REPAIR). Per socket endpoint of an offload:
+ *   check   a connected ESTABLISHED IPv4 TCP socket, else an exact errno; nothing touched.
+ *   freeze  wait (bounded) until the peer acknowledged what the application sent; block the
+ *           4-tuple in the guest (netfilter hook: segments of a blocked flow are dropped, so
+ *           the guest stack never answers them with RST); capture the connection into a
+ *           struct vpipe_tcp_state (abi/ring.h, carry fields 0); take the socket's unread
+ *           receive queue; free the tuple without FIN/RST (repair-mode disconnect). The
+ *           application's descriptor stays open on the dead socket.
+ *   restore build a new socket at dom0's final state (or at our own frozen state when dom0
+ *           never took the connection over), queues included, copy the application's socket
+ *           options, unblock, and install it as a new O_CLOEXEC descriptor of the calling
+ *           process (libvpipe dup3()s it over the original, see abi/ioctl.h).
+ *   release for a process that died with the operation in flight: unblock, drop everything.
+ */
+#ifndef VPIPE_KMOD_TCP_H
+#define VPIPE_KMOD_TCP_H
+
+#include <linux/types.h>
+#include <linux/fs.h>
+#include "vpipe/abi/ring.h"
+
+struct vpipe_frozen_sock {
+	struct file *file;          /* the application's socket file (a reference is held) */
+	struct vpipe_tcp_state st;  /* state at freeze time */
+	void *unread;               /* receive queue the application had not read (kvmalloc) */
+	u32 unread_len;
+	bool blocked;               /* the tuple is in the block table */
+	bool peer_fin;              /* the peer had closed its side before the freeze */
+};
+
+int vpipe_tcp_init(void);       /* registers the netfilter hook */
+void vpipe_tcp_exit(void);
+
+/* 0, or -ENOTSOCK (not a socket), -EOPNOTSUPP (not TCP/IPv4), -ENOTCONN (not established).
+ * *peer_fin: the peer already sent FIN (CLOSE_WAIT is accepted for a destination only). */
+int vpipe_tcp_check(struct file *f, bool *peer_fin);
+
+/* Source sockets: receive up to max bytes the application has not read yet (non-blocking).
+ * They are the first bytes of the stream; the caller delivers them itself (counted). */
+ssize_t vpipe_tcp_take_unread(struct file *f, void *buf, size_t max);
+
+/* Destination sockets: guest-side send of a short prefix (the source's unread bytes). */
+int vpipe_tcp_send_all(struct file *f, const void *buf, size_t len);
+
+/* freeze as described above; on error the socket is left usable as it was. */
+int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz);
+
+/* restore from `final` (dom0's state; NULL = our frozen state) with `carry` holding
+ * final->sndq_len + final->rcvq_len bytes (send queue, then receive queue); the frozen
+ * unread bytes are put back in front of the received ones. result_flags: VPIPE_EPF_*.
+ * VPIPE_EPF_RESET: build a socket that reports ECONNRESET. Always unblocks and releases
+ * fz; *new_fd is the installed descriptor or -1. */
+int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state *final,
+		      const u8 *carry, u32 result_flags, int *new_fd);
+
+/* the process died: unblock and release without installing anything */
+void vpipe_tcp_release(struct vpipe_frozen_sock *fz);
+
+#endif
