@@ -1,0 +1,688 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vpipe_file.c -- files -> extents of the VM's virtual disks, holds, destination blocks.
+ * The kernel twin of guest-module/agent/files/ (same rules, see vpipe_file.h and
+ * docs/append.md).
+ *
+ * Mapping uses bmap() block by block, coalesced into runs. bmap is in-kernel end to end
+ * (FIEMAP would need a user buffer another thread of the caller could rewrite before we read
+ * it back, and a forged destination extent would let dom0 write another file's blocks).
+ * bmap answers 0 for holes and for unwritten extents alike: both read as zeros, which is what a
+ * source needs; a destination must have no such block after preparation. Only the ext4 driver
+ * is accepted: its bmap is exact (XFS answers 0 for reflinked and realtime files, which would
+ * read as zeros).
+ */
+#include <linux/blkdev.h>
+#include <linux/bvec.h>
+#include <linux/falloc.h>
+#include <linux/file.h>
+#include <linux/fileattr.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <linux/moduleparam.h>
+#include <linux/mm.h>
+#include <linux/mutex.h>
+#include <linux/pagemap.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/uio.h>
+
+#include "vpipe.h"
+#include "vpipe_file.h"
+
+char *vpipe_vdev_map;
+module_param_named(vdev_map, vpipe_vdev_map, charp, 0444);
+MODULE_PARM_DESC(vdev_map,
+		 "extra disks that are the VM's virtual disks, \"name=vdev,...\" (e.g. vda=51712; tests)");
+
+/* ---- which disk ------------------------------------------------------------------------- */
+
+static bool vdev_from_map(const char *disk, u32 *vdev)
+{
+	const char *p = vpipe_vdev_map;
+	size_t dl = strlen(disk);
+
+	while (p && *p) {
+		const char *eq = strchr(p, '='), *end = strchrnul(p, ',');
+		unsigned long v;
+		char num[16];
+		size_t nl;
+
+		if (eq && eq < end && (size_t)(eq - p) == dl && !strncmp(p, disk, dl)) {
+			nl = end - eq - 1;
+			if (nl > 0 && nl < sizeof(num)) {
+				memcpy(num, eq + 1, nl);
+				num[nl] = '\0';
+				if (!kstrtoul(num, 10, &v) && v <= U32_MAX) {
+					*vdev = (u32)v;
+					return true;
+				}
+			}
+		}
+		p = *end ? end + 1 : end;
+	}
+	return false;
+}
+
+int vpipe_file_disk(struct file *f, u32 *vdev, u64 *partition_offset)
+{
+	struct super_block *sb = file_inode(f)->i_sb;
+	struct block_device *bdev = sb->s_bdev;
+	struct device *parent;
+	unsigned int v;
+	int n = 0;
+
+	if (!bdev || !(sb->s_type->fs_flags & FS_REQUIRES_DEV) || !bdev->bd_disk)
+		return -ENXIO;
+	/* xen-blkfront's disks hang below their xenbus device "vbd-<vdev>" */
+	parent = disk_to_dev(bdev->bd_disk)->parent;
+	if (parent && sscanf(dev_name(parent), "vbd-%u%n", &v, &n) == 1 &&
+	    dev_name(parent)[n] == '\0') {
+		*vdev = v;
+	} else if (!vdev_from_map(bdev->bd_disk->disk_name, vdev)) {
+		return -ENXIO;
+	}
+	*partition_offset = (u64)bdev->bd_start_sect << SECTOR_SHIFT;
+	return 0;
+}
+
+int vpipe_file_mappable(struct file *f)
+{
+	struct inode *inode = file_inode(f);
+	struct fileattr fa = {};
+	int err;
+
+	if (!S_ISREG(inode->i_mode))
+		return -EINVAL;
+	if (inode->i_sb->s_magic != EXT4_SUPER_MAGIC || IS_DAX(inode))
+		return -EOPNOTSUPP;
+	err = vfs_fileattr_get(f->f_path.dentry, &fa);
+	if (err)
+		return -EOPNOTSUPP;
+	/* inline data lives in the inode (bmap says 0), the others are not plain bytes on disk */
+	if (fa.flags & (FS_INLINE_DATA_FL | FS_ENCRYPT_FL | FS_COMPR_FL | FS_VERITY_FL))
+		return -EOPNOTSUPP;
+	return 0;
+}
+
+int vpipe_file_flush(struct file *f, u64 off, u64 len)
+{
+	if (len == 0)
+		return 0;
+	if (off > LLONG_MAX || len > (u64)LLONG_MAX - off)
+		return -EINVAL;
+	/* writes the range back (delalloc resolved) and commits the extent metadata */
+	return vfs_fsync_range(f, off, off + len - 1, 1);
+}
+
+/* ---- mapping ------------------------------------------------------------------------------ */
+
+void vpipe_fmap_free(struct vpipe_fmap *m)
+{
+	kvfree(m->segs);
+	m->segs = NULL;
+	m->nr = m->cap = 0;
+}
+
+/* room for one more segment */
+static int seg_grow(struct vpipe_fmap *m)
+{
+	struct vpipe_kseg *n;
+	u32 cap;
+
+	if (m->nr < m->cap)
+		return 0;
+	if (m->cap >= (1u << 26))
+		return -ENOMEM;
+	cap = m->cap ? m->cap * 2 : 64;
+	n = kvmalloc_array(cap, sizeof(*n), GFP_KERNEL);
+	if (!n)
+		return -ENOMEM;
+	if (m->nr)
+		memcpy(n, m->segs, m->nr * sizeof(*n));
+	kvfree(m->segs);
+	m->segs = n;
+	m->cap = cap;
+	return 0;
+}
+
+static int seg_push(struct vpipe_fmap *m, u64 disk, u64 len, bool zero)
+{
+	if (len == 0)
+		return 0;
+	if (m->nr) {
+		struct vpipe_kseg *last = &m->segs[m->nr - 1];
+
+		if ((last->zero && zero) ||
+		    (!last->zero && !zero && last->disk_offset + last->length == disk)) {
+			last->length += len;
+			return 0;
+		}
+	}
+	if (seg_grow(m))
+		return -ENOMEM;
+	m->segs[m->nr++] = (struct vpipe_kseg){ zero ? 0 : disk, len, zero };
+	return 0;
+}
+
+/* splits runs longer than VPIPE_MAX_SEG_LEN at 4 KiB-aligned disk offsets, adds the partition
+ * offset */
+static int normalize(struct vpipe_fmap *m, u64 part)
+{
+	struct vpipe_fmap out = { .vdev = m->vdev, .blocks = m->blocks };
+	u32 i;
+	int err = 0;
+
+	for (i = 0; i < m->nr && !err; i++) {
+		struct vpipe_kseg s = m->segs[i];
+
+		while (s.length > VPIPE_MAX_SEG_LEN && !err) {
+			u64 piece = s.zero ? VPIPE_MAX_SEG_LEN :
+				round_down(s.disk_offset + VPIPE_MAX_SEG_LEN, 4096) - s.disk_offset;
+			/* never merged with the previous piece: placed directly */
+			err = seg_grow(&out);
+			if (err)
+				break;
+			out.segs[out.nr++] = (struct vpipe_kseg){
+				s.zero ? 0 : s.disk_offset + part, piece, s.zero };
+			if (!s.zero)
+				s.disk_offset += piece;
+			s.length -= piece;
+		}
+		if (err)
+			break;
+		err = seg_grow(&out);
+		if (!err)
+			out.segs[out.nr++] = (struct vpipe_kseg){
+				s.zero ? 0 : s.disk_offset + part, s.length, s.zero };
+	}
+	if (err) {
+		vpipe_fmap_free(&out);
+		return err;
+	}
+	vpipe_fmap_free(m);
+	*m = out;
+	return 0;
+}
+
+/* bmap of one block: 0 and *phys (0 = hole or unwritten), or -EOPNOTSUPP */
+static int block_phys(struct inode *inode, u64 blk, u64 *phys)
+{
+	sector_t b = blk;
+	int err = bmap(inode, &b);
+
+	if (err)
+		return err == -EINVAL ? -EOPNOTSUPP : err;
+	*phys = b;
+	return 0;
+}
+
+int vpipe_file_map(struct file *f, u64 off, u64 len, struct vpipe_fmap *m)
+{
+	struct inode *inode = file_inode(f);
+	const unsigned int bits = inode->i_blkbits;
+	u64 part, b, first, last, end;
+	int err;
+
+	vpipe_fmap_free(m);
+	m->blocks = 0;
+	err = vpipe_file_disk(f, &m->vdev, &part);
+	if (err)
+		return err;
+	err = vpipe_file_mappable(f);
+	if (err)
+		return err;
+	if (off > U64_MAX - len || off + len > (u64)i_size_read(inode))
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	end = off + len;
+	first = off >> bits;
+	last = (end - 1) >> bits;
+	for (b = first; b <= last; b++) {
+		u64 bstart = b << bits, from = max(off, bstart), to = min(end, bstart + (1ull << bits));
+		u64 phys;
+
+		err = block_phys(inode, b, &phys);
+		if (err)
+			goto fail;
+		m->blocks++;
+		if (phys == 0)
+			err = seg_push(m, 0, to - from, true);
+		else
+			err = seg_push(m, (phys << bits) + (from - bstart), to - from, false);
+		if (err)
+			goto fail;
+		if (((b - first) & 1023) == 1023) {
+			if (fatal_signal_pending(current)) {
+				err = -EINTR;
+				goto fail;
+			}
+			cond_resched();
+		}
+	}
+	err = normalize(m, part);
+	if (err)
+		goto fail;
+	return 0;
+fail:
+	vpipe_fmap_free(m);
+	return err;
+}
+
+/* ---- holds ------------------------------------------------------------------------------- */
+
+struct vpipe_hold {
+	struct list_head node;
+	struct inode *inode;
+	int refs;
+	bool we_set;          /* we set S_IMMUTABLE (the file was not immutable by itself) */
+	struct mutex lift;
+};
+
+static DEFINE_MUTEX(holds_mu);
+static LIST_HEAD(holds);
+static int holds_count;
+
+static struct vpipe_hold *hold_find(struct inode *inode)
+{
+	struct vpipe_hold *h;
+
+	list_for_each_entry(h, &holds, node)
+		if (h->inode == inode)
+			return h;
+	return NULL;
+}
+
+int vpipe_hold_acquire(struct file *f, bool destination, struct vpipe_hold **out)
+{
+	struct inode *inode = file_inode(f);
+	struct vpipe_hold *h;
+
+	mutex_lock(&holds_mu);
+	h = hold_find(inode);
+	if (h) {
+		if (destination && !h->we_set) {
+			mutex_unlock(&holds_mu);
+			return -EPERM;
+		}
+		h->refs++;
+		goto done;
+	}
+	if (destination && (IS_IMMUTABLE(inode) || IS_APPEND(inode))) {
+		mutex_unlock(&holds_mu);
+		return -EPERM;
+	}
+	h = kzalloc(sizeof(*h), GFP_KERNEL);
+	if (!h) {
+		mutex_unlock(&holds_mu);
+		return -ENOMEM;
+	}
+	mutex_init(&h->lift);
+	h->inode = igrab(inode);
+	if (!h->inode) {
+		kfree(h);
+		mutex_unlock(&holds_mu);
+		return -ESTALE;
+	}
+	h->refs = 1;
+	if (!IS_IMMUTABLE(inode)) {
+		/* writers, truncate and fallocate now fail with EPERM, from any descriptor */
+		inode_set_flags(inode, S_IMMUTABLE, S_IMMUTABLE);
+		h->we_set = true;
+	}
+	list_add(&h->node, &holds);
+	holds_count++;
+done:
+	mutex_unlock(&holds_mu);
+	*out = h;
+	return 0;
+}
+
+void vpipe_hold_release(struct vpipe_hold *h)
+{
+	if (!h)
+		return;
+	mutex_lock(&holds_mu);
+	if (--h->refs > 0) {
+		mutex_unlock(&holds_mu);
+		return;
+	}
+	list_del(&h->node);
+	holds_count--;
+	mutex_unlock(&holds_mu);
+	if (h->we_set)
+		inode_set_flags(h->inode, 0, S_IMMUTABLE);
+	iput(h->inode);
+	kfree(h);
+}
+
+int vpipe_holds_active(void)
+{
+	return READ_ONCE(holds_count);
+}
+
+int vpipe_hold_lift(struct file *f, int (*fn)(void *), void *arg)
+{
+	struct inode *inode = file_inode(f);
+	struct vpipe_hold *h;
+	int ret;
+
+	mutex_lock(&holds_mu);
+	h = hold_find(inode);
+	if (h) {
+		if (!h->we_set) {
+			mutex_unlock(&holds_mu);
+			return -EPERM;   /* immutable by itself: not ours to lift */
+		}
+		h->refs++;       /* pinned: a concurrent last release must not clear under us */
+	}
+	mutex_unlock(&holds_mu);
+	if (!h) {
+		if (IS_IMMUTABLE(inode) || IS_APPEND(inode))
+			return -EPERM;
+		return fn(arg);
+	}
+	mutex_lock(&h->lift);
+	inode_set_flags(inode, 0, S_IMMUTABLE);
+	ret = fn(arg);
+	inode_set_flags(inode, S_IMMUTABLE, S_IMMUTABLE);
+	mutex_unlock(&h->lift);
+	vpipe_hold_release(h);
+	return ret;
+}
+
+/* ---- destination blocks --------------------------------------------------------------------- */
+
+struct prep_job {
+	struct file *f;
+	u64 off, end, block;
+	struct vpipe_dprep *p;
+};
+
+/* calls fn for every run [start, end) of blocks in [from, to) (block-aligned byte offsets)
+ * that read as zeros without being written (holes, unwritten) */
+static int for_each_unwritten(struct inode *inode, u64 from, u64 to,
+			      int (*fn)(void *, u64, u64), void *arg, u64 *total)
+{
+	const unsigned int bits = inode->i_blkbits;
+	u64 b, run = U64_MAX;
+	int err;
+
+	if (total)
+		*total = 0;
+	for (b = from >> bits; (b << bits) < to; b++) {
+		u64 phys;
+
+		err = block_phys(inode, b, &phys);
+		if (err)
+			return err;
+		if (phys == 0 && run == U64_MAX)
+			run = b << bits;
+		if (phys != 0 && run != U64_MAX) {
+			if (total)
+				*total += (b << bits) - run;
+			if (fn && (err = fn(arg, run, b << bits)))
+				return err;
+			run = U64_MAX;
+		}
+		if ((b & 1023) == 1023)
+			cond_resched();
+	}
+	if (run != U64_MAX) {
+		if (total)
+			*total += to - run;
+		if (fn)
+			return fn(arg, run, to);
+	}
+	return 0;
+}
+
+/* O_DIRECT zeros from the shared zero page (no page cache, no data through the guest) */
+static int write_zeros_direct(struct file *wf, u64 start, u64 end)
+{
+	enum { NVEC = 256 };
+	struct bio_vec *bv;
+	u64 pos = start;
+	u32 i;
+	int err = 0;
+
+	bv = kmalloc_array(NVEC, sizeof(*bv), GFP_KERNEL);
+	if (!bv)
+		return -ENOMEM;
+	for (i = 0; i < NVEC; i++) {
+		bv[i].bv_page = ZERO_PAGE(0);
+		bv[i].bv_len = PAGE_SIZE;
+		bv[i].bv_offset = 0;
+	}
+	while (pos < end) {
+		u64 n = min_t(u64, end - pos, (u64)NVEC * PAGE_SIZE);
+		u32 nvec = DIV_ROUND_UP(n, PAGE_SIZE);
+		struct iov_iter it;
+		loff_t p = pos;
+		ssize_t w;
+
+		bv[nvec - 1].bv_len = n - (u64)(nvec - 1) * PAGE_SIZE;
+		iov_iter_bvec(&it, ITER_SOURCE, bv, nvec, n);
+		w = vfs_iter_write(wf, &it, &p, 0);
+		bv[nvec - 1].bv_len = PAGE_SIZE;
+		if (w < 0) {
+			err = w;
+			break;
+		}
+		if (w == 0) {
+			err = -EIO;
+			break;
+		}
+		pos += w;
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+	}
+	kfree(bv);
+	return err;
+}
+
+struct zero_ctx {
+	struct file *wf;
+	struct vpipe_dprep *p;
+};
+
+static int zero_run(void *arg, u64 start, u64 end)
+{
+	struct zero_ctx *z = arg;
+	int err = write_zeros_direct(z->wf, start, end);
+
+	if (!err) {
+		z->p->zero_filled += end - start;
+		z->p->paths |= VPIPE_PATH_ZERO_FILL;
+	}
+	return err;
+}
+
+static int give_back(struct file *f, u64 keep, u64 alloc_end, u64 block)
+{
+	u64 from = round_up(keep, block);
+	long err = vfs_truncate(&f->f_path, keep);
+
+	if (err)
+		return err;
+	if (alloc_end > from)
+		vfs_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, from, alloc_end - from);
+	return 0;
+}
+
+static int prepare_lifted(void *arg)
+{
+	struct prep_job *j = arg;
+	struct inode *inode = file_inode(j->f);
+	struct vpipe_dprep *p = j->p;
+	const u64 astart = round_down(j->off, j->block), aend = round_up(j->end, j->block);
+	struct zero_ctx z = { .p = p };
+	struct file *wf = NULL;
+	u64 need = 0, phys;
+	int err;
+
+	/* 1. the block holding an unaligned old EOF: if it holds data, zeros past the old EOF to
+	 *    its end, flushed (growing the file later exposes zeros, never stale bytes) */
+	if (p->old_size % j->block && j->end > p->old_size) {
+		u64 eofb = round_down(p->old_size, j->block);
+
+		err = block_phys(inode, eofb >> inode->i_blkbits, &phys);
+		if (err)
+			return err;
+		if (phys) {
+			struct file *bf = dentry_open(&j->f->f_path, O_WRONLY | O_LARGEFILE,
+						      current_cred());
+			loff_t pos = p->old_size;
+			size_t n = eofb + j->block - p->old_size;
+			void *zeros;
+			ssize_t w;
+
+			if (IS_ERR(bf))
+				return PTR_ERR(bf);
+			zeros = kzalloc(n, GFP_KERNEL);
+			w = zeros ? kernel_write(bf, zeros, n, &pos) : -ENOMEM;
+			kfree(zeros);
+			err = w < 0 ? (int)w : (w != n ? -EIO : 0);
+			if (!err)
+				err = vfs_fsync_range(bf, eofb, eofb + j->block - 1, 1);
+			fput(bf);
+			if (err)
+				goto fail;
+			p->zero_filled += n;
+			p->paths |= VPIPE_PATH_ZERO_FILL;
+		}
+	}
+
+	/* 2. which blocks still read as zeros without being written? */
+	err = for_each_unwritten(inode, astart, aend, NULL, NULL, &need);
+	if (err)
+		goto fail;
+	if (need) {
+		/* 3. one allocation (contiguous blocks), then zeros into every unwritten block */
+		err = vfs_fallocate(j->f, FALLOC_FL_KEEP_SIZE, astart, aend - astart);
+		if (err)
+			goto fail;
+		wf = dentry_open(&j->f->f_path, O_WRONLY | O_DIRECT | O_LARGEFILE, current_cred());
+		if (IS_ERR(wf)) {
+			err = PTR_ERR(wf);
+			wf = NULL;
+			goto fail;
+		}
+		z.wf = wf;
+		err = for_each_unwritten(inode, astart, aend, zero_run, &z, NULL);
+		if (err)
+			goto fail;
+	}
+	/* commit the allocation and the unwritten -> written conversions */
+	err = vfs_fsync_range(j->f, astart, aend - 1, 1);
+	if (err)
+		goto fail;
+	/* the postcondition, checked: never hand out a block the filesystem reads as zeros */
+	err = for_each_unwritten(inode, astart, aend, NULL, NULL, &need);
+	if (!err && need) {
+		pr_err("vpipe: %llu byte(s) still unwritten after preparation\n", need);
+		err = -EIO;
+	}
+	if (err)
+		goto fail;
+	if (wf)
+		fput(wf);
+	return 0;
+fail:
+	if (wf)
+		fput(wf);
+	give_back(j->f, p->old_size, aend, j->block);
+	return err;
+}
+
+int vpipe_dest_prepare(struct file *f, u64 off, u64 len, struct vpipe_dprep *p)
+{
+	struct inode *inode = file_inode(f);
+	struct prep_job j;
+	struct fileattr fa = {};
+	u64 block, lo;
+	int err;
+
+	memset(p, 0, sizeof(*p));
+	if (!S_ISREG(inode->i_mode))
+		return -EINVAL;
+	if (!(f->f_mode & FMODE_WRITE))
+		return -EBADF;
+	if (off > LLONG_MAX || len > (u64)LLONG_MAX - off)
+		return -EINVAL;
+	err = vpipe_file_mappable(f);
+	if (err)
+		return err;
+	if (vfs_fileattr_get(f->f_path.dentry, &fa))
+		return -EOPNOTSUPP;
+	if (fa.flags & FS_APPEND_FL)
+		return -EPERM;
+	if (fa.flags & FS_JOURNAL_DATA_FL)
+		return -EOPNOTSUPP;   /* data would also live in the journal */
+	p->old_size = i_size_read(inode);
+	if (len == 0)
+		return 0;
+	block = i_blocksize(inode);
+	/* dirty pages of these blocks reach the disk first: written back later they would
+	 * overwrite dom0's data (and delalloc would hide the blocks) */
+	lo = min(round_down(off, block), round_down(p->old_size, block));
+	err = vpipe_file_flush(f, lo, round_up(off + len, block) - lo);
+	if (err)
+		return err;
+	j = (struct prep_job){ f, off, off + len, block, p };
+	err = vpipe_hold_lift(f, prepare_lifted, &j);
+	atomic64_add(p->zero_filled, &vpipe_stats.bytes_zero_filled);
+	return err;
+}
+
+struct finish_job {
+	struct file *f;
+	u64 new_size, alloc_end, block;
+	bool short_write;
+};
+
+static int finish_lifted(void *arg)
+{
+	struct finish_job *j = arg;
+
+	if (j->short_write)
+		return give_back(j->f, j->new_size, j->alloc_end, j->block);
+	return vfs_truncate(&j->f->f_path, j->new_size);
+}
+
+int vpipe_dest_finish(struct file *f, u64 off, u64 len, u64 written, const struct vpipe_dprep *p)
+{
+	struct inode *inode = file_inode(f);
+	struct finish_job j;
+	int dropped, err;
+
+	if (len == 0)
+		return 0;
+	if (written > len)
+		written = len;
+	j.f = f;
+	j.block = i_blocksize(inode);
+	j.new_size = max(p->old_size, off + written);
+	j.alloc_end = round_up(off + len, j.block);
+	j.short_write = written < len;
+	/* first the cache, then the size: truncating inside a block reads that block through
+	 * the page cache and must see dom0's data, not a stale page */
+	dropped = invalidate_inode_pages2_range(f->f_mapping, off >> PAGE_SHIFT,
+						(off + len - 1) >> PAGE_SHIFT);
+	if (dropped && dropped != -EBUSY)
+		return dropped;
+	if ((u64)i_size_read(inode) != j.new_size || j.short_write) {
+		err = vpipe_hold_lift(f, finish_lifted, &j);
+		if (err)
+			return err;
+	}
+	err = vfs_fsync(f, 1);
+	if (err)
+		return err;
+	if (dropped)
+		pr_warn_ratelimited("vpipe: cached pages of a destination stay resident (mapped?)\n");
+	return dropped;
+}

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vpipe_file.h -- files on the VM's virtual disks, in the kernel (the agent's agent/files/).
+ *
+ *   disk      which virtual disk (vdev) a file lives on and where its partition starts
+ *   flush     the disk holds what the page cache holds for a range (delalloc resolved)
+ *   map       a byte range -> segments on the whole virtual disk (bmap per block, coalesced:
+ *             holes and unwritten blocks are zero segments, partition offset included)
+ *   hold      the inode is kept still for the operation (S_IMMUTABLE, refcounted per inode)
+ *   dest      destination blocks made written before dom0 writes them; afterwards the page
+ *             cache of the range is invalidated and the size set (docs/append.md)
+ */
+#ifndef VPIPE_KMOD_FILE_H
+#define VPIPE_KMOD_FILE_H
+
+#include <linux/fs.h>
+#include <linux/types.h>
+
+struct vpipe_kseg {
+	u64 disk_offset;       /* on the whole virtual disk; 0 for zero segments */
+	u64 length;
+	bool zero;
+};
+
+struct vpipe_fmap {
+	u32 vdev;
+	u32 nr, cap;
+	struct vpipe_kseg *segs;   /* kvmalloc'd, stream order */
+	u32 blocks;                /* blocks looked up (stats: extents_mapped counts segments) */
+};
+
+void vpipe_fmap_free(struct vpipe_fmap *m);
+
+/* segments longer than this are split at 4 KiB-aligned disk offsets (u32 on the ring) */
+#define VPIPE_MAX_SEG_LEN (1ull << 30)
+
+/* module parameter vdev_map ("vda=51712,..."): disks that count as the VM's besides
+ * xen-blkfront's (tests on plain QEMU) */
+extern char *vpipe_vdev_map;
+
+/* 0 and the disk, or -ENXIO (not on one of the VM's virtual disks). */
+int vpipe_file_disk(struct file *f, u32 *vdev, u64 *partition_offset);
+
+/* regular file on a filesystem whose blocks we can name (ext2/3/4 driver), with no inline,
+ * encrypted, compressed or verity data: 0, -EINVAL (not regular), -EOPNOTSUPP */
+int vpipe_file_mappable(struct file *f);
+
+int vpipe_file_flush(struct file *f, u64 off, u64 len);
+
+/* Maps exactly [off, off+len) (inside i_size). 0 or -errno (-ENXIO, -EOPNOTSUPP, -EINVAL). */
+int vpipe_file_map(struct file *f, u64 off, u64 len, struct vpipe_fmap *m);
+
+struct vpipe_hold;
+int vpipe_hold_acquire(struct file *f, bool destination, struct vpipe_hold **out);
+void vpipe_hold_release(struct vpipe_hold *h);
+/* runs fn(arg) with our hold of the inode lifted (serialized per inode) */
+int vpipe_hold_lift(struct file *f, int (*fn)(void *), void *arg);
+int vpipe_holds_active(void);
+
+struct vpipe_dprep {
+	u64 old_size;
+	u64 zero_filled;
+	u64 write_zeroes;
+	u32 paths;
+};
+int vpipe_dest_prepare(struct file *f, u64 off, u64 len, struct vpipe_dprep *p);
+int vpipe_dest_finish(struct file *f, u64 off, u64 len, u64 written, const struct vpipe_dprep *p);
+
+#endif
