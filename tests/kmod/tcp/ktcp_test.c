@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Test-only module: exposes guest-module/kmod/vpipe_tcp.c through /dev/vpipe_ktcp_test so
+ * that tests/kmod/tcp/ktcp_test (userspace) can drive check/freeze/restore/release on real
+ * sockets in a QEMU guest. Never part of vpipe.ko.
+ */
+#include <linux/module.h>
+#include <linux/miscdevice.h>
+#include <linux/fs.h>
+#include <linux/file.h>
+#include <linux/slab.h>
+#include <linux/mm.h>
+#include <linux/mutex.h>
+#include <linux/uaccess.h>
+#include <linux/ktime.h>
+
+#include "vpipe_tcp.h"
+#include "ktcp_test_ioctl.h"
+
+static DEFINE_MUTEX(kt_lock);
+static struct vpipe_frozen_sock kt_slot[KT_SLOTS];
+
+static long kt_restore(struct kt_restore *a)
+{
+	struct vpipe_frozen_sock *fz = &kt_slot[a->slot];
+	u8 *carry = NULL;
+	u32 move = a->move_unread_to_carry, total;
+	u64 t0;
+
+	if (!fz->file)
+		return -ENOENT;
+	if (a->carry_len > (64u << 20) || move > fz->unread_len)
+		return -EINVAL;
+	total = a->carry_len + move;
+	if (total) {
+		carry = kvmalloc(total, GFP_KERNEL);
+		if (!carry)
+			return -ENOMEM;
+		if (a->carry_len && copy_from_user(carry, u64_to_user_ptr(a->carry), a->carry_len)) {
+			kvfree(carry);
+			return -EFAULT;
+		}
+		if (move) {
+			memcpy(carry + a->carry_len, (u8 *)fz->unread + fz->unread_len - move, move);
+			fz->unread_len -= move;
+			a->final.rcvq_len = move;
+		}
+	}
+	t0 = ktime_get_ns();
+	a->result = vpipe_tcp_restore(fz, a->use_final ? &a->final : NULL, carry, a->flags,
+				      &a->new_fd);
+	a->ns = ktime_get_ns() - t0;
+	kvfree(carry);
+	return 0;
+}
+
+static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	void __user *up = (void __user *)arg;
+	long r = 0;
+
+	mutex_lock(&kt_lock);
+	switch (cmd) {
+	case KT_IOC_CHECK: {
+		struct kt_check a;
+		struct file *f;
+		bool fin = false;
+
+		if (copy_from_user(&a, up, sizeof(a))) {
+			r = -EFAULT;
+			break;
+		}
+		f = fget(a.fd);
+		if (!f) {
+			r = -EBADF;
+			break;
+		}
+		a.result = vpipe_tcp_check(f, &fin);
+		a.peer_fin = fin;
+		fput(f);
+		if (copy_to_user(up, &a, sizeof(a)))
+			r = -EFAULT;
+		break;
+	}
+	case KT_IOC_FREEZE: {
+		struct kt_freeze a;
+		struct file *f;
+		u64 t0;
+
+		if (copy_from_user(&a, up, sizeof(a))) {
+			r = -EFAULT;
+			break;
+		}
+		if (a.slot >= KT_SLOTS || kt_slot[a.slot].file) {
+			r = -EBUSY;
+			break;
+		}
+		f = fget(a.fd);
+		if (!f) {
+			r = -EBADF;
+			break;
+		}
+		t0 = ktime_get_ns();
+		a.result = vpipe_tcp_freeze(f, &kt_slot[a.slot]);
+		a.ns = ktime_get_ns() - t0;
+		fput(f);
+		a.st = kt_slot[a.slot].st;
+		a.unread_len = kt_slot[a.slot].unread_len;
+		a.peer_fin = kt_slot[a.slot].peer_fin;
+		if (copy_to_user(up, &a, sizeof(a)))
+			r = -EFAULT;
+		break;
+	}
+	case KT_IOC_RESTORE: {
+		struct kt_restore *a = kmalloc(sizeof(*a), GFP_KERNEL);
+
+		if (!a) {
+			r = -ENOMEM;
+			break;
+		}
+		if (copy_from_user(a, up, sizeof(*a))) {
+			r = -EFAULT;
+		} else if (a->slot >= KT_SLOTS) {
+			r = -EINVAL;
+		} else {
+			r = kt_restore(a);
+			if (!r && copy_to_user(up, a, sizeof(*a)))
+				r = -EFAULT;
+		}
+		kfree(a);
+		break;
+	}
+	case KT_IOC_RELEASE: {
+		u32 slot;
+
+		if (get_user(slot, (u32 __user *)up)) {
+			r = -EFAULT;
+			break;
+		}
+		if (slot >= KT_SLOTS) {
+			r = -EINVAL;
+			break;
+		}
+		vpipe_tcp_release(&kt_slot[slot]);
+		break;
+	}
+	case KT_IOC_DROP_UNREAD: {
+		struct kt_io a;
+
+		if (copy_from_user(&a, up, sizeof(a))) {
+			r = -EFAULT;
+			break;
+		}
+		if (a.fd < 0 || a.fd >= KT_SLOTS || !kt_slot[a.fd].file) {
+			r = -EINVAL;
+			break;
+		}
+		vpipe_tcp_drop_unread(&kt_slot[a.fd], a.len);
+		break;
+	}
+	case KT_IOC_TAKE_UNREAD:
+	case KT_IOC_SEND_ALL: {
+		struct kt_io a;
+		struct file *f;
+		void *buf;
+
+		if (copy_from_user(&a, up, sizeof(a))) {
+			r = -EFAULT;
+			break;
+		}
+		if (a.len > (16u << 20)) {
+			r = -EINVAL;
+			break;
+		}
+		buf = kvmalloc(a.len ? a.len : 1, GFP_KERNEL);
+		if (!buf) {
+			r = -ENOMEM;
+			break;
+		}
+		f = fget(a.fd);
+		if (!f) {
+			kvfree(buf);
+			r = -EBADF;
+			break;
+		}
+		if (cmd == KT_IOC_TAKE_UNREAD) {
+			a.result = vpipe_tcp_take_unread(f, buf, a.len);
+			if (a.result > 0 && copy_to_user(u64_to_user_ptr(a.buf), buf, a.result))
+				r = -EFAULT;
+		} else if (copy_from_user(buf, u64_to_user_ptr(a.buf), a.len)) {
+			r = -EFAULT;
+		} else {
+			a.result = vpipe_tcp_send_all(f, buf, a.len);
+		}
+		fput(f);
+		kvfree(buf);
+		if (!r && copy_to_user(up, &a, sizeof(a)))
+			r = -EFAULT;
+		break;
+	}
+	case KT_IOC_STATS: {
+		struct kt_stats s = { .dropped = vpipe_tcp_dropped(), .blocked = vpipe_tcp_blocked() };
+
+		if (copy_to_user(up, &s, sizeof(s)))
+			r = -EFAULT;
+		break;
+	}
+	default:
+		r = -ENOTTY;
+	}
+	mutex_unlock(&kt_lock);
+	return r;
+}
+
+static const struct file_operations kt_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = kt_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+static struct miscdevice kt_dev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "vpipe_ktcp_test",
+	.fops = &kt_fops,
+};
+
+static int __init kt_init(void)
+{
+	int r = vpipe_tcp_init();
+
+	if (r)
+		return r;
+	r = misc_register(&kt_dev);
+	if (r)
+		vpipe_tcp_exit();
+	return r;
+}
+
+static void __exit kt_exit(void)
+{
+	int i;
+
+	misc_deregister(&kt_dev);
+	for (i = 0; i < KT_SLOTS; i++)
+		vpipe_tcp_release(&kt_slot[i]);
+	vpipe_tcp_exit();
+}
+
+module_init(kt_init);
+module_exit(kt_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("vPipe: test hook for vpipe_tcp.c (tests only)");

@@ -1,0 +1,732 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ktcp_test: runs inside the QEMU guest (tests/kmod/tcp/run.sh) against the test module
+ * vpipe_ktcp_test, which wraps guest-module/kmod/vpipe_tcp.c. Both ends of every connection
+ * live in the guest (10.77.0.1 <-> 10.77.0.2 on lo; 127/8 only for the loopback check).
+ * "c" is the application's socket that gets frozen/restored, "s" its peer.
+ * Prints "KTCP RESULT: PASS" or "KTCP RESULT: FAIL"; exit status 0 on pass.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ktcp_test_ioctl.h"
+
+static int kt = -1;
+static int failures;
+static unsigned short next_port = 20000;
+static uint64_t fr_ns[64], rs_ns[64];
+static int n_fr, n_rs;
+
+#define CHECK(cond, ...)                                                                  \
+	do {                                                                              \
+		if (!(cond)) {                                                            \
+			printf("FAIL %s:%d: %s: ", __func__, __LINE__, #cond);            \
+			printf(__VA_ARGS__);                                              \
+			printf("\n");                                                     \
+			fflush(stdout);                                                   \
+			failures++;                                                       \
+			return -1;                                                        \
+		}                                                                         \
+	} while (0)
+
+static uint8_t pat(uint64_t off, uint32_t seed) { return (uint8_t)((off * 2654435761u + seed) >> 7); }
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int tcp_state(int fd)
+{
+	struct tcp_info ti;
+	socklen_t l = sizeof(ti);
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0)
+		return -errno;
+	return ti.tcpi_state;
+}
+
+/* Tcp: OutRsts of /proc/net/snmp (RSTs this stack sent) */
+static long out_rsts(void)
+{
+	FILE *f = fopen("/proc/net/snmp", "r");
+	char hdr[1024], val[1024];
+	long r = -1;
+	if (!f)
+		return -1;
+	while (fgets(hdr, sizeof(hdr), f)) {
+		if (strncmp(hdr, "Tcp:", 4) || !fgets(val, sizeof(val), f))
+			continue;
+		char *hs, *vs, *h = strtok_r(hdr, " \n", &hs), *v = strtok_r(val, " \n", &vs);
+		while (h && v) {
+			if (!strcmp(h, "OutRsts"))
+				r = atol(v);
+			h = strtok_r(NULL, " \n", &hs);
+			v = strtok_r(NULL, " \n", &vs);
+		}
+		break;
+	}
+	fclose(f);
+	return r;
+}
+
+static struct kt_stats stats(void)
+{
+	struct kt_stats s = {0};
+	ioctl(kt, KT_IOC_STATS, &s);
+	return s;
+}
+
+/* a connected pair c (10.77.0.2:eph) -> s (10.77.0.1:port); family 4 or 6; loop: 127.0.0.1 */
+static int make_pair_ex(int *c, int *s, int family, int loop, int srv_rcvbuf)
+{
+	unsigned short port = next_port++;
+	int one = 1;
+	int l = socket(family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+	*c = *s = -1;
+	if (l < 0)
+		return -1;
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (srv_rcvbuf)
+		setsockopt(l, SOL_SOCKET, SO_RCVBUF, &srv_rcvbuf, sizeof(srv_rcvbuf));
+	if (family == 6) {
+		struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+		a.sin6_addr = in6addr_loopback;
+		if (bind(l, (void *)&a, sizeof(a)) || listen(l, 4))
+			goto fail;
+		*c = socket(AF_INET6, SOCK_STREAM, 0);
+		if (connect(*c, (void *)&a, sizeof(a)))
+			goto fail;
+	} else {
+		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+		struct sockaddr_in b = {.sin_family = AF_INET};
+		inet_pton(AF_INET, loop ? "127.0.0.1" : "10.77.0.1", &a.sin_addr);
+		inet_pton(AF_INET, loop ? "127.0.0.1" : "10.77.0.2", &b.sin_addr);
+		if (bind(l, (void *)&a, sizeof(a)) || listen(l, 4))
+			goto fail;
+		*c = socket(AF_INET, SOCK_STREAM, 0);
+		if (bind(*c, (void *)&b, sizeof(b)) || connect(*c, (void *)&a, sizeof(a)))
+			goto fail;
+	}
+	*s = accept(l, NULL, NULL);
+	if (*s < 0)
+		goto fail;
+	close(l);
+	return 0;
+fail:
+	printf("make_pair: %s\n", strerror(errno));
+	close(l);
+	if (*c >= 0)
+		close(*c);
+	return -1;
+}
+
+static int make_pair(int *c, int *s) { return make_pair_ex(c, s, 4, 0, 0); }
+
+static int kcheck(int fd, int *fin)
+{
+	struct kt_check a = {.fd = fd};
+	if (ioctl(kt, KT_IOC_CHECK, &a) < 0)
+		return -1000 - errno;
+	if (fin)
+		*fin = a.peer_fin;
+	return a.result;
+}
+
+static int kfreeze(int fd, unsigned slot, struct kt_freeze *out)
+{
+	struct kt_freeze a = {.fd = fd, .slot = slot};
+	if (ioctl(kt, KT_IOC_FREEZE, &a) < 0)
+		return -1000 - errno;
+	if (a.result == 0 && n_fr < 64)
+		fr_ns[n_fr++] = a.ns;
+	if (out)
+		*out = a;
+	return a.result;
+}
+
+/* restore slot; on success dup2 the new socket over app_fd (what libvpipe does) */
+static int krestore_ex(unsigned slot, int app_fd, uint32_t flags, const struct vpipe_tcp_state *final,
+		       const void *carry, uint32_t carry_len, uint32_t move)
+{
+	struct kt_restore a;
+	memset(&a, 0, sizeof(a));
+	a.slot = slot;
+	a.flags = flags;
+	if (final) {
+		a.use_final = 1;
+		a.final = *final;
+	}
+	a.carry = (uintptr_t)carry;
+	a.carry_len = carry_len;
+	a.move_unread_to_carry = move;
+	if (ioctl(kt, KT_IOC_RESTORE, &a) < 0)
+		return -1000 - errno;
+	if (a.result)
+		return a.result;
+	if (n_rs < 64)
+		rs_ns[n_rs++] = a.ns;
+	int fl = fcntl(a.new_fd, F_GETFD);
+	if (!(fl & FD_CLOEXEC)) {
+		printf("new fd without FD_CLOEXEC\n");
+		return -2000;
+	}
+	if (dup2(a.new_fd, app_fd) < 0)
+		return -errno;
+	close(a.new_fd);
+	return 0;
+}
+
+static int krestore(unsigned slot, int app_fd) { return krestore_ex(slot, app_fd, 0, NULL, NULL, 0, 0); }
+
+static int recv_exact(int fd, uint8_t *buf, size_t n, int timeout_ms)
+{
+	size_t got = 0;
+	while (got < n) {
+		struct pollfd p = {fd, POLLIN, 0};
+		int pr = poll(&p, 1, timeout_ms);
+		if (pr <= 0)
+			return pr == 0 ? -ETIMEDOUT : -errno;
+		ssize_t r = recv(fd, buf + got, n - got, MSG_DONTWAIT);
+		if (r == 0)
+			return -EPIPE;
+		if (r < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return -errno;
+		}
+		got += r;
+	}
+	return 0;
+}
+
+static int send_exact(int fd, const uint8_t *buf, size_t n)
+{
+	size_t off = 0;
+	while (off < n) {
+		ssize_t w = send(fd, buf + off, n - off, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		off += w;
+	}
+	return 0;
+}
+
+/* n pattern bytes from -> to (writer in a child), verified byte-exact; 0 or -1 */
+static int transfer(int from, int to, size_t n, uint32_t seed)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		uint8_t buf[65536];
+		size_t off = 0;
+		while (off < n) {
+			size_t k = n - off < sizeof(buf) ? n - off : sizeof(buf);
+			for (size_t i = 0; i < k; i++)
+				buf[i] = pat(off + i, seed);
+			if (send_exact(from, buf, k))
+				_exit(1);
+			off += k;
+		}
+		_exit(0);
+	}
+	uint8_t buf[65536];
+	size_t off = 0;
+	int bad = 0;
+	while (off < n) {
+		size_t k = n - off < sizeof(buf) ? n - off : sizeof(buf);
+		if (recv_exact(to, buf, k, 10000)) {
+			bad = 1;
+			break;
+		}
+		for (size_t i = 0; i < k; i++)
+			if (buf[i] != pat(off + i, seed)) {
+				printf("mismatch at %zu\n", off + i);
+				bad = 1;
+				break;
+			}
+		if (bad)
+			break;
+		off += k;
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	if (bad || !WIFEXITED(st) || WEXITSTATUS(st)) {
+		printf("transfer of %zu bytes failed at %zu\n", n, off);
+		return -1;
+	}
+	return 0;
+}
+
+static int fill(uint8_t *b, size_t n, uint64_t base, uint32_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		b[i] = pat(base + i, seed);
+	return 0;
+}
+
+static int verify(const uint8_t *b, size_t n, uint64_t base, uint32_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		if (b[i] != pat(base + i, seed))
+			return -1;
+	return 0;
+}
+
+static int wait_inq(int fd, int want)
+{
+	for (int i = 0; i < 2000; i++) {
+		int q = 0;
+		ioctl(fd, SIOCINQ, &q);
+		if (q >= want)
+			return q;
+		usleep(1000);
+	}
+	return -1;
+}
+
+/* the peer saw neither FIN nor RST: ESTABLISHED and nothing to read */
+static int peer_quiet(int s)
+{
+	char ch;
+	if (tcp_state(s) != TCP_ESTABLISHED)
+		return 0;
+	ssize_t r = recv(s, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+	return r < 0 && errno == EAGAIN;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static int t_checks(void)
+{
+	int c, s, fin = -1, r;
+	int u = socket(AF_INET, SOCK_DGRAM, 0);
+	CHECK((r = kcheck(u, NULL)) == -EINVAL, "udp %d", r);
+	CHECK((r = kfreeze(u, 0, NULL)) == -EINVAL, "freeze udp %d", r);
+	close(u);
+	int un[2];
+	socketpair(AF_UNIX, SOCK_STREAM, 0, un);
+	CHECK((r = kcheck(un[0], NULL)) == -EINVAL, "unix %d", r);
+	CHECK((r = kfreeze(un[0], 0, NULL)) == -EINVAL, "freeze unix %d", r);
+	close(un[0]);
+	close(un[1]);
+	int pf = open("/proc/self/stat", O_RDONLY);
+	CHECK((r = kcheck(pf, NULL)) == -EINVAL, "file %d", r);
+	close(pf);
+	int t = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK((r = kcheck(t, NULL)) == -ENOTCONN, "unconnected %d", r);
+	CHECK((r = kfreeze(t, 0, NULL)) == -ENOTCONN, "freeze unconnected %d", r);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(next_port++)};
+	inet_pton(AF_INET, "10.77.0.1", &a.sin_addr);
+	CHECK(bind(t, (void *)&a, sizeof(a)) == 0 && listen(t, 1) == 0, "listen");
+	CHECK((r = kcheck(t, NULL)) == -ENOTCONN, "listener %d", r);
+	CHECK((r = kfreeze(t, 0, NULL)) == -ENOTCONN, "freeze listener %d", r);
+	close(t);
+
+	CHECK(make_pair_ex(&c, &s, 4, 1, 0) == 0, "loop pair");
+	CHECK((r = kcheck(c, NULL)) == -EOPNOTSUPP, "127.0.0.1 %d", r);
+	close(c);
+	close(s);
+	if (make_pair_ex(&c, &s, 6, 0, 0) == 0) {
+		CHECK((r = kcheck(c, NULL)) == -EOPNOTSUPP, "ipv6 %d", r);
+		CHECK((r = kfreeze(c, 0, NULL)) == -EOPNOTSUPP, "freeze ipv6 %d", r);
+		close(c);
+		close(s);
+	} else {
+		printf("note: no IPv6 in the guest, IPv6 check skipped\n");
+	}
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	CHECK((r = kcheck(c, &fin)) == 0 && fin == 0, "established %d fin %d", r, fin);
+	shutdown(s, SHUT_WR);
+	for (int i = 0; i < 1000 && tcp_state(c) != TCP_CLOSE_WAIT; i++)
+		usleep(1000);
+	CHECK((r = kcheck(c, &fin)) == 0 && fin == 1, "close_wait %d fin %d", r, fin);
+	close(c);
+	close(s);
+	CHECK(stats().blocked == 0, "blocked left");
+	printf("ok checks: UDP/unix/file -EINVAL, unconnected/listener -ENOTCONN, loopback/IPv6 -EOPNOTSUPP, CLOSE_WAIT peer_fin\n");
+	return 0;
+}
+
+/* freeze -> restore(NULL): options copied, both directions byte-exact, no RST/FIN */
+static int t_roundtrip(void)
+{
+	int c, s, r, one = 1;
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	int idle = 77, intvl = 11, cnt = 5, sndbuf = 300000, ut = 12345, tos = 0x10;
+	struct timeval tv = {3, 500000};
+	struct linger lg = {1, 7};
+	setsockopt(c, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(c, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(c, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(c, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	setsockopt(c, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	setsockopt(c, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
+	setsockopt(c, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
+	setsockopt(c, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	int got_sndbuf = 0;
+	socklen_t l = sizeof(int);
+	getsockopt(c, SOL_SOCKET, SO_SNDBUF, &got_sndbuf, &l);
+
+	CHECK(transfer(c, s, 1 << 20, 1) == 0, "before c->s");
+	CHECK(transfer(s, c, 1 << 20, 2) == 0, "before s->c");
+	struct sockaddr_in cl, cp;
+	socklen_t al = sizeof(cl);
+	getsockname(c, (void *)&cl, &al);
+	al = sizeof(cp);
+	getpeername(c, (void *)&cp, &al);
+
+	long rst0 = out_rsts();
+	struct kt_freeze fz;
+	CHECK((r = kfreeze(c, 0, &fz)) == 0, "freeze %d", r);
+	CHECK(fz.st.family == VPIPE_AF_INET && fz.st.local_port == cl.sin_port &&
+		      fz.st.remote_port == cp.sin_port && !memcmp(fz.st.local_addr, &cl.sin_addr, 4) &&
+		      !memcmp(fz.st.remote_addr, &cp.sin_addr, 4),
+	      "tuple in state");
+	CHECK(fz.st.sndq_len == 0 && fz.st.rcvq_len == 0 && fz.unread_len == 0, "queues");
+	CHECK(fz.st.mss >= 64 && (fz.st.options & VPIPE_TCPOPT_TIMESTAMP), "mss %u opts %u", fz.st.mss,
+	      fz.st.options);
+	CHECK(stats().blocked == 1, "blocked %u", stats().blocked);
+	/* the application's descriptor is on a dead, unconnected socket now */
+	al = sizeof(cp);
+	CHECK(getpeername(c, (void *)&cp, &al) < 0 && errno == ENOTCONN, "old socket still connected");
+	usleep(50000);
+	CHECK(peer_quiet(s), "peer saw FIN/RST during freeze (state %d)", tcp_state(s));
+	CHECK(out_rsts() == rst0, "RST sent");
+
+	CHECK((r = krestore(0, c)) == 0, "restore %d", r);
+	CHECK(stats().blocked == 0, "still blocked");
+	CHECK(tcp_state(c) == TCP_ESTABLISHED, "state %d", tcp_state(c));
+
+	/* options */
+	int v = 0;
+	struct timeval tv2;
+	struct linger lg2;
+	l = sizeof(v);
+	getsockopt(c, SOL_SOCKET, SO_KEEPALIVE, &v, &l);
+	CHECK(v == 1, "keepalive");
+	getsockopt(c, IPPROTO_TCP, TCP_KEEPIDLE, &v, &l);
+	CHECK(v == 77, "keepidle %d", v);
+	getsockopt(c, IPPROTO_TCP, TCP_KEEPINTVL, &v, &l);
+	CHECK(v == 11, "keepintvl %d", v);
+	getsockopt(c, IPPROTO_TCP, TCP_KEEPCNT, &v, &l);
+	CHECK(v == 5, "keepcnt %d", v);
+	getsockopt(c, IPPROTO_TCP, TCP_NODELAY, &v, &l);
+	CHECK(v == 1, "nodelay");
+	getsockopt(c, SOL_SOCKET, SO_SNDBUF, &v, &l);
+	CHECK(v == got_sndbuf, "sndbuf %d != %d", v, got_sndbuf);
+	getsockopt(c, IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &l);
+	CHECK(v == 12345, "user timeout %d", v);
+	getsockopt(c, IPPROTO_IP, IP_TOS, &v, &l);
+	CHECK(v == 0x10, "tos %d", v);
+	getsockopt(c, SOL_SOCKET, SO_REUSEADDR, &v, &l);
+	CHECK(v == 1, "reuseaddr %d", v);
+	l = sizeof(tv2);
+	getsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv2, &l);
+	CHECK(tv2.tv_sec == 3 && tv2.tv_usec / 1000 == 500, "rcvtimeo %ld.%06ld", (long)tv2.tv_sec,
+	      (long)tv2.tv_usec);
+	l = sizeof(lg2);
+	getsockopt(c, SOL_SOCKET, SO_LINGER, &lg2, &l);
+	CHECK(lg2.l_onoff == 1 && lg2.l_linger == 7, "linger");
+
+	double t0 = now_ms();
+	CHECK(transfer(c, s, 4 << 20, 3) == 0, "after c->s");
+	CHECK(transfer(s, c, 4 << 20, 4) == 0, "after s->c");
+	double t1 = now_ms();
+	CHECK(out_rsts() == rst0, "RST sent");
+	/* a second round trip on the restored socket */
+	CHECK((r = kfreeze(c, 1, NULL)) == 0, "freeze 2 %d", r);
+	CHECK((r = krestore(1, c)) == 0, "restore 2 %d", r);
+	CHECK(transfer(c, s, 65536, 5) == 0 && transfer(s, c, 65536, 6) == 0, "after 2nd");
+	CHECK(out_rsts() == rst0, "RST sent");
+	close(c);
+	close(s);
+	printf("ok roundtrip: 1 MiB each way before, freeze/restore, options copied, 4 MiB each way after (%.0f ms), 2nd round trip, OutRsts unchanged\n",
+	       t1 - t0);
+	return 0;
+}
+
+/* unread receive queue preserved (small and large) */
+static int t_unread(void)
+{
+	int c, s, r;
+	static uint8_t big[1 << 20];
+	for (int round = 0; round < 2; round++) {
+		size_t n = round ? 200000 : 3000;
+		CHECK(make_pair(&c, &s) == 0, "pair");
+		if (round) { /* room for all of it (the restored socket keeps the locked size) */
+			int rb = 1 << 20;
+			setsockopt(c, SOL_SOCKET, SO_RCVBUF, &rb, sizeof(rb));
+		}
+		fill(big, n, 0, 7 + round);
+		CHECK(send_exact(s, big, n) == 0, "send");
+		CHECK(wait_inq(c, n) == (int)n, "inq");
+		struct kt_freeze fz;
+		CHECK((r = kfreeze(c, 0, &fz)) == 0, "freeze %d", r);
+		CHECK(fz.unread_len == n, "unread %u != %zu", fz.unread_len, n);
+		CHECK((r = krestore(0, c)) == 0, "restore %d", r);
+		memset(big, 0, n);
+		CHECK(recv_exact(c, big, n, 5000) == 0 && verify(big, n, 0, 7 + round) == 0, "unread bytes");
+		CHECK(transfer(c, s, 100000, 8) == 0 && transfer(s, c, 100000, 9) == 0, "after");
+		close(c);
+		close(s);
+	}
+	printf("ok unread: 3000 and 200000 unread bytes survive freeze/restore byte-exact\n");
+	return 0;
+}
+
+/* restore at a state advanced by dom0: N carry bytes in the send queue (dom0 sent them), dom0's
+ * received bytes in front of ours, PEER_FIN */
+static int t_carry(void)
+{
+	int c, s, r;
+	const uint32_t N = 20000;
+	static uint8_t carry[65536], buf[65536];
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	CHECK(transfer(c, s, 10000, 10) == 0, "warm");
+	struct kt_freeze fz;
+	CHECK((r = kfreeze(c, 0, &fz)) == 0, "freeze %d", r);
+	struct vpipe_tcp_state fin = fz.st;
+	fin.snd_seq += N;
+	fin.sndq_len = N;
+	fill(carry, N, 10000, 10); /* continues the stream c->s */
+	double t0 = now_ms();
+	CHECK((r = krestore_ex(0, c, VPIPE_EPF_VALID, &fin, carry, N, 0)) == 0, "restore %d", r);
+	CHECK(recv_exact(s, buf, N, 10000) == 0, "carry not delivered");
+	double t1 = now_ms();
+	CHECK(verify(buf, N, 10000, 10) == 0, "carry bytes differ");
+	CHECK(transfer(c, s, 100000, 11) == 0 && transfer(s, c, 100000, 12) == 0, "after");
+	close(c);
+	close(s);
+
+	/* receive side: 3000 bytes queued, 1000 of them handed back by "dom0" as its rcvq,
+	 * 2000 carry bytes in the send queue, and the peer's FIN consumed by dom0 */
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	fill(buf, 3000, 0, 13);
+	CHECK(send_exact(s, buf, 3000) == 0 && wait_inq(c, 3000) == 3000, "queue");
+	CHECK((r = kfreeze(c, 0, &fz)) == 0 && fz.unread_len == 3000, "freeze %d", r);
+	fin = fz.st;
+	fin.snd_seq += 2000;
+	fin.sndq_len = 2000;
+	fill(carry, 2000, 0, 14);
+	CHECK((r = krestore_ex(0, c, VPIPE_EPF_VALID | VPIPE_EPF_PEER_FIN, &fin, carry, 2000, 1000)) == 0,
+	      "restore %d", r);
+	memset(buf, 0, 3000);
+	CHECK(recv_exact(c, buf, 3000, 5000) == 0 && verify(buf, 3000, 0, 13) == 0, "rcvq order");
+	char ch;
+	CHECK(recv(c, &ch, 1, MSG_DONTWAIT) == 0, "no EOF after PEER_FIN");
+	CHECK(recv_exact(s, buf, 2000, 10000) == 0 && verify(buf, 2000, 0, 14) == 0, "sndq carry");
+	CHECK(transfer(c, s, 50000, 15) == 0, "half-closed c->s");
+	close(c);
+	close(s);
+	printf("ok carry: %u send-queue bytes delivered by the guest's retransmission in %.0f ms; unread+dom0 rcvq in order; PEER_FIN gives EOF\n",
+	       N, t1 - t0);
+	return 0;
+}
+
+/* segments of a frozen tuple are dropped; the peer's retransmission succeeds after restore */
+static int t_drop(void)
+{
+	int c, s, r;
+	uint8_t buf[500];
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	long rst0 = out_rsts();
+	CHECK((r = kfreeze(c, 0, NULL)) == 0, "freeze %d", r);
+	uint64_t d0 = stats().dropped;
+	fill(buf, sizeof(buf), 0, 16);
+	CHECK(send_exact(s, buf, sizeof(buf)) == 0, "peer send");
+	usleep(600000); /* first transmission + at least one retransmission */
+	uint64_t dropped = stats().dropped - d0;
+	CHECK(dropped >= 2, "dropped %llu", (unsigned long long)dropped);
+	CHECK(out_rsts() == rst0, "RST while frozen");
+	double t0 = now_ms();
+	CHECK((r = krestore(0, c)) == 0, "restore %d", r);
+	memset(buf, 0, sizeof(buf));
+	CHECK(recv_exact(c, buf, sizeof(buf), 10000) == 0 && verify(buf, sizeof(buf), 0, 16) == 0, "retransmitted");
+	double t1 = now_ms();
+	CHECK(out_rsts() == rst0, "RST");
+	CHECK(transfer(c, s, 100000, 17) == 0, "after");
+	close(c);
+	close(s);
+	printf("ok drop: %llu segments of the frozen tuple dropped, peer's data arrived %.0f ms after restore\n",
+	       (unsigned long long)dropped, t1 - t0);
+	return 0;
+}
+
+static int t_reset_release(void)
+{
+	int c, s, r;
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	long rst0 = out_rsts();
+	CHECK((r = kfreeze(c, 0, NULL)) == 0, "freeze %d", r);
+	CHECK((r = krestore_ex(0, c, VPIPE_EPF_RESET, NULL, NULL, 0, 0)) == 0, "restore reset %d", r);
+	CHECK(stats().blocked == 0, "blocked");
+	char ch;
+	errno = 0;
+	CHECK(recv(c, &ch, 1, 0) < 0 && errno == ECONNRESET, "recv errno %d", errno);
+	CHECK(recv(c, &ch, 1, 0) == 0, "then EOF");
+	CHECK(send(c, "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send errno %d", errno);
+	CHECK(out_rsts() == rst0 && tcp_state(s) == TCP_ESTABLISHED, "RST sent by the guest");
+	close(c);
+	close(s);
+
+	/* release (process died): nothing reaches the peer */
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	rst0 = out_rsts();
+	CHECK((r = kfreeze(c, 2, NULL)) == 0, "freeze %d", r);
+	CHECK(ioctl(kt, KT_IOC_RELEASE, &(uint32_t){2}) == 0, "release");
+	close(c);
+	usleep(50000);
+	CHECK(stats().blocked == 0, "blocked");
+	CHECK(peer_quiet(s) && out_rsts() == rst0, "peer saw FIN/RST after release");
+	close(s);
+	printf("ok reset/release: RESET gives ECONNRESET then EOF/EPIPE; release and close send nothing\n");
+	return 0;
+}
+
+/* CLOSE_WAIT freeze, take_unread, send_all, drop_unread */
+static int t_misc(void)
+{
+	int c, s, r;
+	uint8_t buf[70000];
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	fill(buf, 100, 0, 18);
+	CHECK(send_exact(s, buf, 100) == 0, "send");
+	shutdown(s, SHUT_WR);
+	for (int i = 0; i < 1000 && tcp_state(c) != TCP_CLOSE_WAIT; i++)
+		usleep(1000);
+	struct kt_freeze fz;
+	CHECK((r = kfreeze(c, 0, &fz)) == 0 && fz.peer_fin == 1 && fz.unread_len == 100, "freeze cw %d", r);
+	CHECK((r = krestore(0, c)) == 0, "restore %d", r);
+	memset(buf, 0, 100);
+	CHECK(recv_exact(c, buf, 100, 5000) == 0 && verify(buf, 100, 0, 18) == 0, "cw unread");
+	char ch;
+	CHECK(recv(c, &ch, 1, MSG_DONTWAIT) == 0, "cw EOF");
+	CHECK(transfer(c, s, 30000, 19) == 0, "cw c->s");
+	close(c);
+	CHECK(recv_exact(s, buf, 1, 5000) == -EPIPE, "peer EOF after close");
+	close(s);
+
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	fill(buf, 1000, 0, 20);
+	CHECK(send_exact(s, buf, 1000) == 0 && wait_inq(c, 1000) == 1000, "send");
+	memset(buf, 0, 1000);
+	struct kt_io io = {.fd = c, .len = 4096, .buf = (uintptr_t)buf};
+	CHECK(ioctl(kt, KT_IOC_TAKE_UNREAD, &io) == 0 && io.result == 1000 && verify(buf, 1000, 0, 20) == 0,
+	      "take_unread %lld", (long long)io.result);
+	io.len = 4096;
+	CHECK(ioctl(kt, KT_IOC_TAKE_UNREAD, &io) == 0 && io.result == 0, "take_unread empty %lld",
+	      (long long)io.result);
+	fill(buf, 65536, 0, 21);
+	io.len = 65536;
+	CHECK(ioctl(kt, KT_IOC_SEND_ALL, &io) == 0 && io.result == 0, "send_all %lld", (long long)io.result);
+	memset(buf, 0, 65536);
+	CHECK(recv_exact(s, buf, 65536, 5000) == 0 && verify(buf, 65536, 0, 21) == 0, "send_all bytes");
+	/* drop_unread: the caller delivered 600 of 1000 unread bytes itself */
+	fill(buf, 1000, 0, 22);
+	CHECK(send_exact(s, buf, 1000) == 0 && wait_inq(c, 1000) == 1000, "send");
+	CHECK((r = kfreeze(c, 0, &fz)) == 0 && fz.unread_len == 1000, "freeze %d", r);
+	io.fd = 0;
+	io.len = 600;
+	CHECK(ioctl(kt, KT_IOC_DROP_UNREAD, &io) == 0, "drop");
+	CHECK((r = krestore(0, c)) == 0, "restore %d", r);
+	memset(buf, 0, 400);
+	CHECK(recv_exact(c, buf, 400, 5000) == 0 && verify(buf, 400, 600, 22) == 0, "rest of unread");
+	CHECK(transfer(s, c, 10000, 23) == 0, "after");
+	close(c);
+	close(s);
+	printf("ok misc: CLOSE_WAIT freeze/restore (unread + EOF), take_unread, send_all, drop_unread\n");
+	return 0;
+}
+
+/* the peer does not read: freeze gives -ETIMEDOUT after 5 s and the socket keeps working */
+static int t_timeout(void)
+{
+	int c, s, r;
+	CHECK(make_pair_ex(&c, &s, 4, 0, 4096) == 0, "pair");
+	fcntl(c, F_SETFL, O_NONBLOCK);
+	static uint8_t buf[1 << 20];
+	fill(buf, sizeof(buf), 0, 24);
+	size_t sent = 0;
+	for (;;) {
+		ssize_t w = send(c, buf + sent, sizeof(buf) - sent, MSG_NOSIGNAL);
+		if (w <= 0)
+			break;
+		sent += w;
+	}
+	double t0 = now_ms();
+	CHECK((r = kfreeze(c, 0, NULL)) == -ETIMEDOUT, "freeze %d", r);
+	double t1 = now_ms();
+	CHECK(stats().blocked == 0, "blocked");
+	static uint8_t in[1 << 20];
+	CHECK(recv_exact(s, in, sent, 10000) == 0 && verify(in, sent, 0, 24) == 0, "data after timeout");
+	CHECK(send(c, buf, 100, MSG_NOSIGNAL) == 100, "still usable");
+	close(c);
+	close(s);
+	printf("ok timeout: unacknowledged %zu bytes -> -ETIMEDOUT after %.0f ms, socket intact\n", sent, t1 - t0);
+	return 0;
+}
+
+static void summary(const char *what, uint64_t *v, int n)
+{
+	uint64_t mn = ~0ull, mx = 0, sum = 0;
+	for (int i = 0; i < n; i++) {
+		mn = v[i] < mn ? v[i] : mn;
+		mx = v[i] > mx ? v[i] : mx;
+		sum += v[i];
+	}
+	if (n)
+		printf("timing %s: n=%d min %.1f us avg %.1f us max %.1f us\n", what, n, mn / 1e3,
+		       sum / 1e3 / n, mx / 1e3);
+}
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	kt = open("/dev/vpipe_ktcp_test", O_RDWR);
+	if (kt < 0) {
+		printf("open /dev/vpipe_ktcp_test: %s\nKTCP RESULT: FAIL\n", strerror(errno));
+		return 1;
+	}
+	t_checks();
+	t_roundtrip();
+	t_unread();
+	t_carry();
+	t_drop();
+	t_reset_release();
+	t_misc();
+	t_timeout();
+	summary("freeze", fr_ns, n_fr);
+	summary("restore", rs_ns, n_rs);
+	if (stats().blocked != 0) {
+		printf("FAIL: %u tuples still blocked\n", stats().blocked);
+		failures++;
+	}
+	printf("KTCP RESULT: %s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
+	return failures ? 1 : 0;
+}
