@@ -291,8 +291,8 @@ int vpipe_tcp_check(struct file *f, bool *peer_fin)
 		return -err;
 	if (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT)
 		return -ENOTCONN;
-	if (sk->sk_family != AF_INET)
-		return -EOPNOTSUPP;
+	if (sk->sk_family != AF_INET || READ_ONCE(inet_csk(sk)->icsk_ulp_ops))
+		return -EOPNOTSUPP;	/* IPv6, or a ULP (kTLS, ...) whose state repair can't carry */
 	if (ipv4_is_loopback(READ_ONCE(inet_sk(sk)->inet_saddr)) ||
 	    ipv4_is_loopback(READ_ONCE(inet_sk(sk)->inet_daddr)))
 		return -EOPNOTSUPP;
@@ -517,7 +517,7 @@ int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz)
 	if (!sock)
 		return -EINVAL;
 	sk = sock->sk;
-	if (sk->sk_family != AF_INET)
+	if (sk->sk_family != AF_INET || READ_ONCE(inet_csk(sk)->icsk_ulp_ops))
 		return -EOPNOTSUPP;
 	net = sock_net(sk);
 
@@ -790,12 +790,17 @@ static int vt_build(struct net *net, struct sock *app, const struct vpipe_tcp_st
 	r = vt_setint(sk, TCP_REPAIR, TCP_REPAIR_ON);
 	if (r)
 		goto fail;
+	/* what routing looks at, before connect(): the device, the mark, the TOS */
 	bound_if = READ_ONCE(app->sk_bound_dev_if);
 	if (bound_if) {
 		r = sock_bindtoindex(sk, bound_if, true);
 		if (r)
 			goto fail;
 	}
+	if (READ_ONCE(app->sk_mark))
+		sock_set_mark(sk, READ_ONCE(app->sk_mark));
+	if (READ_ONCE(inet_sk(app)->tos))
+		ip_sock_set_tos(sk, READ_ONCE(inet_sk(app)->tos));
 	memcpy(&local.sin_addr, s->local_addr, 4);
 	local.sin_port = s->local_port;
 	memcpy(&remote.sin_addr, s->remote_addr, 4);

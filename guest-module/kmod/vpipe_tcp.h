@@ -40,11 +40,11 @@ int vpipe_tcp_init(void);       /* registers the netfilter hook (every netns, pe
 void vpipe_tcp_exit(void);
 
 /* The errnos of docs/protocol.md §2a: 0, or -EINVAL (not a TCP socket: not a socket, UDP,
- * unix, ...), -ENOTCONN (listening, unconnected, closing), -EOPNOTSUPP (IPv6 socket, or a
- * loopback address: not on a vif), -E<sk_err> (a pending error, e.g. -ECONNRESET).
- * ESTABLISHED and CLOSE_WAIT pass; *peer_fin is set for CLOSE_WAIT (the peer already sent
- * FIN): the protocol refuses such a destination (-EOPNOTSUPP, the caller's decision) and
- * drains such a source locally. Lock-free snapshot: freeze re-checks. */
+ * unix, ...), -ENOTCONN (listening, unconnected, closing), -EOPNOTSUPP (IPv6 socket, a
+ * loopback address: not on a vif, or a TCP ULP such as kTLS), -E<sk_err> (a pending error,
+ * e.g. -ECONNRESET). ESTABLISHED and CLOSE_WAIT pass; *peer_fin is set for CLOSE_WAIT (the
+ * peer already sent FIN): the protocol refuses such a destination (-EOPNOTSUPP, the caller's
+ * decision) and drains such a source locally. Lock-free snapshot: freeze re-checks. */
 int vpipe_tcp_check(struct file *f, bool *peer_fin);
 
 /* Source sockets: receive up to max bytes the application has not read yet (non-blocking).
@@ -55,7 +55,7 @@ ssize_t vpipe_tcp_take_unread(struct file *f, void *buf, size_t max);
 int vpipe_tcp_send_all(struct file *f, const void *buf, size_t len);
 
 /* freeze as described above; on error the socket is left usable as it was and fz is empty.
- * Errors: -EINVAL (not TCP), -EOPNOTSUPP (IPv6, urgent data pending), -ENOTCONN (not
+ * Errors: -EINVAL (not TCP), -EOPNOTSUPP (IPv6, ULP, urgent data pending), -ENOTCONN (not
  * ESTABLISHED/CLOSE_WAIT), -ETIMEDOUT (the peer did not acknowledge within 5 s), -EINTR
  * (fatal signal), -ENOMEM. Needs process context (sleeps, synchronize_net()). Loopback is
  * not refused here (vpipe_tcp_check does). fz->peer_fin may be set even if check said no

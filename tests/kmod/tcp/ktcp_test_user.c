@@ -389,6 +389,8 @@ static int t_roundtrip(void)
 	setsockopt(c, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
 	setsockopt(c, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
 	setsockopt(c, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	int mark = 42;
+	setsockopt(c, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
 	int got_sndbuf = 0;
 	socklen_t l = sizeof(int);
 	getsockopt(c, SOL_SOCKET, SO_SNDBUF, &got_sndbuf, &l);
@@ -446,6 +448,8 @@ static int t_roundtrip(void)
 	CHECK(v == 0x10, "tos %d", v);
 	getsockopt(c, SOL_SOCKET, SO_REUSEADDR, &v, &l);
 	CHECK(v == 1, "reuseaddr %d", v);
+	getsockopt(c, SOL_SOCKET, SO_MARK, &v, &l);
+	CHECK(v == 42, "mark %d", v);
 	l = sizeof(tv2);
 	getsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv2, &l);
 	CHECK(tv2.tv_sec == 3 && tv2.tv_usec / 1000 == 500, "rcvtimeo %ld.%06ld", (long)tv2.tv_sec,
@@ -489,7 +493,12 @@ static int t_unread(void)
 		struct kt_freeze fz;
 		CHECK((r = kfreeze(c, 0, &fz)) == 0, "freeze %d", r);
 		CHECK(fz.unread_len == n, "unread %u != %zu", fz.unread_len, n);
+		int rb0 = 0, rb1 = 0;
+		socklen_t l = sizeof(int);
+		getsockopt(c, SOL_SOCKET, SO_RCVBUF, &rb0, &l);
 		CHECK((r = krestore(0, c)) == 0, "restore %d", r);
+		getsockopt(c, SOL_SOCKET, SO_RCVBUF, &rb1, &l);
+		CHECK(!round || rb1 == rb0, "SO_RCVBUF %d != %d", rb1, rb0);
 		memset(big, 0, n);
 		CHECK(recv_exact(c, big, n, 5000) == 0 && verify(big, n, 0, 7 + round) == 0, "unread bytes");
 		CHECK(transfer(c, s, 100000, 8) == 0 && transfer(s, c, 100000, 9) == 0, "after");
@@ -664,6 +673,49 @@ static int t_misc(void)
 	return 0;
 }
 
+/* the application's socket is the accepted one (its listener still open, SO_REUSEADDR):
+ * freeze + restore of the server side, O_NONBLOCK kept, the listener keeps accepting; and
+ * two frozen connections at once (socket -> socket) */
+static int t_server(void)
+{
+	int c, s, c2, s2, r;
+	CHECK(make_pair(&c, &s) == 0 && make_pair(&c2, &s2) == 0, "pairs");
+	/* a listener on the accepted socket's port, like a server that keeps serving */
+	struct sockaddr_in la;
+	socklen_t al = sizeof(la);
+	getsockname(s, (void *)&la, &al);
+	int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	CHECK(bind(l, (void *)&la, sizeof(la)) == 0 && listen(l, 4) == 0, "listener on %d: %s",
+	      ntohs(la.sin_port), strerror(errno));
+	fcntl(s, F_SETFL, O_NONBLOCK);
+	long rst0 = out_rsts();
+	CHECK((r = kfreeze(s, 0, NULL)) == 0, "freeze server side %d", r);
+	CHECK((r = kfreeze(c2, 1, NULL)) == 0, "freeze 2nd %d", r);
+	CHECK(stats().blocked == 2, "blocked %u", stats().blocked);
+	CHECK((r = krestore(1, c2)) == 0, "restore 2nd %d", r);
+	CHECK((r = krestore(0, s)) == 0, "restore server side %d", r);
+	CHECK(fcntl(s, F_GETFL) & O_NONBLOCK, "O_NONBLOCK lost");
+	fcntl(s, F_SETFL, 0);
+	CHECK(transfer(s, c, 200000, 25) == 0 && transfer(c, s, 200000, 26) == 0, "server side after");
+	CHECK(transfer(c2, s2, 200000, 27) == 0 && transfer(s2, c2, 200000, 28) == 0, "2nd after");
+	/* the listener still works */
+	int c3 = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(connect(c3, (void *)&la, sizeof(la)) == 0, "connect to listener: %s", strerror(errno));
+	int s3 = accept(l, NULL, NULL);
+	CHECK(s3 >= 0 && transfer(c3, s3, 1000, 29) == 0, "new connection");
+	CHECK(out_rsts() == rst0, "RST");
+	close(c3);
+	close(s3);
+	close(l);
+	close(c);
+	close(s);
+	close(c2);
+	close(s2);
+	printf("ok server: accepted socket (listener open) frozen/restored with O_NONBLOCK, two frozen at once, listener keeps accepting\n");
+	return 0;
+}
+
 /* the peer does not read: freeze gives -ETIMEDOUT after 5 s and the socket keeps working */
 static int t_timeout(void)
 {
@@ -720,6 +772,7 @@ int main(void)
 	t_drop();
 	t_reset_release();
 	t_misc();
+	t_server();
 	t_timeout();
 	summary("freeze", fr_ns, n_fr);
 	summary("restore", rs_ns, n_rs);
