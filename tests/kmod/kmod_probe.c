@@ -1,0 +1,383 @@
+// SPDX-License-Identifier: MIT
+/*
+ * kmod_probe -- runs inside a plain QEMU guest (no Xen) against vpipe.ko built with VPIPE_TEST=1.
+ * Checks the application ABI without an engine (exact errno, counters, handles) and prints the
+ * module's extent mapping of files on an ext4 partition ("MAP" lines) for the host to compare
+ * with debugfs's view of the same image (check_maps.py). Ends with "PROBE RESULT: PASS|FAIL".
+ *
+ *   kmod_probe all      everything (files on /mnt, vda1 registered as vdev 51712)
+ *   kmod_probe stats    only: /dev/vpipe answers STATS, no engine
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <vpipe/abi/ioctl.h>
+
+#include "vpipe_debug.h"
+
+static int fails, checks;
+
+#define CHECK(cond, ...)                                                                   \
+	do {                                                                               \
+		int e_ = errno;                                                            \
+		checks++;                                                                  \
+		if (cond) {                                                                \
+			printf("ok   " __VA_ARGS__);                                           \
+			printf("\n");                                                      \
+		} else {                                                                   \
+			fails++;                                                           \
+			printf("FAIL " __VA_ARGS__);                                       \
+			printf(" (errno %d %s)\n", e_, strerror(e_));                      \
+		}                                                                          \
+	} while (0)
+
+static int dev = -1;
+
+/* one VPIPE_IOC_OP without a handle: 0 or -errno */
+static int run_op(uint32_t opc, int in, int out, uint64_t in_off, uint64_t out_off, uint64_t len,
+		  struct vpipe_ioc_op *res)
+{
+	struct vpipe_ioc_op op;
+
+	memset(&op, 0, sizeof(op));
+	op.op = opc;
+	op.handle = VPIPE_NO_HANDLE;
+	op.in_fd = in;
+	op.out_fd = out;
+	op.in_offset = in_off;
+	op.out_offset = out_off;
+	op.length = len;
+	int r = ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0;
+	if (res)
+		*res = op;
+	return r;
+}
+
+static void expect(const char *what, int got, int want)
+{
+	checks++;
+	if (got == want) {
+		printf("ok   %s -> %s\n", what, want ? strerror(-want) : "0");
+	} else {
+		fails++;
+		printf("FAIL %s -> %d (%s), want %d (%s)\n", what, got, strerror(-got), want,
+		       strerror(-want));
+	}
+}
+
+static int stats(struct vpipe_ioc_stats *s)
+{
+	memset(s, 0xff, sizeof(*s));
+	return ioctl(dev, VPIPE_IOC_STATS, s);
+}
+
+static int tcp_pair(const char *addr, int *client, int *server)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	inet_pton(AF_INET, addr, &a.sin_addr);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 1) < 0 ||
+	    getsockname(l, (struct sockaddr *)&a, &al) < 0)
+		return -1;
+	*client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (*client < 0 || connect(*client, (struct sockaddr *)&a, sizeof(a)) < 0)
+		return -1;
+	*server = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	close(l);
+	return *server < 0 ? -1 : 0;
+}
+
+/* prints the module's mapping of [off, off+len) of path: MAP path off len vdev part d:l:z ... */
+static int print_map(const char *path, uint64_t off, uint64_t len, int prepare)
+{
+	struct vpipe_dbg_seg segs[4096];
+	struct vpipe_dbg_map m;
+	int fd = open(path, prepare ? O_RDWR : O_RDONLY);
+
+	if (fd < 0)
+		return -errno;
+	memset(&m, 0, sizeof(m));
+	m.fd = fd;
+	m.max = 4096;
+	m.offset = off;
+	m.length = len;
+	m.segs = (uintptr_t)segs;
+	m.flags = prepare ? 1 : 0;
+	int r = ioctl(dev, VPIPE_IOC_DBG_MAP, &m) < 0 ? -errno : 0;
+	close(fd);
+	if (r < 0)
+		return r;
+	if (m.nr > m.max)
+		return -E2BIG;
+	printf("MAP %s %llu %llu %u %llu", path, (unsigned long long)off, (unsigned long long)len,
+	       m.vdev, (unsigned long long)m.partition_offset);
+	for (uint32_t i = 0; i < m.nr; i++)
+		printf(" %llu:%llu:%u", (unsigned long long)segs[i].disk_offset,
+		       (unsigned long long)segs[i].length, segs[i].zero);
+	printf("\n");
+	if (prepare)
+		printf("PREPARED %s zero_filled=%llu\n", path, (unsigned long long)m.zero_filled);
+	return (int)m.nr;
+}
+
+static void fill(char *buf, size_t n, unsigned seed)
+{
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (char)(seed * 131 + i * 7 + (i >> 9));
+}
+
+static int write_at(int fd, unsigned seed, size_t n, off_t at)
+{
+	char *buf = malloc(n);
+
+	fill(buf, n, seed);
+	ssize_t w = pwrite(fd, buf, n, at);
+	free(buf);
+	return w == (ssize_t)n ? 0 : -1;
+}
+
+static void abi_checks(void)
+{
+	struct vpipe_ioc_stats s;
+	struct vpipe_ioc_op op;
+	int nfail = 0;
+
+	/* counters, no engine */
+	CHECK(stats(&s) == 0 && s.engine_connected == 0 && s.handles_open == 0 &&
+		      s.ops_failed == 0 && s.ring_requests == 0,
+	      "STATS: engine_connected=0, counters zero");
+
+	int src = open("/mnt/big.bin", O_RDONLY | O_CLOEXEC);
+	int dst = open("/mnt/out.bin", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int dst_ro = open("/mnt/out.bin", O_RDONLY | O_CLOEXEC);
+	int dst_app = open("/mnt/out.bin", O_WRONLY | O_APPEND | O_CLOEXEC);
+	int src_wo = open("/mnt/big.bin", O_WRONLY | O_CLOEXEC);
+	int tmpf = open("/tmp/notondisk", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	CHECK(src >= 0 && dst >= 0 && dst_ro >= 0 && dst_app >= 0 && src_wo >= 0 && tmpf >= 0,
+	      "test files open");
+	write_at(tmpf, 1, 8192, 0);
+
+	/* handles */
+	struct vpipe_ioc_create cr = { .in_fd = src, .out_fd = dst };
+	CHECK(ioctl(dev, VPIPE_IOC_CREATE, &cr) == 0 && cr.handle >= 0, "CREATE -> handle %d",
+	      cr.handle);
+	CHECK(stats(&s) == 0 && s.handles_open == 1, "STATS: handles_open=1");
+	memset(&op, 0, sizeof(op));
+	op.op = VPIPE_IOC_FILE_TO_FILE;
+	op.handle = cr.handle;
+	op.in_fd = op.out_fd = -1;
+	op.length = 4096;
+	expect("FILE_TO_FILE via handle, no engine",
+	       ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0, -EHOSTDOWN);
+	nfail++;
+	int32_t h = cr.handle;
+	CHECK(ioctl(dev, VPIPE_IOC_DESTROY, &h) == 0, "DESTROY");
+	expect("DESTROY again", ioctl(dev, VPIPE_IOC_DESTROY, &h) < 0 ? -errno : 0, -EBADF);
+	op.handle = h;
+	expect("OP with a destroyed handle", ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0,
+	       -EBADF);
+	nfail++;
+	struct vpipe_ioc_create bad = { .in_fd = 999, .out_fd = dst };
+	expect("CREATE with a closed fd", ioctl(dev, VPIPE_IOC_CREATE, &bad) < 0 ? -errno : 0,
+	       -EBADF);
+	struct vpipe_ioc_create badf = { .in_fd = src, .out_fd = dst, .flags = 1 };
+	expect("CREATE with flags", ioctl(dev, VPIPE_IOC_CREATE, &badf) < 0 ? -errno : 0,
+	       -EINVAL);
+	CHECK(stats(&s) == 0 && s.handles_open == 0, "STATS: handles_open=0");
+	expect("unknown ioctl", ioctl(dev, _IO('V', 99)) < 0 ? -errno : 0, -ENOTTY);
+
+	/* file -> file errors, in the agent's order */
+	expect("FILE_TO_FILE, no engine", run_op(1, src, dst, 0, 0, 1 << 20, NULL), -EHOSTDOWN);
+	nfail++;
+	expect("FILE_TO_FILE, read-only destination", run_op(1, src, dst_ro, 0, 0, 4096, NULL),
+	       -EBADF);
+	nfail++;
+	expect("FILE_TO_FILE, O_APPEND destination", run_op(1, src, dst_app, 0, 0, 4096, NULL),
+	       -EINVAL);
+	nfail++;
+	expect("FILE_TO_FILE, write-only source", run_op(1, src_wo, dst, 0, 0, 4096, NULL),
+	       -EBADF);
+	nfail++;
+	expect("FILE_TO_FILE, source on tmpfs", run_op(1, tmpf, dst, 0, 0, 4096, NULL), -ENXIO);
+	nfail++;
+	expect("FILE_TO_FILE, destination on tmpfs", run_op(1, src, tmpf, 0, 0, 4096, NULL),
+	       -ENXIO);
+	nfail++;
+	expect("FILE_TO_FILE, closed descriptor", run_op(1, 999, dst, 0, 0, 4096, NULL), -EBADF);
+	nfail++;
+	expect("FILE_TO_FILE, in_offset > INT64_MAX",
+	       run_op(1, src, dst, 1ull << 63, 0, 4096, NULL), -EINVAL);
+	nfail++;
+	expect("unknown op 7", run_op(7, src, dst, 0, 0, 4096, NULL), -EINVAL);
+	nfail++;
+	memset(&op, 0, sizeof(op));
+	op.op = 1;
+	op.handle = VPIPE_NO_HANDLE;
+	op.in_fd = src;
+	op.out_fd = dst;
+	op.length = 1;
+	op.reserved0 = 1;
+	expect("reserved0 != 0", ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0, -EINVAL);
+	nfail++;
+	op.reserved0 = 0;
+	op.flags = 0x80;
+	expect("unknown flag", ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0, -EINVAL);
+	nfail++;
+	CHECK(op.new_in_fd == -1 && op.new_out_fd == -1, "no descriptors handed back on errors");
+
+	/* sockets */
+	int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int unconn = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int lst = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in la = { .sin_family = AF_INET };
+	inet_pton(AF_INET, "10.9.9.1", &la.sin_addr);
+	bind(lst, (struct sockaddr *)&la, sizeof(la));
+	listen(lst, 1);
+	int lo_c = -1, lo_s = -1, c = -1, sv = -1, c2 = -1, sv2 = -1;
+	CHECK(tcp_pair("127.0.0.1", &lo_c, &lo_s) == 0, "loopback TCP pair");
+	CHECK(tcp_pair("10.9.9.1", &c, &sv) == 0, "TCP pair on 10.9.9.1 (not loopback)");
+	CHECK(tcp_pair("10.9.9.1", &c2, &sv2) == 0, "second TCP pair on 10.9.9.1");
+	expect("FILE_TO_SOCKET, UDP socket", run_op(2, src, udp, 0, 0, 4096, NULL), -EINVAL);
+	nfail++;
+	expect("FILE_TO_SOCKET, unconnected TCP", run_op(2, src, unconn, 0, 0, 4096, NULL),
+	       -ENOTCONN);
+	nfail++;
+	expect("FILE_TO_SOCKET, listening TCP", run_op(2, src, lst, 0, 0, 4096, NULL), -ENOTCONN);
+	nfail++;
+	expect("FILE_TO_SOCKET, loopback connection", run_op(2, src, lo_c, 0, 0, 4096, NULL),
+	       -EOPNOTSUPP);
+	nfail++;
+	expect("FILE_TO_SOCKET, regular file as socket", run_op(2, src, dst, 0, 0, 4096, NULL),
+	       -EINVAL);
+	nfail++;
+	expect("FILE_TO_FILE, socket as destination", run_op(1, src, c, 0, 0, 4096, NULL),
+	       -EINVAL);
+	nfail++;
+	expect("FILE_TO_SOCKET, source on tmpfs", run_op(2, tmpf, c, 0, 0, 4096, NULL), -ENXIO);
+	nfail++;
+	expect("FILE_TO_SOCKET, no engine", run_op(2, src, c, 0, 0, 4096, NULL), -EHOSTDOWN);
+	nfail++;
+	expect("SOCKET_TO_FILE, no engine", run_op(3, sv, dst, 0, 0, 4096, NULL), -EHOSTDOWN);
+	nfail++;
+	expect("SOCKET_TO_SOCKET, no engine", run_op(4, sv, c2, 0, 0, 4096, NULL), -EHOSTDOWN);
+	nfail++;
+	/* the connections were not touched: they still carry data */
+	char b = 0;
+	CHECK(send(c, "x", 1, 0) == 1 && recv(sv, &b, 1, 0) == 1 && b == 'x' &&
+		      send(sv2, "y", 1, 0) == 1 && recv(c2, &b, 1, 0) == 1 && b == 'y',
+	      "sockets still usable after refused operations");
+
+	CHECK(stats(&s) == 0 && s.ops_failed == (uint64_t)nfail && s.ops[1] == 0 && s.ops[2] == 0 &&
+		      s.ops[3] == 0 && s.ops[4] == 0 && s.engine_connected == 0 &&
+		      s.ring_requests == 0,
+	      "STATS: ops_failed=%d (got %llu), ops[] zero, no ring requests", nfail,
+	      (unsigned long long)s.ops_failed);
+	int fds[] = { src, dst, dst_ro, dst_app, src_wo, tmpf, udp, unconn, lst, lo_c, lo_s, c, sv, c2, sv2 };
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		close(fds[i]);
+}
+
+static void map_checks(void)
+{
+	/* files the guest makes: data, an unwritten extent, holes, fragmentation */
+	int fd = open("/mnt/mixed.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && write_at(fd, 2, 8192, 0) == 0 && fallocate(fd, 0, 65536, 131072) == 0 &&
+		      write_at(fd, 3, 4096, 524288) == 0 && ftruncate(fd, 1 << 20) == 0,
+	      "mixed.bin: data, unwritten extent, holes (dirty, not flushed)");
+	close(fd);
+	int f1 = open("/mnt/frag1.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	int f2 = open("/mnt/frag2.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	int ok = f1 >= 0 && f2 >= 0;
+	for (int i = 0; ok && i < 48; i++) {
+		ok = write_at(f1, 10 + i, 4096, (off_t)i * 4096) == 0 && fsync(f1) == 0 &&
+		     write_at(f2, 90 + i, 4096, (off_t)i * 4096) == 0 && fsync(f2) == 0;
+	}
+	CHECK(ok, "frag1.bin / frag2.bin interleaved with fsync");
+	close(f1);
+	close(f2);
+	/* the unaligned tail: i_size not a multiple of the block */
+	int t = open("/mnt/tail.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(t >= 0 && write_at(t, 5, 10000, 0) == 0, "tail.bin: 10000 bytes, not flushed");
+	close(t);
+
+	struct {
+		const char *path;
+		uint64_t off, len;
+	} maps[] = {
+		{ "/mnt/big.bin", 0, 5000000 },      { "/mnt/big.bin", 12345, 4 << 20 },
+		{ "/mnt/sparse.bin", 0, 4 << 20 },   { "/mnt/sparse.bin", 409000, 2000000 },
+		{ "/mnt/mixed.bin", 0, 1 << 20 },    { "/mnt/mixed.bin", 100, 600000 },
+		{ "/mnt/frag1.bin", 0, 48 * 4096 }, { "/mnt/frag2.bin", 5000, 100000 },
+		{ "/mnt/tail.bin", 0, 10000 },
+	};
+	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+		int n = print_map(maps[i].path, maps[i].off, maps[i].len, 0);
+		errno = n < 0 ? -n : 0;
+		CHECK(n > 0, "DBG_MAP %s [%llu, +%llu): %d segment(s)", maps[i].path,
+		      (unsigned long long)maps[i].off, (unsigned long long)maps[i].len, n);
+	}
+	int n = print_map("/mnt/big.bin", 4000000, 2000000, 0);
+	expect("DBG_MAP past EOF", n < 0 ? n : 0, -EINVAL);
+	n = print_map("/tmp/notondisk", 0, 4096, 0);
+	expect("DBG_MAP of a tmpfs file", n < 0 ? n : 0, -ENXIO);
+
+	/* destination preparation: grow tail.bin by 3 MiB past its unaligned EOF */
+	n = print_map("/mnt/tail.bin", 10000, 3 << 20, 1);
+	errno = n < 0 ? -n : 0;
+	CHECK(n > 0, "prepare tail.bin [10000, +3 MiB) as a destination");
+	struct stat st;
+	t = open("/mnt/tail.bin", O_RDONLY);
+	char *buf = malloc(10000 + (3 << 20)), *want = malloc(10000);
+	fill(want, 10000, 5);
+	ssize_t r = t >= 0 ? pread(t, buf, 10000 + (3 << 20), 0) : -1;
+	int zeros = 1;
+	for (ssize_t i = 10000; i < r; i++)
+		zeros &= buf[i] == 0;
+	CHECK(t >= 0 && fstat(t, &st) == 0 && st.st_size == 10000 + (3 << 20) &&
+		      r == st.st_size && memcmp(buf, want, 10000) == 0 && zeros,
+	      "tail.bin after preparation: size %lld, old bytes intact, zeros after",
+	      (long long)st.st_size);
+	close(t);
+	free(buf);
+	free(want);
+	/* preparing blocks that hold data writes nothing and changes nothing */
+	n = print_map("/mnt/frag1.bin", 4096, 8192, 1);
+	errno = n < 0 ? -n : 0;
+	CHECK(n > 0, "prepare written blocks of frag1.bin");
+	/* the whole prepared file, for the host: no unwritten extent may remain in it */
+	print_map("/mnt/tail.bin", 0, 10000 + (3 << 20), 0);
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "all";
+	struct vpipe_ioc_stats s;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	dev = open("/dev/vpipe", O_RDWR | O_CLOEXEC);
+	CHECK(dev >= 0, "open /dev/vpipe");
+	if (dev < 0)
+		goto out;
+	CHECK(stats(&s) == 0 && s.engine_connected == 0, "VPIPE_IOC_STATS works, no engine");
+	if (!strcmp(mode, "all")) {
+		abi_checks();
+		map_checks();
+	}
+	close(dev);
+out:
+	printf("PROBE RESULT: %s (%d checks, %d failed)\n", fails ? "FAIL" : "PASS", checks, fails);
+	return fails ? 1 : 0;
+}
