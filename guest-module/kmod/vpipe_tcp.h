@@ -4,7 +4,8 @@
  *
  * The kernel twin of the agent's socket_ops (guest-module/agent/socket_ops.cpp) and of
  * common/tcp (TCP_REPAIR). Per socket endpoint of an offload:
- *   check   a connected ESTABLISHED IPv4 TCP socket, else an exact errno; nothing touched.
+ *   check   a connected (ESTABLISHED/CLOSE_WAIT) IPv4 TCP socket, else an exact errno;
+ *           nothing touched.
  *   freeze  wait (bounded) until the peer acknowledged what the application sent; block the
  *           4-tuple in the guest (netfilter hook: segments of a blocked flow are dropped, so
  *           the guest stack never answers them with RST); capture the connection into a
@@ -57,9 +58,11 @@ int vpipe_tcp_send_all(struct file *f, const void *buf, size_t len);
 /* freeze as described above; on error the socket is left usable as it was and fz is empty.
  * Errors: -EINVAL (not TCP), -EOPNOTSUPP (IPv6, ULP, urgent data pending), -ENOTCONN (not
  * ESTABLISHED/CLOSE_WAIT), -ETIMEDOUT (the peer did not acknowledge within 5 s), -EINTR
- * (fatal signal), -ENOMEM. Needs process context (sleeps, synchronize_net()). Loopback is
- * not refused here (vpipe_tcp_check does). fz->peer_fin may be set even if check said no
- * FIN (it raced in): look at it after freeze. */
+ * (fatal signal), -ENOMEM. Needs process context (sleeps, one expedited RCU grace period).
+ * Loopback is not refused here (vpipe_tcp_check does). fz->peer_fin may be set even if
+ * check said no FIN (it raced in): look at it after freeze. Another thread of the
+ * application using the socket meanwhile gets -EINVAL/-EPERM (repair mode), then
+ * -ENOTCONN/-ECONNABORTED (the dead socket) until the descriptor is replaced. */
 int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz);
 
 /* Drops the first n bytes of fz->unread (the caller delivered them itself, e.g. a source's
@@ -68,7 +71,8 @@ void vpipe_tcp_drop_unread(struct vpipe_frozen_sock *fz, u32 n);
 
 /* restore from `final` (dom0's state; NULL = our frozen state) with `carry` holding
  * final->sndq_len + final->rcvq_len bytes (send queue, then receive queue); the frozen
- * unread bytes are put back in front of the received ones. result_flags: VPIPE_EPF_*.
+ * unread bytes are put back in front of the received ones. result_flags: VPIPE_EPF_*;
+ * `final`/`carry` are used only with VPIPE_EPF_VALID (PEER_FIN: shutdown(SHUT_RD) after).
  * VPIPE_EPF_RESET: build a socket that reports ECONNRESET. Always unblocks and releases
  * fz; *new_fd is the installed descriptor or -1. */
 int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state *final,
