@@ -7,6 +7,8 @@
  */
 #include <linux/fs.h>
 #include <linux/mm.h>
+#include <linux/moduleparam.h>
+#include <linux/pagemap.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 
@@ -321,6 +323,111 @@ static int check_access(struct file *f, bool want_read, bool want_write)
 
 #define STAGES_IN_FLIGHT 2
 
+static bool cache_rule_f2f;
+module_param(cache_rule_f2f, bool, 0644);
+MODULE_PARM_DESC(cache_rule_f2f,
+		 "file->file: serve clean cached source runs longer than max(1 MiB, size/10) from the guest page cache (paper 3.2; the agent's cache_rule_file_to_file, off by default)");
+
+/* a piece of the operation's stream: offloaded, or copied by the guest (cache rule) */
+struct piece {
+	u64 off, len;
+	bool from_cache;
+	bool broken;
+	u64 done;
+};
+
+/* Runs of CLEAN resident pages of [off, off+len) longer than max(1 MiB, size / 10) (the
+ * paper's cache rule, agent/files/cache_rule.h). Dirty data is flushed and offloaded instead. */
+static int cached_runs(struct file *f, u64 off, u64 len, u64 size, struct piece *out, int max)
+{
+	struct address_space *mapping = f->f_mapping;
+	const u64 threshold = max_t(u64, 1ull << 20, size / 10), end = off + len;
+	u64 run = U64_MAX, idx, last;
+	int n = 0;
+
+	if (len <= threshold)
+		return 0;
+	idx = off >> PAGE_SHIFT;
+	last = (end - 1) >> PAGE_SHIFT;
+	while (idx <= last) {
+		struct folio *folio = filemap_get_folio(mapping, idx);
+		bool clean = false;
+		u64 next = idx + 1;
+
+		if (folio) {
+			clean = folio_test_uptodate(folio) && !folio_test_dirty(folio) &&
+				!folio_test_writeback(folio);
+			next = folio->index + folio_nr_pages(folio);
+			folio_put(folio);
+		}
+		if (clean && run == U64_MAX)
+			run = max(off, idx << PAGE_SHIFT);
+		if (!clean && run != U64_MAX) {
+			u64 r_end = min(end, idx << PAGE_SHIFT);
+
+			if (r_end - run > threshold && n < max)
+				out[n++] = (struct piece){ run, r_end - run, true };
+			run = U64_MAX;
+		}
+		idx = max(next, idx + 1);
+		if ((idx & 4095) == 0)
+			cond_resched();
+	}
+	if (run != U64_MAX && end - run > threshold && n < max)
+		out[n++] = (struct piece){ run, end - run, true };
+	return n;
+}
+
+struct gcopy {
+	struct file *in, *out;
+	u64 in_off, out_off, len;
+	u64 *copied;
+	void *buf;
+};
+
+/* copies a range inside the guest (cache rule): the bytes are in the page cache already */
+static int guest_copy_lifted(void *arg)
+{
+	struct gcopy *g = arg;
+
+	while (*g->copied < g->len) {
+		size_t want = min_t(u64, 1u << 20, g->len - *g->copied);
+		loff_t rp = g->in_off + *g->copied, wp = g->out_off + *g->copied;
+		ssize_t n = kernel_read(g->in, g->buf, want, &rp), w;
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO;  /* the source shrank under a hold: should not happen */
+		w = kernel_write(g->out, g->buf, n, &wp);
+		if (w < 0)
+			return w;
+		if (w != n)
+			return -EIO;
+		*g->copied += n;
+		if (fatal_signal_pending(current))
+			return -EINTR;
+	}
+	return 0;
+}
+
+static void retire(struct stage *w, struct piece *pieces, u32 piece, int *status, bool *killed,
+		   struct vpipe_ioc_op *op)
+{
+	u64 m = wait_stage(w, killed);
+
+	op->offloaded += m;
+	if (!pieces[piece].broken)
+		pieces[piece].done += m;
+	if (w->status < 0) {
+		pieces[piece].broken = true;
+		if (*status == 0)
+			*status = w->status;
+	}
+}
+
+#define MAX_PIECES 64
+
 int vpipe_file_to_file(struct file *in, struct file *out, struct vpipe_ioc_op *op)
 {
 	struct inode *si = file_inode(in), *di = file_inode(out);
@@ -328,11 +435,13 @@ int vpipe_file_to_file(struct file *in, struct file *out, struct vpipe_ioc_op *o
 	struct vpipe_fmap sm = {}, dm = {};
 	struct vpipe_dprep total = {};
 	struct stage *stages = NULL;
-	u64 size, len, stage_bytes, done = 0, part;
-	u32 nstages = 0, k, waited = 0, vdev;
-	bool same_file, broken = false, killed = false;
+	struct piece *pieces = NULL, *cached = NULL;
+	u32 *stage_piece = NULL;
+	u64 size, len, stage_bytes, written = 0, part, pos;
+	u32 nstages = 0, npieces = 0, k, waited = 0, vdev, i;
+	bool same_file, killed = false;
 	void *buf = NULL;
-	int status = 0, err;
+	int status = 0, err, ncached = 0;
 
 	op->moved = op->offloaded = op->guest_copied = op->zero_filled = 0;
 	op->paths = op->requests = 0;
@@ -366,27 +475,60 @@ int vpipe_file_to_file(struct file *in, struct file *out, struct vpipe_ioc_op *o
 		status = -EINVAL;
 		goto out;
 	}
+	pieces = kcalloc(2 * MAX_PIECES + 1, sizeof(*pieces), GFP_KERNEL);
+	cached = kcalloc(MAX_PIECES, sizeof(*cached), GFP_KERNEL);
+	buf = kvmalloc(max_t(size_t, VPIPE_DESC_MAX_BYTES, 1u << 20), GFP_KERNEL);
+	if (!pieces || !cached || !buf) {
+		status = -ENOMEM;
+		goto out;
+	}
+	/* the cache rule looks at the page cache as the application left it: runs that are
+	 * cached and clean are served by the guest; dirty data is flushed and offloaded */
+	if (READ_ONCE(cache_rule_f2f) && !(op->flags & VPIPE_OPF_NO_CACHE_RULE))
+		ncached = cached_runs(in, op->in_offset, len, size, cached, MAX_PIECES);
 	/* the disk must hold what the page cache holds before dom0 reads it */
 	status = vpipe_file_flush(in, op->in_offset, len);
 	if (status)
 		goto out;
+	for (pos = 0, i = 0; i < (u32)ncached; i++) {
+		struct piece c = cached[i];
+		u64 start = c.off - op->in_offset;
+
+		if (start > pos)
+			pieces[npieces++] = (struct piece){ pos, start - pos, false };
+		pieces[npieces++] = (struct piece){ start, c.len, true };
+		pos = start + c.len;
+	}
+	if (pos < len)
+		pieces[npieces++] = (struct piece){ pos, len - pos, false };
+
 	if (!same_file) {
 		status = vpipe_hold_acquire(out, true, &dst_hold);
 		if (status)
 			goto out;
 	}
+	/* finishing sets the size from the original one: taken before anything grows the file */
 	total.old_size = i_size_read(di);
-	buf = kvmalloc(VPIPE_DESC_MAX_BYTES, GFP_KERNEL);
 	stage_bytes = max_t(u64, vpipe_chunk_bytes(), 16ull << 20);
-	nstages = DIV_ROUND_UP_ULL(len, stage_bytes);
-	stages = kvcalloc(nstages, sizeof(*stages), GFP_KERNEL);
-	if (!buf || !stages) {
+	for (i = 0; i < npieces; i++)
+		if (!pieces[i].from_cache)
+			nstages += DIV_ROUND_UP_ULL(pieces[i].len, stage_bytes);
+	stages = kvcalloc(max_t(u32, nstages, 1), sizeof(*stages), GFP_KERNEL);
+	stage_piece = kvcalloc(max_t(u32, nstages, 1), sizeof(*stage_piece), GFP_KERNEL);
+	if (!stages || !stage_piece) {
 		status = -ENOMEM;
 		goto out;
 	}
-	for (k = 0; k < nstages; k++) {
-		stages[k].off = (u64)k * stage_bytes;
-		stages[k].len = min(stage_bytes, len - stages[k].off);
+	for (k = 0, i = 0; i < npieces; i++) {
+		u64 o;
+
+		if (pieces[i].from_cache)
+			continue;
+		for (o = 0; o < pieces[i].len; o += stage_bytes, k++) {
+			stages[k].off = pieces[i].off + o;
+			stages[k].len = min(stage_bytes, pieces[i].len - o);
+			stage_piece[k] = i;
+		}
 	}
 
 	/* the guest prepares stage k+1 (zero-fill costs guest disk writes, docs/append.md)
@@ -406,14 +548,10 @@ int vpipe_file_to_file(struct file *in, struct file *out, struct vpipe_ioc_op *o
 			status = vpipe_file_map(in, op->in_offset + st->off, st->len, &sm);
 		if (!status)
 			status = vpipe_file_map(out, op->out_offset + st->off, st->len, &dm);
-		if (!status) {
-			u32 i;
-
-			/* prepare promised written blocks: never write into a hole */
-			for (i = 0; i < dm.nr; i++)
-				if (dm.segs[i].zero)
-					status = -EIO;
-		}
+		/* prepare promised written blocks: never write into a hole */
+		for (i = 0; !status && i < dm.nr; i++)
+			if (dm.segs[i].zero)
+				status = -EIO;
 		if (status)
 			break;
 		atomic64_add(sm.nr + dm.nr, &vpipe_stats.extents_mapped);
@@ -421,54 +559,62 @@ int vpipe_file_to_file(struct file *in, struct file *out, struct vpipe_ioc_op *o
 		submit_stage(st, &sm, &dm, buf, op);
 		/* keep one stage with dom0 while the guest prepares the next */
 		while (k + 1 - waited >= STAGES_IN_FLIGHT) {
-			struct stage *w = &stages[waited++];
-			u64 m = wait_stage(w, &killed);
-
-			op->offloaded += m;
-			if (!broken)
-				done += m;
-			if (w->status < 0) {
-				broken = true;
-				if (status == 0)
-					status = w->status;
-			}
+			retire(&stages[waited], pieces, stage_piece[waited], &status, &killed, op);
+			waited++;
 		}
 		if (st->status < 0 && status == 0)
 			status = st->status;
 	}
-	while (waited < nstages) {
-		struct stage *w = &stages[waited++];
-		u64 m;
-
-		if (!w->n && !w->status)
-			continue;
-		m = wait_stage(w, &killed);
-		op->offloaded += m;
-		if (!broken)
-			done += m;
-		if (w->status < 0) {
-			broken = true;
-			if (status == 0)
-				status = w->status;
-		}
-	}
+	for (; waited < nstages; waited++)
+		if (stages[waited].n || stages[waited].status)
+			retire(&stages[waited], pieces, stage_piece[waited], &status, &killed, op);
 	op->zero_filled = total.zero_filled;
 	op->paths |= total.paths;
-	err = vpipe_dest_finish(out, op->out_offset, len, done, &total);
+
+	/* then the cached runs, copied by the guest through its page cache */
+	for (i = 0; i < npieces && status == 0; i++) {
+		struct gcopy g = { in, out, op->in_offset + pieces[i].off,
+				   op->out_offset + pieces[i].off, pieces[i].len, &pieces[i].done,
+				   buf };
+
+		if (!pieces[i].from_cache)
+			continue;
+		err = vpipe_hold_lift(out, guest_copy_lifted, &g);
+		op->guest_copied += pieces[i].done;
+		atomic64_add(pieces[i].done, &vpipe_stats.bytes_guest_cache);
+		op->paths |= VPIPE_PATH_GUEST_CACHE;
+		if (err)
+			status = err;
+	}
+	/* make the guest-copied pages clean, so finishing can drop every cached page */
+	if (op->guest_copied) {
+		err = vfs_fsync(out, 1);
+		if (err && status == 0)
+			status = err;
+	}
+	for (i = 0; i < npieces; i++) {
+		written += pieces[i].done;
+		if (pieces[i].done < pieces[i].len)
+			break;
+	}
+	err = vpipe_dest_finish(out, op->out_offset, len, written, &total);
 	if (err && err != -EBUSY && status == 0)
 		status = err;
-	op->moved = done;
-	if (status < 0 && done)
+	op->moved = written;
+	if (status < 0 && written)
 		pr_warn_ratelimited("vpipe: file_to_file short after %llu of %llu bytes: %d\n",
-				    done, len, status);
-	if (done)
+				    written, len, status);
+	if (written)
 		status = 0;
 out:
 	if (stages) {
 		for (k = 0; k < nstages; k++)
 			stage_free(&stages[k]);
-		kvfree(stages);
 	}
+	kvfree(stages);
+	kvfree(stage_piece);
+	kfree(pieces);
+	kfree(cached);
 	kvfree(buf);
 	vpipe_fmap_free(&sm);
 	vpipe_fmap_free(&dm);

@@ -6,7 +6,9 @@
  * with debugfs's view of the same image (check_maps.py). Ends with "PROBE RESULT: PASS|FAIL".
  *
  *   kmod_probe all      everything (files on /mnt, vda1 registered as vdev 51712)
- *   kmod_probe stats    only: /dev/vpipe answers STATS, no engine
+ *   kmod_probe engine   file -> file byte-exact through the test build's stand-in engine
+ *                       (vpipe.ko loaded with test_engine_disk=/dev/vda)
+ *   kmod_probe stats    only: /dev/vpipe answers STATS
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -361,6 +363,193 @@ static void map_checks(void)
 	print_map("/mnt/tail.bin", 0, 10000 + (3 << 20), 0);
 }
 
+
+/* ---- with the test build's stand-in engine (test_engine_disk=/dev/vda) -------------------- */
+
+static char *slurp(const char *path, size_t *n)
+{
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	char *b;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return NULL;
+	b = malloc(st.st_size + 1);
+	*n = pread(fd, b, st.st_size, 0);
+	close(fd);
+	return b;
+}
+
+static int f2f(const char *from, const char *to, uint64_t in_off, uint64_t out_off, uint64_t len,
+	       uint32_t flags, struct vpipe_ioc_op *res, int create)
+{
+	int in = open(from, O_RDONLY | O_CLOEXEC);
+	int out = open(to, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0644);
+	struct vpipe_ioc_op op;
+	int r;
+
+	memset(&op, 0, sizeof(op));
+	op.op = VPIPE_IOC_FILE_TO_FILE;
+	op.handle = VPIPE_NO_HANDLE;
+	op.in_fd = in;
+	op.out_fd = out;
+	op.in_offset = in_off;
+	op.out_offset = out_off;
+	op.length = len;
+	op.flags = flags;
+	r = ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0;
+	*res = op;
+	close(in);
+	close(out);
+	printf("     op %s[%llu] -> %s[%llu] len %llu: r=%d moved=%llu offloaded=%llu guest=%llu zero_filled=%llu requests=%u paths=%#x\n",
+	       from, (unsigned long long)in_off, to, (unsigned long long)out_off,
+	       (unsigned long long)len, r, (unsigned long long)op.moved,
+	       (unsigned long long)op.offloaded, (unsigned long long)op.guest_copied,
+	       (unsigned long long)op.zero_filled, op.requests, op.paths);
+	return r;
+}
+
+static int set_param(const char *name, const char *val)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/sys/module/vpipe/parameters/%s", name);
+	int fd = open(path, O_WRONLY);
+	int ok = fd >= 0 && write(fd, val, strlen(val)) == (ssize_t)strlen(val);
+	if (fd >= 0)
+		close(fd);
+	return ok ? 0 : -1;
+}
+
+static void drop_caches(void)
+{
+	sync();
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	if (fd >= 0) {
+		if (write(fd, "3", 1) != 1)
+			perror("drop_caches");
+		close(fd);
+	}
+}
+
+static void engine_checks(void)
+{
+	struct vpipe_ioc_stats s0, s1;
+	struct vpipe_ioc_op op;
+	size_t nb = 0, nc = 0, n2 = 0;
+	char *big, *c;
+
+	CHECK(stats(&s0) == 0 && s0.engine_connected == 1, "STATS: the stand-in engine is connected");
+	big = slurp("/mnt/big.bin", &nb);
+	CHECK(big && nb == 5000000, "big.bin read (%zu bytes)", nb);
+	drop_caches();
+
+	/* 1. a whole file into a new one */
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy1.bin", 0, 0, nb, 0, &op, 1) == 0 && op.moved == nb &&
+		      op.offloaded == nb && op.guest_copied == 0 && op.requests >= 1 &&
+		      (op.paths & VPIPE_PATH_OFFLOAD) && op.zero_filled >= nb,
+	      "file->file into a new file: moved %llu, zero-filled %llu",
+	      (unsigned long long)op.moved, (unsigned long long)op.zero_filled);
+	c = slurp("/mnt/copy1.bin", &nc);
+	CHECK(c && nc == nb && !memcmp(c, big, nb), "copy1.bin byte-exact (%zu bytes)", nc);
+	free(c);
+
+	/* 2. a length past EOF: short count */
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy2.bin", 1000000, 0, 10 << 20, 0, &op, 1) == 0 &&
+		      op.moved == nb - 1000000,
+	      "length past EOF: short count %llu", (unsigned long long)op.moved);
+	c = slurp("/mnt/copy2.bin", &nc);
+	CHECK(c && nc == nb - 1000000 && !memcmp(c, big + 1000000, nc), "copy2.bin byte-exact");
+	free(c);
+
+	/* 3. unaligned offsets and length inside an existing file: the rest stays */
+	int fd = open("/mnt/copy3.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && write_at(fd, 7, 4 << 20, 0) == 0 && fsync(fd) == 0, "copy3.bin: 4 MiB pattern");
+	close(fd);
+	char *pat = malloc(4 << 20);
+	fill(pat, 4 << 20, 7);
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy3.bin", 12345, 777, 3000001, 0, &op, 0) == 0 &&
+		      op.moved == 3000001 && op.zero_filled == 0,
+	      "unaligned overwrite inside a file: moved %llu, zero-filled %llu",
+	      (unsigned long long)op.moved, (unsigned long long)op.zero_filled);
+	c = slurp("/mnt/copy3.bin", &nc);
+	CHECK(c && nc == (4 << 20) && !memcmp(c, pat, 777) &&
+		      !memcmp(c + 777, big + 12345, 3000001) &&
+		      !memcmp(c + 777 + 3000001, pat + 777 + 3000001, (4 << 20) - 777 - 3000001),
+	      "copy3.bin: head and tail intact, middle byte-exact");
+	free(c);
+
+	/* 4. holes and unwritten extents read as zeros */
+	char *sp = slurp("/mnt/sparse.bin", &n2);
+	CHECK(f2f("/mnt/sparse.bin", "/mnt/copy4.bin", 0, 0, n2, 0, &op, 1) == 0 && op.moved == n2,
+	      "sparse source");
+	c = slurp("/mnt/copy4.bin", &nc);
+	CHECK(c && sp && nc == n2 && !memcmp(c, sp, n2), "copy4.bin byte-exact (holes as zeros)");
+	free(c);
+	free(sp);
+	sp = slurp("/mnt/mixed.bin", &n2);
+	CHECK(f2f("/mnt/mixed.bin", "/mnt/copy5.bin", 0, 0, n2, 0, &op, 1) == 0 && op.moved == n2,
+	      "source with an unwritten extent");
+	c = slurp("/mnt/copy5.bin", &nc);
+	CHECK(c && sp && nc == n2 && !memcmp(c, sp, n2), "copy5.bin byte-exact");
+	free(c);
+	free(sp);
+
+	/* 5. one file, disjoint ranges, growing it with a gap; overlapping ranges refused */
+	CHECK(f2f("/mnt/copy1.bin", "/mnt/copy1.bin", 0, 6 << 20, 1 << 20, 0, &op, 0) == 0 &&
+		      op.moved == (1 << 20),
+	      "same file, disjoint ranges, past EOF");
+	c = slurp("/mnt/copy1.bin", &nc);
+	int gap0 = 1;
+	for (size_t i = nb; c && i < (6u << 20); i++)
+		gap0 &= c[i] == 0;
+	CHECK(c && nc == (7u << 20) && !memcmp(c, big, nb) && gap0 &&
+		      !memcmp(c + (6 << 20), big, 1 << 20),
+	      "copy1.bin: old bytes, zero gap, copied tail");
+	free(c);
+	expect("same file, overlapping ranges",
+	       f2f("/mnt/copy1.bin", "/mnt/copy1.bin", 0, 4096, 1 << 20, 0, &op, 0), -EINVAL);
+
+	/* 6. the cache rule: a clean cached source is served by the guest */
+	CHECK(set_param("cache_rule_f2f", "Y") == 0, "cache_rule_f2f=Y");
+	free(slurp("/mnt/big.bin", &nc));   /* now cached and clean */
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy6.bin", 0, 0, nb, 0, &op, 1) == 0 && op.moved == nb &&
+		      op.guest_copied == nb && op.offloaded == 0 && (op.paths & VPIPE_PATH_GUEST_CACHE),
+	      "cache rule: guest copied %llu", (unsigned long long)op.guest_copied);
+	c = slurp("/mnt/copy6.bin", &nc);
+	CHECK(c && nc == nb && !memcmp(c, big, nb), "copy6.bin byte-exact");
+	free(c);
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy7.bin", 0, 0, nb, VPIPE_OPF_NO_CACHE_RULE, &op, 1) == 0 &&
+		      op.offloaded == nb && op.guest_copied == 0,
+	      "VPIPE_OPF_NO_CACHE_RULE: offloaded %llu", (unsigned long long)op.offloaded);
+	set_param("cache_rule_f2f", "N");
+
+	/* 7. chunking: 1 MiB per request */
+	CHECK(set_param("chunk_mb", "1") == 0, "chunk_mb=1");
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy8.bin", 0, 0, nb, 0, &op, 1) == 0 && op.moved == nb &&
+		      op.requests == 5,
+	      "chunked: %u requests", op.requests);
+	c = slurp("/mnt/copy8.bin", &nc);
+	CHECK(c && nc == nb && !memcmp(c, big, nb), "copy8.bin byte-exact");
+	free(c);
+	set_param("chunk_mb", "64");
+
+	/* 8. holds are released: the source takes writes again */
+	fd = open("/mnt/big.bin", O_WRONLY);
+	CHECK(fd >= 0 && pwrite(fd, big, 10, 0) == 10, "source writable after the operations");
+	close(fd);
+
+	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 9 && s1.ops_failed - s0.ops_failed == 1 &&
+		      s1.bytes_offloaded > s0.bytes_offloaded && s1.bytes_guest_cache - s0.bytes_guest_cache == nb &&
+		      s1.ring_requests > s0.ring_requests && s1.bytes_zero_filled > s0.bytes_zero_filled &&
+		      s1.extents_mapped > s0.extents_mapped,
+	      "STATS: ops[1] +%llu, failed +%llu, offloaded %llu, guest %llu, requests %llu, zero-filled %llu",
+	      (unsigned long long)(s1.ops[1] - s0.ops[1]), (unsigned long long)(s1.ops_failed - s0.ops_failed),
+	      (unsigned long long)s1.bytes_offloaded, (unsigned long long)s1.bytes_guest_cache,
+	      (unsigned long long)s1.ring_requests, (unsigned long long)s1.bytes_zero_filled);
+	free(big);
+	free(pat);
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "all";
@@ -371,10 +560,13 @@ int main(int argc, char **argv)
 	CHECK(dev >= 0, "open /dev/vpipe");
 	if (dev < 0)
 		goto out;
-	CHECK(stats(&s) == 0 && s.engine_connected == 0, "VPIPE_IOC_STATS works, no engine");
+	CHECK(stats(&s) == 0 && s.engine_connected == !strcmp(mode, "engine"),
+	      "VPIPE_IOC_STATS works, engine_connected=%llu", (unsigned long long)s.engine_connected);
 	if (!strcmp(mode, "all")) {
 		abi_checks();
 		map_checks();
+	} else if (!strcmp(mode, "engine")) {
+		engine_checks();
 	}
 	close(dev);
 out:
