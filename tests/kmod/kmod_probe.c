@@ -431,6 +431,129 @@ static void drop_caches(void)
 	}
 }
 
+
+/* one socket operation as libvpipe does it: restored sockets replace the descriptors */
+static int sock_op(uint32_t opc, int *in, int *out, uint64_t out_off, uint64_t len,
+		   struct vpipe_ioc_op *res)
+{
+	struct vpipe_ioc_op op;
+	int r;
+
+	memset(&op, 0, sizeof(op));
+	op.op = opc;
+	op.handle = VPIPE_NO_HANDLE;
+	op.in_fd = *in;
+	op.out_fd = *out;
+	op.out_offset = out_off;
+	op.length = len;
+	op.new_in_fd = op.new_out_fd = -1;
+	r = ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0;
+	if (op.new_in_fd >= 0) {
+		dup3(op.new_in_fd, *in, O_CLOEXEC);
+		close(op.new_in_fd);
+	}
+	if (op.new_out_fd >= 0) {
+		dup3(op.new_out_fd, *out, O_CLOEXEC);
+		close(op.new_out_fd);
+	}
+	printf("     sock op %u len %llu: r=%d moved=%llu offloaded=%llu guest=%llu requests=%u new_in=%d new_out=%d\n",
+	       opc, (unsigned long long)len, r, (unsigned long long)op.moved,
+	       (unsigned long long)op.offloaded, (unsigned long long)op.guest_copied, op.requests,
+	       op.new_in_fd, op.new_out_fd);
+	*res = op;
+	return r;
+}
+
+/* a and b are the two ends of one connection: bytes flow both ways */
+static int talk(int a, int b, const char *tag)
+{
+	char buf[64];
+	size_t n = strlen(tag);
+	ssize_t r;
+
+	if (send(a, tag, n, 0) != (ssize_t)n)
+		return -1;
+	r = recv(b, buf, sizeof(buf), 0);
+	if (r != (ssize_t)n || memcmp(buf, tag, n))
+		return -1;
+	if (send(b, tag, n, 0) != (ssize_t)n)
+		return -1;
+	r = recv(a, buf, sizeof(buf), 0);
+	return r == (ssize_t)n && !memcmp(buf, tag, n) ? 0 : -1;
+}
+
+/* The stand-in engine answers socket requests -EOPNOTSUPP without taking the connections
+ * over: the module must deliver unread bytes itself, freeze, hand over, and give every socket
+ * back restored from its own state, as a new descriptor -- the connections keep working. */
+static void socket_checks(void)
+{
+	struct vpipe_ioc_op op;
+	int c = -1, sv = -1, c2 = -1, sv2 = -1;
+	char *data = malloc(10000), *got;
+	size_t n;
+
+	fill(data, 10000, 42);
+	CHECK(tcp_pair("10.9.9.1", &c, &sv) == 0 && tcp_pair("10.9.9.1", &c2, &sv2) == 0,
+	      "TCP pairs on 10.9.9.1");
+	/* a. unread bytes cover the length: no hand-over at all */
+	CHECK(send(c, data, 3000, 0) == 3000, "3000 bytes queued at the source");
+	usleep(100000);
+	CHECK(sock_op(VPIPE_IOC_SOCKET_TO_FILE, &sv, &(int){ open("/mnt/s2f.bin", O_RDWR | O_CREAT | O_TRUNC, 0644) },
+		      0, 3000, &op) == 0 && op.moved == 3000 && op.guest_copied == 3000 && op.requests == 0,
+	      "socket->file served from the unread queue: moved %llu", (unsigned long long)op.moved);
+	close(op.out_fd);
+	got = slurp("/mnt/s2f.bin", &n);
+	CHECK(got && n == 3000 && !memcmp(got, data, 3000), "s2f.bin byte-exact");
+	free(got);
+	CHECK(talk(c, sv, "after-a") == 0, "connection usable after (a)");
+
+	/* b. more than is queued: local bytes, then a hand-over dom0 refuses -> short count */
+	CHECK(send(c, data, 3000, 0) == 3000, "3000 more bytes queued");
+	usleep(100000);
+	int f = open("/mnt/s2f2.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	int r = sock_op(VPIPE_IOC_SOCKET_TO_FILE, &sv, &f, 0, 10000, &op);
+	CHECK(r == 0 && op.moved == 3000 && op.guest_copied == 3000 && op.requests == 1 &&
+		      op.new_in_fd >= 0,
+	      "socket->file past the queue: short count %llu, source restored as fd %d",
+	      (unsigned long long)op.moved, op.new_in_fd);
+	close(f);
+	got = slurp("/mnt/s2f2.bin", &n);
+	CHECK(got && n == 3000 && !memcmp(got, data, 3000),
+	      "s2f2.bin: 3000 bytes, prepared surplus given back (size %zu)", n);
+	free(got);
+	CHECK(talk(c, sv, "after-b") == 0, "restored source connection usable");
+
+	/* c. file -> socket refused by dom0: the destination comes back restored */
+	r = sock_op(VPIPE_IOC_FILE_TO_SOCKET, &(int){ open("/mnt/big.bin", O_RDONLY) }, &c, 0, 100000, &op);
+	close(op.in_fd);
+	CHECK(r == -EOPNOTSUPP && op.moved == 0 && op.requests == 1 && op.new_out_fd >= 0,
+	      "file->socket refused by the engine: EOPNOTSUPP, destination restored as fd %d",
+	      op.new_out_fd);
+	CHECK(talk(c, sv, "after-c") == 0, "restored destination connection usable");
+
+	/* d. socket -> socket: both frozen, both restored */
+	r = sock_op(VPIPE_IOC_SOCKET_TO_SOCKET, &sv, &c2, 0, 100000, &op);
+	CHECK(r == -EOPNOTSUPP && op.moved == 0 && op.requests == 1 && op.new_in_fd >= 0 &&
+		      op.new_out_fd >= 0,
+	      "socket->socket refused by the engine: both restored");
+	CHECK(talk(c, sv, "after-d1") == 0 && talk(c2, sv2, "after-d2") == 0,
+	      "both connections usable");
+
+	/* e. a source whose peer closed: what is queued is copied locally, then EOF */
+	CHECK(send(c, data, 500, 0) == 500 && shutdown(c, SHUT_WR) == 0, "500 bytes then FIN");
+	usleep(100000);
+	f = open("/mnt/s2f3.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	r = sock_op(VPIPE_IOC_SOCKET_TO_FILE, &sv, &f, 0, 10000, &op);
+	CHECK(r == 0 && op.moved == 500 && op.requests == 0, "peer closed: 500 bytes copied locally");
+	r = sock_op(VPIPE_IOC_SOCKET_TO_FILE, &sv, &f, 500, 10000, &op);
+	CHECK(r == 0 && op.moved == 0, "then 0 (EOF)");
+	close(f);
+	int fds[] = { c, sv, c2, sv2 };
+	for (size_t i = 0; i < 4; i++)
+		close(fds[i]);
+	free(data);
+}
+
 static void engine_checks(void)
 {
 	struct vpipe_ioc_stats s0, s1;
@@ -538,8 +661,9 @@ static void engine_checks(void)
 	CHECK(fd >= 0 && pwrite(fd, big, 10, 0) == 10, "source writable after the operations");
 	close(fd);
 
-	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 9 && s1.ops_failed - s0.ops_failed == 1 &&
-		      s1.bytes_offloaded > s0.bytes_offloaded && s1.bytes_guest_cache - s0.bytes_guest_cache == nb &&
+	socket_checks();
+	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 9 && s1.ops_failed - s0.ops_failed == 3 && s1.ops[3] - s0.ops[3] == 4 &&
+		      s1.bytes_offloaded > s0.bytes_offloaded && s1.bytes_guest_cache - s0.bytes_guest_cache == nb + 6500 &&
 		      s1.ring_requests > s0.ring_requests && s1.bytes_zero_filled > s0.bytes_zero_filled &&
 		      s1.extents_mapped > s0.extents_mapped,
 	      "STATS: ops[1] +%llu, failed +%llu, offloaded %llu, guest %llu, requests %llu, zero-filled %llu",

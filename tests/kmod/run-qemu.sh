@@ -10,7 +10,10 @@
 # cleanly, and the kernel log shows no warning. Then, with the test build's stand-in engine
 # (test_engine_disk=/dev/vda: the module executes its own requests on the raw disk, as dom0
 # would on the image), file -> file runs byte-exact: new file, short count past EOF, unaligned
-# overwrite, holes/unwritten sources, one file, the cache rule, chunking, counters.
+# overwrite, holes/unwritten sources, one file, the cache rule, chunking, counters; and the
+# socket orchestration: unread bytes delivered by the guest, freeze, a hand-over the engine
+# refuses, every socket restored as a new descriptor (dup3 as libvpipe does) and still carrying
+# data both ways, a source whose peer closed drained locally then EOF.
 #
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu, kernel, headers or tools).
 # Environment: KVER (default 6.1.0-56-amd64), TIMEOUT (s, default 300), KEEP=1 keeps the work dir.

@@ -13,12 +13,106 @@
 #include <linux/mutex.h>
 #include <linux/uaccess.h>
 #include <linux/ktime.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter_ipv4.h>
+#include <net/ip.h>
+#include <net/netfilter/nf_conntrack.h>
 
 #include "vpipe_tcp.h"
 #include "ktcp_test_ioctl.h"
 
 static DEFINE_MUTEX(kt_lock);
 static struct vpipe_frozen_sock kt_slot[KT_SLOTS];
+
+/* ---- conntrack scenario ---- */
+static struct net *kt_ct_net;		/* tracking enabled here (nf_ct_netns_get) */
+static bool kt_ct_dom0;			/* untrack the watched tuple */
+static __be32 kt_ct_a, kt_ct_b;		/* watched tuple, either direction */
+static __be16 kt_ct_pa, kt_ct_pb;
+static atomic64_t kt_ct_invalid = ATOMIC64_INIT(0), kt_ct_untracked = ATOMIC64_INIT(0);
+
+static bool kt_watched(const struct sk_buff *skb)
+{
+	const struct iphdr *iph = ip_hdr(skb);
+	struct tcphdr _th;
+	const struct tcphdr *th;
+
+	if (iph->protocol != IPPROTO_TCP || !kt_ct_pa)
+		return false;
+	th = skb_header_pointer(skb, ip_hdrlen(skb), sizeof(_th), &_th);
+	if (!th)
+		return false;
+	return (iph->saddr == kt_ct_a && th->source == kt_ct_pa && iph->daddr == kt_ct_b &&
+		th->dest == kt_ct_pb) ||
+	       (iph->saddr == kt_ct_b && th->source == kt_ct_pb && iph->daddr == kt_ct_a &&
+		th->dest == kt_ct_pa);
+}
+
+/* before conntrack: the dom0 phase is invisible to the guest's conntrack */
+static unsigned int kt_untrack_hook(void *priv, struct sk_buff *skb,
+				    const struct nf_hook_state *state)
+{
+	if (READ_ONCE(kt_ct_dom0) && !skb_get_nfct(skb) && kt_watched(skb)) {
+		nf_ct_set(skb, NULL, IP_CT_UNTRACKED);
+		atomic64_inc(&kt_ct_untracked);
+	}
+	return NF_ACCEPT;
+}
+
+/* after conntrack: "ct state invalid drop" for the watched tuple */
+static unsigned int kt_invalid_hook(void *priv, struct sk_buff *skb,
+				    const struct nf_hook_state *state)
+{
+	if (!skb_get_nfct(skb) && kt_watched(skb)) {
+		atomic64_inc(&kt_ct_invalid);
+		return NF_DROP;
+	}
+	return NF_ACCEPT;
+}
+
+static const struct nf_hook_ops kt_ct_ops[] = {
+	{ .hook = kt_untrack_hook, .pf = NFPROTO_IPV4, .hooknum = NF_INET_LOCAL_OUT,
+	  .priority = NF_IP_PRI_RAW },
+	{ .hook = kt_untrack_hook, .pf = NFPROTO_IPV4, .hooknum = NF_INET_PRE_ROUTING,
+	  .priority = NF_IP_PRI_RAW },
+	{ .hook = kt_invalid_hook, .pf = NFPROTO_IPV4, .hooknum = NF_INET_LOCAL_OUT,
+	  .priority = NF_IP_PRI_CONNTRACK + 1 },
+	{ .hook = kt_invalid_hook, .pf = NFPROTO_IPV4, .hooknum = NF_INET_PRE_ROUTING,
+	  .priority = NF_IP_PRI_CONNTRACK + 1 },
+};
+
+static void kt_ct_off(void)
+{
+	if (!kt_ct_net)
+		return;
+	nf_unregister_net_hooks(kt_ct_net, kt_ct_ops, ARRAY_SIZE(kt_ct_ops));
+	nf_ct_netns_put(kt_ct_net, NFPROTO_IPV4);
+	put_net(kt_ct_net);
+	kt_ct_net = NULL;
+	kt_ct_dom0 = false;
+	kt_ct_pa = 0;
+}
+
+static long kt_ct_on(void)
+{
+	struct net *net = current->nsproxy->net_ns;
+	int r;
+
+	if (kt_ct_net)
+		return -EBUSY;
+	r = nf_ct_netns_get(net, NFPROTO_IPV4);
+	if (r)
+		return r;
+	r = nf_register_net_hooks(net, kt_ct_ops, ARRAY_SIZE(kt_ct_ops));
+	if (r) {
+		nf_ct_netns_put(net, NFPROTO_IPV4);
+		return r;
+	}
+	kt_ct_net = get_net(net);
+	return 0;
+}
 
 static long kt_restore(struct kt_restore *a)
 {
@@ -198,8 +292,32 @@ static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 			r = -EFAULT;
 		break;
 	}
+	case KT_IOC_CT_TRACK:
+	case KT_IOC_CT_DOM0: {
+		struct kt_ct a;
+
+		if (copy_from_user(&a, up, sizeof(a))) {
+			r = -EFAULT;
+			break;
+		}
+		if (cmd == KT_IOC_CT_TRACK) {
+			if (a.on)
+				r = kt_ct_on();
+			else
+				kt_ct_off();
+			break;
+		}
+		memcpy(&kt_ct_a, a.st.local_addr, 4);
+		memcpy(&kt_ct_b, a.st.remote_addr, 4);
+		kt_ct_pb = a.st.remote_port;
+		WRITE_ONCE(kt_ct_pa, a.st.local_port);
+		WRITE_ONCE(kt_ct_dom0, a.on);
+		break;
+	}
 	case KT_IOC_STATS: {
-		struct kt_stats s = { .dropped = vpipe_tcp_dropped(), .blocked = vpipe_tcp_blocked() };
+		struct kt_stats s = { .dropped = vpipe_tcp_dropped(), .blocked = vpipe_tcp_blocked(),
+				      .ct_invalid_dropped = atomic64_read(&kt_ct_invalid),
+				      .ct_untracked = atomic64_read(&kt_ct_untracked) };
 
 		if (copy_to_user(up, &s, sizeof(s)))
 			r = -EFAULT;
@@ -241,6 +359,7 @@ static void __exit kt_exit(void)
 	int i;
 
 	misc_deregister(&kt_dev);
+	kt_ct_off();
 	for (i = 0; i < KT_SLOTS; i++)
 		vpipe_tcp_release(&kt_slot[i]);
 	vpipe_tcp_exit();

@@ -58,6 +58,17 @@ struct kt_stats {
 	uint64_t dropped;
 	uint32_t blocked;
 	uint32_t pad;
+	uint64_t ct_invalid_dropped; /* segments of the watched tuple conntrack called INVALID */
+	uint64_t ct_untracked;       /* segments of the watched tuple kept from conntrack */
+};
+
+/* conntrack scenario: tracking on in the caller's netns, a watched tuple whose INVALID
+ * segments are dropped (what "ct state invalid drop" does), and a "dom0" phase whose
+ * segments conntrack does not see (they do not pass through the guest on Xen) */
+struct kt_ct {
+	uint32_t on;        /* KT_IOC_CT_TRACK: 1 on / 0 off; KT_IOC_CT_DOM0: dom0 phase on/off */
+	uint32_t pad;
+	struct vpipe_tcp_state st; /* KT_IOC_CT_DOM0: the watched tuple */
 };
 
 #define KT_IOC_CHECK _IOWR('k', 1, struct kt_check)
@@ -68,5 +79,7 @@ struct kt_stats {
 #define KT_IOC_SEND_ALL _IOWR('k', 6, struct kt_io)
 #define KT_IOC_STATS _IOR('k', 7, struct kt_stats)
 #define KT_IOC_DROP_UNREAD _IOW('k', 8, struct kt_io)  /* fd = slot, len = n */
+#define KT_IOC_CT_TRACK _IOW('k', 9, struct kt_ct)
+#define KT_IOC_CT_DOM0 _IOW('k', 10, struct kt_ct)
 
 #endif

@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -272,6 +273,8 @@ static int transfer(int from, int to, size_t n, uint32_t seed)
 		off += k;
 	}
 	int st = 0;
+	if (bad)
+		kill(pid, SIGKILL); /* a writer stuck in send() */
 	waitpid(pid, &st, 0);
 	if (bad || !WIFEXITED(st) || WEXITSTATUS(st)) {
 		printf("transfer of %zu bytes failed at %zu\n", n, off);
@@ -716,6 +719,53 @@ static int t_server(void)
 	return 0;
 }
 
+/* A firewalled guest: conntrack tracks the flow and INVALID segments are dropped. dom0's
+ * traffic never passes the guest, so after the hand-back both sequence spaces are far past
+ * what conntrack saw. Simulated in one netns: the frozen state is restored into a "shadow"
+ * whose traffic conntrack does not see (untracked), 8 MiB move, the shadow is frozen and its
+ * state (VALID) restored into the application's descriptor. */
+static int t_conntrack(void)
+{
+	int c, s, r, sh;
+	struct kt_ct ct;
+	memset(&ct, 0, sizeof(ct));
+	ct.on = 1;
+	CHECK(ioctl(kt, KT_IOC_CT_TRACK, &ct) == 0, "conntrack on: %s", strerror(errno));
+	CHECK(make_pair(&c, &s) == 0, "pair");
+	CHECK(transfer(c, s, 100000, 30) == 0 && transfer(s, c, 100000, 31) == 0, "tracked");
+	struct kt_freeze fz, fz2;
+	CHECK((r = kfreeze(c, 0, &fz)) == 0, "freeze %d", r);
+	ct.on = 1;
+	ct.st = fz.st;
+	CHECK(ioctl(kt, KT_IOC_CT_DOM0, &ct) == 0, "dom0 phase");
+	struct kt_stats k0 = stats();
+	sh = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK((r = krestore(0, sh)) == 0, "shadow %d", r);
+	CHECK(transfer(sh, s, 8 << 20, 32) == 0 && transfer(s, sh, 4 << 20, 33) == 0, "dom0 phase bytes");
+	CHECK((r = kfreeze(sh, 1, &fz2)) == 0, "freeze shadow %d", r);
+	CHECK(fz2.st.snd_seq - fz.st.snd_seq == 8u << 20 && fz2.st.rcv_seq - fz.st.rcv_seq == 4u << 20,
+	      "seqs moved %u %u", fz2.st.snd_seq - fz.st.snd_seq, fz2.st.rcv_seq - fz.st.rcv_seq);
+	ct.on = 0;
+	CHECK(ioctl(kt, KT_IOC_CT_DOM0, &ct) == 0, "dom0 phase off");
+	struct kt_stats k1 = stats();
+	CHECK(k1.ct_untracked > k0.ct_untracked && k1.ct_invalid_dropped == k0.ct_invalid_dropped,
+	      "untracked %llu invalid %llu", (unsigned long long)(k1.ct_untracked - k0.ct_untracked),
+	      (unsigned long long)(k1.ct_invalid_dropped - k0.ct_invalid_dropped));
+	CHECK((r = krestore_ex(1, c, VPIPE_EPF_VALID, &fz2.st, NULL, 0, 0)) == 0, "restore %d", r);
+	int bad = transfer(c, s, 1 << 20, 34) || transfer(s, c, 1 << 20, 35);
+	struct kt_stats k2 = stats();
+	ct.on = 0;
+	ioctl(kt, KT_IOC_CT_TRACK, &ct);
+	close(c);
+	close(s);
+	close(sh);
+	CHECK(!bad && k2.ct_invalid_dropped == k1.ct_invalid_dropped,
+	      "after the hand-back: transfer %s, %llu segments INVALID", bad ? "failed" : "ok",
+	      (unsigned long long)(k2.ct_invalid_dropped - k1.ct_invalid_dropped));
+	printf("ok conntrack: seqs moved by 8/4 MiB behind conntrack's back, restored flow passes \"ct state invalid drop\" (0 INVALID)\n");
+	return 0;
+}
+
 /* the peer does not read: freeze gives -ETIMEDOUT after 5 s and the socket keeps working */
 static int t_timeout(void)
 {
@@ -773,6 +823,7 @@ int main(void)
 	t_reset_release();
 	t_misc();
 	t_server();
+	t_conntrack();
 	t_timeout();
 	summary("freeze", fr_ns, n_fr);
 	summary("restore", rs_ns, n_rs);

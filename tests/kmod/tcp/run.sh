@@ -65,6 +65,13 @@ mkdir -p "$r/bin" "$r/proc" "$r/sys" "$r/dev" "$r/tmp"
 cp "$busybox" "$r/bin/busybox"
 for a in sh mount ip insmod rmmod poweroff sleep cat echo dmesg; do ln -s busybox "$r/bin/$a"; done
 cp "$work/mod/vpipe_ktcp_test.ko" "$r/"
+# the test module links nf_conntrack (the firewalled-guest scenario); vpipe_tcp.c itself
+# does not depend on it
+mdir=/lib/modules/$KVER/kernel
+for m in crypto/crc32c_generic lib/libcrc32c net/ipv4/netfilter/nf_defrag_ipv4 net/ipv6/netfilter/nf_defrag_ipv6 \
+	net/netfilter/nf_conntrack; do
+	cp "$mdir/$m.ko" "$r/" 2>/dev/null || skip "$mdir/$m.ko missing"
+done
 cat >"$r/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc
@@ -73,6 +80,7 @@ mount -t devtmpfs dev /dev
 ip link set lo up
 ip addr add 10.77.0.1/32 dev lo
 ip addr add 10.77.0.2/32 dev lo
+for m in crc32c_generic libcrc32c nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack; do insmod /$m.ko; done
 if insmod /vpipe_ktcp_test.ko; then
 	/ktcp_test
 	echo "KTCP EXIT $?"
