@@ -47,6 +47,11 @@
 #include <net/inet_connection_sock.h>
 #include <net/tcp.h>
 #include <net/ip.h>
+#if IS_ENABLED(CONFIG_NF_CONNTRACK)
+#include <net/netfilter/nf_conntrack.h>
+#include <net/netfilter/nf_conntrack_core.h>
+#include <net/netfilter/nf_conntrack_zones.h>
+#endif
 
 #include "vpipe_tcp.h"
 
@@ -884,6 +889,45 @@ fail:
 	return r;
 }
 
+/*
+ * The guest's conntrack, when something uses it (a firewall), last saw the connection at the
+ * freeze; dom0 moved both sequence spaces on. Its TCP window tracking would call the restored
+ * connection's segments INVALID, and a firewall that drops INVALID (firewalld, many rule
+ * sets) would stall it. The entry is made liberal in both directions (what
+ * nf_conntrack_tcp_be_liberal does globally). nf_conntrack is looked up at run time: not
+ * loaded means nothing tracks the flow, and vpipe.ko does not pull it in.
+ */
+static void vt_conntrack_liberal(struct net *net, const struct vpipe_tcp_state *s)
+{
+#if IS_ENABLED(CONFIG_NF_CONNTRACK)
+	typeof(&nf_conntrack_find_get) find = symbol_get(nf_conntrack_find_get);
+	struct nf_conntrack_tuple t;
+	struct nf_conntrack_tuple_hash *h;
+	struct nf_conn *ct;
+
+	if (!find)
+		return;
+	memset(&t, 0, sizeof(t));
+	t.src.l3num = AF_INET;
+	memcpy(&t.src.u3.ip, s->remote_addr, 4);
+	t.src.u.tcp.port = s->remote_port;
+	memcpy(&t.dst.u3.ip, s->local_addr, 4);
+	t.dst.u.tcp.port = s->local_port;
+	t.dst.protonum = IPPROTO_TCP;
+	t.dst.dir = IP_CT_DIR_ORIGINAL;
+	h = find(net, &nf_ct_zone_dflt, &t);
+	if (h) {
+		ct = nf_ct_tuplehash_to_ctrack(h);
+		spin_lock_bh(&ct->lock);
+		ct->proto.tcp.seen[0].flags |= IP_CT_TCP_FLAG_BE_LIBERAL;
+		ct->proto.tcp.seen[1].flags |= IP_CT_TCP_FLAG_BE_LIBERAL;
+		spin_unlock_bh(&ct->lock);
+		nf_conntrack_put(&ct->ct_general);
+	}
+	symbol_put(nf_conntrack_find_get);
+#endif
+}
+
 int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state *final,
 		      const u8 *carry, u32 result_flags, int *new_fd)
 {
@@ -948,6 +992,8 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state
 	if (r)
 		goto out_unblock;
 	vt_copy_options(app_sock->sk, sock->sk, fz->app_reuse);
+	if (result_flags & VPIPE_EPF_VALID)
+		vt_conntrack_liberal(net, &s);
 	if (shut_rd)
 		kernel_sock_shutdown(sock, SHUT_RD);	/* the application reads EOF */
 	/* the flow reaches the new socket; then leave repair mode with a window probe so that
