@@ -402,7 +402,7 @@ static int setup_ring_locked(struct xenbus_device *dev)
 	if (err)
 		goto fail;
 	err = bind_evtchn_to_irqhandler(chan.evtchn, vpipe_interrupt, 0, "vpipe", &chan);
-	if (err <= 0) {
+	if (err < 0) {
 		xenbus_dev_fatal(dev, err, "bind_evtchn_to_irqhandler");
 		goto fail;
 	}
@@ -447,26 +447,29 @@ static void backend_initwait(struct xenbus_device *dev)
 	unsigned int version, pages;
 
 	teardown_locked();
-	if (dev->state != XenbusStateInitialising && dev->state != XenbusStateClosed &&
-	    dev->state != XenbusStateInitialised && dev->state != XenbusStateConnected)
-		return;
 	version = xenbus_read_unsigned(dev->otherend, "protocol-version", 0);
 	pages = xenbus_read_unsigned(dev->otherend, "max-desc-pages", 0);
+	/* a mismatch is reported (error node) without leaving Initialising: switching to
+	 * Closing would make the backend answer InitWait again, and so on forever */
 	if (version != VPIPE_PROTOCOL_VERSION) {
-		xenbus_dev_fatal(dev, -EPROTO, "backend protocol-version %u (want %u)", version,
+		xenbus_dev_error(dev, -EPROTO, "backend protocol-version %u (want %u)", version,
 				 VPIPE_PROTOCOL_VERSION);
-		return;
+		goto stay;
 	}
 	if (pages < VPIPE_DESC_MAX_PAGES) {
-		xenbus_dev_fatal(dev, -EPROTO, "backend max-desc-pages %u (want %u)", pages,
+		xenbus_dev_error(dev, -EPROTO, "backend max-desc-pages %u (want %u)", pages,
 				 VPIPE_DESC_MAX_PAGES);
-		return;
+		goto stay;
 	}
 	if (dev->state != XenbusStateInitialising)
 		xenbus_switch_state(dev, XenbusStateInitialising);
 	if (setup_ring_locked(dev))
 		return;
 	xenbus_switch_state(dev, XenbusStateInitialised);
+	return;
+stay:
+	if (dev->state != XenbusStateInitialising)
+		xenbus_switch_state(dev, XenbusStateInitialising);
 }
 
 static void backend_connected(struct xenbus_device *dev)
@@ -498,15 +501,16 @@ static void vpipe_backend_changed(struct xenbus_device *dev, enum xenbus_state b
 	case XenbusStateConnected:
 		backend_connected(dev);
 		break;
-	case XenbusStateInitialising:
 	case XenbusStateInitialised:
 	case XenbusStateReconfiguring:
 	case XenbusStateReconfigured:
-	case XenbusStateUnknown:
 		break;
+	case XenbusStateInitialising:
+	case XenbusStateUnknown:
 	case XenbusStateClosing:
 	case XenbusStateClosed:
-		/* vpiped stopped: fail what is in flight, wait for it to come back */
+	default:
+		/* vpiped stopped or went away: fail what is in flight, wait for it to return */
 		if (chan.ring_up || chan.connected) {
 			dev_info(&dev->dev, "vpipe: the engine left (state %d)\n", backend_state);
 			teardown_locked();
