@@ -802,9 +802,13 @@ static void summary(const char *what, uint64_t *v, int n)
 		mx = v[i] > mx ? v[i] : mx;
 		sum += v[i];
 	}
-	if (n)
-		printf("timing %s: n=%d min %.1f us avg %.1f us max %.1f us\n", what, n, mn / 1e3,
-		       sum / 1e3 / n, mx / 1e3);
+	if (!n)
+		return;
+	printf("timing %s: n=%d min %.1f us avg %.1f us max %.1f us; each (us):", what, n, mn / 1e3,
+	       sum / 1e3 / n, mx / 1e3);
+	for (int i = 0; i < n; i++)
+		printf(" %.0f", v[i] / 1e3);
+	printf("\n");
 }
 
 int main(void)
