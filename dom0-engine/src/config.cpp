@@ -84,6 +84,37 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
     if (cfg.queue_depth == 0 || cfg.queue_depth > 1024)
         fail(origin, "[engine] queue_depth must be 1..1024");
 
+    if (auto* xen = root["xen"].as_table()) {
+        const std::string w = "[xen] ";
+        for (const auto& [k, v] : *xen) {
+            const std::string key(k.str());
+            if (key != "enabled" && key != "weight" && key != "threads" && key != "vm")
+                fail(origin, w + "unknown key " + key);
+        }
+        cfg.xen.enabled = get_or(*xen, "enabled", false, origin, w);
+        auto vm_settings = [&](const toml::table& t, XenVmDefaults base, const std::string& where) {
+            base.weight = get_or(t, "weight", base.weight, origin, where);
+            base.threads = get_or(t, "threads", base.threads, origin, where);
+            if (base.weight == 0 || base.weight > kMaxWeight) fail(origin, where + "weight must be 1..10000");
+            if (base.threads == 0 || base.threads > 256) fail(origin, where + "threads must be 1..256");
+            return base;
+        };
+        cfg.xen.defaults = vm_settings(*xen, cfg.xen.defaults, w);
+        if (const toml::node* vms = xen->get("vm")) {
+            const toml::table* t = vms->as_table();
+            if (!t) fail(origin, "[xen.vm] must be a table of [xen.vm.<name>] tables");
+            for (const auto& [name, node] : *t) {
+                const std::string where = "[xen.vm." + std::string(name.str()) + "] ";
+                const toml::table* vt = node.as_table();
+                if (!vt) fail(origin, where + "must be a table");
+                for (const auto& [k, v] : *vt)
+                    if (k.str() != "weight" && k.str() != "threads")
+                        fail(origin, where + "unknown key " + std::string(k.str()));
+                cfg.xen.by_name[std::string(name.str())] = vm_settings(*vt, cfg.xen.defaults, where);
+            }
+        }
+    }
+
     std::set<std::string> names, channels;
     std::set<uint32_t> ids;
     if (auto* vms = root["vm"].as_array()) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,22 @@ struct VmConfig {
     std::vector<DiskConfig> disks;
 };
 
+// The Xen backend ([xen]): VMs come from xenstore instead of [[vm]] entries (docs/protocol.md 5).
+struct XenVmDefaults {
+    uint32_t weight = 1;
+    uint32_t threads = 4;
+};
+struct XenConfig {
+    bool enabled = false;                          // [xen] enabled, or vpiped --xen
+    XenVmDefaults defaults;                        // [xen] weight / threads
+    std::map<std::string, XenVmDefaults> by_name;  // [xen.vm.<name>] weight / threads
+    // The settings for the domain called `name`.
+    XenVmDefaults for_vm(const std::string& name) const {
+        auto it = by_name.find(name);
+        return it == by_name.end() ? defaults : it->second;
+    }
+};
+
 struct EngineConfig {
     std::string control_socket = "/run/vpipe/vpiped.ctl";
     uint32_t pool_pages = 16384;      // preallocated buffer pages shared by all VMs
@@ -42,6 +59,7 @@ struct EngineConfig {
     uint64_t total_rate_mbps = 0;               // 0: use the start-up calibration
     std::string metrics_listen = "127.0.0.1:9477";  // Prometheus GET /metrics; "" = off
     std::vector<VmConfig> vms;
+    XenConfig xen;
 };
 
 // Parses a TOML file. Throws std::runtime_error naming the file, the key and what is wrong.

@@ -12,7 +12,8 @@ Engine::Engine(EngineConfig cfg) : cfg_(std::move(cfg)) {
     // some VM has a network identity.
     bool any_net = false;
     for (const auto& vmc : cfg_.vms) any_net |= !vmc.ip.empty() && !vmc.bridge.empty();
-    if (any_net) {
+    // On Xen, VMs (and their vif addresses) appear later, from xenstore.
+    if (any_net || cfg_.xen.enabled) {
         sockets_ = SocketEngine::create();
         if (!sockets_) spdlog::warn("flow steering unavailable: socket operations will be refused");
     }
@@ -72,7 +73,89 @@ Engine::Engine(EngineConfig cfg) : cfg_(std::move(cfg)) {
     }
 }
 
-Engine::~Engine() { stop(); }
+Engine::~Engine() {
+    stop();
+    // Workers (inside each Vm) run tasks that call back into their VmService: join them first.
+    vms_.clear();
+    services_.clear();
+}
+
+VmService* Engine::add_vm(const VmConfig& vmc, std::string* error) {
+    std::unique_ptr<Vm> vm;
+    {
+        std::lock_guard lk(vms_mu_);
+        if (stopped_) {
+            *error = "engine stopping";
+            return nullptr;
+        }
+        for (const auto& v : vms_) {
+            if (v->config().id == vmc.id) {
+                *error = "a VM with id " + std::to_string(vmc.id) + " (" + v->name() + ") exists";
+                return nullptr;
+            }
+            if (v->name() == vmc.name) {
+                *error = "a VM named " + vmc.name + " exists (id " + std::to_string(v->config().id) + ")";
+                return nullptr;
+            }
+        }
+    }
+    try {
+        vm = std::make_unique<Vm>(vmc, cfg_);  // opens the images: outside the lock
+    } catch (const std::exception& e) {
+        *error = e.what();
+        return nullptr;
+    }
+    auto service = std::make_unique<VmService>(*vm, *pool_, sockets_.get());
+    credits_->add_vm(vmc.id, vmc.weight);
+    vm->set_credits(credits_.get());
+    VmService* raw = service.get();
+    std::lock_guard lk(vms_mu_);
+    if (started_) {
+        try {
+            service->start();
+        } catch (const std::exception& e) {
+            credits_->remove_vm(vmc.id);
+            *error = e.what();
+            return nullptr;
+        }
+    }
+    vms_.push_back(std::move(vm));
+    services_.push_back(std::move(service));
+    spdlog::info("vm {} (id {}): added, {} disk(s), address {}", vmc.name, vmc.id, vmc.disks.size(),
+                 vmc.ip.empty() ? "none" : vmc.ip);
+    return raw;
+}
+
+void Engine::remove_vm(uint32_t id) {
+    std::unique_ptr<Vm> vm;
+    std::unique_ptr<VmService> service;
+    {
+        std::lock_guard lk(vms_mu_);
+        for (size_t i = 0; i < vms_.size(); ++i) {
+            if (vms_[i]->config().id != id) continue;
+            vm = std::move(vms_[i]);
+            service = std::move(services_[i]);
+            vms_.erase(vms_.begin() + static_cast<long>(i));
+            services_.erase(services_.begin() + static_cast<long>(i));
+            break;
+        }
+    }
+    if (!vm) return;
+    service->stop();            // drops the channel: in-flight responses go nowhere
+    credits_->remove_vm(id);    // workers waiting for credit return at once
+    spdlog::info("vm {} (id {}): removed", vm->name(), id);
+    // Operations already running (a socket waiting for its peer) may take a while; do not hold
+    // up the caller. The Vm goes first: its workers call back into the service.
+    std::lock_guard lk(vms_mu_);
+    retiring_.emplace_back([vm = std::move(vm), service = std::move(service)]() mutable {
+        vm.reset();
+        service.reset();
+    });
+}
+
+void Engine::add_stats_section(std::string key, std::function<nlohmann::json()> fn) {
+    sections_.emplace_back(std::move(key), std::move(fn));
+}
 
 nlohmann::json Engine::handle(const nlohmann::json& req) {
     const std::string cmd = req.value("cmd", "");
@@ -92,6 +175,7 @@ nlohmann::json Engine::handle(const nlohmann::json& req) {
         const int64_t w = w_it->get<int64_t>();
         if (w < 1 || w > kMaxWeight)
             return nlohmann::json{{"ok", false}, {"error", "weight must be 1.." + std::to_string(kMaxWeight)}};
+        std::lock_guard lk(vms_mu_);
         for (auto& vm : vms_) {
             const bool match = vm_it->is_string() ? vm->name() == vm_it->get<std::string>()
                                : vm_it->is_number_integer() && vm_it->get<int64_t>() == vm->config().id;
@@ -123,7 +207,11 @@ void Engine::ticker() {
 
 void Engine::start() {
     ticker_ = std::thread([this] { ticker(); });
-    for (auto& s : services_) s->start();
+    {
+        std::lock_guard lk(vms_mu_);
+        for (auto& s : services_) s->start();
+        started_ = true;
+    }
     if (metrics_) {
         metrics_->start();
         spdlog::info("metrics: http://{}:{}/metrics", cfg_.metrics_listen.substr(0, cfg_.metrics_listen.rfind(':')),
@@ -131,18 +219,28 @@ void Engine::start() {
     }
     // The control socket appears last: its existence tells the lab the engine is ready.
     control_->start();
-    spdlog::info("engine ready: {} VM(s), {} buffers of {} KiB", vms_.size(), pool_->capacity(),
+    spdlog::info("engine ready: {} VM(s){}, {} buffers of {} KiB", vms_.size(),
+                 cfg_.xen.enabled ? " + Xen domains" : "", pool_->capacity(),
                  cfg_.buffer_pages * 4);
 }
 
 void Engine::stop() {
-    if (stopped_) return;
-    stopped_ = true;
+    {
+        std::lock_guard lk(vms_mu_);
+        if (stopped_) return;
+        stopped_ = true;
+    }
     if (control_) control_->stop();
     if (metrics_) metrics_->stop();
     // Workers waiting for credit return at once (and move the rest uncharged) so they join.
     if (credits_) credits_->stop();
-    for (auto& s : services_) s->stop();
+    std::vector<std::thread> retiring;
+    {
+        std::lock_guard lk(vms_mu_);
+        for (auto& s : services_) s->stop();
+        retiring.swap(retiring_);
+    }
+    for (auto& t : retiring) t.join();
     {
         std::lock_guard lk(ticker_mu_);
         ticker_stop_ = true;
@@ -154,6 +252,7 @@ void Engine::stop() {
 nlohmann::json Engine::stats() const {
     nlohmann::json vms = nlohmann::json::array();
     const auto shares = credits_->snapshot();
+    std::unique_lock vms_lk(vms_mu_);
     for (const auto& vm : vms_) {
         nlohmann::json j = vm->stats_json();
         for (const auto& s : shares) {
@@ -167,12 +266,13 @@ nlohmann::json Engine::stats() const {
         }
         vms.push_back(std::move(j));
     }
+    vms_lk.unlock();
     nlohmann::json sock = {{"available", sockets_ != nullptr},
                            {"shadow_sockets", sockets_ ? sockets_->shadow_sockets.load() : 0},
                            {"steered_flows", sockets_ ? sockets_->steered_flows.load() : 0},
                            {"handovers", sockets_ ? sockets_->handovers.load() : 0}};
     const auto opt = credits_->options();
-    return {{"vms", vms},
+    nlohmann::json out = {{"vms", vms},
             {"sockets", sock},
             {"shadow_sockets", sock["shadow_sockets"]},
             {"steered_flows", sock["steered_flows"]},
@@ -188,6 +288,8 @@ nlohmann::json Engine::stats() const {
               {"buffer_bytes", size_t{cfg_.buffer_pages} * 4096},
               {"in_use", pool_->in_use()},
               {"high_water", pool_->high_water()}}}};
+    for (const auto& [key, fn] : sections_) out[key] = fn();
+    return out;
 }
 
 }  // namespace vpipe::engine

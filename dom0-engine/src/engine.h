@@ -3,6 +3,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -30,6 +31,18 @@ public:
     void start();
     void stop();
 
+    // VMs that appear at run time (the Xen backend). add_vm opens the VM's disks, registers it
+    // with the credit scheduler and starts its service, which has no channel socket when
+    // cfg.channel is empty: attach() one to it. nullptr (and *error) when the VM cannot be
+    // served (an image that does not open, a duplicate id or name). Thread-safe.
+    VmService* add_vm(const VmConfig& cfg, std::string* error);
+    // Stops the VM's service (its channel is dropped) and forgets the VM. Operations still
+    // running finish on a background thread (their responses are dropped), then its disks close.
+    void remove_vm(uint32_t id);
+    // Extra sections of stats() (e.g. "xen"), computed on demand. Set before start().
+    void add_stats_section(std::string key, std::function<nlohmann::json()> fn);
+    SocketEngine* sockets() const { return sockets_.get(); }
+
     nlohmann::json stats() const;
     const EngineConfig& config() const { return cfg_; }
     // The control socket's request handler (public for tests).
@@ -50,8 +63,12 @@ private:
     bool ticker_stop_ = false;
     std::unique_ptr<PagePool> pool_;
     std::unique_ptr<SocketEngine> sockets_;  // shadow sockets + steering (nullptr: none)
+    mutable std::mutex vms_mu_;          // vms_ and services_ (VMs come and go at run time)
     std::vector<std::unique_ptr<Vm>> vms_;
     std::vector<std::unique_ptr<VmService>> services_;
+    std::vector<std::thread> retiring_;  // removed VMs whose workers are finishing (joined at stop)
+    std::vector<std::pair<std::string, std::function<nlohmann::json()>>> sections_;
+    bool started_ = false;
     std::unique_ptr<ControlServer> control_;
     std::unique_ptr<MetricsServer> metrics_;
     bool stopped_ = false;

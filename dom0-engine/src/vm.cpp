@@ -39,6 +39,7 @@ nlohmann::json Vm::stats_json() const {
     j["weight"] = cfg_.weight;
     j["threads"] = cfg_.threads;
     j["connected"] = connected_.load();
+    j["transport"] = cfg_.channel.empty() ? "xen" : "shm";
     j["channels"] = counters_.channels.load();
     j["requests"] = counters_.requests.load();
     j["rejected"] = counters_.rejected.load();
@@ -46,6 +47,9 @@ nlohmann::json Vm::stats_json() const {
     j["active"] = counters_.active.load();
     j["shadow_sockets"] = counters_.shadow_sockets.load();
     j["steered_flows"] = counters_.steered_flows.load();
+    j["bad_pages"] = counters_.bad_pages.load();
+    j["ring_overflows"] = counters_.ring_overflows.load();
+    j["cancelled"] = counters_.cancelled.load();
     nlohmann::json ops = nlohmann::json::object(), bytes = nlohmann::json::object();
     for (uint8_t op = VPIPE_OP_FILE_TO_FILE; op < VPIPE_OP_MAX_; ++op) {
         ops[op_name(op)] = counters_.ops[op].load();

@@ -29,6 +29,9 @@ struct VmCounters {
     std::atomic<uint64_t> channels{0};      // ring connections accepted so far
     std::atomic<uint64_t> shadow_sockets{0}; // connections held in dom0 now
     std::atomic<uint64_t> steered_flows{0};  // flows steered to dom0 now
+    std::atomic<uint64_t> bad_pages{0};      // requests naming a descriptor page we cannot copy
+    std::atomic<uint64_t> ring_overflows{0}; // channels dropped for a req_prod past the ring
+    std::atomic<uint64_t> cancelled{0};      // queued operations skipped: their channel went away
 };
 
 class Vm {

@@ -18,10 +18,11 @@
 namespace vpipe::engine {
 
 struct VmService::Channel {
-    std::unique_ptr<transport::ShmHostChannel> shm;
+    std::unique_ptr<HostChannel> host;
     std::mutex ring_mu;           // the back ring's private indexes: service thread + workers
     bool alive = true;            // under ring_mu
     bool stalled = false;         // under ring_mu: requests waiting for response slots
+    std::atomic<bool> live{true}; // alive, readable without the lock (workers skip dead work)
 };
 
 VmService::VmService(Vm& vm, PagePool& pool, SocketEngine* sockets)
@@ -32,7 +33,7 @@ VmService::~VmService() { stop(); }
 void VmService::start() {
     wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
-    listen_fd_ = listen_unix(vm_.config().channel, 0600);
+    if (!vm_.config().channel.empty()) listen_fd_ = listen_unix(vm_.config().channel, 0600);
     thread_ = std::thread([this] { run(); });
 }
 
@@ -41,33 +42,77 @@ void VmService::stop() {
     stopping_ = true;
     transport::kick(wake_fd_.get());
     thread_.join();
+    // Nobody waits on a hand-over any more.
+    std::lock_guard lk(handoff_mu_);
+    handoffs_.clear();
+    handoffs_done_ = handoffs_queued_;
+    handoff_cv_.notify_all();
+}
+
+void VmService::attach(std::unique_ptr<HostChannel> ch) {
+    std::lock_guard lk(handoff_mu_);
+    handoffs_.push_back({std::move(ch), "replaced by a new channel"});
+    handoffs_queued_++;
+    if (wake_fd_) transport::kick(wake_fd_.get());
+}
+
+void VmService::detach(const char* why) {
+    std::unique_lock lk(handoff_mu_);
+    if (!thread_.joinable() || stopping_) return;
+    handoffs_.push_back({nullptr, why});
+    const uint64_t mine = ++handoffs_queued_;
+    transport::kick(wake_fd_.get());
+    handoff_cv_.wait(lk, [&] { return handoffs_done_ >= mine; });
+}
+
+void VmService::run_handoffs() {
+    std::vector<Handoff> work;
+    uint64_t upto;
+    {
+        std::lock_guard lk(handoff_mu_);
+        work.swap(handoffs_);
+        upto = handoffs_queued_;
+    }
+    for (auto& h : work) {
+        if (h.attach)
+            install(std::move(h.attach));
+        else
+            close_channel(h.why);
+    }
+    std::lock_guard lk(handoff_mu_);
+    handoffs_done_ = std::max(handoffs_done_, upto);
+    handoff_cv_.notify_all();
 }
 
 void VmService::run() {
     pthread_setname_np(pthread_self(), ("ring/" + vm_.name()).substr(0, 15).c_str());
-    spdlog::info("vm {}: waiting for its guest on {}", vm_.name(), vm_.config().channel);
+    if (listen_fd_)
+        spdlog::info("vm {}: waiting for its guest on {}", vm_.name(), vm_.config().channel);
     while (!stopping_) {
-        pollfd fds[4] = {{wake_fd_.get(), POLLIN, 0}, {listen_fd_.get(), POLLIN, 0}};
-        nfds_t n = 2;
+        // fds: 0 wake, 1 listen (-1: none), 2 guest notifications, 3 control (-1: none)
+        pollfd fds[4] = {{wake_fd_.get(), POLLIN, 0}, {listen_fd_ ? listen_fd_.get() : -1, POLLIN, 0},
+                         {-1, POLLIN, 0}, {-1, POLLIN, 0}};
         if (channel_) {
-            fds[n++] = {channel_->shm->event_fd(), POLLIN, 0};
-            fds[n++] = {channel_->shm->control_fd(), POLLIN, 0};
+            fds[2].fd = channel_->host->event_fd();
+            fds[3].fd = channel_->host->control_fd();
         }
-        if (::poll(fds, n, -1) < 0) {
+        if (::poll(fds, 4, -1) < 0) {
             if (errno == EINTR) continue;
             spdlog::error("vm {}: poll: {}", vm_.name(), std::strerror(errno));
             break;
         }
-        if (fds[0].revents) transport::drain_kicks(wake_fd_.get());
-        if (stopping_) break;
+        if (fds[0].revents) {
+            transport::drain_kicks(wake_fd_.get());
+            if (stopping_) break;
+            run_handoffs();
+        }
         if (fds[1].revents & POLLIN) accept_one();
-        if (n == 4) {
-            if (fds[3].revents) {
-                // Nothing is ever sent on the control socket after the handshake: readable
-                // means EOF or garbage, both mean the guest side is gone.
-                close_channel("guest closed its channel");
-                continue;
-            }
+        if (channel_ && fds[3].fd >= 0 && fds[3].revents) {
+            // Nothing is ever sent on the control socket after the handshake: readable
+            // means EOF or garbage, both mean the guest side is gone.
+            close_channel("guest closed its channel");
+            if (on_lost_) on_lost_("guest closed its channel");
+            continue;
         }
         if (channel_) drain_requests();  // also on wake-ups: response slots may have freed
     }
@@ -89,12 +134,18 @@ void VmService::accept_one() {
         spdlog::warn("vm {}: refused a channel: {}", vm_.name(), std::strerror(-r));
         return;
     }
+    install(wrap_shm(std::move(shm)));
+}
+
+void VmService::install(std::unique_ptr<HostChannel> host) {
+    if (channel_) close_channel("replaced by a new channel");
     channel_ = std::make_shared<Channel>();
-    channel_->shm = std::move(shm);
+    channel_->host = std::move(host);
     vm_.connected() = true;
     vm_.counters().channels++;
-    spdlog::info("vm {}: guest connected ({} descriptor pages)", vm_.name(),
-                 channel_->shm->desc_pages());
+    spdlog::info("vm {}: guest connected ({})", vm_.name(), channel_->host->describe());
+    // The guest may have queued requests before we looked: serve them without waiting for a kick.
+    transport::kick(wake_fd_.get());
 }
 
 void VmService::close_channel(const char* why) {
@@ -102,6 +153,7 @@ void VmService::close_channel(const char* why) {
     {
         std::lock_guard lk(channel_->ring_mu);
         channel_->alive = false;
+        channel_->live = false;
     }
     // Workers may still hold the channel (and so its mapping) until their operation ends;
     // their responses are dropped.
@@ -111,36 +163,25 @@ void VmService::close_channel(const char* why) {
 }
 
 void VmService::drain_requests() {
-    transport::drain_kicks(channel_->shm->event_fd());
+    channel_->host->ack_events();
     for (;;) {
         std::vector<vpipe_request> batch;
+        bool overflow = false;
         {
             std::lock_guard lk(channel_->ring_mu);
-            vpipe_back_ring_t& back = channel_->shm->ring();
-            RING_IDX rp = back.sring->req_prod;
-            xen_rmb();  // read req_prod before the entries it publishes
-            if (RING_REQUEST_PROD_OVERFLOW(&back, rp)) {
+            vpipe_back_ring_t& back = channel_->host->ring();
+            const RingTake t = take_requests(back, &batch);
+            channel_->stalled = t == RingTake::kStalled;
+            if (t == RingTake::kOverflow) {
                 spdlog::error("vm {}: guest set req_prod {} past the ring (cons {}); closing",
-                              vm_.name(), rp, back.req_cons);
-                channel_->alive = false;
-            } else {
-                RING_IDX rc = back.req_cons;
-                channel_->stalled = false;
-                while (rc != rp) {
-                    if (RING_REQUEST_CONS_OVERFLOW(&back, rc)) {
-                        // Every response slot is promised: resume when a worker answers.
-                        channel_->stalled = true;
-                        break;
-                    }
-                    vpipe_request req;
-                    RING_COPY_REQUEST(&back, rc, &req);  // one copy; the guest can't race us
-                    batch.push_back(req);
-                    back.req_cons = ++rc;
-                }
+                              vm_.name(), back.sring->req_prod, back.req_cons);
+                overflow = true;
             }
         }
-        if (!channel_->alive) {
+        if (overflow) {
+            vm_.counters().ring_overflows++;
             close_channel("malformed ring");
+            if (on_lost_) on_lost_("malformed ring");
             return;
         }
         for (const auto& req : batch) handle(req);
@@ -148,7 +189,7 @@ void VmService::drain_requests() {
         {
             std::lock_guard lk(channel_->ring_mu);
             if (channel_->stalled) return;
-            RING_FINAL_CHECK_FOR_REQUESTS(&channel_->shm->ring(), more);
+            RING_FINAL_CHECK_FOR_REQUESTS(&channel_->host->ring(), more);
         }
         if (!more) return;
     }
@@ -171,9 +212,10 @@ void VmService::handle(const vpipe_request& req) {
     // Copy the descriptor pages out of shared memory once; parse only the copy.
     std::vector<uint8_t> desc(size_t{req.nr_pages} * VPIPE_PAGE_SIZE);
     for (unsigned i = 0; i < req.nr_pages; ++i) {
-        if (ch->shm->copy_desc_page(req.page[i], desc.data() + size_t{i} * VPIPE_PAGE_SIZE) < 0) {
+        if (ch->host->copy_desc_page(req.page[i], desc.data() + size_t{i} * VPIPE_PAGE_SIZE) < 0) {
             counters.rejected++;
-            spdlog::warn("vm {}: request {:#x} names descriptor page {} outside its area",
+            counters.bad_pages++;
+            spdlog::warn("vm {}: request {:#x} names descriptor page {} it cannot give us",
                          vm_.name(), req.id, req.page[i]);
             respond(ch, req.id, -EINVAL, 0);
             return;
@@ -191,6 +233,14 @@ void VmService::handle(const vpipe_request& req) {
     }
     counters.active++;
     vm_.workers().submit([this, ch, parsed](BlockIo& io) {
+        auto& c = vm_.counters();
+        if (!ch->live) {
+            // The channel went away while this waited for a worker: nobody will read the
+            // answer, and the guest may be gone. Do not start it.
+            c.cancelled++;
+            c.active--;
+            return;
+        }
         uint64_t moved = 0;
         // Results of socket endpoints go back into the request's own descriptor pages (the
         // guest reads them after the response, before it frees the pages).
@@ -201,7 +251,7 @@ void VmService::handle(const vpipe_request& req) {
                 const uint32_t page = parsed->pages[off / VPIPE_PAGE_SIZE];
                 const uint32_t in = static_cast<uint32_t>(off % VPIPE_PAGE_SIZE);
                 const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(n, VPIPE_PAGE_SIZE - in));
-                if (int wr = ch->shm->write_desc_page(page, in, p, m); wr < 0) return wr;
+                if (int wr = ch->host->write_desc_page(page, in, p, m); wr < 0) return wr;
                 p += m;
                 off += m;
                 n -= m;
@@ -209,7 +259,6 @@ void VmService::handle(const vpipe_request& req) {
             return 0;
         };
         int status = execute_request(vm_, io, pool_, *parsed, &moved, sockets_, write_back);
-        auto& c = vm_.counters();
         if (status == 0)
             c.ops[parsed->op]++;
         else {
@@ -229,7 +278,7 @@ void VmService::respond(const std::shared_ptr<Channel>& ch, uint64_t id, int sta
     {
         std::lock_guard lk(ch->ring_mu);
         if (!ch->alive) return;
-        vpipe_back_ring_t& back = ch->shm->ring();
+        vpipe_back_ring_t& back = ch->host->ring();
         vpipe_response* rsp = RING_GET_RESPONSE(&back, back.rsp_prod_pvt);
         rsp->id = id;
         rsp->moved = moved;
@@ -240,7 +289,7 @@ void VmService::respond(const std::shared_ptr<Channel>& ch, uint64_t id, int sta
         RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&back, notify);
         wake_service = ch->stalled;
     }
-    if (notify) ch->shm->notify_guest();
+    if (notify) ch->host->notify_guest();
     if (wake_service) transport::kick(wake_fd_.get());
 }
 

@@ -1,15 +1,19 @@
-// Serves one VM's ring: accepts its guest component on the VM's own channel socket (the socket
-// a guest reached is what identifies it), copies and validates requests, hands them to the VM's
-// workers, and posts responses. One thread per VM.
+// Serves one VM's ring, copies and validates its requests, hands them to the VM's workers, and
+// posts responses. One thread per VM. The ring comes either from the VM's own channel socket
+// (shm transport: the socket a guest reached is what identifies it) or, for a VM without a
+// channel socket, from whoever attach()es one (the Xen backend, after the xenbus handshake).
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "host_channel.h"
 #include "io/page_pool.h"
-#include "transport/shm_channel.h"
 #include "util/unique_fd.h"
 #include "vm.h"
 
@@ -22,14 +26,27 @@ public:
     VmService(const VmService&) = delete;
     VmService& operator=(const VmService&) = delete;
 
-    void start();   // binds the channel socket (throws on failure) and starts the thread
+    // Called on the service thread when the service drops a channel on its own (a malformed
+    // ring, the guest closed its control socket); not for detach() or stop(). Set before start.
+    using LostHandler = std::function<void(const char* why)>;
+    void set_on_channel_lost(LostHandler h) { on_lost_ = std::move(h); }
+
+    void start();   // binds the channel socket if the VM has one (throws on failure), starts the thread
     void stop();    // closes the channel; in-flight responses are dropped
+
+    // Serve `ch` from now on (replacing any channel). Thread-safe.
+    void attach(std::unique_ptr<HostChannel> ch);
+    // Drop the channel: returns once the service thread let go of it (workers still running an
+    // operation keep the channel object alive until they end; their responses are dropped and
+    // queued operations for it are skipped). Thread-safe; no-op without a channel.
+    void detach(const char* why);
 
 private:
     struct Channel;
 
     void run();
     void accept_one();
+    void install(std::unique_ptr<HostChannel> ch);
     void close_channel(const char* why);
     void drain_requests();
     void handle(const vpipe_request& req);
@@ -38,11 +55,23 @@ private:
     Vm& vm_;
     PagePool& pool_;
     SocketEngine* sockets_;
+    LostHandler on_lost_;
     UniqueFd listen_fd_;
-    UniqueFd wake_fd_;                 // stop requests and "response slots freed" wake-ups
+    UniqueFd wake_fd_;                 // stop requests, attach/detach, "response slots freed"
     std::shared_ptr<Channel> channel_; // touched by the service thread only
     std::atomic<bool> stopping_{false};
     std::thread thread_;
+
+    // attach()/detach() hand-over to the service thread
+    std::mutex handoff_mu_;
+    std::condition_variable handoff_cv_;
+    struct Handoff {
+        std::unique_ptr<HostChannel> attach;   // nullptr: a detach
+        const char* why = nullptr;
+    };
+    std::vector<Handoff> handoffs_;            // in call order
+    uint64_t handoffs_queued_ = 0, handoffs_done_ = 0;
+    void run_handoffs();
 };
 
 }  // namespace vpipe::engine
