@@ -31,7 +31,13 @@ DESCRIPTION
            plus the buffer pool; and the sharing of dom0: the fairness mode, tick, total credit
            rate (and where it came from), and per VM its live weight, credit (bytes; negative
            = debt), bytes charged, waits for credit, and whether it is active (asked for credit
-           in the last tick). --json prints the engine's JSON unchanged.
+           in the last tick). With the Xen backend (vpiped --xen): per guest domain its xenbus
+           states (backend/frontend), ring-ref and event channel when connected, connects and
+           refused handshakes with the last error; and the backend's counters (domains seen and
+           released, connects, disconnects, handshake failures by cause: bad_version, bad_keys,
+           ring_map_failures, evtchn_failures, vm_failures; ring_errors = rings dropped for a
+           req_prod overflow). Per VM, bad_pages counts descriptor pages that could not be
+           copied (an ungranted reference on Xen). --json prints the engine's JSON unchanged.
     set-weight
            sets VM's (name or numeric id) weight to WEIGHT (1..10000), live: it takes effect at
            the engine's next credit tick. Not persisted: the configuration file's weight is
@@ -101,13 +107,17 @@ std::string human(uint64_t bytes) {
 
 void print_stats(const nlohmann::json& s) {
     for (const auto& vm : s["vms"]) {
-        std::printf("%s (id %u, weight %u, %u threads) %s\n", vm["name"].get<std::string>().c_str(),
+        std::printf("%s (id %u, weight %u, %u threads) %s%s\n", vm["name"].get<std::string>().c_str(),
                     vm["id"].get<unsigned>(), vm["weight"].get<unsigned>(),
                     vm["threads"].get<unsigned>(),
-                    vm["connected"].get<bool>() ? "connected" : "not connected");
+                    vm["connected"].get<bool>() ? "connected" : "not connected",
+                    vm.value("transport", "shm") == "xen" ? " (xen)" : "");
         std::printf("  requests %lu  rejected %lu  failed %lu  active %lu\n",
                     vm["requests"].get<unsigned long>(), vm["rejected"].get<unsigned long>(),
                     vm["failed"].get<unsigned long>(), vm["active"].get<unsigned long>());
+        if (vm.value("bad_pages", 0ul) || vm.value("ring_overflows", 0ul) || vm.value("cancelled", 0ul))
+            std::printf("  bad descriptor pages %lu  ring overflows %lu  cancelled %lu\n",
+                        vm.value("bad_pages", 0ul), vm.value("ring_overflows", 0ul), vm.value("cancelled", 0ul));
         if (vm.contains("credits")) {
             const auto& c = vm["credits"];
             const int64_t credit = c["credit"].get<int64_t>();
@@ -124,6 +134,25 @@ void print_stats(const nlohmann::json& s) {
                         d["image"].get<std::string>().c_str(),
                         human(d["bytes_read"].get<uint64_t>()).c_str(),
                         human(d["bytes_written"].get<uint64_t>()).c_str());
+    }
+    if (s.contains("xen")) {
+        const auto& x = s["xen"];
+        for (const auto& d : x["domains"]) {
+            std::printf("xen domain %u %s: backend %s, frontend %s%s, %lu connects, %lu refused handshakes%s%s\n",
+                        d["domid"].get<unsigned>(), d["name"].get<std::string>().c_str(),
+                        d["backend_state"].get<std::string>().c_str(),
+                        d["frontend_state"].get<std::string>().c_str(),
+                        d["connected"].get<bool>()
+                            ? (", ring-ref " + std::to_string(d["ring_ref"].get<unsigned>()) + " event-channel " +
+                               std::to_string(d["event_channel"].get<unsigned>())).c_str()
+                            : "",
+                        d["connects"].get<unsigned long>(), d["handshake_failures"].get<unsigned long>(),
+                        d["last_error"].get<std::string>().empty() ? "" : "; last error: ",
+                        d["last_error"].get<std::string>().c_str());
+        }
+        std::printf("xen:");
+        for (const auto& [k, v] : x["counters"].items()) std::printf(" %s %lu", k.c_str(), v.get<unsigned long>());
+        std::printf("\n");
     }
     if (s.contains("fairness")) {
         const auto& f = s["fairness"];
