@@ -565,6 +565,7 @@ int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz)
 		sk->sk_reuse = reuse;
 		release_sock(sk);
 		vt_unblock(net, la, lp, ra, rp);
+		memset(fz, 0, sizeof(*fz));	/* vt_capture may have filled st */
 		if (r != -EAGAIN)
 			return r;
 		/* a segment sent between the ACK and the freeze: wait again */
@@ -967,7 +968,8 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state
 		}
 		s = *final;
 		sndq = carry;
-		shut_rd = result_flags & VPIPE_EPF_PEER_FIN;
+		/* a FIN we had taken before the freeze, or one dom0 consumed */
+		shut_rd = fz->peer_fin || (result_flags & VPIPE_EPF_PEER_FIN);
 	} else {
 		s.sndq_len = 0;	/* frozen with an empty send queue */
 		s.rcvq_len = 0;
