@@ -12,6 +12,7 @@
  * Socket requests are answered -EOPNOTSUPP. The real engine is vpiped on Xen (tests/xen).
  */
 #include <linux/blkdev.h>
+#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/pagemap.h>
 #include <linux/moduleparam.h>
@@ -23,6 +24,10 @@
 static char *test_engine_disk;
 module_param(test_engine_disk, charp, 0444);
 MODULE_PARM_DESC(test_engine_disk, "TEST BUILD: execute file->file requests on this raw disk");
+
+static unsigned int test_engine_delay_ms;
+module_param(test_engine_delay_ms, uint, 0644);
+MODULE_PARM_DESC(test_engine_delay_ms, "TEST BUILD: the stand-in engine answers this much later");
 
 bool vpipe_testeng_active(void)
 {
@@ -134,6 +139,8 @@ int vpipe_testeng_run(u8 op, u64 length, const void *stream, u32 desc_bytes, u64
 	int err;
 
 	*moved = 0;
+	if (READ_ONCE(test_engine_delay_ms))
+		msleep(READ_ONCE(test_engine_delay_ms));
 	if (op != VPIPE_OP_FILE_TO_FILE)
 		return -EOPNOTSUPP;
 	if (desc_bytes < sizeof(*h) || h->magic != VPIPE_DESC_MAGIC ||

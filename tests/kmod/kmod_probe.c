@@ -21,7 +21,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <vpipe/abi/ioctl.h>
@@ -554,6 +557,59 @@ static void socket_checks(void)
 	free(data);
 }
 
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* requests in flight together, and a process killed while dom0 works for it */
+static void async_checks(size_t nb, const char *big)
+{
+	struct vpipe_ioc_op op;
+	size_t nc;
+	char *c;
+
+	/* 5 requests of 1 MiB, each answered 300 ms later: they overlap in the slots */
+	set_param("chunk_mb", "1");
+	set_param("test_engine_delay_ms", "300");
+	double t0 = now_s();
+	int r = f2f("/mnt/big.bin", "/mnt/copy9.bin", 0, 0, nb, 0, &op, 1);
+	double dt = now_s() - t0;
+	CHECK(r == 0 && op.moved == nb && op.requests == 5 && dt < 1.2,
+	      "5 requests in flight together: %.2f s (serial would be >= 1.5 s)", dt);
+	c = slurp("/mnt/copy9.bin", &nc);
+	CHECK(c && nc == nb && !memcmp(c, big, nb), "copy9.bin byte-exact");
+	free(c);
+	set_param("chunk_mb", "64");
+
+	/* SIGKILL while the engine works: the process exits only after the answer */
+	set_param("test_engine_delay_ms", "2000");
+	pid_t pid = fork();
+	if (pid == 0) {
+		f2f("/mnt/big.bin", "/mnt/copy10.bin", 0, 0, nb, 0, &op, 1);
+		_exit(0);
+	}
+	usleep(700000);
+	t0 = now_s();
+	kill(pid, SIGKILL);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	dt = now_s() - t0;
+	CHECK(WIFSIGNALED(st) && dt > 0.8,
+	      "killed during the request: exited %.2f s after SIGKILL, once the engine answered", dt);
+	set_param("test_engine_delay_ms", "0");
+	int fd = open("/mnt/big.bin", O_WRONLY);
+	CHECK(fd >= 0 && pwrite(fd, big, 10, 0) == 10, "the killed process's hold is released");
+	close(fd);
+	c = slurp("/mnt/copy10.bin", &nc);
+	CHECK(c && nc == nb && !memcmp(c, big, nb),
+	      "copy10.bin complete and byte-exact (the operation finished for the dead process)");
+	free(c);
+}
+
 static void engine_checks(void)
 {
 	struct vpipe_ioc_stats s0, s1;
@@ -662,7 +718,8 @@ static void engine_checks(void)
 	close(fd);
 
 	socket_checks();
-	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 9 && s1.ops_failed - s0.ops_failed == 3 && s1.ops[3] - s0.ops[3] == 4 &&
+	async_checks(nb, big);
+	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 11 && s1.ops_failed - s0.ops_failed == 3 && s1.ops[3] - s0.ops[3] == 4 &&
 		      s1.bytes_offloaded > s0.bytes_offloaded && s1.bytes_guest_cache - s0.bytes_guest_cache == nb + 6500 &&
 		      s1.ring_requests > s0.ring_requests && s1.bytes_zero_filled > s0.bytes_zero_filled &&
 		      s1.extents_mapped > s0.extents_mapped,

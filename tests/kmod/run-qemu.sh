@@ -13,7 +13,9 @@
 # overwrite, holes/unwritten sources, one file, the cache rule, chunking, counters; and the
 # socket orchestration: unread bytes delivered by the guest, freeze, a hand-over the engine
 # refuses, every socket restored as a new descriptor (dup3 as libvpipe does) and still carrying
-# data both ways, a source whose peer closed drained locally then EOF.
+# data both ways, a source whose peer closed drained locally then EOF; requests answered
+# asynchronously through the slot table (5 in flight together) and a process SIGKILLed while
+# its request is with the engine (it exits only after the answer; its holds are released).
 #
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu, kernel, headers or tools).
 # Environment: KVER (default 6.1.0-56-amd64), TIMEOUT (s, default 300), KEEP=1 keeps the work dir.

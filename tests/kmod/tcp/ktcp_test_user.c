@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -98,12 +99,34 @@ static struct kt_stats stats(void)
 	return s;
 }
 
-/* a connected pair c (10.77.0.2:eph) -> s (10.77.0.1:port); family 4 or 6; loop: 127.0.0.1 */
-static int make_pair_ex(int *c, int *s, int family, int loop, int srv_rcvbuf)
+/* Topology. "lo": both ends in the guest's netns (10.77.0.1 <-> 10.77.0.2 on lo). "veth": the
+ * peer lives in netns "peer" behind a veth pair (guest 10.78.0.2, peer 10.78.0.1), like a
+ * client behind the VM's vif: the guest's netfilter/conntrack see real in/out traffic. */
+static int veth, ns_guest = -1, ns_peer = -1;
+
+/* a socket created in the peer's netns (veth mode) or the guest's */
+static int socket_in(int in_peer, int family)
+{
+	if (in_peer && veth && setns(ns_peer, CLONE_NEWNET) < 0)
+		return -1;
+	int fd = socket(family, SOCK_STREAM, 0);
+	if (in_peer && veth && setns(ns_guest, CLONE_NEWNET) < 0) {
+		perror("setns back");
+		exit(2);
+	}
+	return fd;
+}
+
+/* a connected pair c (the guest's client) -> s (the accepted end); family 4 or 6; loop:
+ * 127.0.0.1; guest_server: in veth mode the listener (and s) is in the guest and c in the
+ * peer's netns (by default s is the peer) */
+static int make_pair_ex(int *c, int *s, int family, int loop, int srv_rcvbuf, int guest_server)
 {
 	unsigned short port = next_port++;
 	int one = 1;
-	int l = socket(family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+	const int af = family == 6 ? AF_INET6 : AF_INET;
+	const int remote = !loop && family == 4;	/* may cross the veth */
+	int l = socket_in(remote && !guest_server, af);
 	*c = *s = -1;
 	if (l < 0)
 		return -1;
@@ -121,12 +144,14 @@ static int make_pair_ex(int *c, int *s, int family, int loop, int srv_rcvbuf)
 	} else {
 		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
 		struct sockaddr_in b = {.sin_family = AF_INET};
-		inet_pton(AF_INET, loop ? "127.0.0.1" : "10.77.0.1", &a.sin_addr);
-		inet_pton(AF_INET, loop ? "127.0.0.1" : "10.77.0.2", &b.sin_addr);
+		const char *srv = loop ? "127.0.0.1" : !veth ? "10.77.0.1" : guest_server ? "10.78.0.2" : "10.78.0.1";
+		const char *cli = loop ? "127.0.0.1" : !veth ? "10.77.0.2" : guest_server ? "10.78.0.1" : "10.78.0.2";
+		inet_pton(AF_INET, srv, &a.sin_addr);
+		inet_pton(AF_INET, cli, &b.sin_addr);
 		if (bind(l, (void *)&a, sizeof(a)) || listen(l, 4))
 			goto fail;
-		*c = socket(AF_INET, SOCK_STREAM, 0);
-		if (bind(*c, (void *)&b, sizeof(b)) || connect(*c, (void *)&a, sizeof(a)))
+		*c = socket_in(remote && guest_server, AF_INET);
+		if (*c < 0 || bind(*c, (void *)&b, sizeof(b)) || connect(*c, (void *)&a, sizeof(a)))
 			goto fail;
 	}
 	*s = accept(l, NULL, NULL);
@@ -142,7 +167,7 @@ fail:
 	return -1;
 }
 
-static int make_pair(int *c, int *s) { return make_pair_ex(c, s, 4, 0, 0); }
+static int make_pair(int *c, int *s) { return make_pair_ex(c, s, 4, 0, 0, 0); }
 
 static int kcheck(int fd, int *fin)
 {
@@ -348,11 +373,11 @@ static int t_checks(void)
 	CHECK((r = kfreeze(t, 0, NULL)) == -ENOTCONN, "freeze listener %d", r);
 	close(t);
 
-	CHECK(make_pair_ex(&c, &s, 4, 1, 0) == 0, "loop pair");
+	CHECK(make_pair_ex(&c, &s, 4, 1, 0, 0) == 0, "loop pair");
 	CHECK((r = kcheck(c, NULL)) == -EOPNOTSUPP, "127.0.0.1 %d", r);
 	close(c);
 	close(s);
-	if (make_pair_ex(&c, &s, 6, 0, 0) == 0) {
+	if (make_pair_ex(&c, &s, 6, 0, 0, 0) == 0) {
 		CHECK((r = kcheck(c, NULL)) == -EOPNOTSUPP, "ipv6 %d", r);
 		CHECK((r = kfreeze(c, 0, NULL)) == -EOPNOTSUPP, "freeze ipv6 %d", r);
 		close(c);
@@ -682,7 +707,7 @@ static int t_misc(void)
 static int t_server(void)
 {
 	int c, s, c2, s2, r;
-	CHECK(make_pair(&c, &s) == 0 && make_pair(&c2, &s2) == 0, "pairs");
+	CHECK(make_pair_ex(&c, &s, 4, 0, 0, 1) == 0 && make_pair(&c2, &s2) == 0, "pairs");
 	/* a listener on the accepted socket's port, like a server that keeps serving */
 	struct sockaddr_in la;
 	socklen_t al = sizeof(la);
@@ -770,7 +795,7 @@ static int t_conntrack(void)
 static int t_timeout(void)
 {
 	int c, s, r;
-	CHECK(make_pair_ex(&c, &s, 4, 0, 4096) == 0, "pair");
+	CHECK(make_pair_ex(&c, &s, 4, 0, 4096, 0) == 0, "pair");
 	fcntl(c, F_SETFL, O_NONBLOCK);
 	static uint8_t buf[1 << 20];
 	fill(buf, sizeof(buf), 0, 24);
@@ -811,9 +836,20 @@ static void summary(const char *what, uint64_t *v, int n)
 	printf("\n");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc > 1 && !strcmp(argv[1], "veth")) {
+		veth = 1;
+		ns_guest = open("/proc/self/ns/net", O_RDONLY);
+		ns_peer = open("/run/netns/peer", O_RDONLY);
+		if (ns_guest < 0 || ns_peer < 0) {
+			printf("netns: %s\nKTCP RESULT: FAIL\n", strerror(errno));
+			return 1;
+		}
+		next_port = 30000;
+	}
+	printf("topology: %s\n", veth ? "veth (peer in its own netns)" : "lo (both ends in the guest)");
 	kt = open("/dev/vpipe_ktcp_test", O_RDWR);
 	if (kt < 0) {
 		printf("open /dev/vpipe_ktcp_test: %s\nKTCP RESULT: FAIL\n", strerror(errno));
@@ -835,6 +871,6 @@ int main(void)
 		printf("FAIL: %u tuples still blocked\n", stats().blocked);
 		failures++;
 	}
-	printf("KTCP RESULT: %s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
+	printf("KTCP RESULT%s: %s (%d failures)\n", veth ? " veth" : "", failures ? "FAIL" : "PASS", failures);
 	return failures ? 1 : 0;
 }

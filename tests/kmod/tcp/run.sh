@@ -4,8 +4,10 @@
 # Builds the test-only module vpipe_ktcp_test (ktcp_test.c + a copy of vpipe_tcp.[ch]) against
 # the guest kernel's headers and the static userspace driver ktcp_test, packs them with
 # busybox into an initramfs, boots the guest kernel under QEMU (TCG, -smp 1) and runs the
-# tests on the guest's own stack (10.77.0.1 <-> 10.77.0.2 on lo). Everything lives in a
-# scratch directory that is removed on exit.
+# tests twice: on the guest's own stack (10.77.0.1 <-> 10.77.0.2 on lo), then with the peer
+# in its own netns behind a veth pair (iproute2's ip and its libraries are copied in), which
+# is how a client behind the VM's vif looks. Everything lives in a scratch directory that is
+# removed on exit.
 #
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu / kernel / headers / busybox / compiler).
 # Env: KVER (default 6.1.0-56-amd64), KTCP_TIMEOUT (seconds, default 240), KTCP_KEEP=1 keeps
@@ -27,6 +29,8 @@ file -L "$busybox" 2>/dev/null | grep -q "statically linked" || ldd "$busybox" 2
 command -v cpio >/dev/null || skip "cpio missing"
 command -v gcc >/dev/null || skip "gcc missing"
 command -v make >/dev/null || skip "make missing"
+ipbin=$(command -v ip) || skip "iproute2 (ip) missing"
+ip -V 2>&1 | grep -q iproute2 || skip "ip is not iproute2"
 
 work=$(mktemp -d /tmp/ktcp-test.XXXXXX)
 qpid=
@@ -65,6 +69,14 @@ mkdir -p "$r/bin" "$r/proc" "$r/sys" "$r/dev" "$r/tmp"
 cp "$busybox" "$r/bin/busybox"
 for a in sh mount ip insmod rmmod poweroff sleep cat echo dmesg; do ln -s busybox "$r/bin/$a"; done
 cp "$work/mod/vpipe_ktcp_test.ko" "$r/"
+# iproute2 for the veth/netns topology, with its shared libraries
+mkdir -p "$r/sbin" "$r/run/netns"
+cp "$ipbin" "$r/sbin/ip2"
+for lib in $(ldd "$ipbin" | grep -o '/[^ ]*'); do
+	mkdir -p "$r$(dirname "$lib")"
+	cp -L "$lib" "$r$lib"
+done
+cp "/lib/modules/$KVER/kernel/drivers/net/veth.ko" "$r/" || skip "veth.ko missing"
 # the test module links nf_conntrack (the firewalled-guest scenario); vpipe_tcp.c itself
 # does not depend on it
 mdir=/lib/modules/$KVER/kernel
@@ -81,9 +93,21 @@ ip link set lo up
 ip addr add 10.77.0.1/32 dev lo
 ip addr add 10.77.0.2/32 dev lo
 for m in crc32c_generic libcrc32c nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack; do insmod /$m.ko; done
+insmod /veth.ko
 if insmod /vpipe_ktcp_test.ko; then
 	/ktcp_test
 	echo "KTCP EXIT $?"
+	/sbin/ip2 netns add peer &&
+	/sbin/ip2 link add vg type veth peer name vp &&
+	/sbin/ip2 link set vp netns peer &&
+	/sbin/ip2 addr add 10.78.0.2/24 dev vg &&
+	/sbin/ip2 link set vg up &&
+	/sbin/ip2 -n peer addr add 10.78.0.1/24 dev vp &&
+	/sbin/ip2 -n peer link set vp up &&
+	/sbin/ip2 -n peer link set lo up &&
+	/ktcp_test veth
+	echo "KTCP VETH EXIT $?"
+	/sbin/ip2 netns del peer
 	rmmod vpipe_ktcp_test && echo "KTCP RMMOD OK"
 else
 	echo "KTCP RESULT: FAIL (insmod)"
@@ -106,18 +130,19 @@ qrc=$?
 qpid=
 t1=$(date +%s)
 [ -n "${KTCP_LOG:-}" ] && cp "$log" "$KTCP_LOG"
-grep -E "^(ok |FAIL|note|timing|KTCP|dmesg:)" "$log" | tr -d '\r'
+grep -E "^(ok |FAIL|note|timing|topology|make_pair|netns|KTCP|dmesg:)" "$log" | tr -d '\r'
 echo "ktcp: guest ran $((t1 - t0)) s (qemu exit $qrc)"
 if [ "$qrc" = 124 ]; then
 	tail -n 30 "$log"
 	echo "ktcp: FAIL: guest timed out after ${timeout_s}s"
 	exit 1
 fi
-if grep -q "KTCP RESULT: PASS" "$log" && grep -q "KTCP RMMOD OK" "$log" &&
+if grep -q "KTCP RESULT: PASS" "$log" && grep -q "KTCP RESULT veth: PASS" "$log" &&
+	grep -q "KTCP RMMOD OK" "$log" &&
 	! grep -qE "dmesg: .*(BUG|WARNING|Oops|general protection)" "$log"; then
 	echo "ktcp: PASS"
 	exit 0
 fi
-grep -vE "^(ok |FAIL|note|timing|KTCP|dmesg:)" "$log" | tail -n 15 | tr -d '\r'
+grep -vE "^(ok |FAIL|note|timing|topology|make_pair|netns|KTCP|dmesg:)" "$log" | tail -n 15 | tr -d '\r'
 echo "ktcp: FAIL"
 exit 1
