@@ -193,11 +193,8 @@ static int run_request(u8 rop, u64 length, const struct vpipe_fmap *file, u64 fi
 
 		if (!fz)
 			continue;
-		if (killed || fatal_signal_pending(current)) {
-			/* the process is dying: dom0 is done with the connection; drop it quietly */
-			vpipe_tcp_release(fz);
-			continue;
-		}
+		/* A process killed meanwhile gets its sockets back too: dom0 is done with them, and
+		 * the exit closes them like any other (the peer sees a FIN, not silence). */
 		read_result(have_pages ? pages : NULL, VPIPE_DESC_MAX_BYTES, i == 0, &res);
 		if (res.flags & VPIPE_EPF_RESET) {
 			if (status == 0)
