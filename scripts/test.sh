@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
 # Lab tests share /run/vpipe-lab, so they hold the "lab" resource lock; unit tests run in parallel.
-ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 1800 "$@"
+rc=0
+ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 1800 -LE xen "$@" || rc=$?
+# The Xen suite (label "xen", real Xen under QEMU, a few minutes) runs last, on its own.
+ctest --test-dir build --output-on-failure --timeout 1800 -L xen "$@" || rc=$?
+exit $rc

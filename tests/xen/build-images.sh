@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# tests/xen/build-images.sh -- everything the Xen suite boots, built from Debian packages and the
+# project's own build:
+#   kernel/   xen (ELF for QEMU's multiboot loader), vmlinux (dom0, uncompressed), vmlinux.gz (domU)
+#   kmod/     a copy of guest-module/kmod built against the guest kernel's headers -> vpipe.ko
+#   disks/    xvda.img (the domU's ext4 disk: test files + MANIFEST of SHA-256s) and data.img (the
+#             client's files in dom0); pristine copies, run.sh works on copies of xvda.img
+#   domU.cpio, dom0.cpio.gz   the two initramfs (dom0's holds the domU kernel + initramfs)
+#
+# usage: build-images.sh --build-dir DIR [--work DIR] [--quick]
+#   --build-dir  CMake build dir holding bin/{vpiped,vpipectl,cp-vpipe,vpipe-httpd,vpipe-proxy}
+#                and lib/libvpipe.so (default: <repo>/build)
+#   --work       output directory (default: BUILD_DIR/xen)
+#   --quick      re-pack the initramfs only (and rebuild vpipe.ko): no apt check, kernel and disk
+#                images reused as they are
+# env: KVER (guest kernel release; default: what linux-image-amd64 depends on)
+#      VPIPED_ARGS (how dom0 starts the engine; default "--xen -c /etc/vpipe/vpiped.toml")
+#      KMOD_DIR (module sources; default <repo>/guest-module/kmod)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+BUILD=$REPO/build
+W=
+QUICK=0
+while (($#)); do
+  case $1 in
+    --build-dir) BUILD=$(realpath "$2"); shift 2 ;;
+    --work) W=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+W=${W:-$BUILD/xen}
+mkdir -p "$W"
+W=$(realpath "$W")
+KMOD_DIR=${KMOD_DIR:-$REPO/guest-module/kmod}
+VPIPED_ARGS=${VPIPED_ARGS:---xen -c /etc/vpipe/vpiped.toml}
+
+[ "$QUICK" = 1 ] || ensure_packages
+KV=$(guest_kver) || die "no guest kernel: install linux-image-amd64"
+log "guest kernel $KV, work dir $W"
+t_start=$SECONDS
+
+# ---------------------------------------------------------------- kernels
+build_kernels() {
+  local k=$W/kernel stamp="$KV $(stat -c %Y /boot/vmlinuz-"$KV" /boot/xen-$XENV-amd64.gz | tr '\n' ' ')"
+  if [ -f "$k/stamp" ] && [ "$(cat "$k/stamp")" = "$stamp" ]; then return; fi
+  [ "$QUICK" = 1 ] && [ -f "$k/vmlinux" ] && return
+  log "extracting kernels"
+  rm -rf "$k"; mkdir -p "$k"
+  # QEMU's multiboot loader wants Xen's uncompressed ELF
+  zcat /boot/xen-$XENV-amd64.gz > "$k/xen"
+  # the bzImage payload is xz: decompressing it under emulation costs ~10 s per boot, so dom0
+  # boots the ELF and the domU a gzip of it (xl gunzips faster than it un-xzs)
+  local off
+  off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "/boot/vmlinuz-$KV" | head -1 | cut -d: -f1)
+  [ -n "$off" ] || die "no xz payload in /boot/vmlinuz-$KV"
+  tail -c +$((off + 1)) "/boot/vmlinuz-$KV" | xz -dc > "$k/vmlinux" 2>/dev/null || true
+  [ "$(head -c 4 "$k/vmlinux" | tail -c 3)" = ELF ] || die "vmlinux extraction failed"
+  gzip -1 -c "$k/vmlinux" > "$k/vmlinux.gz"
+  echo "$stamp" > "$k/stamp"
+}
+
+# ---------------------------------------------------------------- kernel module
+# Built from a copy: Kbuild writes its objects next to the sources, and the module's authors
+# work in guest-module/kmod at the same time.
+build_kmod() {
+  rm -f "$W/vpipe.ko" "$W/kmod-build.log"
+  if [ ! -f "$KMOD_DIR/Kbuild" ] && [ ! -f "$KMOD_DIR/Makefile" ]; then
+    log "no kernel module sources in $KMOD_DIR (no Kbuild/Makefile): domU gets no vpipe.ko"
+    return
+  fi
+  [ -d "/lib/modules/$KV/build" ] || die "no headers for $KV (linux-headers-amd64)"
+  log "building vpipe.ko for $KV"
+  # a mirror of the repository in which only guest-module/kmod is a real copy, so that relative
+  # include paths of the module's Kbuild (../../libvpipe/include, ...) still resolve
+  # (kept between builds: sources are re-extracted with their mtimes, so Kbuild rebuilds only
+  # what changed)
+  local T=$W/kmod-tree e
+  rm -rf "$T/guest-module/kmod/"*.ko
+  find "$T" -maxdepth 2 -type l -delete 2>/dev/null || true
+  mkdir -p "$T/guest-module"
+  for e in "$REPO"/*; do
+    case ${e##*/} in guest-module|build*) ;; *) ln -s "$e" "$T/${e##*/}" ;; esac
+  done
+  for e in "$REPO"/guest-module/*; do
+    [ "${e##*/}" = kmod ] || ln -s "$e" "$T/guest-module/${e##*/}"
+  done
+  # sources only: objects a developer built in place would look up to date to Kbuild
+  mkdir -p "$T/guest-module/kmod"
+  tar -C "$KMOD_DIR" -cf - --exclude='*.o' --exclude='*.ko' --exclude='*.mod' --exclude='*.mod.c' \
+      --exclude='.*.cmd' --exclude='*.a' --exclude=Module.symvers --exclude=modules.order --exclude='.tmp_*' . |
+    tar -C "$T/guest-module/kmod" -xf -
+  rm -f "$W/kmod"; ln -s "$T/guest-module/kmod" "$W/kmod"
+  nice make -s -C "/lib/modules/$KV/build" M="$T/guest-module/kmod" -j2 modules > "$W/kmod-build.log" 2>&1 || {
+    cat "$W/kmod-build.log" >&2; log "vpipe.ko build FAILED (log: $W/kmod-build.log): the suite will fail"
+    return; }
+  if grep -qi 'warning' "$W/kmod-build.log"; then log "vpipe.ko built WITH WARNINGS:"; cat "$W/kmod-build.log" >&2; fi
+  local ko
+  ko=$(find "$W/kmod/" -name vpipe.ko | head -1)
+  [ -n "$ko" ] || die "the module build made no vpipe.ko"
+  cp "$ko" "$W/vpipe.ko"
+}
+
+# ---------------------------------------------------------------- disk images
+# xvda.img: ext4 the domU mounts. data.img: ext4 dom0 mounts read-only for the client's files.
+XVDA_MB=448
+DATA_MB=96
+build_disks() {
+  local d=$W/disks stamp="v2 $XVDA_MB $DATA_MB"
+  if [ -f "$d/stamp" ] && [ "$(cat "$d/stamp")" = "$stamp" ]; then return; fi
+  [ "$QUICK" = 1 ] && [ -f "$d/xvda.img" ] && return
+  log "making disk images"
+  rm -rf "$d"; mkdir -p "$d/xvda" "$d/data"
+  head -c 64M /dev/urandom > "$d/xvda/big.bin"          # GET (twice), cp-vpipe, victim load
+  head -c $((1024 * 1024 + 4097)) /dev/urandom > "$d/xvda/odd.bin"   # not block-aligned
+  printf 'vPipe on Xen: a small file\n' > "$d/xvda/small.txt"
+  head -c 32M /dev/urandom > "$d/data/put.bin"          # client PUTs it to the domU
+  head -c 48M /dev/urandom > "$d/data/relay.bin"        # client GETs it through vpipe-proxy
+  (cd "$d/xvda" && sha256sum big.bin odd.bin small.txt > MANIFEST &&
+   printf '%s  big.bin+big.bin\n' "$(cat big.bin big.bin | sha256sum | cut -d' ' -f1)" >> MANIFEST)
+  (cd "$d/data" && sha256sum put.bin relay.bin > MANIFEST)
+  rm -f "$d/xvda.img" "$d/data.img"
+  mkfs.ext4 -q -F -L vpipe-xvda -d "$d/xvda" "$d/xvda.img" ${XVDA_MB}M
+  mkfs.ext4 -q -F -L vpipe-data -d "$d/data" "$d/data.img" ${DATA_MB}M
+  cp "$d/xvda/MANIFEST" "$d/xvda.MANIFEST"; cp "$d/data/MANIFEST" "$d/data.MANIFEST"
+  rm -rf "$d/xvda" "$d/data"
+  echo "$stamp" > "$d/stamp"
+}
+
+# ---------------------------------------------------------------- domU initramfs
+DOMU_MODS=(xen-blkfront xen-netfront crc32c_generic crc32c-intel ext4)
+build_domU() {
+  local U=$W/roots/domU b
+  mkroot "$U" "$KV"
+  copy_mods "$U" "$KV" "${DOMU_MODS[@]}"
+  if [ -f "$W/vpipe.ko" ]; then
+    mkdir -p "$U/lib/modules/$KV/extra"
+    cp "$W/vpipe.ko" "$U/lib/modules/$KV/extra/"
+    local dep
+    for dep in $(modinfo -F depends "$W/vpipe.ko" | tr ',' ' '); do copy_mods "$U" "$KV" "$dep"; done
+  fi
+  finish_mods "$U" "$KV"
+  for b in cp-vpipe vpipe-httpd vpipe-proxy; do copy_bin "$U" "$BUILD/bin/$b" "/usr/bin/$b"; done
+  strip_project "$U" "$BUILD" /usr/bin/cp-vpipe /usr/bin/vpipe-httpd /usr/bin/vpipe-proxy
+  for b in /usr/bin/sha256sum /usr/bin/xenstore-read /usr/bin/xenstore-write /usr/bin/xenstore-exists \
+           /usr/bin/xenstore-ls /usr/bin/xenstore-list /usr/bin/xenstore-rm; do
+    copy_bin "$U" "$b"
+  done
+  cp "$XEN_DIR/domU-init.sh" "$U/init"
+  cp "$XEN_DIR/domU-scenario.sh" "$U/scenario.sh"
+  chmod +x "$U/init" "$U/scenario.sh"
+  mkcpio "$U" "$W/domU.cpio"
+}
+
+# ---------------------------------------------------------------- dom0 initramfs
+DOM0_MODS=(xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback xen-netback
+           loop bridge veth virtio_pci virtio_blk crc32c_generic crc32c-intel ext4
+           nfnetlink nf_tables nft_meta_bridge)
+build_dom0() {
+  local D=$W/roots/dom0 b
+  mkroot "$D" "$KV"
+  copy_mods "$D" "$KV" "${DOM0_MODS[@]}"
+  finish_mods "$D" "$KV"
+  # Xen toolstack (real binaries, not the /usr/sbin wrappers) and xenstore clients
+  for b in xl xenstored xenconsoled xen-init-dom0 xenconsole libxl-save-helper; do
+    copy_bin "$D" "$XLIB/$b"
+  done
+  for b in /usr/bin/xenstore /usr/bin/xenstore-{read,write,exists,ls,list,rm,chmod,watch}; do
+    copy_bin "$D" "$b"
+  done
+  # the bash hotplug scripts and the real tools they call (busybox's lack options or flock)
+  for b in /bin/bash /usr/bin/flock /usr/bin/stat /usr/sbin/losetup /usr/sbin/brctl /usr/sbin/bridge \
+           /usr/bin/readlink /usr/bin/ip; do
+    copy_bin "$D" "$b"
+  done
+  # xl needs libgcc_s for pthread_cancel (dlopen'ed: ldd does not list it)
+  cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$D/lib/x86_64-linux-gnu/"
+  mkdir -p "$D/etc/xen" "$D/guests" "$D/etc/vpipe"
+  cp -a /etc/xen/scripts /etc/xen/xl.conf "$D/etc/xen/"
+  # vPipe in dom0: the engine, its control tool, and vpipe-httpd as the client side's server
+  for b in vpiped vpipectl vpipe-httpd; do copy_bin "$D" "$BUILD/bin/$b" "/usr/bin/$b"; done
+  strip_project "$D" "$BUILD" /usr/bin/vpiped /usr/bin/vpipectl /usr/bin/vpipe-httpd
+  # checks and the client: nft (ruleset check), curl, sha256sum, jq (stats --json)
+  for b in /usr/sbin/nft /usr/bin/curl /usr/bin/sha256sum /usr/bin/jq /usr/bin/timeout; do
+    copy_bin "$D" "$b"
+  done
+  cat > "$D/etc/vpipe/vpiped.toml" <<'EOF'
+# vpiped in the Xen suite's dom0: VMs, disks and addresses come from xenstore
+[engine]
+control_socket = "/run/vpipe/vpiped.ctl"
+log_level = "info"
+pool_pages = 4096
+metrics_listen = ""
+socket_timeout_ms = 30000
+EOF
+  if [ -f "$XEN_DIR/vpiped-xen.toml" ]; then cat "$XEN_DIR/vpiped-xen.toml" >> "$D/etc/vpipe/vpiped.toml"; fi
+  printf '%s\n' "$VPIPED_ARGS" > "$D/etc/vpipe/vpiped.args"
+  cp "$W/kernel/vmlinux.gz" "$D/guests/vmlinuz"
+  cp "$W/domU.cpio" "$D/guests/domU.cpio"
+  cp "$W/disks/xvda.MANIFEST" "$D/etc/vpipe/xvda.MANIFEST"
+  cp "$XEN_DIR/dom0-init.sh" "$D/init"
+  cp "$XEN_DIR/dom0-scenario.sh" "$D/scenario.sh"
+  chmod +x "$D/init" "$D/scenario.sh"
+  if [ -f "$W/vpipe.ko" ]; then touch "$D/etc/vpipe/have-kmod"
+  elif [ -f "$W/kmod-build.log" ]; then tail -n 5 "$W/kmod-build.log" > "$D/etc/vpipe/kmod-build-error"; fi
+  mkcpio "$D" "$W/dom0.cpio.gz" gz
+}
+
+for b in vpiped vpipectl cp-vpipe vpipe-httpd vpipe-proxy; do
+  [ -x "$BUILD/bin/$b" ] || die "$BUILD/bin/$b missing: build the project first (cmake --build $BUILD)"
+done
+step() { local t=$EPOCHREALTIME; "$@"; log "$1: $(echo "$EPOCHREALTIME $t" | awk '{printf "%.1f", $1-$2}') s"; }
+step build_kernels
+step build_kmod
+step build_disks
+step build_domU
+step build_dom0
+log "images ready in $((SECONDS - t_start)) s: $(du -h "$W/dom0.cpio.gz" | cut -f1) dom0.cpio.gz," \
+    "$(du -h "$W/domU.cpio" | cut -f1) domU.cpio, vpipe.ko: $([ -f "$W/vpipe.ko" ] && echo yes || echo no)"

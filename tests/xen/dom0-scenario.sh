@@ -1,0 +1,340 @@
+#!/bin/sh
+# The dom0 half of the Xen suite (called by dom0-init.sh once Xen services, xenbr0 and the client
+# namespace are up). Prints `VPIPE-XEN CHECK <name>: OK|FAIL (...)` per check, `VPIPE-XEN PHASE`
+# lines with dom0's uptime, and `VPIPE-XEN RESULT: PASS|FAIL`; exits 0 on PASS.
+#
+# usage: scenario.sh full|plain        the suite (plain: Xen plumbing only, no vPipe)
+#        scenario.sh mkcfg NAME ROLE   print an xl config for a domU of that role (shell mode)
+#
+# full:  vpiped (Xen backend) starts; domU "d1" (role full) runs cp-vpipe, vpipe-httpd and
+#        vpipe-proxy in vPipe mode while the client in netns "client" GETs/PUTs; dom0 checks the
+#        engine's counters, that nothing stays steered, and the bytes on /dev/vda.
+#        Then "d2" (role victim) is destroyed mid-operation; vpiped must release it and
+#        serve "d3" (role survivor).
+MODE=${1:-full}
+XLIB=/usr/lib/xen-4.17/bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$XLIB
+ip=/usr/bin/ip
+CTL=/run/vpipe/vpiped.ctl
+DOMU_IP=10.0.0.2
+CLIENT_IP=10.0.0.3
+DOMU_MEM=${DOMU_MEM:-256}
+up() { cut -d' ' -f1 /proc/uptime; }
+phase() { echo "VPIPE-XEN PHASE $1 at dom0 uptime $(up)s"; }
+since() { echo "$(up) $1" | awk '{printf "%.1f", $1-$2}'; }
+
+mkcfg() {  # mkcfg NAME ROLE
+  cat <<EOF
+name = "$1"
+type = "pv"
+kernel = "/guests/vmlinuz"
+ramdisk = "/guests/domU.cpio"
+extra = "console=hvc0 loglevel=4 vpipe_role=$2 vpipe_ip=$DOMU_IP vpipe_client=$CLIENT_IP"
+memory = $DOMU_MEM
+vcpus = 1
+disk = [ 'phy:/dev/vda,xvda,w' ]
+vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,ip=$DOMU_IP' ]
+on_poweroff = "destroy"
+on_crash = "destroy"
+EOF
+}
+if [ "$MODE" = mkcfg ]; then mkcfg "$2" "$3"; exit 0; fi
+
+PASS=1
+ck() {  # ck NAME OK|FAIL DETAIL
+  echo "VPIPE-XEN CHECK $1: $2 ($3)"
+  [ "$2" = OK ] || PASS=0
+}
+result() {
+  if [ $PASS = 1 ]; then echo "VPIPE-XEN RESULT: PASS"; exit 0; fi
+  echo "VPIPE-XEN RESULT: FAIL"; exit 1
+}
+want() { grep "  $2\$" "$1" | cut -d' ' -f1; }
+short() { echo "$1" | cut -c1-12; }
+
+# ---------------------------------------------------------------- domains
+D=
+# create NAME ROLE: xl create, and the domU console copied to the serial log as [NAME] lines
+create() {
+  local t0 rc
+  t0=$(up)
+  mkcfg "$1" "$2" > "/etc/xen/$1.cfg"
+  if xl create "/etc/xen/$1.cfg" > "/tmp/xl-$1.log" 2>&1; then
+    D=$(xl domid "$1")
+    ck "$1-create" OK "domid $D, xl create took $(since "$t0")s"
+  else
+    rc=$?
+    cat "/tmp/xl-$1.log"
+    for f in /var/log/xen/*.log; do echo "---- $f"; tail -n 40 "$f"; done
+    ck "$1-create" FAIL "xl create exit $rc"
+    return 1
+  fi
+  ( tail -n +1 -F "/var/log/xen/console/guest-$1.log" 2>/dev/null | while IFS= read -r l; do echo "[$1] $l"; done ) &
+  eval "TAIL_$1=$!"
+}
+xsd() { xenstore-read "/local/domain/$D/data/$1" 2>/dev/null; }
+wait_xsd() {  # wait_xsd KEY SECONDS: 0 when KEY exists (and, for "ready", is 1)
+  local i=0
+  while [ $i -lt $(($2 * 5)) ]; do
+    if xenstore-exists "/local/domain/$D/data/$1" 2>/dev/null; then
+      [ "$1" != ready ] || [ "$(xsd ready)" = 1 ]
+      return
+    fi
+    xl domid "$NAME" >/dev/null 2>&1 || return 1  # domain gone
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+cmd() { xenstore-write "/local/domain/$D/data/cmd/$1" "${2:-1}"; }
+# the domU's own checks, from xenstore (while the domain exists)
+collect() {  # collect NAME
+  local k v
+  for k in $(xenstore-list "/local/domain/$D/data/check" 2>/dev/null); do
+    v=$(xsd "check/$k")
+    echo "VPIPE-XEN CHECK $1/$k: $v"
+    case $v in OK*) ;; *) PASS=0 ;; esac
+  done
+  v=$(xsd end)
+  if [ -n "$v" ]; then echo "VPIPE-XEN: $1 finished its scenario: $v"
+  else ck "$1-finished" FAIL "the domU did not report the end of its scenario"; fi
+}
+wait_gone() {  # wait_gone NAME SECONDS
+  local i=0
+  while xl domid "$1" >/dev/null 2>&1; do
+    sleep 0.2; i=$((i + 1)); [ $i -lt $(($2 * 5)) ] || return 1
+  done
+}
+stop_tail() { eval "kill \$TAIL_$1" 2>/dev/null; }
+
+# ---------------------------------------------------------------- client (netns "client")
+client() { $ip netns exec client "$@"; }
+# client-side server for the relay: classic vpipe-httpd in the client namespace
+start_client_server() {
+  client vpipe-httpd --mode rw --port 8081 --root /data --bind $CLIENT_IP > /tmp/client-httpd.log 2>&1 &
+  CLIENT_HTTPD=$!
+}
+
+# ---------------------------------------------------------------- engine
+stats() { vpipectl --control $CTL stats --json 2>/dev/null; }
+vmstat() { stats | jq -c ".vms[] | select(.id == $D)" 2>/dev/null; }
+flow_elements() { nft list ruleset 2>/dev/null | grep -c 'elements = '; }
+# waits until the engine has no shadow socket and no steered flow, and nft has no element left
+wait_quiet() {  # wait_quiet SECONDS
+  local i=0 s
+  while [ $i -lt $(($1 * 5)) ]; do
+    s=$(stats | jq -r '"\(.shadow_sockets) \(.steered_flows)"' 2>/dev/null)
+    [ "$s" = "0 0" ] && [ "$(flow_elements)" = 0 ] && return 0
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+quiet_check() {  # quiet_check NAME
+  if wait_quiet 15; then ck "$1" OK "no shadow socket, no steered flow, no nft element"
+  else
+    ck "$1" FAIL "engine: $(stats | jq -c '{shadow_sockets, steered_flows}' 2>/dev/null); nft elements: $(flow_elements)"
+    nft list ruleset
+  fi
+}
+VPIPED=
+start_vpiped() {
+  local t0 i args
+  t0=$(up)
+  args=$(cat /etc/vpipe/vpiped.args)
+  # shellcheck disable=SC2086
+  vpiped $args > /var/log/vpiped.log 2>&1 &
+  VPIPED=$!
+  ( tail -n +1 -F /var/log/vpiped.log 2>/dev/null | while IFS= read -r l; do echo "[vpiped] $l"; done ) &
+  TAIL_VPIPED=$!
+  i=0
+  while ! vpipectl --control $CTL ping >/dev/null 2>&1; do
+    sleep 0.2; i=$((i + 1))
+    if ! kill -0 $VPIPED 2>/dev/null || [ $i -gt 300 ]; then
+      ck vpiped-start FAIL "vpiped $args: $(tail -3 /var/log/vpiped.log | tr '\n' ' ')"
+      return 1
+    fi
+  done
+  ck vpiped-start OK "vpiped $args, ready after $(since "$t0")s"
+}
+vpiped_alive() { kill -0 "$VPIPED" 2>/dev/null && vpipectl --control $CTL ping >/dev/null 2>&1; }
+backend_gone_check() {  # backend_gone_check NAME DOMID
+  local i=0
+  while xenstore-exists "/local/domain/0/backend/vpipe/$2" 2>/dev/null; do
+    sleep 0.2; i=$((i + 1))
+    [ $i -lt 50 ] || { ck "$1-backend-removed" FAIL "backend/vpipe/$2 still there: $(xenstore-ls /local/domain/0/backend/vpipe/$2 | tr '\n' ' ')"; return; }
+  done
+  ck "$1-backend-removed" OK "backend/vpipe/$2 removed"
+}
+
+# ================================================================ plain: Xen plumbing only
+if [ "$MODE" = plain ]; then
+  phase plain-start
+  NAME=p1
+  create p1 plain || result
+  if wait_xsd ready 180; then
+    phase p1-ready
+    out=$(client curl -sS -m 150 --connect-timeout 15 -o - http://$DOMU_IP:8080/big.bin | sha256sum | cut -d' ' -f1)
+    w=$(want /etc/vpipe/xvda.MANIFEST big.bin)
+    if [ "$out" = "$w" ]; then ck client-get-plain OK "64 MiB, sha256 $(short "$out")"
+    else ck client-get-plain FAIL "sha256 '$out', want '$w'"; fi
+    phase p1-get-done
+    cmd finish
+  else
+    ck p1-ready FAIL "the domU did not get ready"
+  fi
+  wait_xsd end 120
+  collect p1
+  wait_gone p1 60 || { ck p1-poweroff FAIL "still running"; xl destroy p1; }
+  stop_tail p1
+  phase plain-end
+  result
+fi
+
+# ================================================================ full
+phase suite-start
+if [ -f /etc/vpipe/kmod-build-error ]; then ck kmod-built FAIL "vpipe.ko did not build: $(tr '\n' ' ' < /etc/vpipe/kmod-build-error)"
+elif [ ! -f /etc/vpipe/have-kmod ]; then ck kmod-built FAIL "no vpipe.ko in the domU image (no Kbuild in guest-module/kmod)"; fi
+start_client_server
+start_vpiped || result
+phase vpiped-ready
+
+# ---------------------------------------------------------------- lifecycle 1: d1
+NAME=d1
+create d1 full || result
+D1=$D
+if wait_xsd ready 300; then
+  phase d1-servers-ready
+  # GET of 64 MiB twice on one connection (curl reuses it for the second URL)
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - -w '%{stderr}GET %{http_code} connects=%{num_connects} bytes=%{size_download}\n' \
+        http://$DOMU_IP:8080/big.bin http://$DOMU_IP:8080/big.bin 2>/tmp/curl-get.err | sha256sum | cut -d' ' -f1)
+  cat /tmp/curl-get.err
+  w=$(want /etc/vpipe/xvda.MANIFEST big.bin+big.bin)
+  if [ "$out" = "$w" ] && [ "$(grep -c '^GET 200 ' /tmp/curl-get.err)" = 2 ]; then
+    ck get-64MiB-x2 OK "2 x 64 MiB byte-exact in $(since "$t0")s"
+  else ck get-64MiB-x2 FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(tr '\n' ' ' < /tmp/curl-get.err)"; fi
+  if [ "$(sed -n 2p /tmp/curl-get.err | grep -o 'connects=[0-9]*')" = connects=0 ]; then
+    ck get-keepalive OK "second GET on the same connection"
+  else ck get-keepalive FAIL "second GET opened a new connection: $(tr '\n' ' ' < /tmp/curl-get.err)"; fi
+  phase d1-get-done
+  # PUT of 32 MiB: the domU checks the file on its disk
+  t0=$(up)
+  code=$(client curl -sS -m 150 --connect-timeout 15 -T /data/put.bin -o /dev/null -w '%{http_code}' http://$DOMU_IP:8080/put.bin 2>&1)
+  case $code in 201|204) ck put-32MiB OK "HTTP $code in $(since "$t0")s" ;;
+                 *) ck put-32MiB FAIL "HTTP '$code'" ;; esac
+  cmd put-done "$(want /data/MANIFEST put.bin)"
+  phase d1-put-done
+  # relay: client -> vpipe-proxy (domU, socket->socket) -> vpipe-httpd (client netns)
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - http://$DOMU_IP:9003/relay.bin 2>/tmp/curl-relay.err | sha256sum | cut -d' ' -f1)
+  w=$(want /data/MANIFEST relay.bin)
+  if [ "$out" = "$w" ]; then ck relay-48MiB OK "through vpipe-proxy byte-exact in $(since "$t0")s"
+  else ck relay-48MiB FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(cat /tmp/curl-relay.err)"; fi
+  phase d1-relay-done
+else
+  ck d1-ready FAIL "the domU's servers did not come up"
+  cmd put-done skip
+fi
+# the engine did the work, and nothing stays steered
+sleep 1
+vs=$(vmstat)
+echo "VPIPE-XEN: engine stats of d1: $vs"
+if [ -n "$vs" ]; then
+  rd=$(echo "$vs" | jq '[.disks[].bytes_read] | add // 0')
+  if [ "${rd:-0}" -gt 0 ]; then ck engine-read-image OK "$rd bytes read from $(echo "$vs" | jq -r '[.disks[].image] | join(",")')"
+  else ck engine-read-image FAIL "no bytes read from the image: $vs"; fi
+  for op in file_to_file file_to_socket socket_to_file socket_to_socket; do
+    n=$(echo "$vs" | jq ".ops.$op // 0")
+    if [ "${n:-0}" -gt 0 ]; then ck "engine-op-$op" OK "$n ops, $(echo "$vs" | jq ".bytes.$op") bytes"
+    else ck "engine-op-$op" FAIL "the engine did no $op for d1"; fi
+  done
+else
+  ck engine-knows-d1 FAIL "vpipectl stats has no VM with id $D: $(stats | jq -c '[.vms[] | {name, id}]' 2>/dev/null)"
+fi
+quiet_check d1-nothing-steered
+cmd finish
+wait_xsd end 120
+collect d1
+wait_gone d1 60 || { ck d1-poweroff FAIL "still running 60 s after its scenario"; xl destroy d1; }
+stop_tail d1
+backend_gone_check d1 "$D1"
+phase d1-gone
+# what the engine wrote, seen from dom0 on the disk itself
+if mount -t ext4 -o ro /dev/vda /mnt 2>/tmp/mnt.err; then
+  for f in copy-big.bin:big.bin put.bin:put.bin; do
+    file=${f%%:*}; ref=${f#*:}
+    if [ "$ref" = put.bin ]; then w=$(want /data/MANIFEST put.bin); else w=$(want /etc/vpipe/xvda.MANIFEST "$ref"); fi
+    got=$(sha256sum "/mnt/$file" 2>&1 | cut -d' ' -f1)
+    if [ "$got" = "$w" ]; then ck "dom0-disk-$file" OK "byte-exact on /dev/vda"
+    else ck "dom0-disk-$file" FAIL "sha256 '$(short "$got")', want '$(short "$w")'"; fi
+  done
+  umount /mnt
+else
+  ck dom0-mount-vda FAIL "$(cat /tmp/mnt.err)"
+fi
+phase d1-disk-checked
+
+# ---------------------------------------------------------------- lifecycle 2: d2 destroyed mid-operation
+NAME=d2
+create d2 victim || result
+D2=$D
+if wait_xsd ready 300; then
+  phase d2-servers-ready
+  client curl -sS -m 300 --connect-timeout 15 --limit-rate 1M -o /dev/null http://$DOMU_IP:8080/big.bin 2>/tmp/curl-victim.err &
+  CURL=$!
+  i=0; mid=""
+  while [ $i -lt 150 ]; do   # 30 s: the GET is offloaded and a copy is in flight
+    vs=$(vmstat)
+    s=$(echo "$vs" | jq -r '"\(.shadow_sockets // 0) \(.active // 0)"' 2>/dev/null)
+    [ "${s%% *}" -ge 1 ] 2>/dev/null && [ "${s#* }" -ge 1 ] 2>/dev/null && { mid=$s; break; }
+    sleep 0.2; i=$((i + 1))
+  done
+  if [ -n "$mid" ]; then ck d2-mid-operation OK "shadow sockets ${mid%% *}, active requests ${mid#* }, copies done $(xsd copies)"
+  else ck d2-mid-operation FAIL "no offloaded operation seen in 30 s: $vs"; fi
+  collect d2
+else
+  ck d2-ready FAIL "the victim's servers did not come up"
+fi
+phase d2-destroy
+xl destroy d2
+t0=$(up)
+if wait_gone d2 30; then ck d2-destroyed OK "domain gone after $(since "$t0")s (no grant mapping kept it)"
+else ck d2-destroyed FAIL "domain $D2 still listed 30 s after xl destroy: $(xl list | tr '\n' ' ')"; fi
+stop_tail d2
+kill $CURL 2>/dev/null
+if vpiped_alive; then ck vpiped-survives-destroy OK "pid $VPIPED answers"
+else ck vpiped-survives-destroy FAIL "vpiped died or does not answer: $(tail -5 /var/log/vpiped.log | tr '\n' ' ')"; fi
+backend_gone_check d2 "$D2"
+quiet_check d2-released
+n=$(stats | jq "[.vms[] | select(.id == $D2)] | length" 2>/dev/null)
+if [ "$n" = 0 ]; then ck d2-vm-released OK "the engine no longer lists domain $D2"
+else ck d2-vm-released FAIL "the engine still lists domain $D2: $(stats | jq -c ".vms[] | select(.id == $D2)")"; fi
+phase d2-released
+
+# ---------------------------------------------------------------- lifecycle 3: d3 served afterwards
+NAME=d3
+create d3 survivor || result
+D3=$D
+wait_xsd end 300 || ck d3-finished FAIL "no result from d3"
+vs=$(vmstat)
+rd=$(echo "$vs" | jq '[.disks[].bytes_read] | add // 0' 2>/dev/null)
+if [ "${rd:-0}" -gt 0 ]; then ck d3-engine-read-image OK "$rd bytes"; else ck d3-engine-read-image FAIL "$vs"; fi
+collect d3
+wait_gone d3 60 || { ck d3-poweroff FAIL "still running"; xl destroy d3; }
+stop_tail d3
+backend_gone_check d3 "$D3"
+quiet_check end-nothing-steered
+phase d3-gone
+
+# ---------------------------------------------------------------- engine stops cleanly
+kill -TERM $VPIPED
+i=0; while kill -0 $VPIPED 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+if kill -0 $VPIPED 2>/dev/null; then ck vpiped-stop FAIL "still running 10 s after SIGTERM"; kill -KILL $VPIPED
+else
+  wait $VPIPED; rc=$?
+  if [ $rc = 0 ]; then ck vpiped-stop OK "exit 0 on SIGTERM"; else ck vpiped-stop FAIL "exit $rc on SIGTERM"; fi
+fi
+if nft list tables 2>/dev/null | grep -q .; then ck nft-clean FAIL "$(nft list tables | tr '\n' ' ')"
+else ck nft-clean OK "no nft table left"; fi
+kill $TAIL_VPIPED $CLIENT_HTTPD 2>/dev/null
+phase suite-end
+result

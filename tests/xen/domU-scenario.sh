@@ -1,0 +1,150 @@
+#!/bin/sh
+# The domU's half of the Xen suite. Runs as $ROLE (from domU-init.sh):
+#   plain     no vPipe: the disk and the network plumbing (busybox httpd serves the client)
+#   full      vpipe.ko connects; cp-vpipe; vpipe-httpd --mode vpipe (GET x2, PUT); vpipe-proxy relay
+#   victim    vpipe.ko connects; vpipe-httpd + a cp-vpipe loop keep the engine busy until dom0
+#             destroys this domain
+#   survivor  vpipe.ko connects; cp-vpipe byte-exact (after the victim's destruction)
+# Results go to xenstore (dom0 reads and prints them): data/check/<name> = "OK (...)"|"FAIL (...)",
+# data/ready = 1 when servers listen, data/end = "<n> checks, <m> failed" at the end. dom0 -> domU: data/cmd/<name>.
+# Everything is also printed on the console (dom0 copies it to the serial log as [domU:<name>]).
+SELF=$(xenstore-read domid)
+XS=/local/domain/$SELF/data
+up() { cut -d' ' -f1 /proc/uptime; }
+say() { echo "VPIPE-XEN-DOMU[$ROLE]: $* (uptime $(up)s)"; }
+NCHECK=0; NFAIL=0
+ck() {  # ck NAME OK|FAIL DETAIL
+  NCHECK=$((NCHECK + 1)); [ "$2" = OK ] || NFAIL=$((NFAIL + 1))
+  echo "VPIPE-XEN CHECK domU/$1: $2 ($3)"
+  xenstore-write "$XS/check/$1" "$2 ($3)"
+}
+wait_cmd() {  # wait_cmd NAME SECONDS -> prints the value
+  local i=0 v
+  while [ $i -lt $(($2 * 5)) ]; do
+    v=$(xenstore-read "$XS/cmd/$1" 2>/dev/null) && { echo "$v"; return 0; }
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+want() { grep "  $1\$" /mnt/MANIFEST | cut -d' ' -f1; }
+dropcaches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# verify NAME FILE MANIFEST-ENTRY: SHA-256 of FILE, read from the disk (caches dropped)
+verify() {
+  local got exp
+  dropcaches
+  got=$(sha256sum "$2" 2>&1 | cut -d' ' -f1); exp=$3
+  if [ -n "$exp" ] && [ "$got" = "$exp" ]; then ck "$1" OK "sha256 $(echo "$got" | cut -c1-12)... $(stat -c %s "$2") bytes"
+  else ck "$1" FAIL "sha256 of $2 is '$got', want '$exp'"; fi
+}
+listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qi " [0-9A-F]*:$(printf '%04X' "$1") [0-9A-F]*:0000 0A "; }
+wait_listen() {
+  local i=0
+  while ! listening "$1"; do sleep 0.2; i=$((i + 1)); [ $i -gt 150 ] && return 1; done
+}
+
+mount_disk() {
+  if mount -t ext4 /dev/xvda /mnt 2>/tmp/mount.err; then ck mount-xvda OK "$(df -m /mnt | tail -1 | awk '{print $2}') MiB ext4"
+  else ck mount-xvda FAIL "$(cat /tmp/mount.err)"; return 1; fi
+}
+umount_disk() {
+  sync
+  if umount /mnt 2>/tmp/umount.err; then ck umount-xvda OK "clean"; else ck umount-xvda FAIL "$(cat /tmp/umount.err)"; fi
+}
+# loads vpipe.ko and waits until the frontend is Connected (xenbus state 4) and /dev/vpipe exists
+vpipe_up() {
+  local t0 i st
+  t0=$(up)
+  if ! modinfo vpipe >/dev/null 2>&1; then ck kmod-load FAIL "no vpipe.ko in the domU image"; return 1; fi
+  if ! modprobe vpipe 2>/tmp/modprobe.err; then ck kmod-load FAIL "$(cat /tmp/modprobe.err)"; dmesg | tail -20; return 1; fi
+  ck kmod-load OK "$(grep -m1 '^vpipe ' /proc/modules | cut -d' ' -f1-2)"
+  i=0
+  while [ $i -lt 300 ]; do
+    st=$(xenstore-read "device/vpipe/0/state" 2>/dev/null)
+    [ "$st" = 4 ] && [ -c /dev/vpipe ] && break
+    sleep 0.1; i=$((i + 1))
+  done
+  if [ "$st" = 4 ] && [ -c /dev/vpipe ]; then
+    ck kmod-connected OK "device/vpipe/0 Connected after $(echo "$(up) $t0" | awk '{printf "%.1f", $1-$2}')s"
+  else
+    ck kmod-connected FAIL "frontend state '${st:-none}', backend state '$(xenstore-read "$(xenstore-read device/vpipe/0/backend 2>/dev/null)/state" 2>/dev/null)', /dev/vpipe $([ -c /dev/vpipe ] && echo present || echo absent)"
+    dmesg | grep -i vpipe | tail -20
+    return 1
+  fi
+}
+# cp-vpipe FILE -> DEST without fallback, then byte-exact from the disk
+cp_check() {  # cp_check NAME SRC DEST
+  local t0 t1 out rc
+  t0=$(up)
+  out=$(VPIPE_NO_FALLBACK=1 cp-vpipe --no-fallback --stats "/mnt/$2" "/mnt/$3" 2>&1)
+  rc=$?
+  if [ $rc = 0 ]; then
+    t1=$(up)
+    echo "$out"
+    verify "$1" "/mnt/$3" "$(want "$2")"
+    say "cp-vpipe $2 took $(echo "$t1 $t0" | awk '{printf "%.2f", $1-$2}')s"
+  else
+    echo "$out"
+    ck "$1" FAIL "cp-vpipe exit $rc: $(echo "$out" | tail -2 | tr '\n' ' ')"
+  fi
+}
+finish() {
+  xenstore-write "$XS/end" "$NCHECK checks, $NFAIL failed"
+  say "done: $NCHECK checks, $NFAIL failed"
+}
+
+say "scenario starts (domid $SELF, ip $IP)"
+case $ROLE in
+plain)
+  mount_disk || { finish; exit 1; }
+  verify disk-read /mnt/big.bin "$(want big.bin)"
+  httpd -p 8080 -h /mnt
+  if wait_listen 8080; then xenstore-write "$XS/ready" 1; else xenstore-write "$XS/ready" fail; fi
+  if ping -c 2 -W 2 "$PEER" >/dev/null 2>&1; then ck ping-client OK "$PEER"; else ck ping-client FAIL "$PEER unreachable"; fi
+  wait_cmd finish 300 >/dev/null
+  killall httpd 2>/dev/null
+  umount_disk
+  finish ;;
+full)
+  vpipe_up && mount_disk || { xenstore-write "$XS/ready" fail; finish; exit 1; }
+  cp_check cp-vpipe-small small.txt copy-small.txt
+  cp_check cp-vpipe-odd odd.bin copy-odd.bin
+  cp_check cp-vpipe-big big.bin copy-big.bin
+  VPIPE_NO_FALLBACK=1 vpipe-httpd --mode vpipe --no-fallback --port 8080 --root /mnt --bind "$IP" \
+      > /tmp/httpd.log 2>&1 &
+  HTTPD=$!
+  VPIPE_NO_FALLBACK=1 vpipe-proxy --mode vpipe --no-fallback --listen 9003 --bind "$IP" --to "$PEER:8081" \
+      > /tmp/proxy.log 2>&1 &
+  PROXY=$!
+  t0=$(up)
+  if wait_listen 8080 && wait_listen 9003; then xenstore-write "$XS/ready" 1
+  else
+    ck servers FAIL "vpipe-httpd/vpipe-proxy not listening after $(echo "$(up) $t0" | awk '{printf "%.1f", $1-$2}')s: $(tail -3 /tmp/httpd.log /tmp/proxy.log | tr '\n' ' ')"
+    cat /proc/net/tcp; ps
+    xenstore-write "$XS/ready" fail
+  fi
+  if sha=$(wait_cmd put-done 600) && [ "$sha" != skip ]; then verify put-on-disk /mnt/put.bin "$sha"; fi
+  wait_cmd finish 600 >/dev/null || say "no finish command from dom0"
+  kill $HTTPD $PROXY 2>/dev/null; wait $HTTPD $PROXY 2>/dev/null
+  echo "---- vpipe-httpd log"; cat /tmp/httpd.log; echo "---- vpipe-proxy log"; cat /tmp/proxy.log
+  umount_disk
+  finish ;;
+victim)
+  vpipe_up && mount_disk || { xenstore-write "$XS/ready" fail; finish; exit 1; }
+  VPIPE_NO_FALLBACK=1 vpipe-httpd --mode vpipe --no-fallback --port 8080 --root /mnt --bind "$IP" \
+      > /tmp/httpd.log 2>&1 &
+  ( n=0; while :; do
+      VPIPE_NO_FALLBACK=1 cp-vpipe --no-fallback /mnt/big.bin /mnt/victim.bin || say "cp-vpipe loop: exit $?"
+      n=$((n + 1)); xenstore-write "$XS/copies" $n
+    done ) &
+  if wait_listen 8080; then xenstore-write "$XS/ready" 1; else xenstore-write "$XS/ready" fail; fi
+  finish
+  say "waiting to be destroyed"
+  sleep 3600 ;;
+survivor)
+  vpipe_up && mount_disk || { xenstore-write "$XS/ready" fail; finish; exit 1; }
+  cp_check cp-vpipe-after-destroy big.bin copy-survivor.bin
+  umount_disk
+  finish ;;
+*)
+  say "unknown role '$ROLE'"; finish ;;
+esac

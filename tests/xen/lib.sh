@@ -1,0 +1,104 @@
+# tests/xen/lib.sh -- shared by build-images.sh and run.sh (sourced, not executed).
+# Paths, the guest kernel version, and small helpers to assemble initramfs trees.
+
+XEN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$XEN_DIR/../.." && pwd)
+XENV=4.17
+XLIB=/usr/lib/xen-$XENV/bin
+
+# Debian packages the suite needs on the host (also listed in scripts/install-deps.sh).
+XEN_SUITE_PKGS=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static
+  xen-hypervisor-$XENV-amd64 xen-utils-$XENV xenstore-utils libxen-dev
+  bridge-utils iproute2 util-linux coreutils kmod cpio gzip xz-utils e2fsprogs
+  nftables curl jq make gcc)
+
+log() { printf '[xen-suite] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Installs what is missing (serialised with the other helpers/CI jobs through /tmp/apt.lock).
+ensure_packages() {
+  local missing=() p
+  for p in "${XEN_SUITE_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  flock /tmp/apt.lock apt-get update -qq
+  flock /tmp/apt.lock apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The kernel release linux-image-amd64 depends on (e.g. 6.1.0-56-amd64). Override with KVER=.
+guest_kver() {
+  if [ -n "${KVER:-}" ]; then echo "$KVER"; return; fi
+  local k
+  k=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null |
+      grep -oE 'linux-image-[0-9][^ ,]*' | head -1 | sed 's/^linux-image-//')
+  [ -n "$k" ] || k=$(ls /lib/modules | sort -V | grep -- '-amd64$' | tail -1)
+  [ -n "$k" ] && [ -e "/boot/vmlinuz-$k" ] || return 1
+  echo "$k"
+}
+
+# ---------------------------------------------------------------- initramfs assembly
+# copy_libs ROOT FILE: the shared libraries FILE needs (ldd), at their own paths under ROOT
+copy_libs() {
+  local l
+  ldd "$2" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | sort -u | while read -r l; do
+    [ -e "$l" ] || continue
+    mkdir -p "$1$(dirname "$l")"
+    [ -e "$1$l" ] || cp -L "$l" "$1$l"
+  done
+}
+# copy_bin ROOT SRC [DST]: a binary and its libraries
+copy_bin() {
+  local dst=${3:-$2}
+  [ -e "$2" ] || die "missing $2"
+  mkdir -p "$1$(dirname "$dst")"
+  cp -L "$2" "$1$dst"
+  copy_libs "$1" "$2"
+}
+# strip_project ROOT BUILD FILE...: the project's binaries are RelWithDebInfo; their debug info
+# (and that of libvpipe.so, found through RUNPATH under ROOT/BUILD) would triple the initramfs
+strip_project() {
+  local r=$1 b=$2 f; shift 2
+  for f in "$@"; do strip --strip-debug "$r$f"; done
+  [ -d "$r$b" ] && find "$r$b" -type f -name '*.so*' -exec strip --strip-debug {} +
+  return 0
+}
+# copy_mods ROOT KVER MODULE...: modules with their dependencies (modprobe --show-depends)
+copy_mods() {
+  local r=$1 k=$2 m f; shift 2
+  for m in "$@"; do
+    for f in $(modprobe -S "$k" --show-depends "$m" | awk '$1=="insmod"{print $2}'); do
+      mkdir -p "$r$(dirname "$f")"
+      cp "$f" "$r$f"
+    done
+  done
+}
+# mkroot ROOT KVER: an empty tree with busybox (applets as symlinks) and a few directories
+mkroot() {
+  local r=$1 a
+  rm -rf "$r"
+  mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,etc,root,mnt,var/lib,var/log,lib/modules/$2}
+  cp /bin/busybox "$r/bin/busybox"
+  for a in $(/bin/busybox --list); do
+    [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"
+  done
+  ln -sf ../bin/busybox "$r/sbin/modprobe"   # the kernel's module autoloader calls /sbin/modprobe
+  ln -s ../run "$r/var/run"
+  ln -s ../run/lock "$r/var/lock"
+}
+# finish_mods ROOT KVER: modules.dep for busybox modprobe
+finish_mods() {
+  cp /lib/modules/"$2"/modules.{builtin,builtin.modinfo,order} "$1/lib/modules/$2/"
+  depmod -b "$1" "$2"
+}
+# mkcpio ROOT OUT [gz]
+mkcpio() {
+  if [ "${3:-}" = gz ]; then
+    (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) | gzip -1 > "$2.tmp"
+  else
+    (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) > "$2.tmp"
+  fi
+  mv "$2.tmp" "$2"
+}
