@@ -102,8 +102,11 @@ static int sink_put(struct sink *s, const void *buf, size_t n)
 	return r;
 }
 
-/* Takes a source's unread bytes (at most max) and delivers them; *moved counts them. */
-static int deliver_unread(struct file *src, struct sink *s, u64 max, void *buf, u64 *moved)
+/* Takes a source's unread bytes (at most max) and delivers them; *moved counts them.
+ * once: a single read of what is queued now (at most LOCAL_BUF) -- a sender that keeps the
+ * queue filled must not turn the offload into a guest copy; the rest goes to dom0. */
+static int deliver_unread(struct file *src, struct sink *s, u64 max, void *buf, u64 *moved,
+			  bool once)
 {
 	*moved = 0;
 	while (*moved < max) {
@@ -118,6 +121,8 @@ static int deliver_unread(struct file *src, struct sink *s, u64 max, void *buf, 
 		if (r)
 			return r;
 		*moved += n;
+		if (once)
+			break;
 	}
 	return 0;
 }
@@ -345,7 +350,7 @@ static int socket_source_once(struct file *in, struct file *out, struct vpipe_io
 	}
 
 	/* the unread bytes are the stream's first bytes: delivered by the guest */
-	status = deliver_unread(in, &sk, len, buf, &local);
+	status = deliver_unread(in, &sk, len, buf, &local, true);
 	if (status || local == len)
 		goto finish;
 	r = freeze_retry(in, &s);
@@ -483,7 +488,7 @@ static int local_drain(struct file *in, struct file *out, struct vpipe_ioc_op *o
 
 	if (!buf)
 		return -ENOMEM;
-	r = deliver_unread(in, &sk, op->length, buf, &moved);
+	r = deliver_unread(in, &sk, op->length, buf, &moved, false);
 	kvfree(buf);
 	op->moved = op->guest_copied = moved;
 	op->paths |= VPIPE_PATH_GUEST_CACHE;
