@@ -146,11 +146,23 @@ void Engine::remove_vm(uint32_t id) {
     spdlog::info("vm {} (id {}): removed", vm->name(), id);
     // Operations already running (a socket waiting for its peer) may take a while; do not hold
     // up the caller. The Vm goes first: its workers call back into the service.
+    auto done = std::make_shared<std::atomic<bool>>(false);
     std::lock_guard lk(vms_mu_);
-    retiring_.emplace_back([vm = std::move(vm), service = std::move(service)]() mutable {
-        vm.reset();
-        service.reset();
-    });
+    // Reap the ones that have finished since.
+    for (auto it = retiring_.begin(); it != retiring_.end();) {
+        if (it->done->load()) {
+            it->thread.join();
+            it = retiring_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    retiring_.push_back({std::thread([vm = std::move(vm), service = std::move(service), done]() mutable {
+                             vm.reset();
+                             service.reset();
+                             done->store(true);
+                         }),
+                         done});
 }
 
 void Engine::add_stats_section(std::string key, std::function<nlohmann::json()> fn) {
@@ -234,13 +246,13 @@ void Engine::stop() {
     if (metrics_) metrics_->stop();
     // Workers waiting for credit return at once (and move the rest uncharged) so they join.
     if (credits_) credits_->stop();
-    std::vector<std::thread> retiring;
+    std::vector<Retiring> retiring;
     {
         std::lock_guard lk(vms_mu_);
         for (auto& s : services_) s->stop();
         retiring.swap(retiring_);
     }
-    for (auto& t : retiring) t.join();
+    for (auto& r : retiring) r.thread.join();
     {
         std::lock_guard lk(ticker_mu_);
         ticker_stop_ = true;

@@ -2,6 +2,7 @@
 // control socket vpipectl talks to.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -66,7 +67,11 @@ private:
     mutable std::mutex vms_mu_;          // vms_ and services_ (VMs come and go at run time)
     std::vector<std::unique_ptr<Vm>> vms_;
     std::vector<std::unique_ptr<VmService>> services_;
-    std::vector<std::thread> retiring_;  // removed VMs whose workers are finishing (joined at stop)
+    struct Retiring {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> done;
+    };
+    std::vector<Retiring> retiring_;     // removed VMs whose workers are finishing (reaped later)
     std::vector<std::pair<std::string, std::function<nlohmann::json()>>> sections_;
     bool started_ = false;
     std::unique_ptr<ControlServer> control_;

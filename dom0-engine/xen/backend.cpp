@@ -151,7 +151,18 @@ void XenBackend::handle_watch(const std::string& path, const std::string& token)
         return;
     }
     if (auto domid = token_domid(token, kIdentity)) {
-        if (auto it = domains_.find(*domid); it != domains_.end()) refresh_identity(it->second, false);
+        auto it = domains_.find(*domid);
+        if (it == domains_.end()) return;
+        Domain& d = it->second;
+        // While the guest comes up the toolstack adds its disks and vifs one by one: follow them,
+        // so that stats show the VM as it will be served. Otherwise (a ring is up, or the domain
+        // is being torn down and its devices vanish) only note it: the next handshake re-reads.
+        const bool coming_up = d.frontend_state == kInitialising || d.frontend_state == kInitWait ||
+                               d.frontend_state == kInitialised;
+        if (!d.connected && coming_up)
+            refresh_identity(d, false);
+        else
+            d.identity_changed = true;
         return;
     }
     spdlog::debug("xen: unexpected watch {} {}", path, token);
