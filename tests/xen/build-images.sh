@@ -78,7 +78,6 @@ build_kmod() {
   # (kept between builds: sources are re-extracted with their mtimes, so Kbuild rebuilds only
   # what changed)
   local T=$W/kmod-tree e
-  rm -rf "$T/guest-module/kmod/"*.ko
   find "$T" -maxdepth 2 -type l -delete 2>/dev/null || true
   mkdir -p "$T/guest-module"
   for e in "$REPO"/*; do
@@ -129,40 +128,62 @@ build_disks() {
   echo "$stamp" > "$d/stamp"
 }
 
-# ---------------------------------------------------------------- domU initramfs
+# ---------------------------------------------------------------- initramfs
+# Each initramfs = a cached base tree (busybox, modules, Debian binaries; rebuilt when a package,
+# the kernel or these scripts change) hard-linked into roots/, plus the project's files on top.
+# Only new paths are added on top (copy_libs never overwrites), so the base is never modified.
+base_tree() {  # base_tree NAME FUNCTION: $W/base/NAME up to date
+  local b=$W/base/$1 st
+  st=$(tree_stamp "$1")
+  if [ -f "$b.stamp" ] && [ "$(cat "$b.stamp")" = "$st" ] && [ -d "$b" ]; then return; fi
+  log "assembling the $1 base tree"
+  rm -f "$b.stamp"
+  mkroot "$b" "$KV"
+  "$2" "$b"
+  finish_mods "$b" "$KV"
+  echo "$st" > "$b.stamp"
+}
+overlay_root() {  # overlay_root NAME -> prints the root: a hard-linked copy of the base
+  local r=$W/roots/$1
+  rm -rf "$r"; mkdir -p "$W/roots"
+  cp -al "$W/base/$1" "$r"
+  echo "$r"
+}
+
 DOMU_MODS=(xen-blkfront xen-netfront crc32c_generic crc32c-intel ext4)
+base_domU() {
+  copy_mods "$1" "$KV" "${DOMU_MODS[@]}"
+  local b
+  for b in /usr/bin/sha256sum /usr/bin/xenstore-read /usr/bin/xenstore-write /usr/bin/xenstore-exists \
+           /usr/bin/xenstore-ls /usr/bin/xenstore-list /usr/bin/xenstore-rm; do
+    copy_bin "$1" "$b"
+  done
+}
 build_domU() {
-  local U=$W/roots/domU b
-  mkroot "$U" "$KV"
-  copy_mods "$U" "$KV" "${DOMU_MODS[@]}"
+  local U b
+  base_tree domU base_domU
+  U=$(overlay_root domU)
   if [ -f "$W/vpipe.ko" ]; then
     mkdir -p "$U/lib/modules/$KV/extra"
     cp "$W/vpipe.ko" "$U/lib/modules/$KV/extra/"
     local dep
     for dep in $(modinfo -F depends "$W/vpipe.ko" | tr ',' ' '); do copy_mods "$U" "$KV" "$dep"; done
+    finish_mods "$U" "$KV"
   fi
-  finish_mods "$U" "$KV"
   for b in cp-vpipe vpipe-httpd vpipe-proxy; do copy_bin "$U" "$BUILD/bin/$b" "/usr/bin/$b"; done
   strip_project "$U" "$BUILD" /usr/bin/cp-vpipe /usr/bin/vpipe-httpd /usr/bin/vpipe-proxy
-  for b in /usr/bin/sha256sum /usr/bin/xenstore-read /usr/bin/xenstore-write /usr/bin/xenstore-exists \
-           /usr/bin/xenstore-ls /usr/bin/xenstore-list /usr/bin/xenstore-rm; do
-    copy_bin "$U" "$b"
-  done
   cp "$XEN_DIR/domU-init.sh" "$U/init"
   cp "$XEN_DIR/domU-scenario.sh" "$U/scenario.sh"
   chmod +x "$U/init" "$U/scenario.sh"
   mkcpio "$U" "$W/domU.cpio"
 }
 
-# ---------------------------------------------------------------- dom0 initramfs
 DOM0_MODS=(xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback xen-netback
            loop bridge veth virtio_pci virtio_blk crc32c_generic crc32c-intel ext4
            nfnetlink nf_tables nft_meta_bridge)
-build_dom0() {
-  local D=$W/roots/dom0 b
-  mkroot "$D" "$KV"
+base_dom0() {
+  local D=$1 b
   copy_mods "$D" "$KV" "${DOM0_MODS[@]}"
-  finish_mods "$D" "$KV"
   # Xen toolstack (real binaries, not the /usr/sbin wrappers) and xenstore clients
   for b in xl xenstored xenconsoled xen-init-dom0 xenconsole libxl-save-helper; do
     copy_bin "$D" "$XLIB/$b"
@@ -177,15 +198,21 @@ build_dom0() {
   done
   # xl needs libgcc_s for pthread_cancel (dlopen'ed: ldd does not list it)
   cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$D/lib/x86_64-linux-gnu/"
-  mkdir -p "$D/etc/xen" "$D/guests" "$D/etc/vpipe"
+  mkdir -p "$D/etc/xen"
   cp -a /etc/xen/scripts /etc/xen/xl.conf "$D/etc/xen/"
-  # vPipe in dom0: the engine, its control tool, and vpipe-httpd as the client side's server
-  for b in vpiped vpipectl vpipe-httpd; do copy_bin "$D" "$BUILD/bin/$b" "/usr/bin/$b"; done
-  strip_project "$D" "$BUILD" /usr/bin/vpiped /usr/bin/vpipectl /usr/bin/vpipe-httpd
   # checks and the client: nft (ruleset check), curl, sha256sum, jq (stats --json)
   for b in /usr/sbin/nft /usr/bin/curl /usr/bin/sha256sum /usr/bin/jq /usr/bin/timeout; do
     copy_bin "$D" "$b"
   done
+}
+build_dom0() {
+  local D b
+  base_tree dom0 base_dom0
+  D=$(overlay_root dom0)
+  mkdir -p "$D/guests" "$D/etc/vpipe"
+  # vPipe in dom0: the engine, its control tool, and vpipe-httpd as the client side's server
+  for b in vpiped vpipectl vpipe-httpd; do copy_bin "$D" "$BUILD/bin/$b" "/usr/bin/$b"; done
+  strip_project "$D" "$BUILD" /usr/bin/vpiped /usr/bin/vpipectl /usr/bin/vpipe-httpd
   cat > "$D/etc/vpipe/vpiped.toml" <<'EOF'
 # vpiped in the Xen suite's dom0: VMs, disks and addresses come from xenstore
 [engine]

@@ -103,6 +103,7 @@ wait_gone() {  # wait_gone NAME SECONDS
   while xl domid "$1" >/dev/null 2>&1; do
     sleep 0.2; i=$((i + 1)); [ $i -lt $(($2 * 5)) ] || return 1
   done
+  return 0
 }
 stop_tail() { eval "kill \$TAIL_$1" 2>/dev/null; }
 
@@ -119,19 +120,21 @@ stats() { vpipectl --control $CTL stats --json 2>/dev/null; }
 vmstat() { stats | jq -c ".vms[] | select(.id == $D)" 2>/dev/null; }
 flow_elements() { nft list ruleset 2>/dev/null | grep -c 'elements = '; }
 # waits until the engine has no shadow socket and no steered flow, and nft has no element left
-wait_quiet() {  # wait_quiet SECONDS
-  local i=0 s
-  while [ $i -lt $(($1 * 5)) ]; do
+QUIET_AFTER=
+wait_quiet() {  # wait_quiet SECONDS (deadline by the clock: each probe costs ~0.3 s under TCG)
+  local t0 s
+  t0=$(up)
+  while :; do
     s=$(stats | jq -r '"\(.shadow_sockets) \(.steered_flows)"' 2>/dev/null)
-    [ "$s" = "0 0" ] && [ "$(flow_elements)" = 0 ] && return 0
-    sleep 0.2; i=$((i + 1))
+    if [ "$s" = "0 0" ] && [ "$(flow_elements)" = 0 ]; then QUIET_AFTER=$(since "$t0"); return 0; fi
+    [ "$(echo "$(up) $t0 $1" | awk '{print ($1 - $2 > $3)}')" = 1 ] && return 1
+    sleep 0.2
   done
-  return 1
 }
-quiet_check() {  # quiet_check NAME
-  if wait_quiet 15; then ck "$1" OK "no shadow socket, no steered flow, no nft element"
+quiet_check() {  # quiet_check NAME SECONDS
+  if wait_quiet "${2:-15}"; then ck "$1" OK "no shadow socket, no steered flow, no nft element (after ${QUIET_AFTER}s)"
   else
-    ck "$1" FAIL "engine: $(stats | jq -c '{shadow_sockets, steered_flows}' 2>/dev/null); nft elements: $(flow_elements)"
+    ck "$1" FAIL "after ${2:-15}s: engine $(stats | jq -c '{shadow_sockets, steered_flows}' 2>/dev/null); nft elements: $(flow_elements)"
     nft list ruleset
   fi
 }
@@ -205,7 +208,7 @@ if wait_xsd ready 300; then
   phase d1-servers-ready
   # GET of 64 MiB twice on one connection (curl reuses it for the second URL)
   t0=$(up)
-  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - -w '%{stderr}GET %{http_code} connects=%{num_connects} bytes=%{size_download}\n' \
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - -w '%{stderr}GET %{http_code} connects=%{num_connects} bytes=%{size_download} first-byte=%{time_starttransfer}s total=%{time_total}s\n' \
         http://$DOMU_IP:8080/big.bin http://$DOMU_IP:8080/big.bin 2>/tmp/curl-get.err | sha256sum | cut -d' ' -f1)
   cat /tmp/curl-get.err
   w=$(want /etc/vpipe/xvda.MANIFEST big.bin+big.bin)
@@ -219,13 +222,16 @@ if wait_xsd ready 300; then
   # PUT of 32 MiB: the domU checks the file on its disk
   t0=$(up)
   code=$(client curl -sS -m 150 --connect-timeout 15 -T /data/put.bin -o /dev/null -w '%{http_code}' http://$DOMU_IP:8080/put.bin 2>&1)
+  echo "VPIPE-XEN: PUT: $(stats | jq -c ".vms[] | select(.id == $D) | {ops, bytes}" 2>/dev/null)"
   case $code in 201|204) ck put-32MiB OK "HTTP $code in $(since "$t0")s" ;;
                  *) ck put-32MiB FAIL "HTTP '$code'" ;; esac
   cmd put-done "$(want /data/MANIFEST put.bin)"
   phase d1-put-done
   # relay: client -> vpipe-proxy (domU, socket->socket) -> vpipe-httpd (client netns)
   t0=$(up)
-  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - http://$DOMU_IP:9003/relay.bin 2>/tmp/curl-relay.err | sha256sum | cut -d' ' -f1)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - -w '%{stderr}GET %{http_code} bytes=%{size_download} first-byte=%{time_starttransfer}s total=%{time_total}s\n' \
+        http://$DOMU_IP:9003/relay.bin 2>/tmp/curl-relay.err | sha256sum | cut -d' ' -f1)
+  cat /tmp/curl-relay.err
   w=$(want /data/MANIFEST relay.bin)
   if [ "$out" = "$w" ]; then ck relay-48MiB OK "through vpipe-proxy byte-exact in $(since "$t0")s"
   else ck relay-48MiB FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(cat /tmp/curl-relay.err)"; fi
@@ -263,8 +269,9 @@ if mount -t ext4 -o ro /dev/vda /mnt 2>/tmp/mnt.err; then
   for f in copy-big.bin:big.bin put.bin:put.bin; do
     file=${f%%:*}; ref=${f#*:}
     if [ "$ref" = put.bin ]; then w=$(want /data/MANIFEST put.bin); else w=$(want /etc/vpipe/xvda.MANIFEST "$ref"); fi
-    got=$(sha256sum "/mnt/$file" 2>&1 | cut -d' ' -f1)
-    if [ "$got" = "$w" ]; then ck "dom0-disk-$file" OK "byte-exact on /dev/vda"
+    got=$(sha256sum "/mnt/$file" 2>/dev/null | cut -d' ' -f1)
+    if [ ! -f "/mnt/$file" ]; then ck "dom0-disk-$file" FAIL "no $file on /dev/vda"
+    elif [ "$got" = "$w" ]; then ck "dom0-disk-$file" OK "byte-exact on /dev/vda"
     else ck "dom0-disk-$file" FAIL "sha256 '$(short "$got")', want '$(short "$w")'"; fi
   done
   umount /mnt
@@ -279,7 +286,11 @@ create d2 victim || result
 D2=$D
 if wait_xsd ready 300; then
   phase d2-servers-ready
-  client curl -sS -m 300 --connect-timeout 15 --limit-rate 1M -o /dev/null http://$DOMU_IP:8080/big.bin 2>/tmp/curl-victim.err &
+  # a slow reader (512 KiB/s: the 64 MiB body would take 2 minutes) keeps the offloaded GET busy in
+  # dom0 until well after the destroy, so only the engine itself can release the connection.
+  # ($ip execs curl: $! is curl's pid)
+  $ip netns exec client curl -sS -m 300 --connect-timeout 15 --limit-rate 512K -o /dev/null \
+      http://$DOMU_IP:8080/big.bin 2>/tmp/curl-victim.err &
   CURL=$!
   i=0; mid=""
   while [ $i -lt 150 ]; do   # 30 s: the GET is offloaded and a copy is in flight
@@ -300,11 +311,11 @@ t0=$(up)
 if wait_gone d2 30; then ck d2-destroyed OK "domain gone after $(since "$t0")s (no grant mapping kept it)"
 else ck d2-destroyed FAIL "domain $D2 still listed 30 s after xl destroy: $(xl list | tr '\n' ' ')"; fi
 stop_tail d2
-kill $CURL 2>/dev/null
 if vpiped_alive; then ck vpiped-survives-destroy OK "pid $VPIPED answers"
 else ck vpiped-survives-destroy FAIL "vpiped died or does not answer: $(tail -5 /var/log/vpiped.log | tr '\n' ' ')"; fi
 backend_gone_check d2 "$D2"
-quiet_check d2-released
+quiet_check d2-released 45
+kill $CURL 2>/dev/null
 n=$(stats | jq "[.vms[] | select(.id == $D2)] | length" 2>/dev/null)
 if [ "$n" = 0 ]; then ck d2-vm-released OK "the engine no longer lists domain $D2"
 else ck d2-vm-released FAIL "the engine still lists domain $D2: $(stats | jq -c ".vms[] | select(.id == $D2)")"; fi

@@ -5,6 +5,7 @@
 #   victim    vpipe.ko connects; vpipe-httpd + a cp-vpipe loop keep the engine busy until dom0
 #             destroys this domain
 #   survivor  vpipe.ko connects; cp-vpipe byte-exact (after the victim's destruction)
+#   shell     vpipe.ko connects, xvda mounted, then a shell on the console (developers)
 # Results go to xenstore (dom0 reads and prints them): data/check/<name> = "OK (...)"|"FAIL (...)",
 # data/ready = 1 when servers listen, data/end = "<n> checks, <m> failed" at the end. dom0 -> domU: data/cmd/<name>.
 # Everything is also printed on the console (dom0 copies it to the serial log as [domU:<name>]).
@@ -40,6 +41,7 @@ listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qi " [0-9A-F]
 wait_listen() {
   local i=0
   while ! listening "$1"; do sleep 0.2; i=$((i + 1)); [ $i -gt 150 ] && return 1; done
+  return 0
 }
 
 mount_disk() {
@@ -145,6 +147,11 @@ survivor)
   cp_check cp-vpipe-after-destroy big.bin copy-survivor.bin
   umount_disk
   finish ;;
+shell)
+  # for developers (xl create -c): the module loaded and connected, xvda on /mnt, then a shell
+  vpipe_up; mount_disk
+  echo "VPIPE-XEN-DOMU: shell (exit powers the domU off)"
+  setsid cttyhack sh ;;
 *)
   say "unknown role '$ROLE'"; finish ;;
 esac

@@ -81,17 +81,26 @@ mkroot() {
   rm -rf "$r"
   mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,etc,root,mnt,var/lib,var/log,lib/modules/$2}
   cp /bin/busybox "$r/bin/busybox"
-  for a in $(/bin/busybox --list); do
-    [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"
-  done
+  # applet links (they point at busybox's host path, /usr/bin/busybox on merged-/usr Debian)
+  /bin/busybox --install -s "$r/bin"
+  [ -e "$r/usr/bin/busybox" ] || ln -s ../../bin/busybox "$r/usr/bin/busybox"
   ln -sf ../bin/busybox "$r/sbin/modprobe"   # the kernel's module autoloader calls /sbin/modprobe
   ln -s ../run "$r/var/run"
   ln -s ../run/lock "$r/var/lock"
 }
-# finish_mods ROOT KVER: modules.dep for busybox modprobe
+# finish_mods ROOT KVER: modules.dep for busybox modprobe (fresh files: ROOT may share inodes
+# with a cached base tree)
 finish_mods() {
+  rm -f "$1/lib/modules/$2"/modules.*
   cp /lib/modules/"$2"/modules.{builtin,builtin.modinfo,order} "$1/lib/modules/$2/"
   depmod -b "$1" "$2"
+}
+# tree_stamp NAME: a text that changes when the inputs of a cached tree change
+tree_stamp() {
+  echo "$KV $*"
+  dpkg-query -W -f '${Package}=${Version} ' xen-utils-$XENV busybox-static iproute2 curl nftables jq \
+    coreutils bash util-linux bridge-utils xenstore-utils libc6 "linux-image-$KV" 2>/dev/null
+  cat "$XEN_DIR/lib.sh" "$XEN_DIR/build-images.sh" | md5sum
 }
 # mkcpio ROOT OUT [gz]
 mkcpio() {
