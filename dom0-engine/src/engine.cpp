@@ -142,6 +142,7 @@ void Engine::remove_vm(uint32_t id) {
     }
     if (!vm) return;
     service->stop();            // drops the channel: in-flight responses go nowhere
+    vm->cancel();               // operations waiting on sockets end now (-ECANCELED)
     credits_->remove_vm(id);    // workers waiting for credit return at once
     spdlog::info("vm {} (id {}): removed", vm->name(), id);
     // Operations already running (a socket waiting for its peer) may take a while; do not hold

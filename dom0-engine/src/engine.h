@@ -37,8 +37,9 @@ public:
     // cfg.channel is empty: attach() one to it. nullptr (and *error) when the VM cannot be
     // served (an image that does not open, a duplicate id or name). Thread-safe.
     VmService* add_vm(const VmConfig& cfg, std::string* error);
-    // Stops the VM's service (its channel is dropped) and forgets the VM. Operations still
-    // running finish on a background thread (their responses are dropped), then its disks close.
+    // Stops the VM's service (its channel is dropped) and forgets the VM. Operations waiting on
+    // a socket are cancelled (-ECANCELED: shadows handed back, steering entries removed); the
+    // rest (file copies) finish on a background thread, responses dropped; then its disks close.
     void remove_vm(uint32_t id);
     // Extra sections of stats() (e.g. "xen"), computed on demand. Set before start().
     void add_stats_section(std::string key, std::function<nlohmann::json()> fn);

@@ -59,24 +59,41 @@ int tcp_state(int fd) {
     return ti.tcpi_state;
 }
 
+// Waits for `events` on `fd` for up to the socket timeout, unless the VM is being torn down
+// (`cancel_fd`, Vm::cancel_fd(), readable; -1: never). 1 ready (*revents), 0 timeout, -ECANCELED.
+int wait_fd(int fd, short events, int cancel_fd, short* revents) {
+    pollfd p[2] = {{fd, events, 0}, {cancel_fd, POLLIN, 0}};
+    int pr = ::poll(p, 2, static_cast<int>(socket_timeout().count()));
+    if (pr < 0) return errno == EINTR ? 1 : -EIO;
+    if (p[1].revents) return -ECANCELED;
+    *revents = p[0].revents;
+    return pr;
+}
+
+bool cancelled(int cancel_fd) {
+    if (cancel_fd < 0) return false;
+    pollfd p{cancel_fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0;
+}
+
 // Receives up to `want` bytes (at least 1 unless EOF). >0 bytes, 0 EOF, or -status.
-ssize_t recv_some(int fd, uint8_t* buf, size_t want) {
+ssize_t recv_some(int fd, uint8_t* buf, size_t want, int cancel_fd) {
     for (;;) {
         ssize_t r = ::recv(fd, buf, want, MSG_DONTWAIT);
         if (r >= 0) return r;
         if (errno == EINTR) continue;
         if (errno != EAGAIN) return map_sock_err(errno);
-        pollfd p{fd, POLLIN, 0};
-        int pr = ::poll(&p, 1, static_cast<int>(socket_timeout().count()));
+        short revents = 0;
+        int pr = wait_fd(fd, POLLIN, cancel_fd, &revents);
         if (pr == 0) return -ETIMEDOUT;
-        if (pr < 0 && errno != EINTR) return -EIO;
+        if (pr < 0) return pr;
     }
 }
 
 // Waits until what is still queued on the destination shadow (unacknowledged + unread) fits
 // the carry room. Gives up after the socket timeout without progress (-ETIMEDOUT) or when the
 // connection died (-ECONNRESET).
-int settle(int fd, uint32_t room) {
+int settle(int fd, uint32_t room, int cancel_fd) {
     auto last_progress = Clock::now();
     int last_outq = -1;
     unsigned spins = 0;
@@ -92,6 +109,7 @@ int settle(int fd, uint32_t room) {
         } else if (Clock::now() - last_progress > socket_timeout()) {
             return -ETIMEDOUT;
         }
+        if (cancelled(cancel_fd)) return -ECANCELED;
         // the peer's ACKs come within an RTT: poll finely first, 1 ms steps after ~20 ms
         ::usleep(++spins < 400 ? 50 : 1000);
     }
@@ -149,7 +167,7 @@ int finish_endpoint(Shadow& sh, uint32_t room, bool may_drop_tail, EndpointResul
 
 // Like send_all, but *done grows by every byte the socket accepted, also when it fails midway
 // (moved and the carried tail are computed from it: it must be exact).
-int send_all_counted(int fd, const uint8_t* buf, size_t n, uint64_t* done) {
+int send_all_counted(int fd, const uint8_t* buf, size_t n, uint64_t* done, int cancel_fd) {
     size_t off = 0;
     while (off < n) {
         ssize_t w = ::send(fd, buf + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -160,11 +178,11 @@ int send_all_counted(int fd, const uint8_t* buf, size_t n, uint64_t* done) {
         }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
-        pollfd p{fd, POLLOUT, 0};
-        int pr = ::poll(&p, 1, static_cast<int>(socket_timeout().count()));
+        short revents = 0;
+        int pr = wait_fd(fd, POLLOUT, cancel_fd, &revents);
         if (pr == 0) return -ETIMEDOUT;
-        if (pr < 0 && errno != EINTR) return -EIO;
-        if (p.revents & (POLLERR | POLLHUP) && !(p.revents & POLLOUT)) {
+        if (pr < 0) return pr;
+        if (revents & (POLLERR | POLLHUP) && !(revents & POLLOUT)) {
             int err = 0;
             socklen_t l = sizeof(err);
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
@@ -228,14 +246,16 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
             uint8_t* data = b.data();
             const int fd = dst.fd();
             uint64_t* counted = &inflight->counted;
-            inflight->done = std::async(std::launch::async,
-                                        [fd, data, n, counted] { return send_all_counted(fd, data, n, counted); });
+            const int cancel = vm.cancel_fd();
+            inflight->done = std::async(std::launch::async, [fd, data, n, counted, cancel] {
+                return send_all_counted(fd, data, n, counted, cancel);
+            });
             read_pos += n;
             ++k;
         }
         if (int r = finish_send(); status == 0) status = r;
     }
-    if (status == 0) status = settle(dst.fd(), req.dst_room);
+    if (status == 0) status = settle(dst.fd(), req.dst_room, vm.cancel_fd());
     const uint64_t acked = dst.bytes_acked();
     uint64_t dropped = 0;
     int r = finish_endpoint(dst, req.dst_room, true, &res, &dropped);
@@ -267,7 +287,7 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
             const uint64_t want = std::min<uint64_t>(buf->size(), req.length - pos);
             uint64_t got = 0;
             while (got < want) {
-                ssize_t n = recv_some(src.fd(), buf->data() + got, want - got);
+                ssize_t n = recv_some(src.fd(), buf->data() + got, want - got, vm.cancel_fd());
                 if (n == 0) {
                     eof = true;
                     break;
@@ -328,14 +348,14 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
         if (!buf) status = -ENOSPC;
         const size_t piece = buf ? std::min<size_t>(buf->size(), 256 << 10) : 0;
         while (buf && fwd < req.length && status == 0) {
-            ssize_t n = recv_some(src.fd(), buf->data(), std::min<uint64_t>(piece, req.length - fwd));
+            ssize_t n = recv_some(src.fd(), buf->data(), std::min<uint64_t>(piece, req.length - fwd), vm.cancel_fd());
             if (n == 0) break;
             if (n < 0) {
                 status = static_cast<int>(n);
                 break;
             }
             uint64_t done = 0;
-            status = send_all_counted(dst.fd(), buf->data(), static_cast<size_t>(n), &done);
+            status = send_all_counted(dst.fd(), buf->data(), static_cast<size_t>(n), &done, vm.cancel_fd());
             fwd += done;
             vm.charge(req.op, done);
             if (done < static_cast<uint64_t>(n)) {
@@ -345,7 +365,7 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
             }
         }
     }
-    if (status == 0) status = settle(dst.fd(), req.dst_room);
+    if (status == 0) status = settle(dst.fd(), req.dst_room, vm.cancel_fd());
     uint64_t dropped = 0;
     int r1 = finish_endpoint(src, req.src_room, false, &sres, &dropped);
     int r2 = finish_endpoint(dst, req.dst_room, false, &dres, &dropped);

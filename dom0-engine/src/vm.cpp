@@ -1,5 +1,11 @@
 #include "vm.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <system_error>
+
 namespace vpipe::engine {
 
 const char* op_name(uint8_t op) {
@@ -15,8 +21,15 @@ const char* op_name(uint8_t op) {
 
 Vm::Vm(const VmConfig& cfg, const EngineConfig& engine)
     : cfg_(cfg), identity_(VmIdentity::from_ip_string(cfg.ip)) {
+    cancel_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!cancel_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
     for (const auto& d : cfg_.disks) disks_[d.vdev] = DiskImage::open(d.image, d.writable);
     workers_ = std::make_unique<WorkerPool>(cfg_.name, cfg_.threads, engine.queue_depth);
+}
+
+void Vm::cancel() {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(cancel_fd_.get(), &one, sizeof one);
 }
 
 DiskImage* Vm::disk(uint32_t vdev) const {

@@ -15,6 +15,7 @@
 #include "io/disk_image.h"
 #include "request.h"
 #include "shadow.h"
+#include "util/unique_fd.h"
 #include "worker_pool.h"
 
 namespace vpipe::engine {
@@ -51,6 +52,12 @@ public:
     VmCounters& counters() { return counters_; }
     std::atomic<bool>& connected() { return connected_; }
 
+    // The VM is going away (a destroyed Xen domain): operations waiting on a socket return
+    // -ECANCELED at once instead of at the socket timeout, so their shadow sockets and steering
+    // entries are released. cancel_fd() is readable from then on.
+    void cancel();
+    int cancel_fd() const { return cancel_fd_.get(); }
+
     // The engine's credit scheduler (nullptr: none, nothing is charged). Set before start.
     void set_credits(CreditScheduler* credits) { credits_ = credits; }
     // Charges `bytes` to this VM (waits for credit) and counts them as moved by `op`. The
@@ -76,6 +83,7 @@ private:
     VmCounters counters_;
     VmIdentity identity_;
     std::atomic<bool> connected_{false};
+    UniqueFd cancel_fd_;                   // eventfd, written by cancel()
     CreditScheduler* credits_ = nullptr;
     std::unique_ptr<WorkerPool> workers_;  // last: joins before the disks close
 };
