@@ -10,7 +10,7 @@
 #        vpipe-proxy in vPipe mode while the client in netns "client" GETs/PUTs; dom0 checks the
 #        engine's counters, that nothing stays steered, and the bytes on /dev/vda.
 #        Then "d2" (role victim) is destroyed mid-operation; vpiped must release it and
-#        serve "d3" (role survivor).
+#        serve "d3" (role survivor), which reconnects after vpiped restarts under it.
 MODE=${1:-full}
 XLIB=/usr/lib/xen-4.17/bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$XLIB
@@ -139,25 +139,43 @@ quiet_check() {  # quiet_check NAME SECONDS
   fi
 }
 VPIPED=
-start_vpiped() {
-  local t0 i args
+NSTART=0
+start_vpiped() {  # start_vpiped [CHECK-NAME]
+  local t0 i args log
   t0=$(up)
   args=$(cat /etc/vpipe/vpiped.args)
+  NSTART=$((NSTART + 1))
+  log=/var/log/vpiped.$NSTART.log
   # shellcheck disable=SC2086
-  vpiped $args > /var/log/vpiped.log 2>&1 &
+  vpiped $args > $log 2>&1 &
   VPIPED=$!
-  ( tail -n +1 -F /var/log/vpiped.log 2>/dev/null | while IFS= read -r l; do echo "[vpiped] $l"; done ) &
+  ( tail -n +1 -F $log 2>/dev/null | while IFS= read -r l; do echo "[vpiped] $l"; done ) &
   TAIL_VPIPED=$!
   i=0
   while ! vpipectl --control $CTL ping >/dev/null 2>&1; do
     sleep 0.2; i=$((i + 1))
     if ! kill -0 $VPIPED 2>/dev/null || [ $i -gt 300 ]; then
-      ck vpiped-start FAIL "vpiped $args: $(tail -3 /var/log/vpiped.log | tr '\n' ' ')"
+      ck "${1:-vpiped-start}" FAIL "vpiped $args: $(tail -3 $log | tr '\n' ' ')"
       return 1
     fi
   done
-  ck vpiped-start OK "vpiped $args, ready after $(since "$t0")s"
+  ck "${1:-vpiped-start}" OK "vpiped $args, ready after $(since "$t0")s"
 }
+stop_vpiped() {  # stop_vpiped CHECK-NAME: SIGTERM, exit 0 within 10 s
+  local i=0 rc
+  kill -TERM $VPIPED
+  while kill -0 $VPIPED 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+  if kill -0 $VPIPED 2>/dev/null; then
+    ck "$1" FAIL "still running 10 s after SIGTERM"; kill -KILL $VPIPED; wait $VPIPED
+  else
+    wait $VPIPED; rc=$?
+    if [ $rc = 0 ]; then ck "$1" OK "exit 0 on SIGTERM"; else ck "$1" FAIL "exit $rc on SIGTERM"; fi
+  fi
+  sleep 1; kill $TAIL_VPIPED 2>/dev/null
+}
+# fe_state DOMID: the frontend's xenbus state; be_state DOMID: the backend's
+fe_state() { xenstore-read "/local/domain/$1/device/vpipe/0/state" 2>/dev/null; }
+be_state() { xenstore-read "/local/domain/0/backend/vpipe/$1/0/state" 2>/dev/null; }
 vpiped_alive() { kill -0 "$VPIPED" 2>/dev/null && vpipectl --control $CTL ping >/dev/null 2>&1; }
 backend_gone_check() {  # backend_gone_check NAME DOMID
   local i=0
@@ -312,9 +330,9 @@ if wait_gone d2 30; then ck d2-destroyed OK "domain gone after $(since "$t0")s (
 else ck d2-destroyed FAIL "domain $D2 still listed 30 s after xl destroy: $(xl list | tr '\n' ' ')"; fi
 stop_tail d2
 if vpiped_alive; then ck vpiped-survives-destroy OK "pid $VPIPED answers"
-else ck vpiped-survives-destroy FAIL "vpiped died or does not answer: $(tail -5 /var/log/vpiped.log | tr '\n' ' ')"; fi
+else ck vpiped-survives-destroy FAIL "vpiped died or does not answer: $(tail -5 /var/log/vpiped.$NSTART.log | tr '\n' ' ')"; fi
 backend_gone_check d2 "$D2"
-quiet_check d2-released 45
+quiet_check d2-released 20
 kill $CURL 2>/dev/null
 n=$(stats | jq "[.vms[] | select(.id == $D2)] | length" 2>/dev/null)
 if [ "$n" = 0 ]; then ck d2-vm-released OK "the engine no longer lists domain $D2"
@@ -322,13 +340,39 @@ else ck d2-vm-released FAIL "the engine still lists domain $D2: $(stats | jq -c 
 phase d2-released
 
 # ---------------------------------------------------------------- lifecycle 3: d3 served afterwards
+# d3 copies once, then vpiped restarts under its Connected frontend (protocol section 5d: the
+# module sees the backend leave, frees its ring, reconnects to the new engine) and d3 copies again.
 NAME=d3
 create d3 survivor || result
 D3=$D
+if wait_xsd ready 300; then
+  phase d3-first-copy-done
+  stop_vpiped vpiped-restart-stop
+  t0=$(up); left=""
+  while [ "$(echo "$(up) $t0" | awk '{print ($1 - $2 < 20)}')" = 1 ]; do
+    st=$(fe_state "$D"); [ "$st" != 4 ] && { left=$st; break; }
+    sleep 0.2
+  done
+  if [ -n "$left" ]; then ck d3-frontend-left OK "frontend state $left after the engine stopped ($(since "$t0")s)"
+  else ck d3-frontend-left FAIL "frontend still Connected 20 s after vpiped exited"; fi
+  phase vpiped-restart
+  start_vpiped vpiped-restart || result
+  t0=$(up); ok=""
+  while [ "$(echo "$(up) $t0" | awk '{print ($1 - $2 < 30)}')" = 1 ]; do
+    [ "$(fe_state "$D")" = 4 ] && [ "$(be_state "$D")" = 4 ] && { ok=1; break; }
+    sleep 0.2
+  done
+  if [ -n "$ok" ]; then ck d3-reconnected OK "frontend and backend Connected $(since "$t0")s after the new engine was ready"
+  else ck d3-reconnected FAIL "after 30 s: frontend state '$(fe_state "$D")', backend state '$(be_state "$D")'"; fi
+  cmd engine-restarted
+else
+  ck d3-ready FAIL "d3 did not finish its first copy"
+  cmd engine-restarted skip
+fi
 wait_xsd end 300 || ck d3-finished FAIL "no result from d3"
 vs=$(vmstat)
 rd=$(echo "$vs" | jq '[.disks[].bytes_read] | add // 0' 2>/dev/null)
-if [ "${rd:-0}" -gt 0 ]; then ck d3-engine-read-image OK "$rd bytes"; else ck d3-engine-read-image FAIL "$vs"; fi
+if [ "${rd:-0}" -gt 0 ]; then ck d3-engine-read-image OK "$rd bytes since the restart"; else ck d3-engine-read-image FAIL "$vs"; fi
 collect d3
 wait_gone d3 60 || { ck d3-poweroff FAIL "still running"; xl destroy d3; }
 stop_tail d3
@@ -337,15 +381,9 @@ quiet_check end-nothing-steered
 phase d3-gone
 
 # ---------------------------------------------------------------- engine stops cleanly
-kill -TERM $VPIPED
-i=0; while kill -0 $VPIPED 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
-if kill -0 $VPIPED 2>/dev/null; then ck vpiped-stop FAIL "still running 10 s after SIGTERM"; kill -KILL $VPIPED
-else
-  wait $VPIPED; rc=$?
-  if [ $rc = 0 ]; then ck vpiped-stop OK "exit 0 on SIGTERM"; else ck vpiped-stop FAIL "exit $rc on SIGTERM"; fi
-fi
+stop_vpiped vpiped-stop
 if nft list tables 2>/dev/null | grep -q .; then ck nft-clean FAIL "$(nft list tables | tr '\n' ' ')"
 else ck nft-clean OK "no nft table left"; fi
-kill $TAIL_VPIPED $CLIENT_HTTPD 2>/dev/null
+kill $CLIENT_HTTPD 2>/dev/null
 phase suite-end
 result

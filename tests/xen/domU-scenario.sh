@@ -4,7 +4,8 @@
 #   full      vpipe.ko connects; cp-vpipe; vpipe-httpd --mode vpipe (GET x2, PUT); vpipe-proxy relay
 #   victim    vpipe.ko connects; vpipe-httpd + a cp-vpipe loop keep the engine busy until dom0
 #             destroys this domain
-#   survivor  vpipe.ko connects; cp-vpipe byte-exact (after the victim's destruction)
+#   survivor  vpipe.ko connects; cp-vpipe byte-exact (after the victim's destruction), then again
+#             after dom0 restarted vpiped under the Connected frontend
 #   shell     vpipe.ko connects, xvda mounted, then a shell on the console (developers)
 # Results go to xenstore (dom0 reads and prints them): data/check/<name> = "OK (...)"|"FAIL (...)",
 # data/ready = 1 when servers listen, data/end = "<n> checks, <m> failed" at the end. dom0 -> domU: data/cmd/<name>.
@@ -145,6 +146,12 @@ victim)
 survivor)
   vpipe_up && mount_disk || { xenstore-write "$XS/ready" fail; finish; exit 1; }
   cp_check cp-vpipe-after-destroy big.bin copy-survivor.bin
+  # dom0 restarts vpiped now; the module must reconnect by itself
+  xenstore-write "$XS/ready" 1
+  if r=$(wait_cmd engine-restarted 180) && [ "$r" != skip ]; then
+    i=0; while [ "$(xenstore-read device/vpipe/0/state 2>/dev/null)" != 4 ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
+    cp_check cp-vpipe-after-restart odd.bin copy-restart.bin
+  fi
   umount_disk
   finish ;;
 shell)
