@@ -98,18 +98,31 @@ SUM=$W/summary.txt
 rm -f "$LOG" "$SUM"
 log "booting Xen (mode $MODE, SMP $SMP, ${MEM} MiB, dom0 $DOM0_MEM, timeout ${TIMEOUT}s); serial log: $LOG"
 start=${EPOCHREALTIME/./}
-set +e
+rm -f "$W/qemu.pid" "$W/qemu.rc"
 # every line gets the seconds since QEMU started
-timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" -serial stdio </dev/null 2>&1 |
-  while IFS= read -r line; do
+(
+  {
+    timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" -serial stdio </dev/null 2>&1 &
+    echo $! > "$W/qemu.pid"
+    wait $!
+    echo $? > "$W/qemu.rc"
+  } | while IFS= read -r line; do
     d=$(( (${EPOCHREALTIME/./} - start) / 10000 ))
     printf '[%4d.%02d] %s\n' $((d / 100)) $((d % 100)) "${line%$'\r'}"
   done | if [ "$LIVE" = 1 ]; then tee "$LOG"; else cat > "$LOG"; fi
-rc=${PIPESTATUS[0]}
-set -e
+) &
+RUNNER=$!
+# stopped from outside (ctest timeout, Ctrl-C): `timeout` passes SIGTERM on to QEMU
+trap '[ -f "$W/qemu.pid" ] && kill -TERM "$(cat "$W/qemu.pid")" 2>/dev/null; wait $RUNNER; exit 1' INT TERM HUP
+wait $RUNNER || true
+trap - INT TERM HUP
+rc=$(cat "$W/qemu.rc" 2>/dev/null || echo 255)
 total=$(( (${EPOCHREALTIME/./} - start) / 1000000 ))
 {
   grep -E 'VPIPE-XEN (CHECK|PHASE|RESULT)' "$LOG" || true
+  if grep -q 'VPIPE-XEN CHECK .*: FAIL' "$LOG"; then
+    echo "failed checks:"; grep -a 'VPIPE-XEN CHECK .*: FAIL' "$LOG" | sed 's/^/  /'
+  fi
   case $rc in
     1) echo "qemu: exit 1 (PASS via isa-debug-exit) after ${total}s" ;;
     3) echo "qemu: exit 3 (FAIL via isa-debug-exit) after ${total}s" ;;
