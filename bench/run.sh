@@ -9,6 +9,7 @@
 #                                  profiles, scale
 #   bench/run.sh fig4 | scale      only those lab scenarios
 #   bench/run.sh fairness          only the sharing-dom0 experiment (Fig 7)
+#   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
 #   bench/run.sh summary           only re-plot and rewrite SUMMARY.md from the CSVs
 # --quick: fewer conditions, sizes and repetitions (a smoke run of every code path, ~6 min).
 # Environment: BUILD_DIR (default build, built with scripts/build.sh; any other dir is built
@@ -96,12 +97,15 @@ case "$what" in
   fig4) run_fig4 ;;
   scale) run_scale ;;
   fairness) run_fairness ;;
+  profile) run_profile_only ;;
   summary) ;;
   all) run_micro; run_fig4; run_scale; run_fairness ;;
-  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|summary]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|profile|summary]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements
+# what the last full run was like (SUMMARY.md quotes it also after partial re-runs)
+[ "$what" = all ] && echo "$ELAPSED|$START_LOAD|$QUICK|$(date -u +%Y-%m-%dT%H:%MZ)" > "$R/run_info.txt"
 plots
 summary
 echo "bench: results in $R/ (SUMMARY.md), $ELAPSED s"

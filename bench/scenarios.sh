@@ -19,6 +19,7 @@ SCALE_CSV=$R/scale.csv
 PROF=$R/profile
 
 PIDS=()        # background servers of the current lab, stopped by stop_servers
+declare -A SERVER_PID  # name -> pid (vpipe-lab exec/client/dom0 exec in place: the server's pid)
 EPID=0         # the engine's pid
 LAB_VM_DISK=/run/vpipe-lab/vm1/disk0
 
@@ -29,7 +30,7 @@ bench_up() {  # vpipe-lab up ARGS..., after waiting for any other lab to go away
   lab up "$@" >/dev/null
   LAB_MINE=1
   VM_NAMES=$(lab info --json | sed -n 's/.*"name": "\(vm[0-9]*\)".*/\1/p')
-  EPID=$(lab info --json | sed -n 's/.*"pid": \([0-9]*\),.*/\1/p' | head -1)
+  EPID=$(lab info --json | sed -n 's/.*"pid": \([0-9]*\),.*/\1/p' | awk "NR == 1")
   # the engine's pid is the first "pid" in the JSON (engine block); check it is vpiped
   if ! grep -q vpiped "/proc/$EPID/comm" 2>/dev/null; then
     EPID=$(pgrep -n -x vpiped || echo 0)
@@ -48,12 +49,14 @@ start() {
   local name=$1 where=$2
   shift 2
   local log=$TMPD/$name.log
+  # (vpipe-lab itself, not the lab function: then $! is the server, which vpipe-lab execs in place)
   if [ "$where" = client ] || [ "$where" = dom0 ]; then
-    lab "$where" -- "$@" > "$log" 2>&1 &
+    "$B/vpipe-lab" "$where" -- "$@" > "$log" 2>&1 &
   else
-    lab exec "$where" -- "$@" > "$log" 2>&1 &
+    "$B/vpipe-lab" exec "$where" -- "$@" > "$log" 2>&1 &
   fi
   PIDS+=($!)
+  SERVER_PID[$name]=$!
   for _ in $(seq 1 100); do
     grep -q "listening on" "$log" 2>/dev/null && return 0
     kill -0 $! 2>/dev/null || { echo "bench: $name exited: $(cat "$log")" >&2; return 1; }
@@ -68,6 +71,7 @@ stop_servers() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
+  SERVER_PID=()
 }
 
 engine_ticks() { awk '{print $14 + $15}' "/proc/$EPID/stat" 2>/dev/null || echo 0; }
@@ -118,7 +122,7 @@ f2f_vpipe() { lab exec vm1 -- "$B/cp-vpipe" --no-fallback "$1" "$2"; }
 # 7002 splice proxy).
 start_fig4_servers() {
   local img
-  img=$(lab info --json | sed -n 's/.*"image": "\([^"]*vm1[^"]*\)".*/\1/p' | head -1)
+  img=$(lab info --json | sed -n 's/.*"image": "\([^"]*vm1[^"]*\)".*/\1/p' | awk "NR == 1")
   start httpd-rw vm1 "$B/vpipe-httpd" --mode rw --port 8081 --root "$LAB_VM_DISK" &&
   start httpd-sendfile vm1 "$B/vpipe-httpd" --mode sendfile --port 8082 --root "$LAB_VM_DISK" &&
   start httpd-vpipe vm1 "$B/vpipe-httpd" --mode vpipe --no-fallback --port 8083 --root "$LAB_VM_DISK" &&
@@ -206,9 +210,11 @@ run_sizes() {
   local M=$LAB_VM_DISK s sizes="64 128 256 512 1024"
   [ "$QUICK" = 1 ] && sizes="64 256"
   echo "bench: Fig 5, file size sweep with 2 busy neighbours" >&2
-  for s in $sizes; do
-    if [ "$s" -le "$FIG4_MIB" ]; then head -c $((s << 20)) "$M/src" > "$M/sz$s"; else
-      { cat "$M/src"; head -c $(((s - FIG4_MIB) << 20)) "$M/src"; } > "$M/sz$s"; fi
+  for s in $sizes; do  # cut from the random source, repeated when the file is larger than it
+    local n
+    : > "$M/sz$s"
+    for n in $(seq 0 "$FIG4_MIB" $((s - 1))); do cat "$M/src" >> "$M/sz$s"; done
+    truncate -s $((s << 20)) "$M/sz$s"
   done
   sync
   for s in $sizes; do
@@ -251,9 +257,12 @@ ss_sample() {  # OUT: at 0.8, 1.6 and 2.4 s, the TCP sockets of dom0, vm1 and th
     done
   done > "$1"
 }
-perf_engine() {  # OUT: perf profile of vpiped for 3 s, starting 0.5 s from now; top symbols
-  sleep 0.5
-  perf record -q -g -o "$TMPD/perf.data" -p "$EPID" -- sleep 3 >/dev/null 2>&1 || return 0
+perf_engine() {  # OUT [PID]: perf profile of vpiped (or PID) for 3 s (at most 1.5 s for file->socket,
+  # which is short), starting 0.3 s from now; top symbols
+  local pid=${2:-$EPID} secs=3
+  case $1 in *file_to_socket*) secs=1 ;; esac
+  sleep 0.3
+  perf record -q -g -o "$TMPD/perf.data" -p "$pid" -- sleep $secs >/dev/null 2>&1 || return 0
   # inclusive ("children") shares: which calls the time is spent under
   perf report -i "$TMPD/perf.data" --stdio --children --sort sym -g none --percent-limit 2 2>/dev/null \
     | grep -v '^#' | grep '%' | head -40 > "$1" || true
@@ -281,6 +290,13 @@ run_profile() {
     rm -f "$M/put"; sync
     perf_engine "$PROF/perf_engine_socket_to_socket.txt" & sp=$!
     get_check "http://$VM1:9003/src" "$bytes"; wait $sp || true
+    cold
+    perf_engine "$PROF/perf_engine_file_to_socket.txt" & sp=$!
+    get_check "http://$VM1:8083/src" "$bytes"; wait $sp || true
+    # the same 512 MiB GET natively in dom0 (sendfile from the image), for comparison
+    cold
+    perf_engine "$PROF/perf_native_file_to_socket.txt" "$(pgrep -f 'vpipe-bench-tool serve-image' | head -1)" & sp=$!
+    get_check "http://$DOM0:7001/src" "$bytes"; wait $sp || true
   fi
   if command -v strace >/dev/null; then
     strace -f -c -w -o "$PROF/strace_engine_socket_to_file.txt" -p "$EPID" 2>/dev/null & sp=$!
@@ -307,16 +323,44 @@ run_profile() {
     opsize_get 8083 4096 3
     sleep 0.2; kill -INT $sp; wait $sp 2>/dev/null || true
     local apid
-    apid=$(lab info --json | sed -n 's/.*"agent_pid": \([0-9]*\).*/\1/p' | head -1)
+    apid=$(lab info --json | sed -n 's/.*"agent_pid": \([0-9]*\).*/\1/p' | awk "NR == 1")
     if [ -n "$apid" ]; then
       cold
       strace -f -c -w -o "$PROF/strace_agent_4k_ops.txt" -p "$apid" 2>/dev/null & sp=$!
       sleep 0.5
       opsize_get 8083 4096 20
       sleep 0.2; kill -INT $sp; wait $sp 2>/dev/null || true
+      # timestamps: how long the agent waits for the peer's ACK of the response head
+      # (wait_acked: SIOCOUTQ polls) before it may hand the connection over
+      cold
+      strace -f -tt -T -o "$PROF/strace_agent_4k_trace.txt" -p "$apid" 2>/dev/null & sp=$!
+      sleep 0.5
+      opsize_get 8083 4096 5
+      sleep 0.2; kill -INT $sp; wait $sp 2>/dev/null || true
+      ack_waits "$PROF/strace_agent_4k_trace.txt" > "$PROF/agent_ack_waits.txt"
     fi
   fi
   "$B/vpipectl" --control /run/vpipe-lab/vpiped.ctl stats --json > "$PROF/engine_stats.json" 2>/dev/null || true
+}
+
+# From an agent trace: each run of consecutive SIOCOUTQ polls (wait_acked) of one thread, as
+# "start end ms polls", then the mean per operation.
+ack_waits() {
+  awk '{ split($2, t, ":"); s = t[1] * 3600 + t[2] * 60 + t[3] }
+       /ioctl\([0-9]+, TIOCOUTQ|ioctl\([0-9]+, SIOCOUTQ/ { if (!(($1) in st)) { st[$1] = s; n[$1] = 0 } last[$1] = s; n[$1]++; next }
+       /sched_yield|nanosleep|TCP_INFO/ { next }
+       { if (($1) in st) { if (n[$1] > 3) { printf "wait_acked %s %d polls %.1f ms\n", $1, n[$1], (last[$1] - st[$1]) * 1000; tot += last[$1] - st[$1]; cnt++ } delete st[$1] } }
+       END { if (cnt) printf "mean %.1f ms over %d waits (5 ops)\n", tot * 1000 / cnt, cnt }' "$1"
+}
+
+# `bench/run.sh profile`: only the evidence, in a fresh 0-neighbour, unlimited-link lab.
+run_profile_only() {
+  prepare_shm
+  rm -rf "$PROF"; mkdir -p "$PROF"
+  bench_up --vms 1 --disks 1 --disk-mib $((FIG4_MIB * 4 + 3072)) --neighbours 0 --link-mbit 0
+  cp "$SHM/src" "$LAB_VM_DISK/src"; sync
+  if start_fig4_servers; then run_profile || true; fi
+  bench_down
 }
 
 run_opsize_and_profile() {

@@ -174,10 +174,14 @@ summary() {
   {
     echo "# Benchmark results"
     echo
+    local info el ld qk dt
+    info=$(cat "$R/run_info.txt" 2>/dev/null || echo "${ELAPSED:-?}|$START_LOAD|$QUICK|$(date -u +%Y-%m-%dT%H:%MZ)")
+    IFS='|' read -r el ld qk dt <<< "$info"
+    QUICK=$qk
     echo "Regenerate with \`bench/run.sh\` (root; \`--quick\` for a smoke run). Machine: $(machine)."
-    echo "Load average at start: $START_LOAD; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the host is shared with"
-    echo "other builds and QEMU runs, so absolute numbers are noisy: compare the ratios, each taken"
-    echo "within one lab, with the paths run back to back). Generated $(date -u +%Y-%m-%dT%H:%MZ) in ${ELAPSED:-?} s$([ "$QUICK" = 1 ] && echo ", **--quick run**")."
+    echo "Last full run: $dt, took $el s$([ "$qk" = 1 ] && echo ", **--quick run**" || true); load average at its start: $ld (the host"
+    echo "is shared with other builds and QEMU runs, so absolute numbers are noisy: compare the ratios,"
+    echo "each taken within one lab with the paths run back to back). This file written $(date -u +%Y-%m-%dT%H:%MZ)."
     echo
     echo "## What the lab models and what it does not"
     echo
@@ -195,6 +199,8 @@ summary() {
     echo "- Guest CPU = the VMs' cgroup cpuacct (the application, the agent and syscalls they make); dom0 CPU ="
     echo "  dom0's cgroup (vpiped and, for the ceiling rows, the native program); engine = vpiped's"
     echo "  /proc/PID/stat. All per GiB moved."
+    echo "- The client namespace is not pinned: it shares the host's two cores with everything else, so busy"
+    echo "  neighbours slow even the native dom0 paths (the native column); hence the engine / native ratio."
     echo "- With \`--link-mbit\` the lab sets the engine's total credit rate to 90 % of the link (fairness"
     echo "  configuration, docs/operations.md), so on the 1 Gbit/s link vPipe is capped a little below what"
     echo "  the classic paths may use."
@@ -315,13 +321,13 @@ summary() {
                if (length(out) > length(ns) + 1) print out }' "$PROF/$f.txt" | head -8
         echo '```'
       done
-      for f in perf_engine_socket_to_file perf_engine_socket_to_socket; do
+      for f in perf_engine_socket_to_file perf_engine_socket_to_socket perf_engine_file_to_socket perf_native_file_to_socket; do
         [ -s "$PROF/$f.txt" ] || continue
         echo
         echo "\`$f.txt\` (perf record -g of vpiped for 3 s during the vPipe transfer; inclusive share of samples, selected symbols):"
         echo
         echo '```'
-        grep -E 'recv|send|poll|nanosleep|io_submit|io_getevents|pwrite|tcp_|sock_|copy|futex|settle|memcpy|write' "$PROF/$f.txt" | head -14
+        grep -E 'recv|send|poll|nanosleep|io_submit|io_getevents|pwrite|tcp_|sock_|copy|futex|memcpy|write|splice|dio|filemap|aio|file_to_socket|read' "$PROF/$f.txt" | head -16
         echo '```'
       done
       for f in strace_engine_socket_to_file strace_engine_4k_ops strace_agent_4k_ops; do
@@ -333,6 +339,15 @@ summary() {
         awk '/^ *% time/ || /^-----/ { print; next } NF >= 5 && $1 ~ /^[0-9.]+$/ { if (++n <= 6) print } /total/ { print } /ops under strace|schedstat/ { print }' "$PROF/$f.txt"
         echo '```'
       done
+    fi
+    if [ -s "$PROF/agent_ack_waits.txt" ]; then
+      echo
+      echo "\`agent_ack_waits.txt\` (from \`strace_agent_4k_trace.txt\`: the agent's wait for the peer's ACK of what the"
+      echo "application sent before the hand-over, per 4 KiB operation):"
+      echo
+      echo '```'
+      tail -6 "$PROF/agent_ack_waits.txt"
+      echo '```'
     fi
     if [ -s "$R/fairness.csv" ]; then
       echo
