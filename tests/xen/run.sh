@@ -104,8 +104,8 @@ rm -f "$W/qemu.pid" "$W/qemu.rc"
   {
     timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" -serial stdio </dev/null 2>&1 &
     echo $! > "$W/qemu.pid"
-    wait $!
-    echo $? > "$W/qemu.rc"
+    qrc=0; wait $! || qrc=$?   # (set -e: QEMU's "PASS" is exit 1)
+    echo $qrc > "$W/qemu.rc"
   } | while IFS= read -r line; do
     d=$(( (${EPOCHREALTIME/./} - start) / 10000 ))
     printf '[%4d.%02d] %s\n' $((d / 100)) $((d % 100)) "${line%$'\r'}"
