@@ -36,9 +36,15 @@ U=$W/roots/domU
 D=$W/roots/dom0
 [ -d "$U" ] && [ -d "$D" ] || die "no image roots in $W/roots: run without --no-images"
 
+# roots/ may be hard-linked copies of cached base trees (build-images.sh): replace files, never
+# write through them
+rm -f "$U/scenario.sh" "$D/scenario.sh" "$U/usr/bin/vpipe-xen-testfront" "$D/usr/bin/vpiped" \
+  "$D/usr/bin/vpipectl" "$D/guests/domU.cpio"
 # ---- domU: the test frontend and the modules it needs
 cp "$BUILD/bin/vpipe-xen-testfront" "$U/usr/bin/"
-copy_mods "$U" "$KV" xen-gntalloc xen-evtchn
+for m in xen-gntalloc xen-evtchn; do
+  modinfo -k "$KV" -n "$m" >/dev/null 2>&1 && [ -e "$U$(modinfo -k "$KV" -n "$m")" ] || copy_mods "$U" "$KV" "$m"
+done
 finish_mods "$U" "$KV"
 cat > "$U/scenario.sh" <<'EOF'
 #!/bin/sh
