@@ -119,7 +119,8 @@ set title "$title"
 set xlabel "$xl"
 set ylabel "MiB/s"
 set yrange [0:*]
-$( [ "$logx" = 1 ] && echo "set logscale x 2" )
+$( [ "$logx" = 1 ] && echo "set logscale x 2" || true)
+$( [ "$logx" = 1 ] && [ "$xl" = "bytes per operation" ] && echo "set format x \"%.0b %BB\"" || true)
 set key top left
 $cmd
 GP
@@ -312,19 +313,22 @@ summary() {
       local f
       for f in ss_socket_to_file_vpipe ss_socket_to_socket_vpipe ss_socket_to_file_rw; do
         [ -s "$PROF/$f.txt" ] || continue
+        local ssl
+        ssl=$(awk '/^###/ { ns = $2 } /skmem|rwnd_limited/ { line = $0; out = ns ":"; n = split(line, w, " ")
+               for (i = 1; i <= n; i++) if (w[i] ~ /^(skmem|mss|rcv_space|rcv_ssthresh|rwnd_limited|busy|snd_wnd|wscale)/) out = out " " w[i]
+               if (length(out) > length(ns) + 1) print out }' "$PROF/$f.txt" | head -8)
+        [ -n "$ssl" ] || continue   # (the transfer ended before the first sample)
         echo
         echo "\`$f.txt\` (socket memory while the transfer runs; dom0's shadow socket vs the client):"
         echo
         echo '```'
-        awk '/^###/ { ns = $2 } /skmem|rwnd_limited/ { line = $0; out = ns ":"; n = split(line, w, " ")
-               for (i = 1; i <= n; i++) if (w[i] ~ /^(skmem|mss|rcv_space|rcv_ssthresh|rwnd_limited|busy|snd_wnd|wscale)/) out = out " " w[i]
-               if (length(out) > length(ns) + 1) print out }' "$PROF/$f.txt" | head -8
+        echo "$ssl"
         echo '```'
       done
       for f in perf_engine_socket_to_file perf_engine_socket_to_socket perf_engine_file_to_socket perf_native_file_to_socket; do
         [ -s "$PROF/$f.txt" ] || continue
         echo
-        echo "\`$f.txt\` (perf record -g of vpiped for 3 s during the vPipe transfer; inclusive share of samples, selected symbols):"
+        echo "\`$f.txt\` (perf record -g, 1-3 s during the transfer, of vpiped or for perf_native of the native dom0 program; inclusive share of samples, selected symbols):"
         echo
         echo '```'
         grep -E 'recv|send|poll|nanosleep|io_submit|io_getevents|pwrite|tcp_|sock_|copy|futex|memcpy|write|splice|dio|filemap|aio|file_to_socket|read' "$PROF/$f.txt" | head -16
