@@ -18,9 +18,9 @@
 # its request is with the engine (it exits only after the answer; its holds are released).
 #
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu, kernel, headers or tools).
-# Environment: KVER (default 6.1.0-56-amd64), TIMEOUT (s, default 300), KEEP=1 keeps the work dir.
+# Environment: KVER (default: scripts/guest-kver.sh), TIMEOUT (s, default 300), KEEP=1 keeps the work dir.
 set -euo pipefail
-KVER=${KVER:-6.1.0-56-amd64}
+KVER=$("$(dirname "$0")/../../scripts/guest-kver.sh") || KVER=none
 TIMEOUT=${TIMEOUT:-300}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

@@ -30,13 +30,7 @@ ensure_packages() {
 
 # The kernel release linux-image-amd64 depends on (e.g. 6.1.0-56-amd64). Override with KVER=.
 guest_kver() {
-  if [ -n "${KVER:-}" ]; then echo "$KVER"; return; fi
-  local k
-  k=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null |
-      grep -oE 'linux-image-[0-9][^ ,]*' | head -1 | sed 's/^linux-image-//')
-  [ -n "$k" ] || k=$(ls /lib/modules | sort -V | grep -- '-amd64$' | tail -1)
-  [ -n "$k" ] && [ -e "/boot/vmlinuz-$k" ] || return 1
-  echo "$k"
+  "$(dirname "${BASH_SOURCE[0]}")/../../scripts/guest-kver.sh"
 }
 
 # ---------------------------------------------------------------- initramfs assembly

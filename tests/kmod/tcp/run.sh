@@ -10,12 +10,12 @@
 # removed on exit.
 #
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu / kernel / headers / busybox / compiler).
-# Env: KVER (default 6.1.0-56-amd64), KTCP_TIMEOUT (seconds, default 240), KTCP_KEEP=1 keeps
+# Env: KVER (default: scripts/guest-kver.sh), KTCP_TIMEOUT (seconds, default 240), KTCP_KEEP=1 keeps
 # the scratch directory, KTCP_LOG=path copies the guest's console log there.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
-KVER=${KVER:-6.1.0-56-amd64}
+KVER=$("$(dirname "$0")/../../../scripts/guest-kver.sh") || KVER=none
 kdir=/lib/modules/$KVER/build
 kernel=/boot/vmlinuz-$KVER
 timeout_s=${KTCP_TIMEOUT:-240}
