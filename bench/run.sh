@@ -32,7 +32,8 @@ if [ "$what" != summary ]; then
     [ -f "$BUILD_DIR/build.ninja" ] || cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     # only what the benchmarks run (the rest of the tree may be mid-change by others)
     nice cmake --build "$BUILD_DIR" -j2 --target vpiped vpipectl vpipe-guestd vpipe-lab vpipe-httpd vpipe-proxy \
-      cp-vpipe vpipe-bench-tool bench_ring bench_page_pool bench_tcp_repair bench_fiemap test_fairness >/dev/null
+      cp-vpipe vpipe-bench-tool bench_ring bench_page_pool bench_tcp_repair bench_fiemap bench_steering bench_handover \
+      test_fairness >/dev/null
   fi
 fi
 B=$PWD/$BUILD_DIR/bin
@@ -54,12 +55,22 @@ machine() {
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 }
 
+# micro.csv: one header for all binaries; each binary's counter columns (its own CSV header)
+# are mapped by name onto the union of all counter names, so p50_us/p99_us (bench_steering,
+# bench_handover) and segments or requests/s land in their own columns.
 run_micro() {
-  : > "$R/micro.csv"
-  for b in bench_ring bench_page_pool bench_tcp_repair bench_fiemap; do
-    "$B/$b" --benchmark_format=csv --benchmark_min_time=0.5 2>/dev/null | grep -E '^(name|")' \
-      | { if [ -s "$R/micro.csv" ]; then grep -v '^name'; else cat; fi; } >> "$R/micro.csv"
+  for b in bench_ring bench_page_pool bench_tcp_repair bench_fiemap bench_steering bench_handover; do
+    "$B/$b" --benchmark_format=csv --benchmark_min_time=0.5 2>/dev/null | grep -E '^(name|")' > "$TMPD/micro_$b.csv"
   done
+  awk -F, 'FNR == 1 { delete col; for (i = 11; i <= NF; i++) { col[i] = $i; if (!($i in seen)) { seen[$i] = ++nc; names[nc] = $i } }
+                      if (!base) base = $1 "," $2 "," $3 "," $4 "," $5 "," $6 "," $7 "," $8 "," $9 "," $10; next }
+           { line = $1; for (i = 2; i <= 10; i++) line = line "," $i
+             delete v; for (i = 11; i <= NF; i++) if (i in col) v[seen[col[i]]] = $i
+             rows[++nr] = line; for (k = 1; k <= nc; k++) if (k in v) val[nr, k] = v[k] }
+           END { h = base; for (k = 1; k <= nc; k++) h = h "," names[k]; print h
+                 for (r = 1; r <= nr; r++) { line = rows[r]; for (k = 1; k <= nc; k++) line = line "," val[r, k]; print line } }' \
+    "$TMPD"/micro_bench_ring.csv "$TMPD"/micro_bench_page_pool.csv "$TMPD"/micro_bench_tcp_repair.csv \
+    "$TMPD"/micro_bench_fiemap.csv "$TMPD"/micro_bench_steering.csv "$TMPD"/micro_bench_handover.csv > "$R/micro.csv"
 }
 
 lab_wait_free() {  # one lab per host: wait for another user's lab to go away

@@ -369,6 +369,25 @@ summary() {
       echo "| benchmark | real time | unit |"
       echo "|---|---|---|"
       awk -F, 'NR > 1 { gsub(/"/, "", $1); printf "| %s | %.1f | %s |\n", $1, $3, $5 }' "$R/micro.csv"
+      if head -1 "$R/micro.csv" | grep -q p50_us; then
+        echo
+        echo "Per operation (bench_steering, bench_handover: each operation timed alone, microseconds;"
+        echo "mean = real time above):"
+        echo
+        echo "| mechanism | p50 | p99 | mean |"
+        echo "|---|---|---|---|"
+        awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); c[$i] = i }; next }
+                 $c["p50_us"] != "" {
+                   gsub(/"/, "", $1); n = $1; sub(/\/manual_time$/, "", n)
+                   m = n; a = ""; if (match(n, /\/[0-9]+$/)) { m = substr(n, 1, RSTART - 1); a = ", " substr(n, RSTART + 1) " other flows steered" }
+                   d["BM_SteeringAdd"] = "steering: add one flow element"
+                   d["BM_SteeringRemove"] = "steering: remove one flow element (2 nft transactions)"
+                   d["BM_HandoverFreeze"] = "TCP_REPAIR freeze"
+                   d["BM_HandoverShadowRestore"] = "shadow restore (dom0)"
+                   d["BM_HandoverGiveBack"] = "give-back: freeze + silent close (dom0)"
+                   d["BM_HandoverWhole"] = "whole hand-over: freeze, restore, replace + steering add/remove"
+                   printf "| %s%s | %.1f | %.1f | %.1f |\n", (m in d) ? d[m] : m, a, $c["p50_us"], $c["p99_us"], $3 }' "$R/micro.csv"
+      fi
     fi
   } > "$S"
 }
