@@ -28,6 +28,7 @@
 #include "netns_setup.h"
 #include "steering/steering.h"
 #include "tcp/tcp_repair.h"
+#include "tcp_quiesce.h"
 
 using namespace vpipe;
 
@@ -49,30 +50,13 @@ bool loopback_pair() {
     return g_server >= 0;
 }
 
-// Waits until both ends have their data acknowledged: a delayed ACK still in flight would hit
-// the next benchmark's frozen socket (freeze() -> -EAGAIN) or the free 4-tuple between a
-// disconnect and a restore (-> RST). dom0 holds the flow for that; here nothing else sends.
-void quiesce() {
-    for (int i = 0; i < 1000; i++) {
-        bool idle = true;
-        for (int fd : {g_client, g_server}) {
-            tcp_info ti{};
-            socklen_t len = sizeof(ti);
-            if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_unacked != 0) idle = false;
-        }
-        if (idle) break;
-        ::usleep(1000);
-    }
-    ::usleep(1000);
-}
-
 // one byte each way over the (possibly re-created) connection, then quiet again
 void check_connection(benchmark::State& state) {
     char c = 'x';
     if (::send(g_client, &c, 1, 0) != 1 || ::recv(g_server, &c, 1, 0) != 1 || ::send(g_server, &c, 1, 0) != 1 ||
         ::recv(g_client, &c, 1, 0) != 1)
         state.SkipWithError("connection broken");
-    quiesce();
+    bench::wait_all_acked({g_client, g_server});
 }
 
 void BM_HandoverFreeze(benchmark::State& state) {

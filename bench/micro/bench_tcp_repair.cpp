@@ -14,6 +14,7 @@
 #include <benchmark/benchmark.h>
 
 #include "tcp/tcp_repair.h"
+#include "tcp_quiesce.h"
 
 using namespace vpipe;
 
@@ -43,6 +44,7 @@ bool loopback_pair() {
 }
 
 void BM_Freeze(benchmark::State& state) {
+    bench::wait_all_acked({g_client, g_server});
     vpipe_tcp_state st{};
     std::vector<uint8_t> sq, rq;
     for (auto _ : state) {
@@ -55,6 +57,7 @@ void BM_Freeze(benchmark::State& state) {
 BENCHMARK(BM_Freeze)->Unit(benchmark::kMicrosecond);
 
 void BM_FreezeRestoreReplace(benchmark::State& state) {
+    bench::wait_all_acked({g_client, g_server});
     vpipe_tcp_state st{};
     std::vector<uint8_t> sq, rq;
     tcp::RestoreOptions opt;
@@ -70,6 +73,7 @@ void BM_FreezeRestoreReplace(benchmark::State& state) {
     // The connection must still work after all those cycles.
     char c = 'x';
     if (::send(g_client, &c, 1, 0) != 1 || ::recv(g_server, &c, 1, 0) != 1) state.SkipWithError("connection broken");
+    bench::wait_all_acked({g_client, g_server});
 }
 BENCHMARK(BM_FreezeRestoreReplace)->Unit(benchmark::kMicrosecond);
 
