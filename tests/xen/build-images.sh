@@ -8,14 +8,13 @@
 #   domU.cpio, dom0.cpio.gz   the two initramfs (dom0's holds the domU kernel + initramfs)
 #
 # usage: build-images.sh --build-dir DIR [--work DIR] [--quick]
-#   --build-dir  CMake build dir holding bin/{vpiped,vpipectl,cp-vpipe,vpipe-httpd,vpipe-proxy}
-#                and lib/libvpipe.so (default: <repo>/build)
+#   --build-dir  CMake build dir holding bin/{vpiped,vpipectl,cp-vpipe,vpipe-httpd,vpipe-proxy},
+#                lib/libvpipe.so and kmod/vpipe.ko (default: <repo>/build)
 #   --work       output directory (default: BUILD_DIR/xen)
-#   --quick      re-pack the initramfs only (and rebuild vpipe.ko): no apt check, kernel and disk
+#   --quick      re-pack the initramfs only: no apt check, kernel and disk
 #                images reused as they are
 # env: KVER (guest kernel release; default: what linux-image-amd64 depends on)
 #      VPIPED_ARGS (how dom0 starts the engine; default "--xen -c /etc/vpipe/vpiped.toml")
-#      KMOD_DIR (module sources; default <repo>/guest-module/kmod)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -34,7 +33,6 @@ done
 W=${W:-$BUILD/xen}
 mkdir -p "$W"
 W=$(realpath "$W")
-KMOD_DIR=${KMOD_DIR:-$REPO/guest-module/kmod}
 VPIPED_ARGS=${VPIPED_ARGS:---xen -c /etc/vpipe/vpiped.toml}
 
 [ "$QUICK" = 1 ] || ensure_packages
@@ -63,42 +61,15 @@ build_kernels() {
 }
 
 # ---------------------------------------------------------------- kernel module
-# Built from a copy: Kbuild writes its objects next to the sources, and the module's authors
-# work in guest-module/kmod at the same time.
+# vpipe.ko is the build tree's own (CMake target `kmod`: Kbuild on a copy in BUILD/kmod, W=1,
+# warnings fail); it only has to be built for the kernel the domUs boot.
 build_kmod() {
-  rm -f "$W/vpipe.ko" "$W/kmod-build.log"
-  if [ ! -f "$KMOD_DIR/Kbuild" ] && [ ! -f "$KMOD_DIR/Makefile" ]; then
-    log "no kernel module sources in $KMOD_DIR (no Kbuild/Makefile): domU gets no vpipe.ko"
-    return
-  fi
-  [ -d "/lib/modules/$KV/build" ] || die "no headers for $KV (linux-headers-amd64)"
-  log "building vpipe.ko for $KV"
-  # a mirror of the repository in which only guest-module/kmod is a real copy, so that relative
-  # include paths of the module's Kbuild (../../libvpipe/include, ...) still resolve
-  # (kept between builds: sources are re-extracted with their mtimes, so Kbuild rebuilds only
-  # what changed)
-  local T=$W/kmod-tree e
-  find "$T" -maxdepth 2 -type l -delete 2>/dev/null || true
-  mkdir -p "$T/guest-module"
-  for e in "$REPO"/*; do
-    case ${e##*/} in guest-module|build*) ;; *) ln -s "$e" "$T/${e##*/}" ;; esac
-  done
-  for e in "$REPO"/guest-module/*; do
-    [ "${e##*/}" = kmod ] || ln -s "$e" "$T/guest-module/${e##*/}"
-  done
-  # sources only: objects a developer built in place would look up to date to Kbuild
-  mkdir -p "$T/guest-module/kmod"
-  tar -C "$KMOD_DIR" -cf - --exclude='*.o' --exclude='*.ko' --exclude='*.mod' --exclude='*.mod.c' \
-      --exclude='.*.cmd' --exclude='*.a' --exclude=Module.symvers --exclude=modules.order --exclude='.tmp_*' . |
-    tar -C "$T/guest-module/kmod" -xf -
-  rm -f "$W/kmod"; ln -s "$T/guest-module/kmod" "$W/kmod"
-  nice make -s -C "/lib/modules/$KV/build" M="$T/guest-module/kmod" -j2 modules > "$W/kmod-build.log" 2>&1 || {
-    cat "$W/kmod-build.log" >&2; log "vpipe.ko build FAILED (log: $W/kmod-build.log): the suite will fail"
-    return; }
-  if grep -qi 'warning' "$W/kmod-build.log"; then log "vpipe.ko built WITH WARNINGS:"; cat "$W/kmod-build.log" >&2; fi
-  local ko
-  ko=$(find "$W/kmod/" -name vpipe.ko | head -1)
-  [ -n "$ko" ] || die "the module build made no vpipe.ko"
+  rm -f "$W/vpipe.ko"
+  local ko=$BUILD/kmod/vpipe.ko vm
+  [ -f "$ko" ] || die "$ko missing: cmake --build $BUILD --target kmod (needs linux-headers for $KV)"
+  vm=$(modinfo -F vermagic "$ko" | cut -d' ' -f1)
+  [ "$vm" = "$KV" ] ||
+    die "$ko is built for $vm but the domUs boot $KV: configure $BUILD with -DVPIPE_KDIR=/lib/modules/$KV/build"
   cp "$ko" "$W/vpipe.ko"
 }
 
@@ -230,8 +201,7 @@ EOF
   cp "$XEN_DIR/dom0-init.sh" "$D/init"
   cp "$XEN_DIR/dom0-scenario.sh" "$D/scenario.sh"
   chmod +x "$D/init" "$D/scenario.sh"
-  if [ -f "$W/vpipe.ko" ]; then touch "$D/etc/vpipe/have-kmod"
-  elif [ -f "$W/kmod-build.log" ]; then tail -n 5 "$W/kmod-build.log" > "$D/etc/vpipe/kmod-build-error"; fi
+  [ -f "$W/vpipe.ko" ] && touch "$D/etc/vpipe/have-kmod"
   mkcpio "$D" "$W/dom0.cpio.gz" gz
 }
 

@@ -212,8 +212,7 @@ fi
 
 # ================================================================ full
 phase suite-start
-if [ -f /etc/vpipe/kmod-build-error ]; then ck kmod-built FAIL "vpipe.ko did not build: $(tr '\n' ' ' < /etc/vpipe/kmod-build-error)"
-elif [ ! -f /etc/vpipe/have-kmod ]; then ck kmod-built FAIL "no vpipe.ko in the domU image (no Kbuild in guest-module/kmod)"; fi
+if [ ! -f /etc/vpipe/have-kmod ]; then ck kmod-built FAIL "no vpipe.ko in the domU image"; fi
 start_client_server
 start_vpiped || result
 phase vpiped-ready

@@ -15,7 +15,7 @@
 #   --timeout SEC    hard limit for QEMU (default 540)
 #   -v, --verbose    show the serial log live (the default when stdout is a terminal)
 # env: SMP (QEMU vCPUs, default 2), MEM (MiB, default 1280), DOM0_MEM (default 512M),
-#      VPIPED_ARGS, KVER, KMOD_DIR (see build-images.sh)
+#      VPIPED_ARGS, KVER (see build-images.sh)
 # exit: 0 PASS, 1 FAIL (or timeout), 77 skip (this machine cannot run QEMU/Xen)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -60,7 +60,7 @@ guest_kver >/dev/null || skip "no guest kernel (apt: linux-image-amd64)"
 if [ "$CMAKE" = 1 ] && [ "$BUILDMODE" != none ]; then
   [ -f "$BUILD/build.ninja" ] || [ -f "$BUILD/Makefile" ] ||
     cmake -S "$REPO" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  nice cmake --build "$BUILD" -j2 --target vpiped vpipectl cp-vpipe vpipe-httpd vpipe-proxy vpipe >/dev/null ||
+  nice cmake --build "$BUILD" -j2 --target vpiped vpipectl cp-vpipe vpipe-httpd vpipe-proxy vpipe kmod >/dev/null ||
     die "cmake --build $BUILD failed"
 fi
 case $BUILDMODE in
