@@ -82,7 +82,7 @@ std::string agent_config_text(const VmState& vm) {
       << "listen = " << q(vm.agent_socket) << "\n"
       << "engine_channel = " << q(vm.engine_channel) << "\n"
       << "state_dir = " << q(vm.agent_state_dir) << "\n"
-      << "desc_pages = 256\n"
+      << "area_pages = 4096\n"
       << "log_level = \"info\"\n";
     for (const auto& d : vm.disks) {
         o << "\n[[disk]]\n"

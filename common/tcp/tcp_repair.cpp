@@ -183,10 +183,11 @@ int read_frozen(int fd, int family, vpipe_tcp_state* st, std::vector<uint8_t>* s
     st->rcv_wnd = w.rcv_wnd;
     st->rcv_wup = w.rcv_wup;
 
-    int outq = 0, inq = 0;
+    int outq = 0, inq = 0, unsent = 0;
     if (ioctl(fd, SIOCOUTQ, &outq) < 0) return neg_errno();
+    if (ioctl(fd, SIOCOUTQNSD, &unsent) < 0) return neg_errno();
     if (ioctl(fd, SIOCINQ, &inq) < 0) return neg_errno();
-    if (outq < 0 || inq < 0) return -EPROTO;
+    if (outq < 0 || inq < 0 || unsent < 0 || unsent > outq) return -EPROTO;
 
     if ((r = select_queue(fd, TCP_SEND_QUEUE)) < 0) return r;
     if ((r = get_int(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &v)) < 0) return r;
@@ -201,19 +202,23 @@ int read_frozen(int fd, int family, vpipe_tcp_state* st, std::vector<uint8_t>* s
     if ((r = select_queue(fd, TCP_NO_QUEUE)) < 0) return r;
 
     // the connection must not have moved while we looked at it (segments still arrive in
-    // repair mode; the caller is supposed to have blocked the flow)
-    int inq2 = 0, seq2 = 0;
-    if (ioctl(fd, SIOCINQ, &inq2) < 0) return neg_errno();
+    // repair mode if the caller did not block the flow; a retransmission timer may still send)
+    int inq2 = 0, seq2 = 0, outq2 = 0, unsent2 = 0;
+    if (ioctl(fd, SIOCINQ, &inq2) < 0 || ioctl(fd, SIOCOUTQ, &outq2) < 0 ||
+        ioctl(fd, SIOCOUTQNSD, &unsent2) < 0)
+        return neg_errno();
     if ((r = select_queue(fd, TCP_RECV_QUEUE)) < 0) return r;
     r = get_int(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq2);
     select_queue(fd, TCP_NO_QUEUE);
     if (r < 0) return r;
-    if (inq2 != inq || static_cast<uint32_t>(seq2) != st->rcv_seq) return -EAGAIN;
+    if (inq2 != inq || outq2 != outq || unsent2 != unsent || static_cast<uint32_t>(seq2) != st->rcv_seq)
+        return -EAGAIN;
 
     st->sndq_len = static_cast<uint32_t>(sndq->size());
     st->rcvq_len = static_cast<uint32_t>(rcvq->size());
+    st->sndq_unsent = static_cast<uint32_t>(unsent);
     st->carry_offset = 0;
-    st->reserved[0] = st->reserved[1] = 0;
+    st->reserved0 = 0;
     return 0;
 }
 
@@ -326,7 +331,8 @@ int restore(const vpipe_tcp_state& st, std::span<const uint8_t> sndq, std::span<
     if (!out) return -EINVAL;
     if (st.family != VPIPE_AF_INET && st.family != VPIPE_AF_INET6) return -EINVAL;
     if (st.local_port == 0 || st.remote_port == 0) return -EINVAL;
-    if (sndq.size() != st.sndq_len || rcvq.size() != st.rcvq_len) return -EINVAL;
+    if (sndq.size() != st.sndq_len || rcvq.size() != st.rcvq_len || st.sndq_unsent > st.sndq_len)
+        return -EINVAL;
     if (st.options & ~(VPIPE_TCPOPT_SACK | VPIPE_TCPOPT_TIMESTAMP | VPIPE_TCPOPT_WSCALE)) return -EINVAL;
     if ((st.options & VPIPE_TCPOPT_WSCALE) && (st.snd_wscale > 14 || st.rcv_wscale > 14)) return -EINVAL;
     if (st.mss == 0 || st.mss > 65535) return -EINVAL;
@@ -377,9 +383,11 @@ int restore(const vpipe_tcp_state& st, std::span<const uint8_t> sndq, std::span<
         if ((r = select_queue(fd, TCP_RECV_QUEUE)) < 0) return r;
         if ((r = refill(fd, rcvq, false)) < 0) return r;
     }
-    if (!sndq.empty()) {
+    // Only the transmitted part goes into the send queue in repair mode (it counts as in
+    // flight); the unsent rest is the caller's to send once the flow reaches the socket.
+    if (const auto sent = sndq.first(sndq.size() - st.sndq_unsent); !sent.empty()) {
         if ((r = select_queue(fd, TCP_SEND_QUEUE)) < 0) return r;
-        if ((r = refill(fd, sndq, true)) < 0) return r;
+        if ((r = refill(fd, sent, true)) < 0) return r;
     }
     if ((r = select_queue(fd, TCP_NO_QUEUE)) < 0) return r;
 
@@ -394,6 +402,28 @@ int restore(const vpipe_tcp_state& st, std::span<const uint8_t> sndq, std::span<
     if ((r = set_int(fd, IPPROTO_TCP, TCP_REPAIR, opt.no_window_probe ? TCP_REPAIR_OFF_NO_WP : TCP_REPAIR_OFF)) < 0)
         return r;
     *out = std::move(s);
+    return 0;
+}
+
+int send_unsent(int fd, std::span<const uint8_t> bytes) {
+    size_t off = 0;
+    bool grown = false;
+    while (off < bytes.size()) {
+        ssize_t w = send(fd, bytes.data() + off, bytes.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+            off += static_cast<size_t>(w);
+            grown = false;
+            continue;
+        }
+        int e = w == 0 ? EIO : errno;
+        if (e == EINTR) continue;
+        if ((e == EAGAIN || e == EWOULDBLOCK) && !grown) {
+            if (int r = grow_buffer(fd, true, bytes.size() - off); r < 0) return r;
+            grown = true;
+            continue;
+        }
+        return -e;
+    }
     return 0;
 }
 

@@ -31,11 +31,12 @@ namespace vpipe::tcp {
 // window, MSS, timestamp, negotiated options) and the queued bytes: *sndq receives the send
 // queue (written by the application, not yet acknowledged by the peer: sent and unsent bytes),
 // *rcvq the receive queue (acknowledged to the peer, not yet read by the application).
-// st->sndq_len / st->rcvq_len are set to their sizes; st->carry_offset is left 0.
+// st->sndq_len / st->rcvq_len are set to their sizes, st->sndq_unsent to the part of the send
+// queue never transmitted (SIOCOUTQNSD); st->carry_offset is left 0.
 // st->snd_seq is the sequence number after the last queued byte (the kernel's write_seq),
 // st->rcv_seq the next byte expected from the peer (rcv_nxt).
-// On success the socket stays in repair mode: it sends nothing (no data, ACK, FIN, RST or
-// timer-driven segment) until unfreeze(), close_silently() or disconnect_silently().
+// On success the socket stays in repair mode until unfreeze(), close_silently() or
+// disconnect_silently(); a retransmission timer may still fire, so block the flow's output too.
 // The caller must keep the flow's packets away from the socket while it is frozen (block the
 // 4-tuple first): a socket in repair mode still accepts incoming data AND acknowledges it
 // (verified on 6.18), so bytes arriving after freeze() would be acked and lost.
@@ -70,16 +71,25 @@ struct RestoreOptions {
     bool no_window_probe = false;
 };
 
-// Creates a new TCP socket holding the connection described by `st`, with `sndq` refilled as
-// sent-but-unacknowledged data (retransmitted by the kernel as needed) and `rcvq` as received
-// data waiting for the application. The socket is out of repair mode, blocking, O_CLOEXEC,
-// and owned by *out on success. It is created in the calling thread's network namespace.
+// Creates a new TCP socket holding the connection described by `st`, with the first
+// st.sndq_len - st.sndq_unsent bytes of `sndq` refilled as sent-but-unacknowledged data
+// (retransmitted by the kernel as needed) and `rcvq` as received data waiting for the
+// application. The last st.sndq_unsent bytes of `sndq` (never transmitted) are NOT queued:
+// the caller sends them with send_unsent() once the flow's segments reach the socket (a send
+// while the flow is still blocked would be dropped and wait for a retransmission timeout).
+// The socket is out of repair mode, blocking, O_CLOEXEC, and owned by *out on success. It is
+// created in the calling thread's network namespace.
 // sndq.size()/rcvq.size() must equal st.sndq_len/st.rcvq_len (-EINVAL otherwise).
 // Errors: -EINVAL (malformed state), -EADDRINUSE / -EADDRNOTAVAIL (the 4-tuple is still in use
 // in this namespace, or the local address is not local and opt.transparent is false),
 // -EPERM (no CAP_NET_ADMIN), -ENOMEM/-ENOBUFS (queues could not be refilled), other -errno.
 int restore(const vpipe_tcp_state& st, std::span<const uint8_t> sndq, std::span<const uint8_t> rcvq,
             const RestoreOptions& opt, UniqueFd* out);
+
+// Queues `bytes` on a restored connection as ordinary unsent data (the unsent tail of a
+// carried send queue), without blocking: the send buffer is raised when it is full.
+// 0 or -errno.
+int send_unsent(int fd, std::span<const uint8_t> bytes);
 
 // Makes descriptor number `target_fd` refer to the socket behind `new_fd` (dup3), keeping
 // target's FD_CLOEXEC flag. Whatever target_fd referred to loses this reference (if it was the

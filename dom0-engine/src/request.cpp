@@ -2,96 +2,59 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "protocol/check.h"
 
 namespace vpipe::engine {
 namespace {
 
-bool all_zero(const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; ++i)
-        if (b[i]) return false;
-    return true;
-}
+struct LookupArg {
+    const DiskLookup* disks;
+};
 
-uint32_t expected_kind(uint8_t op, bool source) {
-    switch (op) {
-    case VPIPE_OP_FILE_TO_FILE: return VPIPE_EP_FILE;
-    case VPIPE_OP_FILE_TO_SOCKET: return source ? VPIPE_EP_FILE : VPIPE_EP_SOCKET;
-    case VPIPE_OP_SOCKET_TO_FILE: return source ? VPIPE_EP_SOCKET : VPIPE_EP_FILE;
-    case VPIPE_OP_SOCKET_TO_SOCKET: return VPIPE_EP_SOCKET;
-    default: return 0;
-    }
-}
-
-int parse_file_endpoint(const vpipe_endpoint& ep, bool source, uint64_t length,
-                        std::span<const vpipe_segment> segs, const DiskLookup& disks,
-                        FileEndpoint* out) {
-    if (!all_zero(ep.reserved, sizeof(ep.reserved))) return -EINVAL;
-    if (ep.nr_segments == 0) return -EINVAL;
-    // 64-bit sum: both are u32 from the guest.
-    if (uint64_t{ep.first_segment} + ep.nr_segments > segs.size()) return -EINVAL;
-    auto limits = disks(ep.vdev);
+int disk_cb(void* arg, uint32_t vdev, vpipe_check_disk* out) {
+    auto limits = (*static_cast<LookupArg*>(arg)->disks)(vdev);
     if (!limits) return -EPERM;
-    if (!source && !limits->writable) return -EROFS;
+    out->size = limits->size;
+    out->writable = limits->writable ? 1 : 0;
+    return 0;
+}
 
-    out->vdev = ep.vdev;
-    out->extents.clear();
-    out->extents.reserve(ep.nr_segments);
-    uint64_t total = 0;
+FileEndpoint file_endpoint(std::span<const uint8_t> desc, const vpipe_checked_ep& ep) {
+    FileEndpoint f;
+    f.vdev = ep.vdev;
+    f.extents.reserve(ep.nr_segments);
     for (uint32_t i = 0; i < ep.nr_segments; ++i) {
-        const vpipe_segment& s = segs[ep.first_segment + i];
-        if (s.length == 0 || s.reserved0 != 0 || (s.flags & ~VPIPE_SEG_ZERO) != 0) return -EINVAL;
+        vpipe_segment s;
+        vpipe_desc_segment(desc.data(), ep.first_segment + i, &s);
         const bool zero = (s.flags & VPIPE_SEG_ZERO) != 0;
-        if (zero) {
-            if (!source || s.disk_offset != 0) return -EINVAL;
-        } else {
-            if (s.disk_offset > limits->size || s.length > limits->size - s.disk_offset)
-                return -ERANGE;
-            if (!source) {
-                // Only the ends of a destination may fall inside a sector (alignment rule).
-                if (i > 0 && s.disk_offset % VPIPE_SECTOR_SIZE != 0) return -EINVAL;
-                if (i + 1 < ep.nr_segments && (s.disk_offset + s.length) % VPIPE_SECTOR_SIZE != 0)
-                    return -EINVAL;
-            }
+        f.extents.push_back(Extent{zero ? 0 : s.disk_offset, s.length, zero});
+    }
+    return f;
+}
+
+// Copies [off, off + n) of the area (pages named by `area`) into `out`.
+int copy_area(const std::vector<uint32_t>& area, const PageCopier& copy, uint64_t off, uint64_t n,
+              std::vector<uint8_t>* out, bool* bad_page) {
+    out->resize(static_cast<size_t>(n));
+    std::vector<uint8_t> page(VPIPE_PAGE_SIZE);
+    uint64_t done = 0;
+    while (done < n) {
+        const uint64_t at = off + done;
+        const size_t idx = static_cast<size_t>(at / VPIPE_PAGE_SIZE);
+        const uint32_t in = static_cast<uint32_t>(at % VPIPE_PAGE_SIZE);
+        const uint64_t m = std::min<uint64_t>(n - done, VPIPE_PAGE_SIZE - in);
+        if (idx >= area.size()) return -EINVAL;
+        if (copy(area[idx], page.data()) < 0) {
+            if (bad_page) *bad_page = true;
+            return -EINVAL;
         }
-        total += s.length;  // <= 2543 * 2^32: no overflow
-        out->extents.push_back(Extent{zero ? 0 : s.disk_offset, s.length, zero});
+        std::memcpy(out->data() + done, page.data() + in, static_cast<size_t>(m));
+        done += m;
     }
-    return total == length ? 0 : -EINVAL;
-}
-
-bool valid_remote_ipv4(const uint8_t* a) {
-    if (a[0] == 0 || a[0] == 127 || a[0] >= 224) return false;  // 0/8, loopback, multicast+
-    for (int i = 4; i < 16; ++i)
-        if (a[i]) return false;
-    return true;
-}
-
-int parse_socket_endpoint(const vpipe_endpoint& ep, const VmIdentity& vm) {
-    if (ep.vdev || ep.first_segment || ep.nr_segments) return -EINVAL;
-    if (!all_zero(ep.reserved, sizeof(ep.reserved))) return -EINVAL;
-    const vpipe_tcp_state& t = ep.tcp;
-    if (!all_zero(t.reserved, sizeof(t.reserved))) return -EINVAL;
-    if (t.family != VPIPE_AF_INET && t.family != VPIPE_AF_INET6) return -EINVAL;
-    if (t.local_port == 0 || t.remote_port == 0) return -EINVAL;
-    if (t.options & ~(VPIPE_TCPOPT_SACK | VPIPE_TCPOPT_TIMESTAMP | VPIPE_TCPOPT_WSCALE)) return -EINVAL;
-    if (t.options & VPIPE_TCPOPT_WSCALE) {
-        if (t.snd_wscale > 14 || t.rcv_wscale > 14) return -EINVAL;
-    } else if (t.snd_wscale || t.rcv_wscale) {
-        return -EINVAL;
-    }
-    if (t.mss < 64 || t.mss > 65535) return -EINVAL;
-    if (t.sndq_len != 0 || t.rcvq_len != 0) return -EINVAL;  // requests carry no queues
-    if (t.carry_offset % 8 != 0) return -EINVAL;
-    // the addresses: the VM's own, towards a unicast peer
-    if (t.family == VPIPE_AF_INET6) return -EPERM;  // the VM has no IPv6 identity configured
-    if (!vm.ipv4) return -EPERM;
-    if (std::memcmp(t.local_addr, vm.ipv4->data(), 4) != 0 || !all_zero(t.local_addr + 4, 12))
-        return -EPERM;
-    if (!valid_remote_ipv4(t.remote_addr)) return -EPERM;
-    if (std::memcmp(t.remote_addr, t.local_addr, 4) == 0) return -EPERM;
     return 0;
 }
 
@@ -104,99 +67,92 @@ VmIdentity VmIdentity::from_ip_string(const std::string& ip) {
     return id;
 }
 
-int check_request(const vpipe_request& req) {
-    if (req.flags != 0 || req.reserved0 != 0) return -EINVAL;
-    if (req.op == VPIPE_OP_NOP) {
-        bool empty = req.length == 0 && req.nr_pages == 0 && req.desc_bytes == 0 &&
-                     all_zero(req.page, sizeof(req.page));
-        return empty ? 0 : -EINVAL;
-    }
-    if (req.op >= VPIPE_OP_MAX_) return -EINVAL;
-    if (req.length == 0 || req.length > VPIPE_MAX_REQUEST_LENGTH) return -EINVAL;
-    if (req.nr_pages == 0 || req.nr_pages > VPIPE_DESC_MAX_PAGES) return -EINVAL;
-    if (req.desc_bytes < sizeof(vpipe_desc_header) ||
-        req.desc_bytes > uint32_t{req.nr_pages} * VPIPE_PAGE_SIZE)
-        return -EINVAL;
-    for (unsigned i = req.nr_pages; i < VPIPE_DESC_MAX_PAGES; ++i)
-        if (req.page[i] != 0) return -EINVAL;
-    return 0;
-}
+int check_request(const vpipe_request& req) { return vpipe_check_request(&req); }
 
 int parse_request(const vpipe_request& req, std::span<const uint8_t> desc,
-                  const DiskLookup& disks, ParsedRequest* out, const VmIdentity& vm) {
+                  const DiskLookup& disks, ParsedRequest* out, const VmIdentity& vm,
+                  std::span<const uint32_t> refs) {
     if (int r = check_request(req); r < 0) return r;
     out->id = req.id;
     out->op = req.op;
     out->length = req.length;
-    out->nr_pages = req.nr_pages;
-    for (unsigned i = 0; i < VPIPE_DESC_MAX_PAGES; ++i) out->pages[i] = req.page[i];
     if (req.op == VPIPE_OP_NOP) return 0;
     if (desc.size() < req.desc_bytes) return -EINVAL;
 
+    LookupArg arg{&disks};
+    vpipe_check_ctx ctx{};
+    ctx.disk = disk_cb;
+    ctx.arg = &arg;
+    if (vm.ipv4) {
+        ctx.have_ipv4 = 1;
+        std::memcpy(ctx.ipv4, vm.ipv4->data(), 4);
+    }
+    vpipe_checked c{};
+    int r = vpipe_check_desc(&req, desc.data(), refs.empty() ? nullptr : refs.data(),
+                             static_cast<uint32_t>(refs.size()), &ctx, &c);
+    if (r < 0) return r;
+
     vpipe_desc_header h;
     std::memcpy(&h, desc.data(), sizeof(h));
-    if (h.magic != VPIPE_DESC_MAGIC || h.version != VPIPE_PROTOCOL_VERSION ||
-        h.header_bytes != sizeof(vpipe_desc_header) || h.reserved0 != 0)
-        return -EINVAL;
-    if (h.nr_segments > VPIPE_DESC_MAX_SEGMENTS ||
-        sizeof(h) + uint64_t{h.nr_segments} * sizeof(vpipe_segment) > req.desc_bytes)
-        return -EINVAL;
-    if (h.src.kind != expected_kind(req.op, true) || h.dst.kind != expected_kind(req.op, false))
-        return -EINVAL;
+    out->area.clear();
+    if (req.flags & VPIPE_REQF_INDIRECT)
+        out->area.assign(refs.begin(), refs.begin() + c.area_pages);
+    else
+        out->area.assign(req.page, req.page + req.nr_pages);
+    if (c.src.kind == VPIPE_EP_FILE) out->src_file = file_endpoint(desc, c.src);
+    if (c.dst.kind == VPIPE_EP_FILE) out->dst_file = file_endpoint(desc, c.dst);
+    if (c.src.kind == VPIPE_EP_SOCKET) {
+        out->src_sock = SocketEndpoint{};
+        out->src_sock.tcp = h.src.tcp;
+        out->src_sock.room = c.src.room;
+    }
+    if (c.dst.kind == VPIPE_EP_SOCKET) {
+        out->dst_sock = SocketEndpoint{};
+        out->dst_sock.tcp = h.dst.tcp;
+        out->dst_sock.room = c.dst.room;
+        out->dst_sock.tail_len = h.dst.tail_len;
+    }
+    return 0;
+}
 
-    // The descriptor stream is our private copy; segments may be unaligned in it.
-    std::vector<vpipe_segment> segs(h.nr_segments);
-    if (h.nr_segments)
-        std::memcpy(segs.data(), desc.data() + sizeof(h), segs.size() * sizeof(vpipe_segment));
-
-    const bool src_file = h.src.kind == VPIPE_EP_FILE, dst_file = h.dst.kind == VPIPE_EP_FILE;
-    if (src_file && dst_file) {
-        // Disjoint slices of the segment array: one segment cannot describe both ends.
-        uint64_t a0 = h.src.first_segment, a1 = a0 + h.src.nr_segments;
-        uint64_t b0 = h.dst.first_segment, b1 = b0 + h.dst.nr_segments;
-        if (a0 < b1 && b0 < a1) return -EINVAL;
-    }
-    if (src_file) {
-        if (int r = parse_file_endpoint(h.src, true, req.length, segs, disks, &out->src_file))
-            return r;
-    }
-    if (dst_file) {
-        if (int r = parse_file_endpoint(h.dst, false, req.length, segs, disks, &out->dst_file))
-            return r;
-    }
-    if (!src_file || !dst_file) {
-        // Socket endpoints: the flow must be the VM's own; the carry rooms lie inside the
-        // pages, after the stream in use, in endpoint order, each at least VPIPE_CARRY_MIN.
-        const uint64_t end = uint64_t{req.nr_pages} * VPIPE_PAGE_SIZE;
-        uint64_t prev = req.desc_bytes;
-        const vpipe_endpoint* eps[2] = {&h.src, &h.dst};
-        uint64_t starts[2] = {0, 0};
-        for (int i = 0; i < 2; ++i) {
-            if (eps[i]->kind != VPIPE_EP_SOCKET) continue;
-            if (int r = parse_socket_endpoint(*eps[i], vm)) return r;
-            starts[i] = eps[i]->tcp.carry_offset;
-            if (starts[i] < prev || starts[i] >= end) return -EINVAL;
-            prev = starts[i] + VPIPE_CARRY_MIN;
+int load_request(const vpipe_request& req, const PageCopier& copy, const DiskLookup& disks,
+                 const VmIdentity& vm, ParsedRequest* out, bool* bad_page) {
+    if (bad_page) *bad_page = false;
+    if (int r = check_request(req); r < 0) return r;
+    if (req.op == VPIPE_OP_NOP) return parse_request(req, {}, disks, out, vm);
+    // The area's page references: page[] itself, or the indirect pages' lists.
+    std::vector<uint32_t> refs;
+    if (req.flags & VPIPE_REQF_INDIRECT) {
+        std::vector<uint8_t> ind(size_t{req.nr_pages} * VPIPE_PAGE_SIZE);
+        for (unsigned i = 0; i < req.nr_pages; ++i) {
+            if (copy(req.page[i], ind.data() + size_t{i} * VPIPE_PAGE_SIZE) < 0) {
+                if (bad_page) *bad_page = true;
+                return -EINVAL;
+            }
         }
-        if (prev > end) return -EINVAL;
-        const bool src_sock = h.src.kind == VPIPE_EP_SOCKET, dst_sock = h.dst.kind == VPIPE_EP_SOCKET;
-        if (src_sock) {
-            out->src_tcp = h.src.tcp;
-            out->src_room = static_cast<uint32_t>((dst_sock ? starts[1] : end) - starts[0]);
-        }
-        if (dst_sock) {
-            out->dst_tcp = h.dst.tcp;
-            out->dst_room = static_cast<uint32_t>(end - starts[1]);
-        }
-        if (src_sock && dst_sock &&
-            std::memcmp(&h.src.tcp.local_port, &h.dst.tcp.local_port, 2 + 2) == 0 &&
-            std::memcmp(h.src.tcp.remote_addr, h.dst.tcp.remote_addr, 16) == 0)
-            return -EINVAL;  // one connection cannot be both ends
-        // the segment array holds exactly the file endpoint's segments
-        const uint32_t file_segs = src_file ? h.src.nr_segments : dst_file ? h.dst.nr_segments : 0;
-        if (h.nr_segments != file_segs) return -EINVAL;
-        if ((src_file && h.src.first_segment != 0) || (dst_file && h.dst.first_segment != 0))
-            return -EINVAL;
+        refs.resize(size_t{req.nr_pages} * VPIPE_REFS_PER_PAGE);
+        uint32_t n = 0;
+        if (vpipe_check_indirect(&req, ind.data(), refs.data(), &n) < 0) return -EINVAL;
+        refs.resize(n);
+    } else {
+        refs.assign(req.page, req.page + req.nr_pages);
+    }
+    // The descriptor stream: the first desc_bytes of the area.
+    std::vector<uint8_t> desc;
+    if (int r = copy_area(refs, copy, 0, req.desc_bytes, &desc, bad_page); r < 0) return r;
+    int r = parse_request(req, desc, disks, out, vm,
+                          (req.flags & VPIPE_REQF_INDIRECT) ? std::span<const uint32_t>(refs)
+                                                            : std::span<const uint32_t>());
+    if (r < 0) return r;
+    // What the socket rooms carry in: send queue, receive queue, (destination) tail.
+    for (SocketEndpoint* s : {&out->src_sock, &out->dst_sock}) {
+        if (s->room == 0) continue;
+        uint64_t off = s->tcp.carry_offset;
+        if ((r = copy_area(out->area, copy, off, s->tcp.sndq_len, &s->sndq, bad_page)) < 0) return r;
+        off += s->tcp.sndq_len;
+        if ((r = copy_area(out->area, copy, off, s->tcp.rcvq_len, &s->rcvq, bad_page)) < 0) return r;
+        off += s->tcp.rcvq_len;
+        if ((r = copy_area(out->area, copy, off, s->tail_len, &s->tail, bad_page)) < 0) return r;
     }
     return 0;
 }

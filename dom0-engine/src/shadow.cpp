@@ -83,8 +83,11 @@ int freeze_close_wait(int fd, vpipe_tcp_state* st, std::vector<uint8_t>* sndq,
     s.max_window = w.max_window;
     s.rcv_wnd = w.rcv_wnd;
     s.rcv_wup = w.rcv_wup;
-    int outq = 0, inq = 0;
-    if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(fd, SIOCINQ, &inq) < 0) return -errno;
+    int outq = 0, inq = 0, unsent = 0;
+    if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(fd, SIOCINQ, &inq) < 0 ||
+        ioctl(fd, SIOCOUTQNSD, &unsent) < 0)
+        return -errno;
+    if (unsent < 0 || unsent > outq) return -EPROTO;
     if (int r = set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)) return r;
     if (int r = get_int(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &v)) return r;
     s.snd_seq = static_cast<uint32_t>(v);
@@ -100,6 +103,7 @@ int freeze_close_wait(int fd, vpipe_tcp_state* st, std::vector<uint8_t>* sndq,
     if (s.rcv_wup == s.rcv_seq + 1) s.rcv_wup = s.rcv_seq;
     s.sndq_len = static_cast<uint32_t>(sndq->size());
     s.rcvq_len = static_cast<uint32_t>(rcvq->size());
+    s.sndq_unsent = static_cast<uint32_t>(unsent);
     *st = s;
     return 0;
 }
@@ -192,27 +196,44 @@ int SocketEngine::remove_flow(const steering::FlowKey& k) {
 
 Shadow::~Shadow() { abort(); }
 
-int Shadow::open(const vpipe_tcp_state& st_in, uint32_t room, bool cap_send) {
-    vpipe_tcp_state st = st_in;
+int Shadow::open(const vpipe_tcp_state& tcp, std::span<const uint8_t> sndq, std::span<const uint8_t> rcvq,
+                 uint32_t room, uint32_t tail_len, Role role) {
+    vpipe_tcp_state st = tcp;
     st.carry_offset = 0;
-    // What the peer may queue here must fit the carry room when the connection goes back:
-    // offer it no more window than half the room (the receive buffer below enforces the same).
-    const uint32_t cap = std::max<uint32_t>(room / 2, 2048);
-    st.rcv_wnd = std::min(st.rcv_wnd, cap);
+    // The room's shares (see shadow.h). Validation guarantees sndq + rcvq + tail <= room.
+    const uint64_t carried = uint64_t{tcp.sndq_len} + tcp.rcvq_len + tail_len;
+    const uint64_t slack = room > carried ? room - carried : 0;
+    uint64_t rcv_cap;
+    if (role == Role::kSource) {
+        rcv_cap = room - uint64_t{tcp.sndq_len};           // all but its own send queue
+        snd_limit_ = tcp.sndq_len;
+    } else {
+        rcv_cap = tcp.rcvq_len + std::min<uint64_t>(slack / 4, 256u << 10);
+        snd_limit_ = static_cast<uint32_t>(room - rcv_cap);
+    }
+    // The window the guest advertised may reach beyond what fits: the restored connection
+    // advertises at most what is left of the receive share (segments beyond it are dropped
+    // unacknowledged and sent again by the peer once the window opens).
+    const uint32_t win = static_cast<uint32_t>(std::max<uint64_t>(rcv_cap - tcp.rcvq_len, 1024));
+    st.rcv_wnd = std::min(st.rcv_wnd, win);
     if (static_cast<int32_t>(st.snd_wl1 - (st.rcv_seq + st.rcv_wnd)) > 0) st.snd_wl1 = st.rcv_seq;
     tcp::RestoreOptions ro;
     ro.transparent = true;
     ro.no_window_probe = true;  // the flow is not steered here yet
-    int r = tcp::restore(st, {}, {}, ro, &fd_);
+    int r = tcp::restore(st, sndq, rcvq, ro, &fd_);
     if (r < 0) return r;
     vmc_.shadow_sockets->fetch_add(1);
     eng_.shadow_sockets++;
     eng_.handovers++;
-    // sk_rcvbuf = 2 * value (bytes of truesize >= payload)
-    set_int(fd_.get(), SOL_SOCKET, SO_RCVBUFFORCE, static_cast<int>(cap / 2));
-    set_int(fd_.get(), IPPROTO_TCP, TCP_WINDOW_CLAMP, static_cast<int>(cap));
-    if (cap_send) set_int(fd_.get(), SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(cap / 2));
+    // sk_rcvbuf = 2 * value; payload queued <= truesize accounted, so rcvbuf bounds bytes
+    set_int(fd_.get(), SOL_SOCKET, SO_RCVBUFFORCE, static_cast<int>(std::max<uint64_t>(rcv_cap / 2, 1152)));
+    set_int(fd_.get(), IPPROTO_TCP, TCP_WINDOW_CLAMP, static_cast<int>(win));
+    if (role == Role::kDestination)
+        set_int(fd_.get(), SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(std::max<uint32_t>(snd_limit_ / 2, 4096)));
     set_int(fd_.get(), IPPROTO_TCP, TCP_NODELAY, 1);
+    struct tcp_info ti;
+    tcp_state_of(fd_.get(), &ti);
+    acked_base_ = ti.tcpi_bytes_acked;  // before any ACK can reach the socket
     key_ = steering::FlowKey::from_tcp_state(st);
     eng_.attach(key_, fd_.get());
     attached_ = true;
@@ -220,12 +241,15 @@ int Shadow::open(const vpipe_tcp_state& st_in, uint32_t room, bool cap_send) {
     steered_ = true;
     vmc_.steered_flows->fetch_add(1);
     eng_.steered_flows++;
-    // a window probe now that the peer's answer reaches us: a peer that was held back during
-    // the hand-over (zero window, dropped segments) resumes without waiting for its timers
-    if (set_int(fd_.get(), IPPROTO_TCP, TCP_REPAIR, 1) == 0) set_int(fd_.get(), IPPROTO_TCP, TCP_REPAIR, 0);
-    struct tcp_info ti;
-    tcp_state_of(fd_.get(), &ti);
-    acked_base_ = ti.tcpi_bytes_acked;
+    // what the guest had queued but not transmitted (a destination's head among it) goes out
+    // now that the peer's answers reach us
+    if (tcp.sndq_unsent) {
+        if ((r = tcp::send_unsent(fd_.get(), sndq.last(tcp.sndq_unsent))) < 0) return r;
+    } else if (set_int(fd_.get(), IPPROTO_TCP, TCP_REPAIR, 1) == 0) {
+        // a window probe: a peer that was held back during the hand-over (zero window,
+        // dropped segments) resumes without waiting for its timers
+        set_int(fd_.get(), IPPROTO_TCP, TCP_REPAIR, 0);
+    }
     return 0;
 }
 

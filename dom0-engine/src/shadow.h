@@ -1,8 +1,9 @@
 // Shadow sockets: a VM's TCP connection taken over by dom0's stack for one operation
 // (DESIGN.md "Shadow sockets without kernel patches"), and handed back afterwards.
 //
-//   take over:  tcp::restore(state, transparent, no window probe) -> Steering::add_flow ->
-//               window probe (so a peer stalled by the guest's block resumes at once)
+//   take over:  tcp::restore(state + carried queues, transparent, no window probe) ->
+//               Steering::add_flow -> the unsent part of the send queue -> window probe (so a
+//               peer stalled by the guest's block resumes at once)
 //   hand back:  Steering::remove_flow (the guest still blocks the flow in its own netns, so
 //               the client's frames are dropped there, never answered with RST) -> freeze ->
 //               close_silently -> the final state + queues go back in the descriptor
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "steering/steering.h"
@@ -69,25 +71,38 @@ struct ShadowCounters {
 // One connection held in dom0 for the duration of a request.
 class Shadow {
 public:
+    enum class Role { kSource, kDestination };
+
     Shadow(SocketEngine& eng, ShadowCounters vmc) : eng_(eng), vmc_(vmc) {}
     ~Shadow();  // abort path: un-steer, close silently
     Shadow(const Shadow&) = delete;
     Shadow& operator=(const Shadow&) = delete;
 
-    // Restores `st` as a transparent socket bound to the VM's address and steers the flow to
-    // it. `room` is the endpoint's carry room: the receive buffer is capped so that what the
-    // peer may queue fits it; `cap_send` caps the send buffer too (socket->socket destination,
-    // whose unacknowledged bytes must always fit the room).
-    int open(const vpipe_tcp_state& st, uint32_t room, bool cap_send);
+    // Restores the connection the guest froze, with what it carried in (the transmitted part of
+    // the send queue as in flight, the receive queue as unread), as a transparent socket bound
+    // to the VM's address, steers the flow to it, then queues the send queue's unsent part (a
+    // destination's head among it) and sends a window probe.
+    //
+    // Buffers are sized so that everything handed back fits the endpoint's room (`tcp`'s
+    // carry_offset, `room` bytes): bytes past what dom0 consumes can only arrive inside the
+    // receive window, and Linux keeps the right edge of the window within the receive buffer
+    // of what was read, so the receive buffer (and the restored window) is capped at the
+    // room's receive share; a destination's send queue may hold at most snd_limit() bytes
+    // (send_limited() keeps to it). A source gets the room minus its carried send queue for
+    // receiving; a destination gives the peer a small window (what it may send meanwhile, e.g.
+    // a pipelined request) and keeps the rest for the send queue.
+    int open(const vpipe_tcp_state& tcp, std::span<const uint8_t> sndq, std::span<const uint8_t> rcvq,
+             uint32_t room, uint32_t tail_len, Role role);
 
     int fd() const { return fd_.get(); }
     bool open_now() const { return static_cast<bool>(fd_); }
-    uint64_t bytes_acked() const;   // tcpi_bytes_acked since open()
+    uint64_t bytes_acked() const;   // tcpi_bytes_acked since open() (carried send queue included)
+    uint32_t snd_limit() const { return snd_limit_; }
 
     // Hands the connection back: remove_flow, freeze, close silently. Fills *final (queue
-    // lengths included, carry_offset untouched) and the queues; *flags gets VPIPE_EPF_*.
-    // A peer that closed (CLOSE_WAIT) gives VPIPE_EPF_PEER_FIN and rcv_seq before the FIN;
-    // a dead connection gives VPIPE_EPF_RESET and no state.
+    // lengths and sndq_unsent included, carry_offset untouched) and the queues; *flags gets
+    // VPIPE_EPF_*. A peer that closed (CLOSE_WAIT) gives VPIPE_EPF_PEER_FIN and rcv_seq before
+    // the FIN; a dead connection gives VPIPE_EPF_RESET and no state.
     int hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::vector<uint8_t>* rcvq,
                   uint32_t* flags);
     // Drops the connection silently without reading it (error paths).
@@ -101,6 +116,7 @@ private:
     bool steered_ = false;
     bool attached_ = false;
     uint64_t acked_base_ = 0;
+    uint32_t snd_limit_ = 0;
 };
 
 // Reads the full TCP_REPAIR state of `fd` like tcp::freeze(), but also in CLOSE_WAIT (the

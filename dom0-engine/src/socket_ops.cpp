@@ -52,28 +52,24 @@ int map_sock_err(int e) {
     }
 }
 
-int tcp_state(int fd) {
-    struct tcp_info ti {};
-    socklen_t l = sizeof(ti);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0) return -1;
-    return ti.tcpi_state;
-}
-
-// Waits for `events` on `fd` for up to the socket timeout, unless the VM is being torn down
-// (`cancel_fd`, Vm::cancel_fd(), readable; -1: never). 1 ready (*revents), 0 timeout, -ECANCELED.
-int wait_fd(int fd, short events, int cancel_fd, short* revents) {
+// Waits for `events` on `fd` for up to `ms` (default: the socket timeout), unless the VM is
+// being torn down (`cancel_fd`, Vm::cancel_fd(), readable; -1: never).
+// 1 ready (*revents), 0 timeout, -ECANCELED.
+int wait_fd(int fd, short events, int cancel_fd, short* revents, int ms = -2) {
     pollfd p[2] = {{fd, events, 0}, {cancel_fd, POLLIN, 0}};
-    int pr = ::poll(p, 2, static_cast<int>(socket_timeout().count()));
+    if (ms == -2) ms = static_cast<int>(socket_timeout().count());
+    int pr = ::poll(p, 2, ms);
     if (pr < 0) return errno == EINTR ? 1 : -EIO;
     if (p[1].revents) return -ECANCELED;
     *revents = p[0].revents;
     return pr;
 }
 
-bool cancelled(int cancel_fd) {
-    if (cancel_fd < 0) return false;
-    pollfd p{cancel_fd, POLLIN, 0};
-    return ::poll(&p, 1, 0) > 0;
+int sock_error(int fd) {
+    int err = 0;
+    socklen_t l = sizeof(err);
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    return map_sock_err(err ? err : ECONNRESET);
 }
 
 // Receives up to `want` bytes (at least 1 unless EOF). >0 bytes, 0 EOF, or -status.
@@ -90,28 +86,56 @@ ssize_t recv_some(int fd, uint8_t* buf, size_t want, int cancel_fd) {
     }
 }
 
-// Waits until what is still queued on the destination shadow (unacknowledged + unread) fits
-// the carry room. Gives up after the socket timeout without progress (-ETIMEDOUT) or when the
-// connection died (-ECONNRESET).
-int settle(int fd, uint32_t room, int cancel_fd) {
-    auto last_progress = Clock::now();
-    int last_outq = -1;
-    unsigned spins = 0;
-    for (;;) {
-        int outq = 0, inq = 0;
-        if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(fd, SIOCINQ, &inq) < 0) return -EIO;
-        if (static_cast<uint64_t>(outq) + static_cast<uint64_t>(inq) + 64 <= room) return 0;
-        int st = tcp_state(fd);
-        if (st != 1 /*ESTABLISHED*/ && st != 8 /*CLOSE_WAIT*/) return -ECONNRESET;
-        if (outq != last_outq) {
-            last_outq = outq;
-            last_progress = Clock::now();
-        } else if (Clock::now() - last_progress > socket_timeout()) {
-            return -ETIMEDOUT;
+// Sends all of buf on a destination shadow without letting its send queue (acknowledged bytes
+// leave it) hold more than `limit` bytes, so that what is handed back always fits the room.
+// *done grows by every byte the socket accepted, also when it fails midway (moved and the
+// carried tail are computed from it).
+int send_limited(int fd, const uint8_t* buf, size_t n, uint32_t limit, uint64_t* done, int cancel_fd) {
+    size_t off = 0;
+    while (off < n) {
+        int outq = 0;
+        if (ioctl(fd, SIOCOUTQ, &outq) < 0) return -EIO;
+        const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+        if (allow > 0) {
+            ssize_t w = ::send(fd, buf + off, std::min<uint64_t>(n - off, allow), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0) {
+                off += static_cast<size_t>(w);
+                *done += static_cast<uint64_t>(w);
+                continue;
+            }
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
         }
-        if (cancelled(cancel_fd)) return -ECANCELED;
-        // the peer's ACKs come within an RTT: poll finely first, 1 ms steps after ~20 ms
-        ::usleep(++spins < 400 ? 50 : 1000);
+        // the send buffer is sized to the limit: writable again once acknowledgements freed it
+        short revents = 0;
+        int pr = wait_fd(fd, POLLOUT, cancel_fd, &revents);
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0) return pr;
+        if (revents & (POLLERR | POLLHUP) && !(revents & POLLOUT)) return sock_error(fd);
+        if (allow > 0 || !(revents & POLLOUT)) continue;
+        // writable, yet over the limit (truesize accounting lags): give the ACKs a moment
+        pr = wait_fd(fd, POLLIN | POLLPRI, cancel_fd, &revents, 1);
+        if (pr < 0) return pr;
+    }
+    return 0;
+}
+
+// After the last byte is queued: waits (on an event, not by polling the queue) until the
+// destination has transmitted everything, so that the guest does not have to: POLLOUT with
+// TCP_NOTSENT_LOWAT = 1 means "nothing left unsent". Gives up after `ms` (a peer with a
+// closed window): what is unsent then goes back to the guest, which sends it itself.
+void drain_unsent(int fd, int cancel_fd, int ms) {
+    int unsent = 0;
+    if (ioctl(fd, SIOCOUTQNSD, &unsent) < 0 || unsent == 0) return;
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &one, sizeof(one)) < 0) return;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(ms);
+    while (ioctl(fd, SIOCOUTQNSD, &unsent) == 0 && unsent > 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return;
+        short revents = 0;
+        if (wait_fd(fd, POLLOUT, cancel_fd, &revents, static_cast<int>(left)) <= 0) return;
+        if (revents & (POLLERR | POLLHUP)) return;
     }
 }
 
@@ -121,75 +145,63 @@ struct EndpointResult {
     std::vector<uint8_t> sndq, rcvq;
 };
 
-// Writes one socket endpoint's result into the guest's descriptor pages.
-int write_result(const DescWriter& write, bool source, const vpipe_tcp_state& req_st,
-                 EndpointResult& res) {
+// Writes one socket endpoint's result into the guest's area.
+int write_result(const DescWriter& write, bool source, const SocketEndpoint& ep, EndpointResult& res) {
     const size_t ep_off = source ? offsetof(vpipe_desc_header, src) : offsetof(vpipe_desc_header, dst);
     if (res.flags & VPIPE_EPF_VALID) {
-        res.st.carry_offset = req_st.carry_offset;
+        res.st.carry_offset = ep.tcp.carry_offset;
         res.st.sndq_len = static_cast<uint32_t>(res.sndq.size());
         res.st.rcvq_len = static_cast<uint32_t>(res.rcvq.size());
-        res.st.reserved[0] = res.st.reserved[1] = 0;
-        uint64_t off = req_st.carry_offset;
+        res.st.reserved0 = 0;
+        uint64_t off = ep.tcp.carry_offset;
         if (!res.sndq.empty() && write(off, res.sndq.data(), res.sndq.size()) < 0) return -EIO;
         off += res.sndq.size();
         if (!res.rcvq.empty() && write(off, res.rcvq.data(), res.rcvq.size()) < 0) return -EIO;
         if (write(ep_off + offsetof(vpipe_endpoint, tcp), &res.st, sizeof(res.st)) < 0) return -EIO;
     }
+    const uint32_t tail0 = 0;
+    if (write(ep_off + offsetof(vpipe_endpoint, tail_len), &tail0, sizeof(tail0)) < 0) return -EIO;
     uint32_t flags = res.flags;
-    return write(ep_off + offsetof(vpipe_endpoint, reserved), &flags, sizeof(flags));
+    return write(ep_off + offsetof(vpipe_endpoint, result_flags), &flags, sizeof(flags));
 }
 
-// Hands the shadow back and fits its queues into the endpoint's carry room. A destination
-// whose unacknowledged tail the application will send again (file->socket) may lose that
-// tail: *dropped says how many bytes, and snd_seq is moved back over them.
-int finish_endpoint(Shadow& sh, uint32_t room, bool may_drop_tail, EndpointResult* res,
-                    uint64_t* dropped) {
-    *dropped = 0;
-    if (!sh.open_now()) return 0;  // flags 0: the guest restores what it sent
+// Hands the shadow back. The buffers were sized for the room, so the queues fit; if they do
+// not (a peer that sent beyond the window it was given), bytes dom0 acknowledged could not be
+// handed back: the connection is reported dead rather than silently losing them.
+int finish_endpoint(Shadow& sh, uint32_t room, EndpointResult* res) {
+    if (!sh.open_now()) return 0;  // flags 0: the guest restores what it froze
     int r = sh.hand_back(&res->st, &res->sndq, &res->rcvq, &res->flags);
     if (r < 0) return r;
-    const uint64_t need = res->sndq.size() + res->rcvq.size();
-    if (need <= room) return 0;
-    if (res->rcvq.size() > room || !may_drop_tail) {
-        // Bytes dom0 acknowledged cannot be handed back: the connection cannot continue.
-        spdlog::error("carry overflow: {} + {} queued bytes > room {}; connection lost",
-                      res->sndq.size(), res->rcvq.size(), room);
-        res->flags = VPIPE_EPF_RESET;
-        return -EIO;
-    }
-    const size_t keep = room - res->rcvq.size();
-    *dropped = res->sndq.size() - keep;
-    res->st.snd_seq -= static_cast<uint32_t>(*dropped);
-    res->sndq.resize(keep);
-    return 0;
+    if (res->sndq.size() + res->rcvq.size() <= room) return 0;
+    spdlog::error("carry overflow: {} + {} queued bytes > room {}; connection lost", res->sndq.size(),
+                  res->rcvq.size(), room);
+    res->flags = VPIPE_EPF_RESET;
+    return -EIO;
 }
 
-// Like send_all, but *done grows by every byte the socket accepted, also when it fails midway
-// (moved and the carried tail are computed from it: it must be exact).
-int send_all_counted(int fd, const uint8_t* buf, size_t n, uint64_t* done, int cancel_fd) {
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = ::send(fd, buf + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w > 0) {
-            off += static_cast<size_t>(w);
-            *done += static_cast<uint64_t>(w);
-            continue;
-        }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
-        short revents = 0;
-        int pr = wait_fd(fd, POLLOUT, cancel_fd, &revents);
-        if (pr == 0) return -ETIMEDOUT;
-        if (pr < 0) return pr;
-        if (revents & (POLLERR | POLLHUP) && !(revents & POLLOUT)) {
-            int err = 0;
-            socklen_t l = sizeof(err);
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-            return map_sock_err(err ? err : ECONNRESET);
-        }
+// How long a destination may take to transmit what is queued before it is handed back with
+// the rest unsent (the guest then sends it).
+int drain_ms() { return static_cast<int>(std::min<int64_t>(socket_timeout().count(), 2000)); }
+
+// Opens a shadow for one endpoint of the request; on failure it is aborted (flags 0 go back:
+// the guest restores the connection it froze).
+int open_shadow(Vm& vm, const ParsedRequest& req, Shadow& sh, const SocketEndpoint& ep, Shadow::Role role) {
+    int r = sh.open(ep.tcp, ep.sndq, ep.rcvq, ep.room, ep.tail_len, role);
+    if (r < 0) {
+        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-r));
+        sh.abort();
     }
-    return 0;
+    return r;
+}
+
+// Sends the destination's tail once the data is out; sets VPIPE_EPF_TAIL_SENT on success.
+int send_tail(Vm& vm, Shadow& dst, const SocketEndpoint& ep, bool* tail_sent) {
+    *tail_sent = false;
+    if (ep.tail.empty()) return 0;
+    uint64_t done = 0;
+    int r = send_limited(dst.fd(), ep.tail.data(), ep.tail.size(), dst.snd_limit(), &done, vm.cancel_fd());
+    if (r == 0) *tail_sent = true;
+    return r;
 }
 
 int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
@@ -198,14 +210,13 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
     if (!disk) return -EPERM;
     Shadow dst(eng, vm.shadow_counters());
     EndpointResult res;
-    int status = dst.open(req.dst_tcp, req.dst_room, false);
-    if (status < 0) {
-        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
-        dst.abort();
-        write_result(write, false, req.dst_tcp, res);
+    if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination) < 0) {
+        write_result(write, false, req.dst_sock, res);
         return -EIO;
     }
+    const uint64_t before = req.dst_sock.sndq.size();  // the stream before the data on the wire
     uint64_t sent = 0;
+    int status = 0;
     {
         // Double-buffered: window k+1 is read from the image (this thread: BlockIo is not
         // thread-safe) while window k is being sent (a helper thread). With one buffer only
@@ -241,27 +252,41 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
                 break;
             }
             vm.reserve(n);  // credit before the bytes move, not after
-            inflight.emplace();
-            inflight->n = n;
             uint8_t* data = b.data();
             const int fd = dst.fd();
-            uint64_t* counted = &inflight->counted;
+            const uint32_t limit = dst.snd_limit();
             const int cancel = vm.cancel_fd();
-            inflight->done = std::async(std::launch::async, [fd, data, n, counted, cancel] {
-                return send_all_counted(fd, data, n, counted, cancel);
+            if (n == req.length) {
+                // the whole operation in one window: no helper thread
+                uint64_t counted = 0;
+                status = send_limited(fd, data, n, limit, &counted, cancel);
+                sent += counted;
+                vm.count(req.op, counted);
+                read_pos += n;
+                break;
+            }
+            inflight.emplace();
+            inflight->n = n;
+            uint64_t* counted = &inflight->counted;
+            inflight->done = std::async(std::launch::async, [fd, data, n, limit, counted, cancel] {
+                return send_limited(fd, data, n, limit, counted, cancel);
             });
             read_pos += n;
             ++k;
         }
         if (int r = finish_send(); status == 0) status = r;
     }
-    if (status == 0) status = settle(dst.fd(), req.dst_room, vm.cancel_fd());
+    bool tail_sent = false;
+    if (status == 0 && sent == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
+    if (status == 0) drain_unsent(dst.fd(), vm.cancel_fd(), drain_ms());
     const uint64_t acked = dst.bytes_acked();
-    uint64_t dropped = 0;
-    int r = finish_endpoint(dst, req.dst_room, true, &res, &dropped);
+    int r = finish_endpoint(dst, req.dst_sock.room, &res);
     if (r < 0 && (status == 0 || status == -ETIMEDOUT)) status = r == -EIO ? -EIO : -ECONNRESET;
-    *moved = (res.flags & VPIPE_EPF_VALID) ? sent - dropped : std::min(acked, sent);
-    if (write_result(write, false, req.dst_tcp, res) < 0 && status == 0) status = -EIO;
+    // Handed back: every byte written is either acknowledged or in the carried send queue.
+    // Lost: only what the peer acknowledged counts.
+    *moved = (res.flags & VPIPE_EPF_VALID) ? sent : std::min(acked > before ? acked - before : 0, sent);
+    if (tail_sent && (res.flags & VPIPE_EPF_VALID)) res.flags |= VPIPE_EPF_TAIL_SENT;
+    if (write_result(write, false, req.dst_sock, res) < 0 && status == 0) status = -EIO;
     return status;
 }
 
@@ -271,15 +296,13 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
     if (!disk) return -EPERM;
     Shadow src(eng, vm.shadow_counters());
     EndpointResult res;
-    int status = src.open(req.src_tcp, req.src_room, false);
-    if (status < 0) {
-        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
-        src.abort();
-        write_result(write, true, req.src_tcp, res);
+    if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
+        write_result(write, true, req.src_sock, res);
         return -EIO;
     }
     uint64_t pos = 0;
     bool eof = false;
+    int status = 0;
     {
         std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
         if (!buf) status = -ENOSPC;
@@ -316,11 +339,10 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
             if (status == 0) status = fr;
         }
     }
-    uint64_t dropped = 0;
-    int r = finish_endpoint(src, req.src_room, false, &res, &dropped);
+    int r = finish_endpoint(src, req.src_sock.room, &res);
     if (r < 0 && status == 0) status = r == -EIO ? -EIO : -ECONNRESET;
     *moved = pos;
-    if (write_result(write, true, req.src_tcp, res) < 0 && status == 0) status = -EIO;
+    if (write_result(write, true, req.src_sock, res) < 0 && status == 0) status = -EIO;
     return status;
 }
 
@@ -328,20 +350,14 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
                      const DescWriter& write, uint64_t* moved) {
     Shadow src(eng, vm.shadow_counters()), dst(eng, vm.shadow_counters());
     EndpointResult sres, dres;
-    int status = src.open(req.src_tcp, req.src_room, false);
-    if (status < 0) {
-        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
-        src.abort();
-        write_result(write, true, req.src_tcp, sres);
-        write_result(write, false, req.dst_tcp, dres);
+    if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
+        write_result(write, true, req.src_sock, sres);
+        write_result(write, false, req.dst_sock, dres);
         return -EIO;
     }
-    if ((status = dst.open(req.dst_tcp, req.dst_room, true)) < 0) {
-        // the source is live in dom0 already (it may have acknowledged bytes): hand it back
-        spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-status));
-        dst.abort();
-        status = -EIO;
-    }
+    int status = 0;
+    // the source is live in dom0 already (it may have acknowledged bytes): it goes back below
+    if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination) < 0) status = -EIO;
     uint64_t fwd = 0;
     if (status == 0) {
         std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
@@ -355,7 +371,8 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
                 break;
             }
             uint64_t done = 0;
-            status = send_all_counted(dst.fd(), buf->data(), static_cast<size_t>(n), &done, vm.cancel_fd());
+            status = send_limited(dst.fd(), buf->data(), static_cast<size_t>(n), dst.snd_limit(), &done,
+                                  vm.cancel_fd());
             fwd += done;
             vm.charge(req.op, done);
             if (done < static_cast<uint64_t>(n)) {
@@ -365,15 +382,17 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
             }
         }
     }
-    if (status == 0) status = settle(dst.fd(), req.dst_room, vm.cancel_fd());
-    uint64_t dropped = 0;
-    int r1 = finish_endpoint(src, req.src_room, false, &sres, &dropped);
-    int r2 = finish_endpoint(dst, req.dst_room, false, &dres, &dropped);
+    bool tail_sent = false;
+    if (status == 0 && fwd == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
+    if (status == 0) drain_unsent(dst.fd(), vm.cancel_fd(), drain_ms());
+    int r1 = finish_endpoint(src, req.src_sock.room, &sres);
+    int r2 = finish_endpoint(dst, req.dst_sock.room, &dres);
     if (status == 0) status = r1 < 0 ? r1 : r2;
     if (status == -ENOTCONN) status = -ECONNRESET;
     *moved = fwd;
-    int w1 = write_result(write, true, req.src_tcp, sres);
-    int w2 = write_result(write, false, req.dst_tcp, dres);
+    if (tail_sent && (dres.flags & VPIPE_EPF_VALID)) dres.flags |= VPIPE_EPF_TAIL_SENT;
+    int w1 = write_result(write, true, req.src_sock, sres);
+    int w2 = write_result(write, false, req.dst_sock, dres);
     if ((w1 < 0 || w2 < 0) && status == 0) status = -EIO;
     return status;
 }
@@ -385,8 +404,8 @@ int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine* en
     *moved = 0;
     if (!eng) {
         EndpointResult none;
-        if (req.op != VPIPE_OP_FILE_TO_SOCKET) write_result(write, true, req.src_tcp, none);
-        if (req.op != VPIPE_OP_SOCKET_TO_FILE) write_result(write, false, req.dst_tcp, none);
+        if (req.op != VPIPE_OP_FILE_TO_SOCKET) write_result(write, true, req.src_sock, none);
+        if (req.op != VPIPE_OP_SOCKET_TO_FILE) write_result(write, false, req.dst_sock, none);
         return -EOPNOTSUPP;
     }
     try {

@@ -209,25 +209,22 @@ void VmService::handle(const vpipe_request& req) {
         respond(ch, req.id, 0, 0);
         return;
     }
-    // Copy the descriptor pages out of shared memory once; parse only the copy.
-    std::vector<uint8_t> desc(size_t{req.nr_pages} * VPIPE_PAGE_SIZE);
-    for (unsigned i = 0; i < req.nr_pages; ++i) {
-        if (ch->host->copy_desc_page(req.page[i], desc.data() + size_t{i} * VPIPE_PAGE_SIZE) < 0) {
-            counters.rejected++;
-            counters.bad_pages++;
-            spdlog::warn("vm {}: request {:#x} names descriptor page {} it cannot give us",
-                         vm_.name(), req.id, req.page[i]);
-            respond(ch, req.id, -EINVAL, 0);
-            return;
-        }
-    }
+    // Copy the area's pages out of shared memory once (indirect pages, the descriptor stream,
+    // the bytes carried in socket rooms); parse only the copies.
     auto parsed = std::make_shared<ParsedRequest>();
-    int r = parse_request(req, std::span(desc.data(), req.desc_bytes), vm_.disk_lookup(),
-                          parsed.get(), vm_.identity());
+    bool bad_page = false;
+    int r = load_request(
+        req, [&](uint32_t ref, void* dst) { return ch->host->copy_desc_page(ref, dst); },
+        vm_.disk_lookup(), vm_.identity(), parsed.get(), &bad_page);
     if (r < 0) {
         counters.rejected++;
-        spdlog::warn("vm {}: {} request {:#x} rejected: {}", vm_.name(), op_name(req.op), req.id,
-                     std::strerror(-r));
+        if (bad_page) {
+            counters.bad_pages++;
+            spdlog::warn("vm {}: request {:#x} names an area page it cannot give us", vm_.name(), req.id);
+        } else {
+            spdlog::warn("vm {}: {} request {:#x} rejected: {}", vm_.name(), op_name(req.op), req.id,
+                         std::strerror(-r));
+        }
         respond(ch, req.id, r, 0);
         return;
     }
@@ -246,9 +243,9 @@ void VmService::handle(const vpipe_request& req) {
         // guest reads them after the response, before it frees the pages).
         DescWriter write_back = [ch, parsed](uint64_t off, const void* data, size_t n) -> int {
             const auto* p = static_cast<const uint8_t*>(data);
-            if (off + n > uint64_t{parsed->nr_pages} * VPIPE_PAGE_SIZE) return -EINVAL;
+            if (off + n > uint64_t{parsed->area.size()} * VPIPE_PAGE_SIZE) return -EINVAL;
             while (n > 0) {
-                const uint32_t page = parsed->pages[off / VPIPE_PAGE_SIZE];
+                const uint32_t page = parsed->area[off / VPIPE_PAGE_SIZE];
                 const uint32_t in = static_cast<uint32_t>(off % VPIPE_PAGE_SIZE);
                 const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(n, VPIPE_PAGE_SIZE - in));
                 if (int wr = ch->host->write_desc_page(page, in, p, m); wr < 0) return wr;

@@ -4,6 +4,9 @@
 
 #include <stdexcept>
 
+#include <vpipe/abi/ring.h>
+#include <vpipe/abi/shm.h>
+
 namespace vpipe::agent {
 
 AgentConfig load_agent_config(const std::string& path) {
@@ -22,15 +25,20 @@ AgentConfig load_agent_config(const std::string& path) {
     c.engine_channel = (*a)["engine_channel"].value_or(std::string());
     c.state_dir = (*a)["state_dir"].value_or(c.state_dir);
     c.log_level = (*a)["log_level"].value_or(c.log_level);
-    c.cache_rule = (*a)["cache_rule"].value_or(c.cache_rule);
     c.cache_rule_file_to_file = (*a)["cache_rule_file_to_file"].value_or(c.cache_rule_file_to_file);
-    int64_t pages = (*a)["desc_pages"].value_or(int64_t{c.desc_pages});
-    int64_t chunk = (*a)["chunk_mib"].value_or(int64_t(c.chunk_bytes >> 20));
+    int64_t pages = (*a)["area_pages"].value_or(int64_t{c.area_pages});
+    int64_t chunk = (*a)["chunk_mib"].value_or(int64_t{c.chunk_mib});
+    int64_t room_kib = (*a)["room_kib"].value_or(int64_t{c.room_max >> 10});
     if (c.engine_channel.empty()) fail("[agent] engine_channel is required");
-    if (pages < 16 || pages > 4096) fail("[agent] desc_pages must be 16..4096");
+    if (pages < 16 || pages > VPIPE_SHM_MAX_DESC_PAGES) fail("[agent] area_pages must be 16..4096");
     if (chunk < 1 || chunk > 1024) fail("[agent] chunk_mib must be 1..1024");
-    c.desc_pages = static_cast<uint32_t>(pages);
-    c.chunk_bytes = static_cast<uint64_t>(chunk) << 20;
+    if (room_kib < 16 || room_kib > 16384) fail("[agent] room_kib must be 16..16384");
+    c.area_pages = static_cast<uint32_t>(pages);
+    c.chunk_mib = static_cast<uint32_t>(chunk);
+    c.room_max = static_cast<uint32_t>(room_kib) << 10;
+    // a socket -> socket request takes two rooms: they must fit the area
+    if (uint64_t{c.room_max} * 2 + (64u << 10) > uint64_t{c.area_pages} * VPIPE_PAGE_SIZE)
+        fail("[agent] room_kib too large for area_pages (two rooms must fit the area)");
     if (auto* disks = root["disk"].as_array()) {
         for (auto& d : *disks) {
             auto* t = d.as_table();

@@ -18,13 +18,16 @@ struct AgentConfig {
     std::string listen = "/run/vpipe/agent.sock";
     std::string engine_channel;
     std::string state_dir = "/run/vpipe/agent-state";
-    uint32_t desc_pages = 256;
-    uint64_t chunk_bytes = 64ull << 20;  // one ring request moves at most this much
-    // Paper 3.2: serve long clean cached runs of a source from the guest's page cache. It pays
-    // when the guest would otherwise wait for a disk read before sending (file -> socket). For
-    // file -> file the bytes must reach the disk anyway, and a guest copy would push every one
-    // of them through the VM boundary, so there it is off unless asked for.
-    bool cache_rule = true;
+    // pages shared with dom0 for the life of the channel; every request's area comes from them
+    uint32_t area_pages = 4096;
+    // file -> file: MiB per ring request and per stage of destination preparation
+    uint32_t chunk_mib = 64;
+    // largest carry room of a socket endpoint: what dom0 may hand back (a destination's
+    // unacknowledged bytes, a source's received-not-consumed ones) and so its window
+    uint32_t room_max = 2u << 20;
+    // Paper 3.2: serve long clean cached runs of a source from the guest's page cache. For
+    // file -> file the bytes must reach the disk anyway, and a guest copy pushes every one of
+    // them through the VM boundary, so it is off unless asked for.
     bool cache_rule_file_to_file = false;
     std::string log_level = "info";
     std::vector<AgentDisk> disks;

@@ -4,51 +4,43 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
-namespace vpipe::agent {
+#include "transport/shm_channel.h"
 
-struct EngineLink::Ticket {
-    std::mutex m;
-    std::condition_variable cv;
-    bool done = false;
-    int status = 0;
-    uint64_t moved = 0;
-    uint64_t length = 0;
-    std::span<uint8_t> readback;   // filled from the request's pages before they are freed
-};
+namespace vpipe::agent {
 
 struct EngineLink::Conn {
     std::unique_ptr<transport::ShmGuestChannel> ch;
-    std::vector<uint32_t> free_pages;
-    struct Pending {
-        std::shared_ptr<Ticket> ticket;
-        std::vector<uint32_t> pages;
-    };
-    std::map<uint64_t, Pending> pending;
+    vpipe_front front{};
+    vpipe_area area{};
+    std::vector<uint32_t> area_storage;
+    std::map<uint64_t, std::shared_ptr<Ticket>> pending;   // by request id
+    bool dead = false;
+
+    static uint8_t* page_mem(void* t, uint32_t idx) { return static_cast<Conn*>(t)->ch->desc_page(idx); }
+    // on the shm transport dom0 names a page by its index in the area
+    static uint32_t page_ref(void*, uint32_t idx) { return idx; }
 };
 
-namespace {
+struct EngineLink::Ticket {
+    std::shared_ptr<Conn> conn;        // keeps the mapping alive until release()
+    std::vector<uint32_t> idx;         // the request's area pages (data, then indirect)
+    vpipe_link_pages pages{};
+    uint64_t id = 0;
+    bool done = false;                 // under the link's mu_
+    int status = 0;
+    uint64_t moved = 0;
+};
 
-void complete(EngineLink::Ticket& t, int status, uint64_t moved) {
-    {
-        std::lock_guard lk(t.m);
-        t.status = status;
-        t.moved = std::min(moved, t.length);  // dom0's count can't exceed what we asked
-        t.done = true;
-    }
-    t.cv.notify_all();
-}
-
-}  // namespace
-
-EngineLink::EngineLink(std::string channel_path, uint32_t desc_pages)
-    : path_(std::move(channel_path)), desc_pages_(desc_pages) {}
+EngineLink::EngineLink(std::string channel_path, uint32_t area_pages)
+    : path_(std::move(channel_path)), area_pages_(area_pages) {}
 
 EngineLink::~EngineLink() { stop(); }
 
@@ -70,71 +62,65 @@ bool EngineLink::wait_connected(int ms) {
     return cv_.wait_for(lk, std::chrono::milliseconds(ms), [&] { return conn_ != nullptr; });
 }
 
-int EngineLink::submit(uint8_t op, uint64_t length, std::span<const uint8_t> desc,
-                       std::shared_ptr<Ticket>* out, uint32_t pages, std::span<uint8_t> readback) {
-    if (desc.size() > VPIPE_DESC_MAX_BYTES) return -E2BIG;
-    uint32_t npages = static_cast<uint32_t>((desc.size() + VPIPE_PAGE_SIZE - 1) / VPIPE_PAGE_SIZE);
-    if (pages) {
-        if (pages < npages || pages > VPIPE_DESC_MAX_PAGES) return -EINVAL;
-        npages = pages;
-    }
-    if (!readback.empty() && readback.size() < size_t{npages} * VPIPE_PAGE_SIZE) return -EINVAL;
-    auto ticket = std::make_shared<Ticket>();
-    ticket->length = length;
-    ticket->readback = readback;
+int EngineLink::submit(const vpipe_submit& s, std::shared_ptr<Ticket>* out) {
+    const uint32_t need = vpipe_link_pages_needed(s.area_bytes);
+    if (need == 0) return -E2BIG;
+    auto t = std::make_shared<Ticket>();
+    t->idx.resize(need);
+    t->pages.idx = t->idx.data();
     std::shared_ptr<Conn> c;
-    int notify = 0;
     {
         std::unique_lock lk(mu_);
         for (;;) {
             if (!conn_ || stopping_) return -EHOSTDOWN;
-            if (!RING_FULL(&conn_->ch->ring()) && conn_->free_pages.size() >= npages) break;
+            int r = vpipe_link_reserve(&conn_->area, &s, &t->pages);
+            if (r == 0) break;
+            if (r != -ENOSPC) return r;   // larger than the whole area
             cv_.wait(lk);
         }
         c = conn_;
-        vpipe_request req{};
-        req.id = next_id_++;
-        req.op = op;
-        req.length = length;
-        req.nr_pages = static_cast<uint8_t>(npages);
-        req.desc_bytes = static_cast<uint32_t>(desc.size());
-        Conn::Pending p{ticket, {}};
-        for (uint32_t i = 0; i < npages; ++i) {
-            uint32_t page = c->free_pages.back();
-            c->free_pages.pop_back();
-            p.pages.push_back(page);
-            req.page[i] = page;
-            size_t off = size_t{i} * VPIPE_PAGE_SIZE;
-            size_t n = off < desc.size() ? std::min<size_t>(VPIPE_PAGE_SIZE, desc.size() - off) : 0;
-            if (n) std::memcpy(c->ch->desc_page(page), desc.data() + off, n);
-            if (n < VPIPE_PAGE_SIZE) std::memset(c->ch->desc_page(page) + n, 0, VPIPE_PAGE_SIZE - n);
+    }
+    // the pages are ours now: fill them without the lock
+    vpipe_link_fill(&Conn::page_mem, &Conn::page_ref, c.get(), &t->pages, &s);
+    int notify = 0;
+    {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return c->dead || stopping_ || vpipe_front_has_room(&c->front); });
+        if (c->dead || stopping_) {
+            vpipe_link_release(&c->area, &t->pages);
+            return -EHOSTDOWN;
         }
-        vpipe_front_ring_t& ring = c->ch->ring();
-        *RING_GET_REQUEST(&ring, ring.req_prod_pvt) = req;
-        ring.req_prod_pvt++;
-        // Publishes the entry (write barrier inside) and tells whether dom0 asked for a kick.
-        RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&ring, notify);
-        c->pending.emplace(req.id, std::move(p));
+        notify = vpipe_link_post(&c->front, &Conn::page_ref, c.get(), &t->pages, &s, t.get(), &t->id);
+        t->conn = c;
+        c->pending.emplace(t->id, t);
     }
     if (notify) c->ch->notify_dom0();
     requests_sent_++;
-    *out = std::move(ticket);
+    *out = std::move(t);
     return 0;
 }
 
 int EngineLink::wait(const std::shared_ptr<Ticket>& t, uint64_t* moved) {
-    std::unique_lock lk(t->m);
-    t->cv.wait(lk, [&] { return t->done; });
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return t->done; });
     *moved = t->moved;
     return t->status;
 }
 
-int EngineLink::call(uint8_t op, uint64_t length, std::span<const uint8_t> desc,
-                     uint64_t* moved) {
-    std::shared_ptr<Ticket> t;
-    *moved = 0;
-    if (int r = submit(op, length, desc, &t); r < 0) return r;
-    return wait(t, moved);
+int EngineLink::readback(const std::shared_ptr<Ticket>& t, uint64_t off, void* buf, uint64_t len) {
+    if (!t->done || !t->conn || off + len > uint64_t{t->pages.layout.data_pages} * VPIPE_PAGE_SIZE)
+        return -EIO;
+    // the pages stay ours until release(): no lock needed to read them
+    vpipe_area_read(&Conn::page_mem, t->conn.get(), t->idx.data(), off, buf, len);
+    return 0;
+}
+
+void EngineLink::release(const std::shared_ptr<Ticket>& t) {
+    if (!t || !t->conn) return;
+    std::lock_guard lk(mu_);
+    vpipe_link_release(&t->conn->area, &t->pages);
+    t->conn.reset();
+    cv_.notify_all();
 }
 
 void EngineLink::run() {
@@ -148,19 +134,21 @@ void EngineLink::run() {
         }
         if (!c) {
             std::unique_ptr<transport::ShmGuestChannel> ch;
-            int r = transport::ShmGuestChannel::open(path_, desc_pages_, &ch);
+            int r = transport::ShmGuestChannel::open(path_, area_pages_, &ch);
             if (r == 0) {
                 auto nc = std::make_shared<Conn>();
                 nc->ch = std::move(ch);
-                for (uint32_t i = desc_pages_; i-- > 0;) nc->free_pages.push_back(i);
+                vpipe_front_init(&nc->front, nc->ch->ring().sring);
+                nc->area_storage.resize(area_pages_);
+                vpipe_area_init(&nc->area, nc->area_storage.data(), area_pages_);
                 {
                     std::lock_guard lk(mu_);
                     conn_ = nc;
                 }
                 connected_ = true;
                 cv_.notify_all();
-                spdlog::info("connected to dom0 at {} (ring of {} slots, {} descriptor pages)",
-                             path_, RING_SIZE(&nc->ch->ring()), desc_pages_);
+                spdlog::info("connected to dom0 at {} (ring of {} slots, {} area pages)", path_,
+                             RING_SIZE(&nc->front.ring), area_pages_);
                 warned = false;
                 continue;
             }
@@ -180,44 +168,36 @@ void EngineLink::run() {
         if (fds[0].revents) transport::drain_kicks(wake_fd_.get());
         if (fds[1].revents) {
             transport::drain_kicks(c->ch->event_fd());
-            reap(*c);
+            reap(c);
         }
         if (fds[2].revents) drop("dom0 closed the channel");
     }
 }
 
-void EngineLink::reap(Conn& c) {
-    std::lock_guard lk(mu_);
-    vpipe_front_ring_t& ring = c.ch->ring();
-    for (;;) {
-        RING_IDX rp = ring.sring->rsp_prod;
-        xen_rmb();  // read rsp_prod before the responses it publishes
-        // dom0 can only answer what we asked: anything else is a broken backend.
-        if (rp - ring.rsp_cons > ring.req_prod_pvt - ring.rsp_cons) {
-            spdlog::error("dom0 published response index {} beyond our requests", rp);
-            break;
-        }
-        for (RING_IDX i = ring.rsp_cons; i != rp; ++i) {
-            vpipe_response rsp = *RING_GET_RESPONSE(&ring, i);
-            auto it = c.pending.find(rsp.id);
-            if (it == c.pending.end()) {
-                spdlog::error("dom0 answered unknown request {:#x}", rsp.id);
-                continue;
-            }
-            auto& rb = it->second.ticket->readback;
-            for (size_t k = 0; k < it->second.pages.size() && !rb.empty(); ++k)
-                std::memcpy(rb.data() + k * VPIPE_PAGE_SIZE, c.ch->desc_page(it->second.pages[k]),
-                            VPIPE_PAGE_SIZE);
-            for (uint32_t page : it->second.pages) c.free_pages.push_back(page);
-            complete(*it->second.ticket, rsp.status, rsp.moved);
-            c.pending.erase(it);
-        }
-        ring.rsp_cons = rp;
-        int more = 0;
-        RING_FINAL_CHECK_FOR_RESPONSES(&ring, more);
-        if (!more) break;
+// the core ends a request (answered, or cancelled with the channel): its ticket is done
+void EngineLink::on_done(void* arg, void* owner, int status, uint64_t moved) {
+    auto* conn = static_cast<Conn*>(arg);
+    auto* t = static_cast<Ticket*>(owner);
+    t->status = status;
+    t->moved = moved;
+    t->done = true;
+    conn->pending.erase(t->id);
+}
+
+void EngineLink::reap(const std::shared_ptr<Conn>& c) {
+    int r;
+    {
+        std::lock_guard lk(mu_);
+        if (c->dead) return;
+        // the core consumes the responses and checks them
+        r = vpipe_front_reap(&c->front, &EngineLink::on_done, c.get());
+        bad_responses_ = c->front.bad_responses;
     }
     cv_.notify_all();
+    if (r == -EPROTO) {
+        spdlog::error("dom0 broke the ring protocol (a response beyond the requests, or an unknown id); reconnecting");
+        drop("dom0 broke the ring protocol");
+    }
 }
 
 void EngineLink::drop(const char* why) {
@@ -227,8 +207,8 @@ void EngineLink::drop(const char* why) {
         c = std::move(conn_);
         conn_.reset();
         if (c) {
-            for (auto& [id, p] : c->pending) complete(*p.ticket, -ECANCELED, 0);
-            c->pending.clear();
+            c->dead = true;
+            vpipe_front_cancel_all(&c->front, &EngineLink::on_done, c.get());
         }
     }
     connected_ = false;

@@ -1,27 +1,28 @@
-// The guest end of the ring to dom0: connects (and reconnects after an engine restart),
-// places descriptor streams in descriptor pages, posts requests and matches responses.
-// Many application operations share it; each call blocks its caller until dom0 answers.
+// The agent's transport to dom0 (the shm transport, vpipe/abi/shm.h): connects and reconnects
+// after an engine restart, and carries requests over the ring with the guest core's ring logic
+// (guest-module/core: front.c for slots and untrusted responses, link.c for the area's pages) --
+// the same code the kernel module's Xen frontend runs. What is the agent's own: the memfd area,
+// eventfd kicks, a thread that reaps responses, and a mutex + condition variable for callers
+// waiting for pages, a ring slot or their answer.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <span>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "transport/shm_channel.h"
+#include "link.h"
 #include "util/unique_fd.h"
 
 namespace vpipe::agent {
 
 class EngineLink {
 public:
-    EngineLink(std::string channel_path, uint32_t desc_pages);
+    // area_pages: pages of the shared descriptor area (every request's area comes from it)
+    EngineLink(std::string channel_path, uint32_t area_pages);
     ~EngineLink();
     EngineLink(const EngineLink&) = delete;
     EngineLink& operator=(const EngineLink&) = delete;
@@ -32,40 +33,38 @@ public:
     // Waits up to `ms` for a connection. True when connected.
     bool wait_connected(int ms);
 
-    // One asynchronous request. `desc` is the descriptor stream (<= VPIPE_DESC_MAX_BYTES).
     struct Ticket;
-    // -EHOSTDOWN when no engine is connected; blocks while the ring or the descriptor pages
-    // are full.
-    // `pages`: how many descriptor pages the request names (0: as many as `desc` needs; more
-    // gives dom0 room to write results). `readback`: if not empty (at least pages * 4096
-    // bytes, alive until wait() returned), the request's pages are copied into it when the
-    // response arrives, before they are reused -- dom0's results for socket endpoints.
-    int submit(uint8_t op, uint64_t length, std::span<const uint8_t> desc,
-               std::shared_ptr<Ticket>* out, uint32_t pages = 0, std::span<uint8_t> readback = {});
-    // Waits for the answer: 0 or -errno; *moved <= length. -ECANCELED when the channel died
-    // with the request in flight.
+    // Posts one request: waits for area pages and a ring slot. -EHOSTDOWN without an engine,
+    // -E2BIG when the request's area exceeds the whole descriptor area.
+    int submit(const vpipe_submit& s, std::shared_ptr<Ticket>* out);
+    // dom0's answer: 0 or -errno, *moved <= length. -ECANCELED when the channel died with the
+    // request in flight (or dom0 broke the ring protocol: then the channel is dropped).
     int wait(const std::shared_ptr<Ticket>& t, uint64_t* moved);
-
-    // Convenience: submit + wait.
-    int call(uint8_t op, uint64_t length, std::span<const uint8_t> desc, uint64_t* moved);
+    // After wait(): bytes of the request's area (results dom0 wrote). -EIO when the channel
+    // the request went out on is gone.
+    int readback(const std::shared_ptr<Ticket>& t, uint64_t off, void* buf, uint64_t len);
+    // Gives the request's pages back (the ticket is done).
+    void release(const std::shared_ptr<Ticket>& t);
 
     uint64_t requests_sent() const { return requests_sent_; }
+    uint64_t bad_responses() const { return bad_responses_; }
 
 private:
     struct Conn;
     void run();
-    void reap(Conn& c);
+    void reap(const std::shared_ptr<Conn>& c);
     void drop(const char* why);
+    static void on_done(void* arg, void* owner, int status, uint64_t moved);
 
     std::string path_;
-    uint32_t desc_pages_;
+    uint32_t area_pages_;
     std::mutex mu_;
-    std::condition_variable cv_;          // ring/page space, connection changes
+    std::condition_variable cv_;          // pages, ring slots, answers, connection changes
     std::shared_ptr<Conn> conn_;          // under mu_
-    uint64_t next_id_ = 1;                // under mu_
     std::atomic<bool> connected_{false};
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> requests_sent_{0};
+    std::atomic<uint64_t> bad_responses_{0};
     UniqueFd wake_fd_;
     std::thread thread_;
 };

@@ -10,7 +10,7 @@
 
 #include "config.h"
 #include "engine_link.h"
-#include "file_ops.h"
+#include "context.h"
 #include "files/disk_table.h"
 #include "files/file_hold.h"
 #include "server.h"
@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
             if (int r = disks.add(d.vdev, d.device); r < 0)
                 throw std::runtime_error("disk " + d.device + ": " + std::strerror(-r));
         }
-        vpipe::agent::EngineLink link(cfg.engine_channel, cfg.desc_pages);
+        vpipe::agent::EngineLink link(cfg.engine_channel, cfg.area_pages);
         vpipe::agent::AgentStats stats;
         vpipe::agent::AgentContext ctx{cfg, disks, link, stats};
         link.start();

@@ -12,7 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "socket_ops.h"
+#include "operation.h"
 #include "transport/shm_channel.h"
 #include "util/unix_socket.h"
 
@@ -21,6 +21,7 @@ namespace {
 
 constexpr int kMaxClients = 1024;
 
+// the fixed part of a request's payload (an operation's head and tail follow it)
 size_t payload_size(uint32_t cmd) {
     switch (cmd) {
     case VPIPE_IOC_CREATE: return sizeof(vpipe_ioc_create);
@@ -29,6 +30,12 @@ size_t payload_size(uint32_t cmd) {
     case VPIPE_IOC_STATS: return 0;
     default: return SIZE_MAX;
     }
+}
+
+bool length_ok(const vpipe_agent_msg& hdr, size_t want) {
+    if (hdr.cmd == VPIPE_IOC_OP)
+        return hdr.length >= want && hdr.length <= want + 2 * size_t{VPIPE_HDTR_MAX};
+    return hdr.length == want;
 }
 
 }  // namespace
@@ -91,7 +98,7 @@ void Server::serve(UniqueFd conn) {
         std::vector<UniqueFd> fds;
         if (recv_msg_fds(conn.get(), &hdr, sizeof(hdr), &fds, 2) < 0) break;
         const size_t want = payload_size(hdr.cmd);
-        if (hdr.magic != VPIPE_AGENT_MAGIC || want == SIZE_MAX || hdr.length != want) {
+        if (hdr.magic != VPIPE_AGENT_MAGIC || want == SIZE_MAX || !length_ok(hdr, want)) {
             spdlog::warn("client pid {}: malformed message; closing", cred.pid);
             break;
         }
@@ -102,11 +109,23 @@ void Server::serve(UniqueFd conn) {
             vpipe_ioc_stats stats;
         } body{};
         if (want && recv_msg_fds(conn.get(), &body, want, &fds, 2) < 0) break;
+        // an operation's head and tail (socket destinations) follow the structure
+        std::vector<uint8_t> hdtr;
+        if (hdr.cmd == VPIPE_IOC_OP) {
+            const vpipe_ioc_op& op = body.op;
+            if (op.head_len > VPIPE_HDTR_MAX || op.tail_len > VPIPE_HDTR_MAX ||
+                hdr.length != want + op.head_len + op.tail_len) {
+                spdlog::warn("client pid {}: malformed head/tail lengths; closing", cred.pid);
+                break;
+            }
+            hdtr.resize(size_t{op.head_len} + op.tail_len);
+            if (!hdtr.empty() && recv_msg_fds(conn.get(), hdtr.data(), hdtr.size(), &fds, 2) < 0) break;
+        }
 
         vpipe_agent_msg reply{VPIPE_AGENT_MAGIC, hdr.cmd, 0, 0};
         size_t reply_len = 0;
-        SocketReplacements repl;
         std::vector<int> reply_fds;
+        int new_in = -1, new_out = -1;
         switch (hdr.cmd) {
         case VPIPE_IOC_OP: {
             vpipe_ioc_op& op = body.op;
@@ -117,21 +136,18 @@ void Server::serve(UniqueFd conn) {
                 reply.result = -EINVAL;
             } else if (fds.size() != 2) {
                 reply.result = -EBADF;
-            } else if (op.op == VPIPE_IOC_FILE_TO_FILE) {
-                reply.result = file_to_file(ctx_, fds[0].get(), fds[1].get(), &op);
-            } else if (op.op >= VPIPE_IOC_FILE_TO_SOCKET && op.op <= VPIPE_IOC_SOCKET_TO_SOCKET) {
-                reply.result = socket_op(ctx_, fds[0].get(), fds[1].get(), &op, &repl);
-                // restored connections travel back as SCM_RIGHTS, in the order in, out
-                if (repl.in) {
-                    op.new_in_fd = static_cast<int32_t>(reply_fds.size());
-                    reply_fds.push_back(repl.in.get());
-                }
-                if (repl.out) {
-                    op.new_out_fd = static_cast<int32_t>(reply_fds.size());
-                    reply_fds.push_back(repl.out.get());
-                }
             } else {
-                reply.result = -EINVAL;
+                reply.result = run_operation(ctx_, fds[0].get(), fds[1].get(), &op, hdtr.data(),
+                                             hdtr.data() + op.head_len, &new_in, &new_out);
+                // restored connections travel back as SCM_RIGHTS, in the order in, out
+                if (new_in >= 0) {
+                    op.new_in_fd = static_cast<int32_t>(reply_fds.size());
+                    reply_fds.push_back(new_in);
+                }
+                if (new_out >= 0) {
+                    op.new_out_fd = static_cast<int32_t>(reply_fds.size());
+                    reply_fds.push_back(new_out);
+                }
             }
             if (op.op < ctx_.stats.ops.size() && reply.result == 0) ctx_.stats.ops[op.op]++;
             if (reply.result < 0) ctx_.stats.ops_failed++;
@@ -148,9 +164,11 @@ void Server::serve(UniqueFd conn) {
             break;
         }
         reply.length = static_cast<uint32_t>(reply_len);
-        if (send_msg_fds(conn.get(), &reply, sizeof(reply), reply_fds.empty() ? nullptr : reply_fds.data(),
-                         reply_fds.size()) < 0)
-            break;
+        int sent = send_msg_fds(conn.get(), &reply, sizeof(reply), reply_fds.empty() ? nullptr : reply_fds.data(),
+                                reply_fds.size());
+        // the application holds its own copies now (or the connection is gone)
+        for (int fd : reply_fds) ::close(fd);
+        if (sent < 0) break;
         if (reply_len && send_msg_fds(conn.get(), &body, reply_len, nullptr, 0) < 0) break;
     }
     {

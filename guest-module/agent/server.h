@@ -8,7 +8,7 @@
 #include <string>
 #include <thread>
 
-#include "file_ops.h"
+#include "context.h"
 #include "util/unique_fd.h"
 
 namespace vpipe::agent {

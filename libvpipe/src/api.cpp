@@ -1,7 +1,9 @@
 // libvpipe's public functions (vpipe.h): handles, the four operations, results and counters.
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include <atomic>
 #include <cerrno>
@@ -16,6 +18,7 @@
 
 #include "fallback.h"
 #include "guest_component.h"
+#include "threshold.h"
 
 namespace {
 
@@ -33,9 +36,40 @@ std::vector<Handle> g_handles;
 std::atomic<int> g_fallback{-1};  // -1: not decided yet (read the environment once)
 
 struct Counters {
-    std::atomic<uint64_t> ops{0}, ops_offloaded{0}, ops_fallback{0}, ops_failed{0};
+    std::atomic<uint64_t> ops{0}, ops_offloaded{0}, ops_fallback{0}, ops_failed{0}, ops_below{0};
     std::atomic<uint64_t> bytes_offloaded{0}, bytes_guest{0}, bytes_zero_filled{0};
 } g_counters;
+
+// A head or a tail gathered from iovecs into one buffer.
+struct Bytes {
+    std::vector<uint8_t> data;
+    const uint8_t* ptr() const { return data.empty() ? nullptr : data.data(); }
+    uint32_t size() const { return static_cast<uint32_t>(data.size()); }
+};
+
+// 0, or -EINVAL (negative count, NULL base, longer than VPIPE_HDTR_MAX)
+int gather(const struct iovec* iov, int cnt, Bytes* out) {
+    out->data.clear();
+    if (cnt < 0 || (cnt > 0 && !iov)) return -EINVAL;
+    size_t total = 0;
+    for (int i = 0; i < cnt; ++i) {
+        if (iov[i].iov_len && !iov[i].iov_base) return -EINVAL;
+        total += iov[i].iov_len;
+        if (total > VPIPE_HDTR_MAX) return -EINVAL;
+    }
+    out->data.reserve(total);
+    for (int i = 0; i < cnt; ++i) {
+        const auto* b = static_cast<const uint8_t*>(iov[i].iov_base);
+        out->data.insert(out->data.end(), b, b + iov[i].iov_len);
+    }
+    return 0;
+}
+
+// Sends all of a head or tail on the classic path (blocking, like the API). 0 or -errno.
+int send_bytes(int fd, const Bytes& b) {
+    if (b.data.empty()) return 0;
+    return vpipe::lib::fallback_send_all(fd, b.data.data(), b.data.size());
+}
 
 thread_local vpipe_result t_last{};
 
@@ -76,6 +110,7 @@ int classify(int fd, Kind* kind) {
 
 const char* fallback_reason(int err) {
     switch (err) {
+    case 0: return "below the offload threshold";
     case ENOENT:
     case ECONNREFUSED: return "no vPipe guest component (no /dev/vpipe, no agent socket)";
     case EHOSTDOWN: return "the guest component has no connection to the dom0 engine";
@@ -83,6 +118,26 @@ const char* fallback_reason(int err) {
     case EOPNOTSUPP: return "the guest component cannot offload this operation";
     default: return "offload unavailable";
     }
+}
+
+// What the guest component checks first (docs/protocol.md section 1), checked here too so that
+// an operation gets the same error whichever path the threshold picks: the source readable,
+// the destination writable and not O_APPEND (files), one file's ranges not overlapping.
+int check_modes(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off, size_t length) {
+    const bool in_file = opcode == VPIPE_IOC_FILE_TO_FILE || opcode == VPIPE_IOC_FILE_TO_SOCKET;
+    const bool out_file = opcode == VPIPE_IOC_FILE_TO_FILE || opcode == VPIPE_IOC_SOCKET_TO_FILE;
+    const int ifl = ::fcntl(in_fd, F_GETFL), ofl = ::fcntl(out_fd, F_GETFL);
+    if (ifl < 0 || ofl < 0) return -EBADF;
+    if ((ifl & O_ACCMODE) == O_WRONLY || (ifl & O_PATH)) return -EBADF;
+    if ((ofl & O_ACCMODE) == O_RDONLY || (ofl & O_PATH)) return -EBADF;
+    if (out_file && (ofl & O_APPEND)) return -EINVAL;
+    if (in_file && out_file) {
+        struct stat a{}, b{};
+        if (::fstat(in_fd, &a) == 0 && ::fstat(out_fd, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino && in_off < out_off + length && out_off < in_off + length)
+            return -EINVAL;
+    }
+    return 0;
 }
 
 // Errors that mean "vPipe can't do this here" rather than "this request is wrong".
@@ -101,8 +156,29 @@ ssize_t fail(int err, const char* why) {
     return -1;
 }
 
+// The classic path: head, data, tail. Returns the data bytes moved (*hdtr_moved the head and
+// tail bytes written), or -errno when nothing was written at all.
+int64_t classic(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off,
+                size_t length, const Bytes& head, const Bytes& tail, uint64_t* hdtr_moved) {
+    *hdtr_moved = 0;
+    if (int r = send_bytes(out_fd, head); r < 0) return r;
+    *hdtr_moved = head.size();
+    int64_t moved = 0;
+    if (length) {
+        switch (opcode) {
+        case VPIPE_IOC_FILE_TO_FILE: moved = vpipe::lib::fallback_file_to_file(in_fd, in_off, out_fd, out_off, length); break;
+        case VPIPE_IOC_FILE_TO_SOCKET: moved = vpipe::lib::fallback_file_to_socket(in_fd, in_off, out_fd, length); break;
+        case VPIPE_IOC_SOCKET_TO_FILE: moved = vpipe::lib::fallback_socket_to_file(in_fd, out_fd, out_off, length); break;
+        default: moved = vpipe::lib::fallback_socket_to_socket(in_fd, out_fd, length); break;
+        }
+    }
+    if (moved < 0) return *hdtr_moved ? 0 : moved;  // the head went out: a short count
+    if (static_cast<uint64_t>(moved) == length && send_bytes(out_fd, tail) == 0) *hdtr_moved += tail.size();
+    return moved;
+}
+
 ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off,
-               size_t length) {
+               size_t length, const struct vpipe_hdtr* hdtr = nullptr) {
     g_counters.ops++;
     Kind ik, ok;
     if (classify(in_fd, &ik) < 0 || classify(out_fd, &ok) < 0) return fail(EBADF, "bad descriptor");
@@ -112,57 +188,67 @@ ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t
         return fail(EINVAL, "descriptor types do not match the operation");
     if (in_off > static_cast<uint64_t>(LLONG_MAX) || out_off > static_cast<uint64_t>(LLONG_MAX))
         return fail(EINVAL, "negative offset");
+    if (int r = check_modes(opcode, in_fd, out_fd, in_off, out_off, length); r < 0)
+        return fail(-r, "a descriptor's access mode or the ranges do not allow the operation");
+    Bytes head, tail;
+    if (hdtr && (gather(hdtr->headers, hdtr->hdr_cnt, &head) < 0 || gather(hdtr->trailers, hdtr->trl_cnt, &tail) < 0))
+        return fail(EINVAL, "head or tail longer than VPIPE_HDTR_MAX, or a bad iovec");
     if (length > static_cast<size_t>(SSIZE_MAX)) length = SSIZE_MAX;
-    if (length == 0) {
+    const uint64_t hdtr_len = uint64_t{head.size()} + tail.size();
+    if (length == 0 && hdtr_len == 0) {
         t_last = {};
         t_last.path = VPIPE_RESULT_OFFLOADED;
         t_last.reason = "";
         return 0;
     }
 
-    vpipe_ioc_op op{};
-    op.op = opcode;
-    op.handle = VPIPE_NO_HANDLE;
-    op.in_offset = in_off;
-    op.out_offset = out_off;
-    op.length = length;
-    int r = vpipe::lib::component_op(&op, in_fd, out_fd);
-    if (r == 0) {
-        t_last = {};
-        t_last.path = VPIPE_RESULT_OFFLOADED;
-        t_last.reason = "";
-        t_last.moved = op.moved;
-        t_last.offloaded = op.offloaded;
-        t_last.guest_copied = op.guest_copied;
-        t_last.zero_filled = op.zero_filled;
-        t_last.requests = op.requests;
-        g_counters.ops_offloaded++;
-        g_counters.bytes_offloaded += op.offloaded;
-        g_counters.bytes_guest += op.guest_copied;
-        g_counters.bytes_zero_filled += op.zero_filled;
-        return static_cast<ssize_t>(op.moved);
+    int err = 0;
+    if (length > 0 && (!fallback_enabled() || length >= vpipe::lib::min_offload())) {
+        vpipe_ioc_op op{};
+        op.op = opcode;
+        op.handle = VPIPE_NO_HANDLE;
+        op.in_offset = in_off;
+        op.out_offset = out_off;
+        op.length = length;
+        op.head_len = head.size();
+        op.tail_len = tail.size();
+        int r = vpipe::lib::component_op(&op, in_fd, out_fd, head.ptr(), tail.ptr());
+        if (r == 0) {
+            t_last = {};
+            t_last.path = VPIPE_RESULT_OFFLOADED;
+            t_last.reason = "";
+            t_last.moved = op.moved;
+            t_last.offloaded = op.offloaded;
+            t_last.guest_copied = op.guest_copied;
+            t_last.zero_filled = op.zero_filled;
+            t_last.requests = op.requests;
+            t_last.hdtr_moved = op.hdtr_moved;
+            g_counters.ops_offloaded++;
+            g_counters.bytes_offloaded += op.offloaded;
+            g_counters.bytes_guest += op.guest_copied;
+            g_counters.bytes_zero_filled += op.zero_filled;
+            return static_cast<ssize_t>(op.moved + (hdtr ? op.hdtr_moved : 0));
+        }
+        err = -r;
+        if (!may_fall_back(err)) return fail(err, "the offload failed");
+        if (!fallback_enabled()) return fail(err, fallback_reason(err));
     }
-    const int err = -r;
-    if (!may_fall_back(err)) return fail(err, "the offload failed");
-    if (!fallback_enabled()) return fail(err, fallback_reason(err));
 
-    int64_t moved;
-    switch (opcode) {
-    case VPIPE_IOC_FILE_TO_FILE: moved = vpipe::lib::fallback_file_to_file(in_fd, in_off, out_fd, out_off, length); break;
-    case VPIPE_IOC_FILE_TO_SOCKET: moved = vpipe::lib::fallback_file_to_socket(in_fd, in_off, out_fd, length); break;
-    case VPIPE_IOC_SOCKET_TO_FILE: moved = vpipe::lib::fallback_socket_to_file(in_fd, out_fd, out_off, length); break;
-    default: moved = vpipe::lib::fallback_socket_to_socket(in_fd, out_fd, length); break;
-    }
+    // the classic path: below the threshold (err 0), or vPipe could not offload here
+    uint64_t hd = 0;
+    int64_t moved = classic(opcode, in_fd, out_fd, in_off, out_off, length, head, tail, &hd);
     if (moved < 0) return fail(static_cast<int>(-moved), "the fallback copy failed");
     t_last = {};
+    t_last.hdtr_moved = hd;
     t_last.path = VPIPE_RESULT_FALLBACK;
     t_last.error = err;
     t_last.reason = fallback_reason(err);
     t_last.moved = static_cast<uint64_t>(moved);
     t_last.guest_copied = static_cast<uint64_t>(moved);
     g_counters.ops_fallback++;
+    if (err == 0) g_counters.ops_below++;
     g_counters.bytes_guest += static_cast<uint64_t>(moved);
-    return static_cast<ssize_t>(moved);
+    return static_cast<ssize_t>(static_cast<uint64_t>(moved) + hd);
 }
 
 // Looks up a handle and checks it fits the operation.
@@ -174,13 +260,14 @@ bool lookup(int handle, Handle* out) {
     return true;
 }
 
-ssize_t run_handle(int handle, uint32_t opcode, uint64_t in_off, uint64_t out_off, size_t length) {
+ssize_t run_handle(int handle, uint32_t opcode, uint64_t in_off, uint64_t out_off, size_t length,
+                   const struct vpipe_hdtr* hdtr = nullptr) {
     Handle h;
     if (!lookup(handle, &h)) {
         g_counters.ops++;
         return fail(EBADF, "unknown vPipe handle");
     }
-    return run_op(opcode, h.in_fd, h.out_fd, in_off, out_off, length);
+    return run_op(opcode, h.in_fd, h.out_fd, in_off, out_off, length, hdtr);
 }
 
 }  // namespace
@@ -243,6 +330,23 @@ ssize_t vpipe_file_to_file_fd(int in_fd, int out_fd, off_t in_offset, size_t len
                   static_cast<uint64_t>(out_offset), length);
 }
 
+ssize_t vpipe_file_to_socket_hdtr(int handle, off_t offset, size_t length, const struct vpipe_hdtr* hdtr) {
+    return run_handle(handle, VPIPE_IOC_FILE_TO_SOCKET, static_cast<uint64_t>(offset), 0, length, hdtr);
+}
+ssize_t vpipe_socket_to_socket_hdtr(int handle, size_t length, const struct vpipe_hdtr* hdtr) {
+    return run_handle(handle, VPIPE_IOC_SOCKET_TO_SOCKET, 0, 0, length, hdtr);
+}
+ssize_t vpipe_file_to_socket_fd_hdtr(int file_fd, int sock_fd, off_t offset, size_t length,
+                                     const struct vpipe_hdtr* hdtr) {
+    return run_op(VPIPE_IOC_FILE_TO_SOCKET, file_fd, sock_fd, static_cast<uint64_t>(offset), 0, length, hdtr);
+}
+ssize_t vpipe_socket_to_socket_fd_hdtr(int in_fd, int out_fd, size_t length, const struct vpipe_hdtr* hdtr) {
+    return run_op(VPIPE_IOC_SOCKET_TO_SOCKET, in_fd, out_fd, 0, 0, length, hdtr);
+}
+
+uint64_t vpipe_min_offload(void) { return vpipe::lib::min_offload(); }
+uint64_t vpipe_set_min_offload(uint64_t bytes) { return vpipe::lib::set_min_offload(bytes); }
+
 int vpipe_last_result(struct vpipe_result* out) {
     if (!out) {
         errno = EINVAL;
@@ -268,6 +372,7 @@ int vpipe_get_stats(struct vpipe_stats* out) {
     out->ops_offloaded = g_counters.ops_offloaded;
     out->ops_fallback = g_counters.ops_fallback;
     out->ops_failed = g_counters.ops_failed;
+    out->ops_below_threshold = g_counters.ops_below;
     out->bytes_offloaded = g_counters.bytes_offloaded;
     out->bytes_guest = g_counters.bytes_guest;
     out->bytes_zero_filled = g_counters.bytes_zero_filled;

@@ -128,6 +128,10 @@ static int64_t socket_to_sink(int sock_fd, int out_fd, bool out_is_file, uint64_
     return static_cast<int64_t>(moved);
 }
 
+int fallback_send_all(int sock_fd, const void* buf, size_t len) {
+    return write_all(sock_fd, static_cast<const char*>(buf), len, false, 0);
+}
+
 int64_t fallback_socket_to_file(int sock_fd, int file_fd, uint64_t offset, uint64_t length) {
     return socket_to_sink(sock_fd, file_fd, true, offset, length);
 }

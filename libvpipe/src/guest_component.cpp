@@ -65,7 +65,8 @@ int recv_all_fds(int fd, void* buf, size_t len, int* fds, size_t* nfds) {
 // connection reset; the agent's own answer comes back in *result. Descriptors the agent
 // returns (restored sockets) land in rfds[0..*nrfds).
 int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, int* result,
-             int* rfds = nullptr, size_t* nrfds = nullptr) {
+             int* rfds = nullptr, size_t* nrfds = nullptr, const void* extra1 = nullptr,
+             size_t len1 = 0, const void* extra2 = nullptr, size_t len2 = 0) {
     int dummy_fds[2];
     size_t dummy_n = 0;
     if (!rfds) {
@@ -74,12 +75,22 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
     }
     *nrfds = 0;
     if (int r = connect_agent(); r < 0) return r;
-    vpipe_agent_msg hdr{VPIPE_AGENT_MAGIC, cmd, 0, static_cast<uint32_t>(len)};
-    // Header and body in one message so the descriptors travel with the first byte.
+    vpipe_agent_msg hdr{VPIPE_AGENT_MAGIC, cmd, 0, static_cast<uint32_t>(len + len1 + len2)};
+    // Header, body (and an operation's head and tail) in one message so the descriptors
+    // travel with the first byte.
     char buf[sizeof(hdr) + sizeof(vpipe_ioc_stats) + sizeof(vpipe_ioc_op)];
-    std::memcpy(buf, &hdr, sizeof(hdr));
-    if (len) std::memcpy(buf + sizeof(hdr), body, len);
-    int r = send_msg_fds(t_conn.fd, buf, sizeof(hdr) + len, fds, nfds);
+    std::vector<char> big;
+    char* out = buf;
+    const size_t total = sizeof(hdr) + len + len1 + len2;
+    if (total > sizeof(buf)) {
+        big.resize(total);
+        out = big.data();
+    }
+    std::memcpy(out, &hdr, sizeof(hdr));
+    if (len) std::memcpy(out + sizeof(hdr), body, len);
+    if (len1) std::memcpy(out + sizeof(hdr) + len, extra1, len1);
+    if (len2) std::memcpy(out + sizeof(hdr) + len + len1, extra2, len2);
+    int r = send_msg_fds(t_conn.fd, out, total, fds, nfds);
     vpipe_agent_msg rep{};
     if (r == 0) r = recv_all_fds(t_conn.fd, &rep, sizeof(rep), rfds, nrfds);
     if (r == 0 && (rep.magic != VPIPE_AGENT_MAGIC || rep.cmd != cmd || rep.length > sizeof(buf)))
@@ -114,10 +125,12 @@ int install(int fresh, int target) {
 
 }  // namespace
 
-int component_op(vpipe_ioc_op* op, int in_fd, int out_fd) {
+int component_op(vpipe_ioc_op* op, int in_fd, int out_fd, const void* head, const void* tail) {
     if (int mfd = module_fd(); mfd >= 0) {
         op->in_fd = in_fd;
         op->out_fd = out_fd;
+        op->head = reinterpret_cast<uintptr_t>(head);
+        op->tail = reinterpret_cast<uintptr_t>(tail);
         op->new_in_fd = op->new_out_fd = -1;
         int result = ::ioctl(mfd, VPIPE_IOC_OP, op) < 0 ? -errno : 0;
         // The module installed restored sockets as new descriptors of ours; put them in place.
@@ -132,11 +145,14 @@ int component_op(vpipe_ioc_op* op, int in_fd, int out_fd) {
     int result = 0;
     int rfds[2];
     size_t nr = 0;
+    op->head = op->tail = 0;   // over the socket the bytes follow the structure
     const vpipe_ioc_op sent = *op;
-    int r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr);
+    int r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr, head, op->head_len,
+                     tail, op->tail_len);
     if (r == -EPIPE || r == -ECONNRESET) {  // the agent restarted since our last call: once more
         *op = sent;
-        r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr);
+        r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr, head, op->head_len,
+                     tail, op->tail_len);
     }
     if (r < 0) return r;
     // Socket endpoints come back as new sockets (the connection restored from dom0's final

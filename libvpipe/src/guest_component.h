@@ -7,7 +7,9 @@
 namespace vpipe::lib {
 
 // Runs one operation. 0 or -errno. -ENOENT/-ECONNREFUSED when no guest component exists.
-int component_op(vpipe_ioc_op* op, int in_fd, int out_fd);
+// `head` / `tail`: op->head_len / op->tail_len bytes for a socket destination.
+int component_op(vpipe_ioc_op* op, int in_fd, int out_fd, const void* head = nullptr,
+                 const void* tail = nullptr);
 
 // Asks the guest component for its counters. 0 or -errno.
 int component_stats(vpipe_ioc_stats* out);

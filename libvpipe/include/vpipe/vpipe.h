@@ -18,10 +18,15 @@
  *     means the source ended (EOF) or the peer went away after some bytes moved; the next call
  *     then reports the error.
  *   - Fallback: when vPipe cannot offload (no guest component or engine, a file that is not on
- *     a VM disk, an operation too small to pay for the hand-over), libvpipe moves the bytes
- *     itself the classic way, counts it (vpipe_get_stats) and records why
- *     (vpipe_last_result). Set VPIPE_NO_FALLBACK=1 in the environment, or call
+ *     a VM disk), libvpipe moves the bytes itself the classic way, counts it (vpipe_get_stats)
+ *     and records why (vpipe_last_result). Set VPIPE_NO_FALLBACK=1 in the environment, or call
  *     vpipe_set_fallback(0), to get an error instead (errno ENOTSUP / EHOSTDOWN / ENXIO).
+ *   - Threshold: an operation shorter than the break-even size takes the classic path by itself
+ *     (a hand-over costs a fixed time that a small transfer does not win back), reported like a
+ *     fallback with the reason "below the offload threshold". The size comes from
+ *     $VPIPE_MIN_OFFLOAD (bytes; K/M/G suffixes), else `min_offload` in /etc/vpipe/vpipe.conf
+ *     (or $VPIPE_CONFIG), else the default below; 0 offloads everything. With fallbacks off
+ *     (VPIPE_NO_FALLBACK=1, vpipe_set_fallback(0)) every operation is offloaded.
  *   - Locating the guest component: /dev/vpipe if present, else the agent socket named by
  *     $VPIPE_AGENT_SOCKET, else /run/vpipe/agent.sock.
  */
@@ -65,6 +70,32 @@ VPIPE_API ssize_t vpipe_socket_to_socket_fd(int in_fd, int out_fd, size_t length
 VPIPE_API ssize_t vpipe_file_to_file_fd(int in_fd, int out_fd, off_t in_offset, size_t length,
                               off_t out_offset);
 
+/* ---- a head and a tail with the data (BSD sendfile's hdtr) ---------------------------------
+ *
+ * An HTTP response is a head, a body and perhaps a trailer. Sending the head with send() before
+ * the offload would leave bytes the peer has not acknowledged yet in the socket; handing them
+ * over with the connection works, but giving them to the operation lets the whole response leave
+ * in one hand-over, the head first. Heads and tails are at most 64 KiB each (VPIPE_HDTR_MAX);
+ * the tail goes out only when all `length` bytes moved.
+ * These calls return the bytes written to the destination: head + data + tail (like BSD's
+ * sbytes); vpipe_last_result() tells the data bytes (moved) and hdtr_moved apart.
+ */
+struct iovec;
+struct vpipe_hdtr {
+	const struct iovec *headers;
+	int hdr_cnt;
+	const struct iovec *trailers;
+	int trl_cnt;
+};
+
+VPIPE_API ssize_t vpipe_file_to_socket_hdtr(int handle, off_t offset, size_t length,
+                                            const struct vpipe_hdtr *hdtr);
+VPIPE_API ssize_t vpipe_socket_to_socket_hdtr(int handle, size_t length, const struct vpipe_hdtr *hdtr);
+VPIPE_API ssize_t vpipe_file_to_socket_fd_hdtr(int file_fd, int sock_fd, off_t offset, size_t length,
+                                               const struct vpipe_hdtr *hdtr);
+VPIPE_API ssize_t vpipe_socket_to_socket_fd_hdtr(int in_fd, int out_fd, size_t length,
+                                                 const struct vpipe_hdtr *hdtr);
+
 /* ---- how the last call on this thread went --------------------------------------------- */
 
 enum vpipe_path {
@@ -82,6 +113,8 @@ struct vpipe_result {
 	uint64_t guest_copied;        /* bytes the guest moved (cache rule or fallback) */
 	uint64_t zero_filled;         /* zeros the guest wrote to allocate destination blocks */
 	uint32_t requests;            /* ring requests used */
+	uint32_t reserved0;
+	uint64_t hdtr_moved;          /* head and tail bytes written (the _hdtr calls) */
 };
 
 /* Fills *out with the outcome of this thread's last operation. 0, or -1 (EINVAL on NULL). */
@@ -93,11 +126,18 @@ VPIPE_API int vpipe_last_result(struct vpipe_result *out);
  * 0: fail instead. Returns the previous setting. */
 VPIPE_API int vpipe_set_fallback(int enabled);
 
+/* The offload threshold in bytes (see Threshold above): the current one, or set it (returns the
+ * previous one). */
+#define VPIPE_MIN_OFFLOAD_DEFAULT (256u * 1024u)
+VPIPE_API uint64_t vpipe_min_offload(void);
+VPIPE_API uint64_t vpipe_set_min_offload(uint64_t bytes);
+
 struct vpipe_stats {
 	uint64_t ops;                 /* operations called in this process */
 	uint64_t ops_offloaded;
 	uint64_t ops_fallback;
 	uint64_t ops_failed;
+	uint64_t ops_below_threshold; /* of ops_fallback: shorter than the offload threshold */
 	uint64_t bytes_offloaded;
 	uint64_t bytes_guest;         /* moved by the guest: fallback + cache rule */
 	uint64_t bytes_zero_filled;

@@ -115,6 +115,8 @@ protected:
         info_ = lab_info();
         ::setenv("VPIPE_AGENT_SOCKET", info_["vms"][0]["agent_socket"].get<std::string>().c_str(), 1);
         vpipe_set_fallback(1);
+        // these tests are about the offload itself, at every size: no threshold
+        vpipe_set_min_offload(0);
     }
     static void TearDownTestSuite() {
         if (brought_up_) {

@@ -108,9 +108,11 @@ protected:
         h.version = VPIPE_PROTOCOL_VERSION;
         h.header_bytes = sizeof(h);
         h.nr_segments = static_cast<uint32_t>(src.size() + dst.size());
-        h.src = {VPIPE_EP_FILE, vdev, 0, static_cast<uint32_t>(src.size()), {}, {}};
+        h.src = {VPIPE_EP_FILE, vdev, 0, static_cast<uint32_t>(src.size()), 0, 0, {}, {}};
         h.dst = {VPIPE_EP_FILE, vdev, static_cast<uint32_t>(src.size()),
-                 static_cast<uint32_t>(dst.size()), {}, {}};
+                 static_cast<uint32_t>(dst.size()), 0, 0, {}, {}};
+        const size_t bytes = sizeof(h) + h.nr_segments * sizeof(vpipe_segment);
+        h.area_pages = static_cast<uint32_t>((bytes + VPIPE_PAGE_SIZE - 1) / VPIPE_PAGE_SIZE);
         std::vector<uint8_t> d(sizeof(h));
         std::memcpy(d.data(), &h, sizeof(h));
         for (auto* list : {&src, &dst}) {

@@ -29,6 +29,7 @@ struct Fixture {
     vpipe_request req{};
     vpipe_desc_header h{};
     std::vector<vpipe_segment> segs;
+    bool keep_area_pages = false;  // tests that lie about area_pages set it themselves
 
     Fixture() {
         req.id = 7;
@@ -38,13 +39,14 @@ struct Fixture {
         h.magic = VPIPE_DESC_MAGIC;
         h.version = VPIPE_PROTOCOL_VERSION;
         h.header_bytes = sizeof(h);
-        h.src = {VPIPE_EP_FILE, kVdev, 0, 3, {}, {}};
-        h.dst = {VPIPE_EP_FILE, kVdev, 3, 2, {}, {}};
+        h.src = {VPIPE_EP_FILE, kVdev, 0, 3, 0, 0, {}, {}};
+        h.dst = {VPIPE_EP_FILE, kVdev, 3, 2, 0, 0, {}, {}};
         segs = {{4096 * 100, 4096, 0, 0}, {0, 4096, VPIPE_SEG_ZERO, 0}, {4096 * 7, 4096, 0, 0},
                 {4096 * 500, 8192, 0, 0}, {4096 * 900, 4096, 0, 0}};
     }
     std::vector<uint8_t> desc() {
         h.nr_segments = static_cast<uint32_t>(segs.size());
+        if (!keep_area_pages) h.area_pages = req.nr_pages;
         std::vector<uint8_t> d(sizeof(h) + segs.size() * sizeof(vpipe_segment));
         std::memcpy(d.data(), &h, sizeof(h));
         std::memcpy(d.data() + sizeof(h), segs.data(), segs.size() * sizeof(vpipe_segment));
@@ -85,7 +87,8 @@ TEST(RequestValidation, Nop) {
 }
 
 TEST(RequestValidation, HeaderFields) {
-    { Fixture f; f.req.flags = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.req.flags = 2; EXPECT_EQ(f.parse(), -EINVAL); }  // unknown flag
+    { Fixture f; f.req.flags = VPIPE_REQF_INDIRECT; EXPECT_EQ(f.parse(), -EINVAL); }  // 1 page: direct only
     { Fixture f; f.req.reserved0 = 1; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.req.op = VPIPE_OP_MAX_; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.req.op = 200; EXPECT_EQ(f.parse(), -EINVAL); }
@@ -114,12 +117,15 @@ TEST(RequestValidation, DescriptorBytes) {
 
 TEST(RequestValidation, DescriptorHeader) {
     { Fixture f; f.h.magic ^= 1; EXPECT_EQ(f.parse(), -EINVAL); }
-    { Fixture f; f.h.version = 2; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.version = 1; EXPECT_EQ(f.parse(), -EINVAL); }  // an older guest
     { Fixture f; f.h.header_bytes = 256; EXPECT_EQ(f.parse(), -EINVAL); }
-    { Fixture f; f.h.reserved0 = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.keep_area_pages = true; f.h.area_pages = 2; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.keep_area_pages = true; f.h.area_pages = 0; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.h.src.kind = VPIPE_EP_SOCKET; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.h.dst.kind = 9; EXPECT_EQ(f.parse(), -EINVAL); }
-    { Fixture f; f.h.src.reserved[2] = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.src.reserved[1] = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.src.result_flags = VPIPE_EPF_VALID; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.dst.tail_len = 1; EXPECT_EQ(f.parse(), -EINVAL); }  // tails are for sockets
 }
 
 TEST(RequestValidation, SegmentIndexesCannotOverflow) {
@@ -213,7 +219,7 @@ struct SockFixture : Fixture {
         req.op = VPIPE_OP_FILE_TO_SOCKET;
         req.nr_pages = 10;
         segs.resize(3);
-        h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp()};
+        h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, 0, 0, {}, good_tcp()};
         h.dst.tcp.carry_offset = 8192;
     }
     int parse_sock(ParsedRequest* out = nullptr, const VmIdentity& id = kVm) {
@@ -230,9 +236,9 @@ TEST(SocketValidation, AcceptsFileToSocket) {
     ParsedRequest p;
     ASSERT_EQ(f.parse_sock(&p), 0);
     EXPECT_EQ(p.src_file.extents.size(), 3u);
-    EXPECT_EQ(p.dst_tcp.mss, 1448u);
-    EXPECT_EQ(p.dst_room, 10 * 4096u - 8192u);
-    EXPECT_EQ(p.nr_pages, 10);
+    EXPECT_EQ(p.dst_sock.tcp.mss, 1448u);
+    EXPECT_EQ(p.dst_sock.room, 10 * 4096u - 8192u);
+    EXPECT_EQ(p.area.size(), 10u);
 }
 
 TEST(SocketValidation, AddressesMustBeTheVmsOwn) {
@@ -271,19 +277,27 @@ TEST(SocketValidation, FamilyPortsAndOptions) {
     EXPECT_EQ(bad([](vpipe_tcp_state& t) { t.mss = 70000; }), -EINVAL);
 }
 
-TEST(SocketValidation, ReservedAndQueuesMustBeZero) {
+TEST(SocketValidation, ReservedFieldsAndCarriedQueues) {
     auto bad = [](auto mutate) {
         SockFixture f;
         mutate(f.h.dst);
         return f.parse_sock();
     };
-    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.reserved[0] = 1; }), -EINVAL);
-    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.reserved[3] = 1; }), -EINVAL);
-    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.reserved[1] = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.result_flags = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.reserved[1] = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.reserved0 = 1; }), -EINVAL);
     EXPECT_EQ(bad([](vpipe_endpoint& e) { e.vdev = kVdev; }), -EINVAL);
     EXPECT_EQ(bad([](vpipe_endpoint& e) { e.nr_segments = 1; }), -EINVAL);
-    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 1; }), -EINVAL);
-    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.rcvq_len = 1; }), -EINVAL);
+    // queues travel with the connection (version 2): accepted when they fit the room
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 100; e.tcp.sndq_unsent = 40; }), 0);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.rcvq_len = 7; }), 0);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tail_len = 2; }), 0);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 10; e.tcp.sndq_unsent = 11; }), -EINVAL);
+    // room: 10 pages - 8192 = 32768 bytes
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 20000; e.tcp.rcvq_len = 12768; }), 0);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 20000; e.tcp.rcvq_len = 12769; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.sndq_len = 30000; e.tail_len = 2769; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.rcvq_len = 0xFFFFFFF0u; e.tcp.sndq_len = 0x20; }), -EINVAL);
 }
 
 TEST(SocketValidation, CarryRoomInsideThePages) {
@@ -317,15 +331,20 @@ TEST(SocketValidation, SocketToSocketRoomsAndDistinctFlows) {
     f.req.op = VPIPE_OP_SOCKET_TO_SOCKET;
     f.req.nr_pages = 10;
     f.segs.clear();
-    f.h.src = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp(5000)};
-    f.h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp(5001)};
+    f.h.src = {VPIPE_EP_SOCKET, 0, 0, 0, 0, 0, {}, good_tcp(5000)};
+    f.h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, 0, 0, {}, good_tcp(5001)};
     f.h.src.tcp.carry_offset = 272;
     f.h.dst.tcp.carry_offset = 20480;
     auto d = f.desc();
     ParsedRequest p;
     ASSERT_EQ(parse_request(f.req, d, lookup(), &p, kVm), 0);
-    EXPECT_EQ(p.src_room, 20480u - 272u);
-    EXPECT_EQ(p.dst_room, 40960u - 20480u);
+    EXPECT_EQ(p.src_sock.room, 20480u - 272u);
+    EXPECT_EQ(p.dst_sock.room, 40960u - 20480u);
+    // a tail on the source
+    f.h.src.tail_len = 1;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EINVAL);
+    f.h.src.tail_len = 0;
     // rooms in the wrong order / overlapping
     f.h.dst.tcp.carry_offset = 2048;
     d = f.desc();
@@ -343,9 +362,9 @@ TEST(SocketValidation, SocketToFile) {
     f.req.nr_pages = 10;
     f.req.length = 3 * 4096;
     f.segs = {{4096 * 500, 8192, 0, 0}, {4096 * 900, 4096, 0, 0}};
-    f.h.src = {VPIPE_EP_SOCKET, 0, 0, 0, {}, good_tcp()};
+    f.h.src = {VPIPE_EP_SOCKET, 0, 0, 0, 0, 0, {}, good_tcp()};
     f.h.src.tcp.carry_offset = 4096;
-    f.h.dst = {VPIPE_EP_FILE, kVdev, 0, 2, {}, {}};
+    f.h.dst = {VPIPE_EP_FILE, kVdev, 0, 2, 0, 0, {}, {}};
     auto d = f.desc();
     ParsedRequest p;
     ASSERT_EQ(parse_request(f.req, d, lookup(), &p, kVm), 0);
@@ -353,4 +372,94 @@ TEST(SocketValidation, SocketToFile) {
     f.h.dst.vdev = kRoVdev;
     d = f.desc();
     EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EROFS);
+}
+
+// ---- the whole intake: indirect pages, the stream across pages, carried bytes ------------
+
+namespace {
+
+// A guest area of `pages` pages, handed to load_request through a page copier (references are
+// the page numbers + 100, so a mix-up of index and reference shows).
+struct Area {
+    std::vector<std::vector<uint8_t>> pages;
+    explicit Area(size_t n) : pages(n, std::vector<uint8_t>(VPIPE_PAGE_SIZE, 0)) {}
+    void put(uint64_t off, const void* src, size_t n) {
+        const auto* p = static_cast<const uint8_t*>(src);
+        for (size_t i = 0; i < n; ++i) pages[(off + i) / VPIPE_PAGE_SIZE][(off + i) % VPIPE_PAGE_SIZE] = p[i];
+    }
+    PageCopier copier() {
+        return [this](uint32_t ref, void* dst) {
+            if (ref < 100 || ref - 100 >= pages.size()) return -EINVAL;
+            std::memcpy(dst, pages[ref - 100].data(), VPIPE_PAGE_SIZE);
+            return 0;
+        };
+    }
+};
+
+}  // namespace
+
+TEST(RequestIntake, IndirectAreaWithCarriedQueuesAndTail) {
+    // file -> socket whose area has 40 data pages (more than page[] holds) + 1 indirect page
+    const uint32_t data_pages = 40;
+    Area a(data_pages + 1);
+    vpipe_desc_header h{};
+    h.magic = VPIPE_DESC_MAGIC;
+    h.version = VPIPE_PROTOCOL_VERSION;
+    h.header_bytes = sizeof(h);
+    h.nr_segments = 1;
+    h.area_pages = data_pages;
+    h.src = {VPIPE_EP_FILE, kVdev, 0, 1, 0, 0, {}, {}};
+    h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, 0, 3, {}, good_tcp()};
+    h.dst.tcp.sndq_len = 5000;    // spans pages
+    h.dst.tcp.sndq_unsent = 200;
+    h.dst.tcp.rcvq_len = 10;
+    h.dst.tcp.carry_offset = 4096;
+    const vpipe_segment seg{4096 * 10, 8192, 0, 0};
+    a.put(0, &h, sizeof(h));
+    a.put(sizeof(h), &seg, sizeof(seg));
+    std::vector<uint8_t> sndq(5000), rcvq(10, 'r');
+    for (size_t i = 0; i < sndq.size(); ++i) sndq[i] = static_cast<uint8_t>(i * 7);
+    a.put(4096, sndq.data(), sndq.size());
+    a.put(4096 + 5000, rcvq.data(), rcvq.size());
+    a.put(4096 + 5010, "TLR", 3);
+    // the indirect page (area page 40) lists data pages 0..39 by reference
+    std::vector<uint32_t> refs(VPIPE_REFS_PER_PAGE, 0);
+    for (uint32_t i = 0; i < data_pages; ++i) refs[i] = 100 + i;
+    a.put(uint64_t{data_pages} * VPIPE_PAGE_SIZE, refs.data(), refs.size() * 4);
+
+    vpipe_request req{};
+    req.id = 9;
+    req.op = VPIPE_OP_FILE_TO_SOCKET;
+    req.length = 8192;
+    req.flags = VPIPE_REQF_INDIRECT;
+    req.nr_pages = 1;
+    req.page[0] = 100 + data_pages;
+    req.desc_bytes = sizeof(h) + sizeof(seg);
+    ParsedRequest p;
+    ASSERT_EQ(load_request(req, a.copier(), lookup(), kVm, &p), 0);
+    ASSERT_EQ(p.area.size(), data_pages);
+    EXPECT_EQ(p.area[39], 139u);
+    EXPECT_EQ(p.dst_sock.room, data_pages * 4096u - 4096u);
+    EXPECT_EQ(p.dst_sock.sndq, sndq);
+    EXPECT_EQ(p.dst_sock.rcvq, rcvq);
+    EXPECT_EQ(std::string(p.dst_sock.tail.begin(), p.dst_sock.tail.end()), "TLR");
+
+    // a stray reference after the area's last page
+    refs[data_pages] = 7;
+    a.put(uint64_t{data_pages} * VPIPE_PAGE_SIZE, refs.data(), refs.size() * 4);
+    EXPECT_EQ(load_request(req, a.copier(), lookup(), kVm, &p), -EINVAL);
+    refs[data_pages] = 0;
+    a.put(uint64_t{data_pages} * VPIPE_PAGE_SIZE, refs.data(), refs.size() * 4);
+    // a reference the guest does not have (page 1: the carried send queue)
+    refs[1] = 5000;
+    a.put(uint64_t{data_pages} * VPIPE_PAGE_SIZE, refs.data(), refs.size() * 4);
+    bool bad = false;
+    EXPECT_EQ(load_request(req, a.copier(), lookup(), kVm, &p, &bad), -EINVAL);
+    EXPECT_TRUE(bad);
+    refs[1] = 101;
+    a.put(uint64_t{data_pages} * VPIPE_PAGE_SIZE, refs.data(), refs.size() * 4);
+    // more indirect pages than the area needs (one encoding per size)
+    req.nr_pages = 2;
+    req.page[1] = 100;
+    EXPECT_EQ(load_request(req, a.copier(), lookup(), kVm, &p), -EINVAL);
 }

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -219,7 +220,11 @@ void handover_roundtrip(int family, bool disconnect_instead_of_close, size_t unr
 
     UniqueFd fresh;
     tcp::RestoreOptions ro;
+    EXPECT_LE(st.sndq_unsent, st.sndq_len);
     ASSERT_EQ(tcp::restore(st, sndq, rcvq, ro, &fresh), 0);
+    // the part never transmitted is the caller's to queue (the flow stays blocked here, so it
+    // sits in the send queue like the rest)
+    ASSERT_EQ(tcp::send_unsent(fresh.get(), std::span<const uint8_t>(sndq).last(st.sndq_unsent)), 0);
 
     // the restored connection reads back as the same connection
     {

@@ -40,6 +40,9 @@
 /* handle-less calls pass handle = VPIPE_NO_HANDLE and the descriptors directly */
 #define VPIPE_NO_HANDLE (-1)
 
+/* a head or a tail (struct vpipe_ioc_op.head_len / tail_len) is at most this long */
+#define VPIPE_HDTR_MAX 65536u
+
 struct vpipe_ioc_create {
 	int32_t in_fd;
 	int32_t out_fd;
@@ -58,7 +61,16 @@ struct vpipe_ioc_op {
 	uint64_t length;        /* bytes to move */
 	uint32_t flags;         /* VPIPE_OPF_* */
 	uint32_t reserved0;     /* must be 0 */
+	/* socket destinations (file -> socket, socket -> socket): bytes that go out on the
+	 * destination connection before the data (head, e.g. an HTTP response head) and after it
+	 * (tail), in the same hand-over (BSD sendfile's hdtr). Module: user pointers; agent: 0,
+	 * the bytes follow the structure in the message (head, then tail). */
+	uint64_t head;
+	uint64_t tail;
+	uint32_t head_len;      /* <= VPIPE_HDTR_MAX */
+	uint32_t tail_len;      /* <= VPIPE_HDTR_MAX; the tail goes out only if all data moved */
 	/* out */
+	uint64_t hdtr_moved;     /* head and tail bytes written to the destination connection */
 	uint64_t moved;          /* bytes moved (also the return value) */
 	uint64_t offloaded;      /* of which dom0 moved */
 	uint64_t guest_copied;   /* of which the guest moved (cache rule) */
@@ -95,8 +107,10 @@ struct vpipe_ioc_stats {
 #define VPIPE_IOC_STATS _IOR(VPIPE_IOC_MAGIC, 4, struct vpipe_ioc_stats)
 
 /*
- * Agent socket framing. Request: header + the ioctl's structure (+ SCM_RIGHTS). Reply: header
- * with result (0 or -errno) + the structure as updated (+ SCM_RIGHTS of restored sockets).
+ * Agent socket framing. Request: header + the ioctl's structure (+ SCM_RIGHTS) (+ for
+ * VPIPE_IOC_OP the head and tail bytes: length = sizeof(struct vpipe_ioc_op) + head_len +
+ * tail_len). Reply: header with result (0 or -errno) + the structure as updated (+ SCM_RIGHTS
+ * of restored sockets).
  */
 #define VPIPE_AGENT_MAGIC 0x47415056u /* "VPAG" */
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vpipe/abi/ring.h -- the guest <-> dom0 request ring of vPipe, protocol version 1.
+ * vpipe/abi/ring.h -- the guest <-> dom0 request ring of vPipe, protocol version 2.
  *
  * This header is the protocol: it is shared verbatim by the guest kernel module, the userspace
  * guest agent and the dom0 engine. docs/protocol.md explains it in prose; where the two disagree,
@@ -9,14 +9,17 @@
  * Shape (borrowed from blkif with indirect descriptors):
  *
  *   ring page (one 4 KiB page, Xen's DEFINE_RING_TYPES layout)
- *     struct vpipe_request  { id, length, op, nr_pages, desc_bytes, page[10] }   64 bytes
- *     struct vpipe_response { id, moved, status }                                 32 bytes
+ *     struct vpipe_request  { id, length, op, flags, nr_pages, desc_bytes, page[10] }   64 bytes
+ *     struct vpipe_response { id, moved, status }                                       32 bytes
  *
- *   descriptor pages (1..VPIPE_DESC_MAX_PAGES per request, named by page[]: grant references on
- *   Xen, page indexes into the shared descriptor area on the shm transport). Concatenated in
- *   page[] order they hold one descriptor stream:
- *     struct vpipe_desc_header   magic, version, two endpoints (src, dst)
+ *   the request's AREA: area_pages pages (grant references on Xen, page indexes into the
+ *   shared descriptor area on the shm transport). Direct requests name them in page[] (at most
+ *   VPIPE_DESC_MAX_PAGES); indirect requests (VPIPE_REQF_INDIRECT, like blkif's indirect
+ *   segments) name in page[] up to 10 indirect pages, each holding VPIPE_REFS_PER_PAGE page
+ *   references of the area, in order. Concatenated, the area pages hold:
+ *     struct vpipe_desc_header   magic, version, area_pages, two endpoints (src, dst)
  *     struct vpipe_segment[]     file extents of both endpoints, in stream order
+ *     carry rooms                per socket endpoint: the connection's queued bytes, both ways
  *
  * A request moves `length` bytes from the source endpoint to the destination endpoint. A file
  * endpoint is a list of segments on one virtual disk of the requesting VM; concatenated in
@@ -62,13 +65,18 @@
 #include <xen/io/ring.h>
 #endif
 
-#define VPIPE_PROTOCOL_VERSION 1u
+#define VPIPE_PROTOCOL_VERSION 2u
 
 #define VPIPE_PAGE_SIZE 4096u
 #define VPIPE_SECTOR_SIZE 512u
-/* descriptor pages a single request may name */
+/* page references in vpipe_request.page[]: area pages (direct) or indirect pages */
 #define VPIPE_DESC_MAX_PAGES 10u
 #define VPIPE_DESC_MAX_BYTES (VPIPE_DESC_MAX_PAGES * VPIPE_PAGE_SIZE)
+/* an indirect page is an array of this many uint32_t page references */
+#define VPIPE_REFS_PER_PAGE (VPIPE_PAGE_SIZE / 4u)
+/* pages of one request's area (40 MiB) */
+#define VPIPE_AREA_MAX_PAGES (VPIPE_DESC_MAX_PAGES * VPIPE_REFS_PER_PAGE)
+#define VPIPE_AREA_MAX_BYTES ((uint64_t)VPIPE_AREA_MAX_PAGES * VPIPE_PAGE_SIZE)
 /* a single request moves at most this much; larger operations are split by the guest */
 #define VPIPE_MAX_REQUEST_LENGTH (1ull << 40)
 
@@ -85,15 +93,19 @@ enum vpipe_op {
 
 /* ---- ring entries ------------------------------------------------------------------------ */
 
+/* vpipe_request.flags */
+#define VPIPE_REQF_INDIRECT 0x01u  /* page[] names indirect pages, not area pages */
+
 struct vpipe_request {
 	uint64_t id;          /* chosen by the guest, echoed in the response */
 	uint64_t length;      /* bytes to move; 0 < length <= VPIPE_MAX_REQUEST_LENGTH (0 for NOP) */
 	uint8_t op;           /* enum vpipe_op */
-	uint8_t flags;        /* none defined in version 1: must be 0 */
-	uint8_t nr_pages;     /* descriptor pages named in page[] (0 for NOP) */
+	uint8_t flags;        /* VPIPE_REQF_*; 0 for NOP */
+	uint8_t nr_pages;     /* references used in page[] (0 for NOP) */
 	uint8_t reserved0;    /* must be 0 */
-	uint32_t desc_bytes;  /* bytes of the descriptor stream in use, <= nr_pages * PAGE_SIZE */
-	uint32_t page[VPIPE_DESC_MAX_PAGES]; /* grant refs (xen) / descriptor page index (shm) */
+	uint32_t desc_bytes;  /* bytes of the descriptor stream (header + segments) at the start of
+	                       * the area, <= area_pages * PAGE_SIZE */
+	uint32_t page[VPIPE_DESC_MAX_PAGES]; /* grant refs (xen) / area page index (shm) */
 };
 
 /*
@@ -109,6 +121,8 @@ struct vpipe_request {
  *   -ETIMEDOUT  a socket endpoint made no progress for the engine's socket timeout
  *   -ECANCELED  the engine shut the channel down while the request was in progress
  *   -EOPNOTSUPP the operation is valid but this engine does not implement it
+ * On socket requests `moved` counts bytes of `length` only: carried queues, a destination's
+ * unsent head and its tail are not part of it (docs/protocol.md 2a).
  */
 struct vpipe_response {
 	uint64_t id;          /* the request's id */
@@ -162,12 +176,16 @@ struct vpipe_tcp_state {
 	uint32_t max_window;
 	uint32_t rcv_wnd;
 	uint32_t rcv_wup;
-	/* bytes carried along in the descriptor stream at carry_offset: first the send queue
-	 * (sent, not yet acknowledged), then the receive queue (received, not yet read) */
+	/* bytes carried along in the area at carry_offset, both ways: first the send queue
+	 * (sndq_len bytes written by the application and not acknowledged by the peer; the last
+	 * sndq_unsent of them were never transmitted), then the receive queue (rcvq_len bytes
+	 * received and acknowledged, not yet read). snd_seq is the sequence number after the
+	 * send queue, rcv_seq the one after the receive queue. */
 	uint32_t sndq_len;
 	uint32_t rcvq_len;
 	uint32_t carry_offset;
-	uint32_t reserved[2];
+	uint32_t sndq_unsent;      /* <= sndq_len */
+	uint32_t reserved0;        /* must be 0 */
 };
 
 struct vpipe_endpoint {
@@ -175,33 +193,42 @@ struct vpipe_endpoint {
 	uint32_t vdev;             /* file: the VM's virtual disk (Xen virtual-device number) */
 	uint32_t first_segment;    /* file: index of its first segment in the segment array */
 	uint32_t nr_segments;      /* file: number of segments, >= 1 */
-	uint32_t reserved[4];      /* must be 0 in a request; see VPIPE_EP_RESULT_FLAGS */
+	uint32_t result_flags;     /* 0 in a request; dom0's VPIPE_EPF_* in the response */
+	uint32_t tail_len;         /* socket destination: bytes carried after the queues that dom0
+	                            * sends once the operation's data is sent (0 in a response) */
+	uint32_t reserved[2];      /* must be 0 */
 	struct vpipe_tcp_state tcp;/* socket */
 };
 
 /*
- * Socket endpoints, the carry area (version 1 meaning of fields that are 0 for files):
- *  - request: tcp.sndq_len and tcp.rcvq_len are 0 (the guest waits until the peer acknowledged
- *    everything the application sent, and delivers unread received bytes itself);
- *    tcp.carry_offset names the endpoint's carry room in the descriptor pages: 8-aligned, at or
- *    after desc_bytes; the room ends at the next socket endpoint's carry_offset (the source's
- *    room comes first) or at nr_pages * VPIPE_PAGE_SIZE. A room is at least VPIPE_CARRY_MIN.
+ * Socket endpoints and their carry rooms (docs/protocol.md 2a):
+ *  - request: the connection as frozen, with its queues: at tcp.carry_offset the send queue
+ *    (tcp.sndq_len bytes, the last tcp.sndq_unsent never transmitted -- a head the application
+ *    wants sent before the data is appended there), then the receive queue (tcp.rcvq_len; for
+ *    a source these are the first bytes of the operation's stream), then, for a destination,
+ *    tail_len bytes dom0 sends after the data. carry_offset is 8-aligned, at or after
+ *    desc_bytes; the room ends at the next socket endpoint's carry_offset (the source's room
+ *    comes first) or at the end of the area, and is at least VPIPE_CARRY_MIN bytes.
  *  - response: dom0 writes the connection's final state into the endpoint's tcp (same
- *    carry_offset), its queues into the room (sndq_len bytes of sent-but-unacknowledged data,
- *    then rcvq_len bytes received but not consumed), and result flags into reserved[0].
+ *    carry_offset), its queues into the room (sndq_len bytes written and not acknowledged, the
+ *    last sndq_unsent never transmitted, then rcvq_len bytes received and not consumed),
+ *    tail_len 0, and VPIPE_EPF_* into result_flags. dom0 sizes the shadow socket's buffers so
+ *    that what it hands back always fits the room.
  */
 #define VPIPE_CARRY_MIN 4096u
-#define VPIPE_EP_RESULT_FLAGS(ep) ((ep)->reserved[0])
+#define VPIPE_EP_RESULT_FLAGS(ep) ((ep)->result_flags)
 #define VPIPE_EPF_VALID 0x1u       /* dom0 wrote a restorable final state */
 #define VPIPE_EPF_PEER_FIN 0x2u    /* the peer closed its sending side (FIN consumed by dom0) */
 #define VPIPE_EPF_RESET 0x4u       /* the connection is dead (RST): nothing to restore */
+#define VPIPE_EPF_TAIL_SENT 0x8u   /* the tail was written to the connection */
 
 struct vpipe_desc_header {
 	uint32_t magic;            /* VPIPE_DESC_MAGIC */
 	uint16_t version;          /* VPIPE_PROTOCOL_VERSION */
 	uint16_t header_bytes;     /* sizeof(struct vpipe_desc_header); segments start here */
 	uint32_t nr_segments;      /* size of the segment array */
-	uint32_t reserved0;        /* must be 0 */
+	uint32_t area_pages;       /* pages of the request's area: nr_pages when direct, at most
+	                            * nr_pages * VPIPE_REFS_PER_PAGE when indirect */
 	struct vpipe_endpoint src;
 	struct vpipe_endpoint dst;
 };
@@ -215,8 +242,11 @@ struct vpipe_segment {
 	uint16_t reserved0;        /* must be 0 */
 };
 
+/* segments of a direct request's area, and of the largest area */
 #define VPIPE_DESC_MAX_SEGMENTS \
 	((VPIPE_DESC_MAX_BYTES - sizeof(struct vpipe_desc_header)) / sizeof(struct vpipe_segment))
+#define VPIPE_AREA_MAX_SEGMENTS \
+	((VPIPE_AREA_MAX_BYTES - sizeof(struct vpipe_desc_header)) / sizeof(struct vpipe_segment))
 
 #ifndef __cplusplus
 #define VPIPE_STATIC_ASSERT(c, m) _Static_assert(c, m)
