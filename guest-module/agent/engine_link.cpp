@@ -18,7 +18,7 @@ namespace vpipe::agent {
 
 struct EngineLink::Conn {
     std::unique_ptr<transport::ShmGuestChannel> ch;
-    vpipe_front front{};
+    vpipe_ring front{};
     vpipe_area area{};
     std::vector<uint32_t> area_storage;
     std::map<uint64_t, std::shared_ptr<Ticket>> pending;   // by request id
@@ -85,7 +85,7 @@ int EngineLink::submit(const vpipe_submit& s, std::shared_ptr<Ticket>* out) {
     int notify = 0;
     {
         std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return c->dead || stopping_ || vpipe_front_has_room(&c->front); });
+        cv_.wait(lk, [&] { return c->dead || stopping_ || vpipe_ring_has_room(&c->front); });
         if (c->dead || stopping_) {
             vpipe_link_release(&c->area, &t->pages);
             return -EHOSTDOWN;
@@ -138,7 +138,7 @@ void EngineLink::run() {
             if (r == 0) {
                 auto nc = std::make_shared<Conn>();
                 nc->ch = std::move(ch);
-                vpipe_front_init(&nc->front, nc->ch->ring().sring);
+                vpipe_ring_init(&nc->front, nc->ch->ring().sring);
                 nc->area_storage.resize(area_pages_);
                 vpipe_area_init(&nc->area, nc->area_storage.data(), area_pages_);
                 {
@@ -190,7 +190,7 @@ void EngineLink::reap(const std::shared_ptr<Conn>& c) {
         std::lock_guard lk(mu_);
         if (c->dead) return;
         // the core consumes the responses and checks them
-        r = vpipe_front_reap(&c->front, &EngineLink::on_done, c.get());
+        r = vpipe_ring_reap(&c->front, &EngineLink::on_done, c.get());
         bad_responses_ = c->front.bad_responses;
     }
     cv_.notify_all();
@@ -208,7 +208,7 @@ void EngineLink::drop(const char* why) {
         conn_.reset();
         if (c) {
             c->dead = true;
-            vpipe_front_cancel_all(&c->front, &EngineLink::on_done, c.get());
+            vpipe_ring_cancel_all(&c->front, &EngineLink::on_done, c.get());
         }
     }
     connected_ = false;

@@ -49,7 +49,7 @@ void vpipe_link_fill(vpipe_page_mem_fn mem, vpipe_page_ref_fn ref, void *t, cons
 	}
 }
 
-int vpipe_link_post(struct vpipe_front *f, vpipe_page_ref_fn ref, void *t, const struct vpipe_link_pages *p,
+int vpipe_link_post(struct vpipe_ring *f, vpipe_page_ref_fn ref, void *t, const struct vpipe_link_pages *p,
 		    const struct vpipe_submit *s, void *owner, uint64_t *id)
 {
 	uint32_t refs[VPIPE_DESC_MAX_PAGES];
@@ -72,5 +72,5 @@ int vpipe_link_post(struct vpipe_front *f, vpipe_page_ref_fn ref, void *t, const
 	}
 	post.nr_refs = n;
 	post.refs = refs;
-	return vpipe_front_post(f, &post, owner, id);
+	return vpipe_ring_post(f, &post, owner, id);
 }

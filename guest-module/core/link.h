@@ -7,7 +7,7 @@
  *
  *   lock; vpipe_link_reserve()  (-ENOSPC: wait for pages and try again); unlock
  *   vpipe_link_fill()           (the pages are ours: no lock)
- *   lock; wait for vpipe_front_has_room(); vpipe_link_post(); unlock; notify if it says so
+ *   lock; wait for vpipe_ring_has_room(); vpipe_link_post(); unlock; notify if it says so
  *   ... the response ...
  *   read results with vpipe_area_read(); lock; vpipe_link_release(); unlock
  */
@@ -16,7 +16,7 @@
 
 #include "area.h"
 #include "desc.h"
-#include "front.h"
+#include "ring.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,8 +46,8 @@ void vpipe_link_release(struct vpipe_area *a, const struct vpipe_link_pages *p);
 typedef uint32_t (*vpipe_page_ref_fn)(void *t, uint32_t idx);
 void vpipe_link_fill(vpipe_page_mem_fn mem, vpipe_page_ref_fn ref, void *t, const struct vpipe_link_pages *p,
 		     const struct vpipe_submit *s);
-/* vpipe_front_post() for the reserved pages: 1 when dom0 must be notified */
-int vpipe_link_post(struct vpipe_front *f, vpipe_page_ref_fn ref, void *t, const struct vpipe_link_pages *p,
+/* vpipe_ring_post() for the reserved pages: 1 when dom0 must be notified */
+int vpipe_link_post(struct vpipe_ring *f, vpipe_page_ref_fn ref, void *t, const struct vpipe_link_pages *p,
 		    const struct vpipe_submit *s, void *owner, uint64_t *id);
 
 #ifdef __cplusplus

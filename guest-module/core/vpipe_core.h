@@ -9,7 +9,7 @@
  * access modes, extents of a file, holds, flushes, destination blocks, freezing / restoring /
  * blocking a TCP connection, submitting a request and waiting for dom0's answer.
  *
- *   front.c    the ring: slots, ids, posting, consuming untrusted responses
+ *   ring.c     the ring: slots, ids, posting, consuming untrusted responses
  *   area.c     the descriptor area's pages and where a request's bytes go in them
  *   link.c     posting one request: reserve pages, fill them, post (both transports)
  *   desc.c     descriptor streams: segments, file -> file requests, socket request layout

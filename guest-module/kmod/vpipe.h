@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * vpipe.h -- what the parts of vpipe.ko share: counters, tunables, the operation entry points.
+ * vpipe.h -- what the parts of vpipe.ko share: counters, tunables, the operation entry point.
  *
- *   vpipe_main.c   module init/exit, /dev/vpipe, ioctl dispatch, handles, counters
- *   vpipe_front.c  the Xen frontend (xenbus device "vpipe"): ring, grants, event channel
- *   vpipe_file.c   files -> extents of the VM's virtual disks, holds, destination blocks
- *   vpipe_op.c     descriptor streams, file -> file
- *   vpipe_sock.c   file -> socket, socket -> file, socket -> socket (with vpipe_tcp.c)
+ *   vpipe_main.c    module init/exit, /dev/vpipe, ioctl dispatch, handles
+ *   vpipe_ops.c     the guest core's ops table (guest-module/core) for the kernel: runs one op
+ *   vpipe_front.c   the Xen frontend (xenbus device "vpipe"): ring, persistent area, event channel
+ *   vpipe_file.c    files -> extents of the VM's virtual disks, holds, destination blocks
+ *   vpipe_tcp.c     TCP connections: check, freeze with the queues, restore
+ *   vpipe_block.c   the guest's flow block (netfilter hook)
+ *   vpipe_testeng.c test builds only: the stand-in engine behind the same ring
  */
 #ifndef VPIPE_KMOD_H
 #define VPIPE_KMOD_H
@@ -32,23 +34,15 @@ struct vpipe_counters {
 };
 extern struct vpipe_counters vpipe_stats;
 
-/* bytes per ring request (and per socket hand-over); module parameter chunk_mb */
-u64 vpipe_chunk_bytes(void);
+/* module parameters (the agent's configuration keys of the same names) */
+extern unsigned int vpipe_chunk_mib;   /* file -> file: MiB per ring request and stage */
+extern unsigned int vpipe_room_kib;    /* largest carry room of a socket endpoint */
+extern unsigned int vpipe_area_pages;  /* pages shared with dom0 for the life of the channel */
 
-/* one application operation: op->op/offsets/length/flags in, result fields out.
- * *new_in / *new_out: descriptors installed for restored sockets (or -1). 0 or -errno. */
-int vpipe_file_to_file(struct file *in, struct file *out, struct vpipe_ioc_op *op);
-int vpipe_socket_op(struct file *in, struct file *out, struct vpipe_ioc_op *op,
-		    int *new_in, int *new_out);
-
-/* vpipe_op.c helpers shared with vpipe_sock.c */
-struct vpipe_fmap;
-/* the descriptor stream of one socket request (always VPIPE_DESC_MAX_PAGES pages): header +
- * the file endpoint's segments covering stream bytes [file_off, file_off + len) */
-int vpipe_build_socket_desc(u8 op, const struct vpipe_fmap *file, u64 file_off, u64 len,
-			    const struct vpipe_tcp_state *src, const struct vpipe_tcp_state *dst,
-			    void *buf, u32 *desc_bytes);
-/* max file segments a socket request carries (rooms for dom0's results are kept free) */
-u32 vpipe_max_socket_segments(void);
+/* One application operation (VPIPE_IOC_OP): op->op/offsets/length/flags in, result fields out;
+ * head / tail: op->head_len / op->tail_len bytes in kernel memory. *new_in / *new_out:
+ * descriptors installed for restored sockets (or -1). 0 or -errno. */
+int vpipe_run_op(struct file *in, struct file *out, struct vpipe_ioc_op *op, const u8 *head,
+		 const u8 *tail, int *new_in, int *new_out);
 
 #endif

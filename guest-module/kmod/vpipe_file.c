@@ -27,7 +27,6 @@
 #include <linux/slab.h>
 #include <linux/uio.h>
 
-#include "vpipe.h"
 #include "vpipe_file.h"
 
 char *vpipe_vdev_map;
@@ -127,7 +126,7 @@ void vpipe_fmap_free(struct vpipe_fmap *m)
 /* room for one more segment */
 static int seg_grow(struct vpipe_fmap *m)
 {
-	struct vpipe_kseg *n;
+	struct vpipe_seg *n;
 	u32 cap;
 
 	if (m->nr < m->cap)
@@ -151,7 +150,7 @@ static int seg_push(struct vpipe_fmap *m, u64 disk, u64 len, bool zero)
 	if (len == 0)
 		return 0;
 	if (m->nr) {
-		struct vpipe_kseg *last = &m->segs[m->nr - 1];
+		struct vpipe_seg *last = &m->segs[m->nr - 1];
 
 		if ((last->zero && zero) ||
 		    (!last->zero && !zero && last->disk_offset + last->length == disk)) {
@@ -161,48 +160,18 @@ static int seg_push(struct vpipe_fmap *m, u64 disk, u64 len, bool zero)
 	}
 	if (seg_grow(m))
 		return -ENOMEM;
-	m->segs[m->nr++] = (struct vpipe_kseg){ zero ? 0 : disk, len, zero };
+	m->segs[m->nr++] = (struct vpipe_seg){ zero ? 0 : disk, len, zero, 0 };
 	return 0;
 }
 
-/* splits runs longer than VPIPE_MAX_SEG_LEN at 4 KiB-aligned disk offsets, adds the partition
- * offset */
-static int normalize(struct vpipe_fmap *m, u64 part)
+/* disk offsets on the whole virtual disk (the core cuts segments to the ring's length) */
+static void add_partition(struct vpipe_fmap *m, u64 part)
 {
-	struct vpipe_fmap out = { .vdev = m->vdev, .blocks = m->blocks };
 	u32 i;
-	int err = 0;
 
-	for (i = 0; i < m->nr && !err; i++) {
-		struct vpipe_kseg s = m->segs[i];
-
-		while (s.length > VPIPE_MAX_SEG_LEN && !err) {
-			u64 piece = s.zero ? VPIPE_MAX_SEG_LEN :
-				round_down(s.disk_offset + VPIPE_MAX_SEG_LEN, 4096) - s.disk_offset;
-			/* never merged with the previous piece: placed directly */
-			err = seg_grow(&out);
-			if (err)
-				break;
-			out.segs[out.nr++] = (struct vpipe_kseg){
-				s.zero ? 0 : s.disk_offset + part, piece, s.zero };
-			if (!s.zero)
-				s.disk_offset += piece;
-			s.length -= piece;
-		}
-		if (err)
-			break;
-		err = seg_grow(&out);
-		if (!err)
-			out.segs[out.nr++] = (struct vpipe_kseg){
-				s.zero ? 0 : s.disk_offset + part, s.length, s.zero };
-	}
-	if (err) {
-		vpipe_fmap_free(&out);
-		return err;
-	}
-	vpipe_fmap_free(m);
-	*m = out;
-	return 0;
+	for (i = 0; i < m->nr; i++)
+		if (!m->segs[i].zero)
+			m->segs[i].disk_offset += part;
 }
 
 /* bmap of one block: 0 and *phys (0 = hole or unwritten), or -EOPNOTSUPP */
@@ -261,9 +230,7 @@ int vpipe_file_map(struct file *f, u64 off, u64 len, struct vpipe_fmap *m)
 			cond_resched();
 		}
 	}
-	err = normalize(m, part);
-	if (err)
-		goto fail;
+	add_partition(m, part);
 	return 0;
 fail:
 	vpipe_fmap_free(m);
@@ -634,7 +601,6 @@ int vpipe_dest_prepare(struct file *f, u64 off, u64 len, struct vpipe_dprep *p)
 		return err;
 	j = (struct prep_job){ f, off, off + len, block, p };
 	err = vpipe_hold_lift(f, prepare_lifted, &j);
-	atomic64_add(p->zero_filled, &vpipe_stats.bytes_zero_filled);
 	return err;
 }
 
@@ -685,4 +651,92 @@ int vpipe_dest_finish(struct file *f, u64 off, u64 len, u64 written, const struc
 	if (dropped)
 		pr_warn_ratelimited("vpipe: cached pages of a destination stay resident (mapped?)\n");
 	return dropped;
+}
+
+/* ---- the cache rule ------------------------------------------------------------------------ */
+
+int vpipe_file_cached_runs(struct file *f, u64 off, u64 len, u64 size, struct vpipe_range *out, int max)
+{
+	struct address_space *mapping = f->f_mapping;
+	const u64 threshold = max_t(u64, 1ull << 20, size / 10), end = off + len;
+	u64 run = U64_MAX, idx, last;
+	int n = 0;
+
+	if (len <= threshold)
+		return 0;
+	idx = off >> PAGE_SHIFT;
+	last = (end - 1) >> PAGE_SHIFT;
+	while (idx <= last) {
+		struct folio *folio = filemap_get_folio(mapping, idx);
+		bool clean = false;
+		u64 next = idx + 1;
+
+		if (folio) {
+			clean = folio_test_uptodate(folio) && !folio_test_dirty(folio) &&
+				!folio_test_writeback(folio);
+			next = folio->index + folio_nr_pages(folio);
+			folio_put(folio);
+		}
+		if (clean && run == U64_MAX)
+			run = max(off, idx << PAGE_SHIFT);
+		if (!clean && run != U64_MAX) {
+			u64 r_end = min(end, idx << PAGE_SHIFT);
+
+			if (r_end - run > threshold && n < max)
+				out[n++] = (struct vpipe_range){ run, r_end - run };
+			run = U64_MAX;
+		}
+		idx = max(next, idx + 1);
+		if ((idx & 4095) == 0)
+			cond_resched();
+	}
+	if (run != U64_MAX && end - run > threshold && n < max)
+		out[n++] = (struct vpipe_range){ run, end - run };
+	return n;
+}
+
+struct gcopy {
+	struct file *in, *out;
+	u64 in_off, out_off, len;
+	u64 *copied;
+	void *buf;
+};
+
+static int guest_copy_lifted(void *arg)
+{
+	struct gcopy *g = arg;
+
+	while (*g->copied < g->len) {
+		size_t want = min_t(u64, 1u << 20, g->len - *g->copied);
+		loff_t rp = g->in_off + *g->copied, wp = g->out_off + *g->copied;
+		ssize_t n = kernel_read(g->in, g->buf, want, &rp), w;
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO;  /* the source shrank under a hold: should not happen */
+		w = kernel_write(g->out, g->buf, n, &wp);
+		if (w < 0)
+			return w;
+		if (w != n)
+			return -EIO;
+		*g->copied += n;
+		if (fatal_signal_pending(current))
+			return -EINTR;
+	}
+	return 0;
+}
+
+int vpipe_file_guest_copy(struct file *in, u64 in_off, struct file *out, u64 out_off, u64 len,
+			  u64 *copied)
+{
+	struct gcopy g = { in, out, in_off, out_off, len, copied, NULL };
+	int r;
+
+	g.buf = kvmalloc(1u << 20, GFP_KERNEL);
+	if (!g.buf)
+		return -ENOMEM;
+	r = vpipe_hold_lift(out, guest_copy_lifted, &g);
+	kvfree(g.buf);
+	return r;
 }

@@ -16,23 +16,17 @@
 #include <linux/fs.h>
 #include <linux/types.h>
 
-struct vpipe_kseg {
-	u64 disk_offset;       /* on the whole virtual disk; 0 for zero segments */
-	u64 length;
-	bool zero;
-};
+#include "vpipe_core.h"
 
+/* a mapped range: vpipe_seg entries (guest-module/core/desc.h), stream order */
 struct vpipe_fmap {
 	u32 vdev;
 	u32 nr, cap;
-	struct vpipe_kseg *segs;   /* kvmalloc'd, stream order */
-	u32 blocks;                /* blocks looked up (stats: extents_mapped counts segments) */
+	struct vpipe_seg *segs;    /* kvmalloc'd */
+	u32 blocks;                /* blocks looked up */
 };
 
 void vpipe_fmap_free(struct vpipe_fmap *m);
-
-/* segments longer than this are split at 4 KiB-aligned disk offsets (u32 on the ring) */
-#define VPIPE_MAX_SEG_LEN (1ull << 30)
 
 /* module parameter vdev_map ("vda=51712,..."): disks that count as the VM's besides
  * xen-blkfront's (tests on plain QEMU) */
@@ -57,13 +51,14 @@ void vpipe_hold_release(struct vpipe_hold *h);
 int vpipe_hold_lift(struct file *f, int (*fn)(void *), void *arg);
 int vpipe_holds_active(void);
 
-struct vpipe_dprep {
-	u64 old_size;
-	u64 zero_filled;
-	u64 write_zeroes;
-	u32 paths;
-};
 int vpipe_dest_prepare(struct file *f, u64 off, u64 len, struct vpipe_dprep *p);
 int vpipe_dest_finish(struct file *f, u64 off, u64 len, u64 written, const struct vpipe_dprep *p);
+
+/* the paper's cache rule: runs of CLEAN resident pages of [off, off+len) longer than
+ * max(1 MiB, size / 10), at most max of them */
+int vpipe_file_cached_runs(struct file *f, u64 off, u64 len, u64 size, struct vpipe_range *out, int max);
+/* copies a range the page cache holds (cache rule), the destination's hold lifted */
+int vpipe_file_guest_copy(struct file *in, u64 in_off, struct file *out, u64 out_off, u64 len,
+			  u64 *copied);
 
 #endif

@@ -3,21 +3,26 @@
  * vpipe_front.c -- xenbus frontend of device type "vpipe" (docs/protocol.md §5).
  *
  * Handshake: vpiped creates device/vpipe/0 with the backend in InitWait. When the backend is
- * InitWait we allocate and grant the ring page, allocate an event channel, write ring-ref,
- * event-channel and protocol-version, and switch to Initialised; when the backend is Connected
- * so are we. When the backend leaves Connected (vpiped stopped or restarted) every request in
- * flight fails with -ECANCELED, the ring and port are freed, we go back to Initialising and
- * reconnect as soon as the backend is InitWait again.
+ * InitWait we allocate and grant the ring page and the area, allocate an event channel, write
+ * ring-ref, event-channel and protocol-version, and switch to Initialised; when the backend is
+ * Connected so are we. When the backend leaves Connected (vpiped stopped or restarted) every
+ * request in flight fails with -ECANCELED, the ring, the area and the port are freed, we go
+ * back to Initialising and reconnect as soon as the backend is InitWait again.
  *
- * The backend is not trusted: responses are copied once, their ids must name a request in
- * flight, there are never more responses than requests, and `moved` is clamped to the
- * request's length. A backend that breaks these rules loses the channel.
+ * The backend is not trusted: the guest core consumes its responses (ids must name a request
+ * in flight, never more responses than requests, statuses clamped, `moved` clamped to the
+ * request's length); a backend that breaks these rules loses the channel.
+ *
+ * Locks: chan.mu (a mutex) serialises connect and teardown; chan.lock (a spinlock, also taken
+ * in the interrupt) guards the ring, the area's free list, `connected` and `gen`; area_rw keeps
+ * the area's pages from being freed while a request fills or reads them.
  */
 #include <linux/completion.h>
 #include <linux/interrupt.h>
 #include <linux/kref.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/rwsem.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -36,121 +41,61 @@
 #include "vpipe_testeng.h"
 #endif
 
-#define NR_SLOTS VPIPE_RING_SIZE
-
 struct vpipe_req {
 	struct kref ref;
-	u64 id;
-	u64 length;
-	u32 nr_pages;
-	bool granted;          /* the descriptor pages are granted to the backend */
-	bool pages_lost;       /* a page stayed in use by the backend: handed to the grant table */
-	struct page *pages[VPIPE_DESC_MAX_PAGES];
-	grant_ref_t gref[VPIPE_DESC_MAX_PAGES];
 	struct completion done;
 	int status;
 	u64 moved;
-#ifdef VPIPE_TEST
-	u8 op;
-	u32 desc_bytes;
-	struct work_struct test_work;   /* the stand-in engine's execution of this request */
-#endif
+	u64 id;
+	u64 gen;                 /* the connection its pages belong to */
+	bool posted;
+	u32 *idx;
+	struct vpipe_link_pages pages;
 };
 
 struct vpipe_chan {
-	struct mutex mu;                 /* connect / teardown */
-	spinlock_t lock;                 /* ring, slots, connected */
+	struct mutex mu;
+	spinlock_t lock;
+	struct rw_semaphore area_rw;
 	struct xenbus_device *dev;
 	bool connected;
-	bool ring_up;                    /* ring + evtchn allocated (Initialised or Connected) */
-	struct vpipe_front_ring ring;
+	bool ring_up;            /* ring, area and evtchn allocated (Initialised or Connected) */
+	struct vpipe_ring front;
 	struct vpipe_sring *sring;
 	grant_ref_t ring_ref;
 	evtchn_port_t evtchn;
 	int irq;
-	struct vpipe_req *slot[NR_SLOTS];
-	u64 seq;
-	wait_queue_head_t slot_wq;
+	/* the area: pages granted once per connection */
+	u32 area_n;
+	struct page **area_page;
+	grant_ref_t *area_gref;  /* NULL in test builds: references are indexes */
+	u32 *area_free;
+	struct vpipe_area area;
+	u64 gen;
+	wait_queue_head_t wq;    /* pages, ring slots, connection changes */
 	u64 bad_responses;
-	struct work_struct broken_work;  /* protocol error seen in the interrupt handler */
+	struct work_struct broken_work;   /* protocol error seen in the interrupt handler */
 };
 
 static struct vpipe_chan chan;
 static bool registered;
 
+static uint8_t *page_mem(void *t, uint32_t idx)
+{
+	return page_address(chan.area_page[idx]);
+}
+
+static uint32_t page_ref(void *t, uint32_t idx)
+{
+	return chan.area_gref ? chan.area_gref[idx] : idx;
+}
+
 static void req_release(struct kref *ref)
 {
 	struct vpipe_req *r = container_of(ref, struct vpipe_req, ref);
-	u32 i;
 
-	/* granted pages are never freed here: grants end first (end_grants) */
-	WARN_ON(r->granted);
-	for (i = 0; i < r->nr_pages; i++)
-		if (r->pages[i])
-			__free_page(r->pages[i]);
+	kvfree(r->idx);
 	kfree(r);
-}
-
-void vpipe_front_put(struct vpipe_req *r)
-{
-	if (r)
-		kref_put(&r->ref, req_release);
-}
-
-/* Takes the pages back from the backend. A page the backend still uses (it should only ever
- * grant-copy, never map) goes to the grant table's deferred list and is lost to us. */
-static void end_grants(struct vpipe_req *r)
-{
-	u32 i;
-
-	if (!r->granted)
-		return;
-	for (i = 0; i < r->nr_pages; i++) {
-		if (gnttab_try_end_foreign_access(r->gref[i]))
-			continue;
-		gnttab_end_foreign_access(r->gref[i], r->pages[i]);
-		r->pages[i] = NULL;
-		r->pages_lost = true;
-	}
-	r->granted = false;
-}
-
-/* Called with chan.lock held: the request leaves its slot with `status`. */
-static void finish_slot(u32 slot, int status, u64 moved)
-{
-	struct vpipe_req *r = chan.slot[slot];
-
-	chan.slot[slot] = NULL;
-	end_grants(r);
-	r->status = status;
-	r->moved = moved > r->length ? r->length : moved;
-	complete_all(&r->done);
-	kref_put(&r->ref, req_release);  /* the transport's reference */
-}
-
-static bool ring_has_room(void)
-{
-	u32 i;
-
-	if (!chan.connected)
-		return true;   /* the waiter sees -EHOSTDOWN */
-	if (chan.ring_up && RING_FULL(&chan.ring))
-		return false;
-	for (i = 0; i < NR_SLOTS; i++)
-		if (!chan.slot[i])
-			return true;
-	return false;
-}
-
-static bool ring_has_room_locked(void)
-{
-	unsigned long flags;
-	bool ok;
-
-	spin_lock_irqsave(&chan.lock, flags);
-	ok = ring_has_room();
-	spin_unlock_irqrestore(&chan.lock, flags);
-	return ok;
 }
 
 bool vpipe_front_connected(void)
@@ -163,48 +108,77 @@ u64 vpipe_front_bad_responses(void)
 	return READ_ONCE(chan.bad_responses);
 }
 
-#ifdef VPIPE_TEST
-static struct workqueue_struct *test_wq;
-
-/* executes a request on the stand-in engine, then answers it like the interrupt handler */
-static void testeng_work_fn(struct work_struct *w)
+/* the core ends a request (answered, or cancelled with the channel); chan.lock held */
+static void req_done(void *arg, void *owner, int status, uint64_t moved)
 {
-	struct vpipe_req *r = container_of(w, struct vpipe_req, test_work);
-	void *stream = kvzalloc(VPIPE_DESC_MAX_BYTES, GFP_KERNEL);
-	unsigned long flags;
-	u64 moved = 0, slot = r->id & 0xff;
-	int st = -ENOSPC;
-	u32 i;
+	struct vpipe_req *r = owner;
 
-	if (stream) {
-		for (i = 0; i < r->nr_pages; i++)
-			memcpy((u8 *)stream + i * VPIPE_PAGE_SIZE, page_address(r->pages[i]),
-			       VPIPE_PAGE_SIZE);
-		st = vpipe_testeng_run(r->op, r->length, stream, r->desc_bytes, &moved);
-		kvfree(stream);
-	}
-	spin_lock_irqsave(&chan.lock, flags);
-	if (chan.slot[slot] == r && r->id == chan.slot[slot]->id)
-		finish_slot(slot, st, moved);
-	spin_unlock_irqrestore(&chan.lock, flags);
-	wake_up_all(&chan.slot_wq);
-	vpipe_front_put(r);
+	r->status = status;
+	r->moved = moved;
+	complete_all(&r->done);
+	kref_put(&r->ref, req_release);  /* the transport's reference */
 }
-#endif
 
-int vpipe_front_submit(u8 op, u64 length, const void *desc, u32 desc_bytes, u32 nr_pages,
-		       struct vpipe_req **out)
+void vpipe_front_put(struct vpipe_req *r)
 {
-	struct vpipe_request *rq;
+	unsigned long flags;
+
+	if (!r)
+		return;
+	/* the pages go back to the area they came from, unless that area is gone */
+	spin_lock_irqsave(&chan.lock, flags);
+	if (r->pages.layout.data_pages && r->gen == chan.gen && chan.ring_up)
+		vpipe_link_release(&chan.area, &r->pages);
+	r->pages.layout.data_pages = 0;
+	spin_unlock_irqrestore(&chan.lock, flags);
+	wake_up_all(&chan.wq);
+	kref_put(&r->ref, req_release);
+}
+
+static bool has_pages(const struct vpipe_submit *s, struct vpipe_req *r)
+{
+	unsigned long flags;
+	bool ok;
+
+	spin_lock_irqsave(&chan.lock, flags);
+	ok = !chan.connected ||
+	     chan.area.nr_free >= vpipe_link_pages_needed(s->area_bytes);
+	spin_unlock_irqrestore(&chan.lock, flags);
+	return ok;
+}
+
+static bool has_slot(u64 gen)
+{
+	unsigned long flags;
+	bool ok;
+
+	spin_lock_irqsave(&chan.lock, flags);
+	ok = !chan.connected || chan.gen != gen || vpipe_ring_has_room(&chan.front);
+	spin_unlock_irqrestore(&chan.lock, flags);
+	return ok;
+}
+
+static void notify_backend(void)
+{
+#ifdef VPIPE_TEST
+	if (vpipe_testeng_active()) {
+		vpipe_testeng_kick();
+		return;
+	}
+#endif
+	notify_remote_via_irq(chan.irq);
+}
+
+int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out)
+{
+	const u32 need = vpipe_link_pages_needed(s->area_bytes);
 	struct vpipe_req *r;
 	unsigned long flags;
-	bool notify;
-	u32 i, slot;
-	int err;
+	int err, notify;
 
 	*out = NULL;
-	if (nr_pages > VPIPE_DESC_MAX_PAGES || desc_bytes > nr_pages * VPIPE_PAGE_SIZE)
-		return -EINVAL;
+	if (!need)
+		return -E2BIG;
 	if (!vpipe_front_connected())
 		return -EHOSTDOWN;
 	r = kzalloc(sizeof(*r), GFP_KERNEL);
@@ -212,93 +186,75 @@ int vpipe_front_submit(u8 op, u64 length, const void *desc, u32 desc_bytes, u32 
 		return -ENOMEM;
 	kref_init(&r->ref);
 	init_completion(&r->done);
-	r->length = length;
-	r->nr_pages = nr_pages;
-	for (i = 0; i < nr_pages; i++) {
-		u32 off = i * VPIPE_PAGE_SIZE, n;
-
-		r->pages[i] = alloc_page(GFP_KERNEL | __GFP_ZERO);
-		if (!r->pages[i]) {
-			vpipe_front_put(r);
-			return -ENOMEM;
-		}
-		if (off < desc_bytes) {
-			n = min_t(u32, VPIPE_PAGE_SIZE, desc_bytes - off);
-			memcpy(page_address(r->pages[i]), (const u8 *)desc + off, n);
-		}
+	r->idx = kvmalloc_array(need, sizeof(u32), GFP_KERNEL);
+	if (!r->idx) {
+		kfree(r);
+		return -ENOMEM;
 	}
+	r->pages.idx = r->idx;
 
+	/* the area's pages: reserved under the lock, filled without it */
 	for (;;) {
+		down_read(&chan.area_rw);
 		spin_lock_irqsave(&chan.lock, flags);
 		if (!chan.connected) {
-			spin_unlock_irqrestore(&chan.lock, flags);
-			vpipe_front_put(r);
-			return -EHOSTDOWN;
+			err = -EHOSTDOWN;
+		} else {
+			err = vpipe_link_reserve(&chan.area, s, &r->pages);
+			r->gen = chan.gen;
 		}
-		if (ring_has_room())
+		spin_unlock_irqrestore(&chan.lock, flags);
+		if (err != -ENOSPC)
+			break;
+		up_read(&chan.area_rw);
+		if (wait_event_killable(chan.wq, has_pages(s, r))) {
+			err = -EINTR;
+			goto fail_free;
+		}
+	}
+	if (err) {
+		r->pages.layout.data_pages = 0;
+		up_read(&chan.area_rw);
+		goto fail_free;
+	}
+	vpipe_link_fill(page_mem, page_ref, NULL, &r->pages, s);
+
+	/* a ring slot; the area stays (area_rw held) unless the connection goes */
+	for (;;) {
+		spin_lock_irqsave(&chan.lock, flags);
+		if (!chan.connected || chan.gen != r->gen) {
+			spin_unlock_irqrestore(&chan.lock, flags);
+			up_read(&chan.area_rw);
+			err = -EHOSTDOWN;
+			goto fail_put;
+		}
+		if (vpipe_ring_has_room(&chan.front))
 			break;
 		spin_unlock_irqrestore(&chan.lock, flags);
-		if (wait_event_killable(chan.slot_wq, ring_has_room_locked())) {
-			vpipe_front_put(r);
-			return -EINTR;
+		up_read(&chan.area_rw);
+		if (wait_event_killable(chan.wq, has_slot(r->gen))) {
+			err = -EINTR;
+			goto fail_put;
 		}
+		down_read(&chan.area_rw);
 	}
-	/* chan.lock held, connected, a slot and a ring entry free */
-	for (slot = 0; slot < NR_SLOTS && chan.slot[slot]; slot++)
-		;
-#ifdef VPIPE_TEST
-	if (vpipe_testeng_active()) {
-		/* the stand-in engine: same slots, ids and completion path, no ring or grants */
-		r->op = op;
-		r->desc_bytes = desc_bytes;
-		r->id = (++chan.seq << 8) | slot;
-		kref_get(&r->ref);      /* the transport's reference */
-		kref_get(&r->ref);      /* the worker's */
-		chan.slot[slot] = r;
-		spin_unlock_irqrestore(&chan.lock, flags);
-		INIT_WORK(&r->test_work, testeng_work_fn);
-		queue_work(test_wq, &r->test_work);
-		atomic64_inc(&vpipe_stats.ring_requests);
-		*out = r;
-		return 0;
-	}
-#endif
-	for (i = 0; i < nr_pages; i++) {
-		err = gnttab_grant_foreign_access(chan.dev->otherend_id,
-						  xen_page_to_gfn(r->pages[i]), 0);
-		if (err < 0) {
-			r->nr_pages = i;
-			r->granted = true;
-			end_grants(r);
-			r->nr_pages = nr_pages;
-			spin_unlock_irqrestore(&chan.lock, flags);
-			vpipe_front_put(r);
-			return -ENOSPC;
-		}
-		r->gref[i] = err;
-	}
-	r->granted = nr_pages > 0;
-	r->id = (++chan.seq << 8) | slot;
-	kref_get(&r->ref);              /* the transport's reference, dropped at the response */
-	chan.slot[slot] = r;
-
-	rq = RING_GET_REQUEST(&chan.ring, chan.ring.req_prod_pvt);
-	memset(rq, 0, sizeof(*rq));
-	rq->id = r->id;
-	rq->length = length;
-	rq->op = op;
-	rq->nr_pages = (u8)nr_pages;
-	rq->desc_bytes = desc_bytes;
-	for (i = 0; i < nr_pages; i++)
-		rq->page[i] = r->gref[i];
-	chan.ring.req_prod_pvt++;
-	RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&chan.ring, notify);
-	if (notify)
-		notify_remote_via_irq(chan.irq);
+	kref_get(&r->ref);  /* the transport's reference, dropped when the request ends */
+	notify = vpipe_link_post(&chan.front, page_ref, NULL, &r->pages, s, r, &r->id);
+	r->posted = true;
 	spin_unlock_irqrestore(&chan.lock, flags);
+	up_read(&chan.area_rw);
+	if (notify)
+		notify_backend();
 	atomic64_inc(&vpipe_stats.ring_requests);
 	*out = r;
 	return 0;
+
+fail_put:
+	vpipe_front_put(r);   /* gives the pages back (to their area, if it still exists) */
+	return err;
+fail_free:
+	kref_put(&r->ref, req_release);
+	return err;
 }
 
 int vpipe_front_wait(struct vpipe_req *r, u64 *moved, bool *killed)
@@ -314,24 +270,21 @@ int vpipe_front_wait(struct vpipe_req *r, u64 *moved, bool *killed)
 	return r->status;
 }
 
-int vpipe_front_readback(struct vpipe_req *r, void *buf, size_t len)
+int vpipe_front_readback(struct vpipe_req *r, u64 off, void *buf, u64 len)
 {
-	size_t off = 0;
-	u32 i;
+	int err = 0;
 
-	if (!completion_done(&r->done) || r->granted)
+	if (!completion_done(&r->done))
 		return -EBUSY;
-	if (r->pages_lost)
-		return -EIO;
-	if (len > (size_t)r->nr_pages * VPIPE_PAGE_SIZE)
+	if (off + len > (u64)r->pages.layout.data_pages * VPIPE_PAGE_SIZE)
 		return -EINVAL;
-	for (i = 0; off < len; i++) {
-		size_t n = min_t(size_t, VPIPE_PAGE_SIZE, len - off);
-
-		memcpy((u8 *)buf + off, page_address(r->pages[i]), n);
-		off += n;
-	}
-	return 0;
+	down_read(&chan.area_rw);
+	if (r->gen != READ_ONCE(chan.gen) || !chan.ring_up)
+		err = -EIO;   /* the area went away with the connection */
+	else
+		vpipe_area_read(page_mem, NULL, r->idx, off, buf, len);
+	up_read(&chan.area_rw);
+	return err;
 }
 
 /* ---- interrupt: responses ---------------------------------------------------------------- */
@@ -339,50 +292,82 @@ int vpipe_front_readback(struct vpipe_req *r, void *buf, size_t len)
 static irqreturn_t vpipe_interrupt(int irq, void *dev_id)
 {
 	unsigned long flags;
-	bool broken = false;
-	int more;
+	int r;
 
 	spin_lock_irqsave(&chan.lock, flags);
 	if (!chan.connected) {
 		spin_unlock_irqrestore(&chan.lock, flags);
 		return IRQ_HANDLED;
 	}
-	do {
-		RING_IDX prod = READ_ONCE(chan.ring.sring->rsp_prod), cons;
-
-		virt_rmb();  /* read the responses after the index */
-		/* never more responses than requests posted */
-		if (prod - chan.ring.rsp_cons > chan.ring.req_prod_pvt - chan.ring.rsp_cons) {
-			broken = true;
-			break;
-		}
-		for (cons = chan.ring.rsp_cons; cons != prod; cons++) {
-			struct vpipe_response rsp;
-			u64 slot;
-
-			RING_COPY_RESPONSE(&chan.ring, cons, &rsp);
-			slot = rsp.id & 0xff;
-			if (slot >= NR_SLOTS || !chan.slot[slot] || chan.slot[slot]->id != rsp.id) {
-				chan.bad_responses++;
-				broken = true;
-				continue;
-			}
-			if (rsp.status > 0 || rsp.status < -4095)
-				rsp.status = -EIO;
-			finish_slot(slot, rsp.status, rsp.moved);
-		}
-		chan.ring.rsp_cons = prod;
-		if (broken)
-			break;
-		RING_FINAL_CHECK_FOR_RESPONSES(&chan.ring, more);
-	} while (more);
+	r = vpipe_ring_reap(&chan.front, req_done, NULL);
+	chan.bad_responses = chan.front.bad_responses;
 	spin_unlock_irqrestore(&chan.lock, flags);
-	wake_up_all(&chan.slot_wq);
-	if (broken) {
+	wake_up_all(&chan.wq);
+	if (r == -EPROTO) {
 		pr_warn_ratelimited("vpipe: the backend broke the ring protocol; reconnecting\n");
 		schedule_work(&chan.broken_work);
 	}
 	return IRQ_HANDLED;
+}
+
+/* ---- the area ------------------------------------------------------------------------------ */
+
+static void area_free_pages(void)
+{
+	u32 i;
+
+	for (i = 0; i < chan.area_n; i++) {
+		if (!chan.area_page[i])
+			continue;
+		if (chan.area_gref && chan.area_gref[i] != INVALID_GRANT_REF)
+			/* frees the page once the backend no longer uses it (it should only ever
+			 * grant-copy, never map) */
+			gnttab_end_foreign_access(chan.area_gref[i], chan.area_page[i]);
+		else
+			__free_page(chan.area_page[i]);
+	}
+	kvfree(chan.area_page);
+	kvfree(chan.area_gref);
+	kvfree(chan.area_free);
+	chan.area_page = NULL;
+	chan.area_gref = NULL;
+	chan.area_free = NULL;
+	chan.area_n = 0;
+}
+
+/* allocates the area (granted to `otherend`, or plain pages when otherend < 0) */
+static int area_alloc(int otherend)
+{
+	u32 n = clamp_t(u32, READ_ONCE(vpipe_area_pages), 64, VPIPE_AREA_MAX_PAGES), i;
+	int err;
+
+	chan.area_page = kvcalloc(n, sizeof(*chan.area_page), GFP_KERNEL);
+	chan.area_free = kvmalloc_array(n, sizeof(u32), GFP_KERNEL);
+	if (otherend >= 0)
+		chan.area_gref = kvmalloc_array(n, sizeof(grant_ref_t), GFP_KERNEL);
+	chan.area_n = n;
+	if (!chan.area_page || !chan.area_free || (otherend >= 0 && !chan.area_gref))
+		goto nomem;
+	for (i = 0; i < n; i++) {
+		if (chan.area_gref)
+			chan.area_gref[i] = INVALID_GRANT_REF;
+		chan.area_page[i] = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		if (!chan.area_page[i])
+			goto nomem;
+		if (otherend < 0)
+			continue;
+		err = gnttab_grant_foreign_access(otherend, xen_page_to_gfn(chan.area_page[i]), 0);
+		if (err < 0) {
+			area_free_pages();
+			return err;
+		}
+		chan.area_gref[i] = err;
+	}
+	vpipe_area_init(&chan.area, chan.area_free, n);
+	return 0;
+nomem:
+	area_free_pages();
+	return -ENOMEM;
 }
 
 /* ---- connect / teardown (process context, chan.mu held) ----------------------------------- */
@@ -390,25 +375,36 @@ static irqreturn_t vpipe_interrupt(int irq, void *dev_id)
 static void teardown_locked(void)
 {
 	unsigned long flags;
-	u32 i;
 
 	spin_lock_irqsave(&chan.lock, flags);
 	chan.connected = false;
-	for (i = 0; i < NR_SLOTS; i++)
-		if (chan.slot[i])
-			finish_slot(i, -ECANCELED, 0);
+	vpipe_ring_cancel_all(&chan.front, req_done, NULL);
+	chan.gen++;
 	spin_unlock_irqrestore(&chan.lock, flags);
-	wake_up_all(&chan.slot_wq);
+	wake_up_all(&chan.wq);
 	if (!chan.ring_up)
 		return;
+	/* submitters and readers see !connected / another gen and let go of the area */
+	down_write(&chan.area_rw);
+	spin_lock_irqsave(&chan.lock, flags);
+	chan.ring_up = false;
+	spin_unlock_irqrestore(&chan.lock, flags);
+	area_free_pages();
+	up_write(&chan.area_rw);
 	if (chan.irq > 0)
 		unbind_from_irqhandler(chan.irq, &chan);  /* closes the port too */
 	else if (chan.evtchn && chan.dev)
 		xenbus_free_evtchn(chan.dev, chan.evtchn);
 	chan.irq = 0;
 	chan.evtchn = 0;
+#ifdef VPIPE_TEST
+	if (vpipe_testeng_active()) {
+		free_page((unsigned long)chan.sring);
+		chan.sring = NULL;
+		return;
+	}
+#endif
 	xenbus_teardown_ring((void **)&chan.sring, 1, &chan.ring_ref);
-	chan.ring_up = false;
 }
 
 static int setup_ring_locked(struct xenbus_device *dev)
@@ -420,8 +416,12 @@ static int setup_ring_locked(struct xenbus_device *dev)
 	err = xenbus_setup_ring(dev, GFP_KERNEL, (void **)&chan.sring, 1, &chan.ring_ref);
 	if (err)
 		return err;
-	SHARED_RING_INIT(chan.sring);
-	FRONT_RING_INIT(&chan.ring, chan.sring, VPIPE_PAGE_SIZE);
+	vpipe_ring_init(&chan.front, chan.sring);
+	err = area_alloc(dev->otherend_id);
+	if (err) {
+		xenbus_teardown_ring((void **)&chan.sring, 1, &chan.ring_ref);
+		return err;
+	}
 	chan.ring_up = true;
 	err = xenbus_alloc_evtchn(dev, &chan.evtchn);
 	if (err)
@@ -507,9 +507,9 @@ static void backend_connected(struct xenbus_device *dev)
 	chan.connected = true;
 	spin_unlock_irqrestore(&chan.lock, flags);
 	xenbus_switch_state(dev, XenbusStateConnected);
-	wake_up_all(&chan.slot_wq);
-	dev_info(&dev->dev, "vpipe: connected to the engine (backend domain %d)\n",
-		 dev->otherend_id);
+	wake_up_all(&chan.wq);
+	dev_info(&dev->dev, "vpipe: connected to the engine (backend domain %d, %u area pages)\n",
+		 dev->otherend_id, chan.area_n);
 }
 
 static void vpipe_backend_changed(struct xenbus_device *dev, enum xenbus_state backend_state)
@@ -608,22 +608,61 @@ static struct xenbus_driver vpipe_front_driver = {
 	.not_essential = true,
 };
 
+#ifdef VPIPE_TEST
+/* Test builds on plain QEMU: the same ring and area in ordinary pages, the stand-in engine
+ * (vpipe_testeng.c) as the backend on them, its kicks delivered to vpipe_interrupt(). */
+static int test_connect(void)
+{
+	int err;
+
+	chan.sring = (struct vpipe_sring *)get_zeroed_page(GFP_KERNEL);
+	if (!chan.sring)
+		return -ENOMEM;
+	vpipe_ring_init(&chan.front, chan.sring);
+	err = area_alloc(-1);
+	if (err) {
+		free_page((unsigned long)chan.sring);
+		chan.sring = NULL;
+		return err;
+	}
+	chan.ring_up = true;
+	chan.connected = true;
+	vpipe_testeng_attach(chan.sring);
+	pr_info("vpipe: TEST BUILD: the stand-in engine is connected (%u area pages)\n", chan.area_n);
+	return 0;
+}
+
+struct vpipe_sring *vpipe_front_test_sring(void)
+{
+	return chan.sring;
+}
+
+uint8_t *vpipe_front_test_page(uint32_t ref)
+{
+	return ref < chan.area_n ? page_address(chan.area_page[ref]) : NULL;
+}
+
+void vpipe_front_test_interrupt(void)
+{
+	vpipe_interrupt(0, &chan);
+}
+#endif
+
 int vpipe_front_init(void)
 {
 	int err;
 
 	mutex_init(&chan.mu);
 	spin_lock_init(&chan.lock);
-	init_waitqueue_head(&chan.slot_wq);
+	init_rwsem(&chan.area_rw);
+	init_waitqueue_head(&chan.wq);
 	INIT_WORK(&chan.broken_work, broken_work_fn);
 #ifdef VPIPE_TEST
 	if (vpipe_testeng_active()) {
-		test_wq = alloc_workqueue("vpipe_testeng", WQ_UNBOUND, 0);
-		if (!test_wq)
-			return -ENOMEM;
-		chan.connected = true;
-		pr_info("vpipe: TEST BUILD: the stand-in engine is connected\n");
-		return 0;
+		err = vpipe_testeng_start();
+		if (!err)
+			err = test_connect();
+		return err;
 	}
 #endif
 	if (!xen_domain()) {
@@ -639,15 +678,13 @@ int vpipe_front_init(void)
 
 void vpipe_front_exit(void)
 {
-#ifdef VPIPE_TEST
-	if (test_wq)
-		destroy_workqueue(test_wq);   /* drains what is queued */
-	test_wq = NULL;
-#endif
 	if (registered)
 		xenbus_unregister_driver(&vpipe_front_driver);
 	registered = false;
 	flush_work(&chan.broken_work);
+#ifdef VPIPE_TEST
+	vpipe_testeng_stop();   /* drains what the stand-in engine is doing */
+#endif
 	mutex_lock(&chan.mu);
 	teardown_locked();
 	mutex_unlock(&chan.mu);

@@ -2,17 +2,21 @@
 /*
  * vpipe_front.h -- the guest end of the ring to the dom0 engine on Xen (docs/protocol.md §5).
  *
- * A request's descriptor stream is copied into freshly allocated pages granted read-write to
- * the backend for that request only. The caller gets a request object back, waits for it, may
- * read the pages back (dom0's results of socket endpoints), and puts it. Requests are
- * reference counted: a caller that stops caring (a process killed while waiting) drops its
- * reference and the transport keeps the grants and pages until the response (or until the
- * backend went away), then releases them.
+ * The ring logic is the guest core's (guest-module/core: front.c consumes responses without
+ * trusting them, link.c lays a request into the area), the same code the agent runs; this is
+ * the Xen part around it: the xenbus handshake, the granted ring page, the event channel, and
+ * the AREA -- vpipe_area_pages pages granted to the backend once per connection (persistent
+ * grants, as blkfront's) from which every request takes the pages of its descriptor stream
+ * and socket rooms. A request object is reference counted: a caller that is killed keeps
+ * waiting (what the request names must live until dom0 answered); its pages go back when the
+ * caller puts it.
  */
 #ifndef VPIPE_KMOD_FRONT_H
 #define VPIPE_KMOD_FRONT_H
 
 #include <linux/types.h>
+
+#include "vpipe_core.h"
 
 struct vpipe_req;
 
@@ -22,11 +26,9 @@ void vpipe_front_exit(void);
 /* 1 when the ring is Connected */
 bool vpipe_front_connected(void);
 
-/* Posts one request. `desc`/`desc_bytes` the descriptor stream, `nr_pages` the pages it names
- * (>= pages the stream needs; 0 for NOP). Waits (killable) for a free slot.
- * 0 and *out, or -EHOSTDOWN (no engine), -ENOMEM, -EINTR (fatal signal), -ENOSPC (grants). */
-int vpipe_front_submit(u8 op, u64 length, const void *desc, u32 desc_bytes, u32 nr_pages,
-		       struct vpipe_req **out);
+/* Posts one request: waits (killable) for area pages and a ring slot. 0 and *out, or
+ * -EHOSTDOWN (no engine), -E2BIG (larger than the area), -ENOMEM, -EINTR (fatal signal). */
+int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out);
 
 /* Waits for the response: 0 or the response's negative status; *moved <= length.
  * -ECANCELED when the backend left Connected with the request in flight. A fatal signal does
@@ -34,13 +36,21 @@ int vpipe_front_submit(u8 op, u64 length, const void *desc, u32 desc_bytes, u32 
  * dom0 answered, so the caller continues in TASK_IDLE once killed (*killed is set). */
 int vpipe_front_wait(struct vpipe_req *r, u64 *moved, bool *killed);
 
-/* After wait: copies the request's pages (what dom0 wrote back) into buf (len <= pages).
- * -EIO when a page could not be taken back from the backend (its contents are not ours). */
-int vpipe_front_readback(struct vpipe_req *r, void *buf, size_t len);
+/* After wait: bytes of the request's area (what dom0 wrote back). -EIO when the area went
+ * away with the connection. */
+int vpipe_front_readback(struct vpipe_req *r, u64 off, void *buf, u64 len);
 
+/* The caller is done with the request: its pages go back to the area. */
 void vpipe_front_put(struct vpipe_req *r);
 
 /* counters for the stats ioctl / debugging */
 u64 vpipe_front_bad_responses(void);
+
+#ifdef VPIPE_TEST
+/* test builds: the stand-in engine's side of the same ring and area (vpipe_testeng.c) */
+struct vpipe_sring *vpipe_front_test_sring(void);
+uint8_t *vpipe_front_test_page(uint32_t ref);     /* NULL for a reference outside the area */
+void vpipe_front_test_interrupt(void);            /* "dom0 notified us" */
+#endif
 
 #endif

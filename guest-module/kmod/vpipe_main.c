@@ -26,18 +26,7 @@
 
 struct vpipe_counters vpipe_stats;
 
-static unsigned int chunk_mb = 64;
-module_param(chunk_mb, uint, 0644);
-MODULE_PARM_DESC(chunk_mb, "bytes per ring request and per socket hand-over, in MiB (1..1024)");
-
 #define VPIPE_MAX_HANDLES 4096
-
-u64 vpipe_chunk_bytes(void)
-{
-	unsigned int mb = clamp_t(unsigned int, READ_ONCE(chunk_mb), 1, 1024);
-
-	return (u64)mb << 20;
-}
 
 struct vpipe_handle {
 	struct file *in, *out;
@@ -151,15 +140,34 @@ static long do_op(struct vpipe_client *c, void __user *arg)
 	struct vpipe_ioc_op op;
 	struct file *in = NULL, *out = NULL;
 	int new_in = -1, new_out = -1;
+	u8 *head = NULL, *tail = NULL;
 	long ret;
 
 	if (copy_from_user(&op, arg, sizeof(op)))
 		return -EFAULT;
 	op.new_in_fd = op.new_out_fd = -1;
 	if (op.reserved0 || (op.flags & ~(u32)VPIPE_OPF_NO_CACHE_RULE) ||
-	    op.op < VPIPE_IOC_FILE_TO_FILE || op.op > VPIPE_IOC_SOCKET_TO_SOCKET) {
+	    op.op < VPIPE_IOC_FILE_TO_FILE || op.op > VPIPE_IOC_SOCKET_TO_SOCKET ||
+	    op.head_len > VPIPE_HDTR_MAX || op.tail_len > VPIPE_HDTR_MAX) {
 		ret = -EINVAL;
 		goto reply;
+	}
+	/* a head and a tail for the destination connection: copied in once */
+	if (op.head_len) {
+		head = memdup_user(u64_to_user_ptr(op.head), op.head_len);
+		if (IS_ERR(head)) {
+			ret = PTR_ERR(head);
+			head = NULL;
+			goto reply;
+		}
+	}
+	if (op.tail_len) {
+		tail = memdup_user(u64_to_user_ptr(op.tail), op.tail_len);
+		if (IS_ERR(tail)) {
+			ret = PTR_ERR(tail);
+			tail = NULL;
+			goto reply;
+		}
 	}
 	if (op.handle != VPIPE_NO_HANDLE) {
 		struct vpipe_handle *h;
@@ -183,13 +191,12 @@ static long do_op(struct vpipe_client *c, void __user *arg)
 			goto reply;
 		}
 	}
-	if (op.op == VPIPE_IOC_FILE_TO_FILE)
-		ret = vpipe_file_to_file(in, out, &op);
-	else
-		ret = vpipe_socket_op(in, out, &op, &new_in, &new_out);
+	ret = vpipe_run_op(in, out, &op, head, tail, &new_in, &new_out);
 	op.new_in_fd = new_in;
 	op.new_out_fd = new_out;
 reply:
+	kfree(head);
+	kfree(tail);
 	if (in)
 		fput(in);
 	if (out)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vpipe_tcp.c -- TCP endpoints inside the guest kernel (see vpipe_tcp.h).
+ * vpipe_tcp.c -- TCP endpoints inside the guest kernel (see vpipe_tcp.h): check, freeze with the
+ * queues, restore. The flow block they rely on is vpipe_block.c.
  *
  * The same mechanics as common/tcp (TCP_REPAIR from userspace), done from inside the kernel:
  * TCP_REPAIR / TCP_REPAIR_QUEUE / TCP_QUEUE_SEQ / TCP_REPAIR_OPTIONS / TCP_REPAIR_WINDOW go
@@ -20,7 +21,9 @@
  *    with TCP_SEND_QUEUE it queues the bytes as already sent (retransmitted on RTO);
  *  - TCP_REPAIR_WINDOW is validated against rcv_nxt: it goes after the receive queue.
  *  - a socket in repair mode still accepts and ACKs incoming segments: the 4-tuple is
- *    blocked by our netfilter hook before the socket is frozen.
+ *    blocked by our netfilter hook before the socket is frozen;
+ *  - the retransmit queue (an rbtree) and the write queue hold the bytes from snd_una to
+ *    write_seq; snd_nxt splits them into transmitted and not yet transmitted.
  */
 #include <linux/module.h>
 #include <linux/kernel.h>
@@ -33,15 +36,8 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
-#include <linux/hashtable.h>
-#include <linux/jhash.h>
-#include <linux/ktime.h>
-#include <linux/delay.h>
 #include <linux/sched/signal.h>
-#include <linux/netfilter.h>
-#include <linux/netfilter_ipv4.h>
 #include <net/net_namespace.h>
-#include <net/netns/hash.h>
 #include <net/sock.h>
 #include <net/inet_sock.h>
 #include <net/inet_connection_sock.h>
@@ -53,165 +49,13 @@
 #include <net/netfilter/nf_conntrack_zones.h>
 #endif
 
+#include "vpipe_block.h"
 #include "vpipe_tcp.h"
 
-#define VT_DRAIN_TIMEOUT_MS 5000	/* wait for the peer's ACK of what the app sent */
 #define VT_LOCAL_IO_TIMEOUT_MS 30000	/* vpipe_tcp_send_all */
 #define VT_REFILL_MIN_CHUNK 4096u
 
-/* ------------------------------------------------------------------------------------------ */
-/* block table + netfilter hook                                                               */
-
-struct vt_flow {
-	struct hlist_node node;
-	struct rcu_head rcu;
-	const struct net *net;	/* no reference: the frozen socket keeps its netns alive */
-	__be32 laddr, raddr;
-	__be16 lport, rport;
-	unsigned int users;
-};
-
-#define VT_HASH_BITS 6
-static DEFINE_HASHTABLE(vt_flows, VT_HASH_BITS);
-static DEFINE_SPINLOCK(vt_flows_lock);
-static atomic_t vt_nr_flows = ATOMIC_INIT(0);
-static atomic64_t vt_dropped = ATOMIC64_INIT(0);
 static const struct cred *vt_cred;	/* kernel credentials for TCP_REPAIR */
-
-static u32 vt_hash(const struct net *net, __be32 laddr, __be16 lport, __be32 raddr, __be16 rport)
-{
-	return jhash_3words((__force u32)laddr, (__force u32)raddr,
-			    ((__force u32)lport << 16) | (__force u32)rport, net_hash_mix(net));
-}
-
-/* under rcu_read_lock or vt_flows_lock */
-static struct vt_flow *vt_lookup(const struct net *net, __be32 laddr, __be16 lport,
-				 __be32 raddr, __be16 rport)
-{
-	struct vt_flow *f;
-	u32 h = vt_hash(net, laddr, lport, raddr, rport);
-
-	hash_for_each_possible_rcu(vt_flows, f, node, h) {
-		if (f->net == net && f->laddr == laddr && f->lport == lport &&
-		    f->raddr == raddr && f->rport == rport)
-			return f;
-	}
-	return NULL;
-}
-
-static int vt_block(const struct net *net, __be32 laddr, __be16 lport, __be32 raddr, __be16 rport)
-{
-	struct vt_flow *f, *n = kzalloc(sizeof(*n), GFP_KERNEL);
-
-	if (!n)
-		return -ENOMEM;
-	spin_lock_bh(&vt_flows_lock);
-	f = vt_lookup(net, laddr, lport, raddr, rport);
-	if (f) {
-		f->users++;
-		spin_unlock_bh(&vt_flows_lock);
-		kfree(n);
-		return 0;
-	}
-	n->net = net;
-	n->laddr = laddr;
-	n->raddr = raddr;
-	n->lport = lport;
-	n->rport = rport;
-	n->users = 1;
-	hash_add_rcu(vt_flows, &n->node, vt_hash(net, laddr, lport, raddr, rport));
-	atomic_inc(&vt_nr_flows);
-	spin_unlock_bh(&vt_flows_lock);
-	return 0;
-}
-
-static void vt_unblock(const struct net *net, __be32 laddr, __be16 lport, __be32 raddr,
-		       __be16 rport)
-{
-	struct vt_flow *f;
-
-	spin_lock_bh(&vt_flows_lock);
-	f = vt_lookup(net, laddr, lport, raddr, rport);
-	if (f && --f->users == 0) {
-		hash_del_rcu(&f->node);
-		atomic_dec(&vt_nr_flows);
-		kfree_rcu(f, rcu);
-	}
-	spin_unlock_bh(&vt_flows_lock);
-}
-
-static unsigned int vt_hook(void *priv, struct sk_buff *skb, const struct nf_hook_state *state)
-{
-	const bool in = state->hook == NF_INET_PRE_ROUTING;
-	const struct iphdr *iph;
-	struct tcphdr _th;
-	const struct tcphdr *th;
-	bool hit;
-
-	if (likely(atomic_read(&vt_nr_flows) == 0))
-		return NF_ACCEPT;
-	iph = ip_hdr(skb);
-	if (iph->protocol != IPPROTO_TCP || (ntohs(iph->frag_off) & IP_OFFSET))
-		return NF_ACCEPT;
-	th = skb_header_pointer(skb, ip_hdrlen(skb), sizeof(_th), &_th);
-	if (!th)
-		return NF_ACCEPT;
-	rcu_read_lock();
-	if (in)
-		hit = vt_lookup(state->net, iph->daddr, th->dest, iph->saddr, th->source);
-	else
-		hit = vt_lookup(state->net, iph->saddr, th->source, iph->daddr, th->dest);
-	rcu_read_unlock();
-	if (!hit)
-		return NF_ACCEPT;
-	atomic64_inc(&vt_dropped);
-	return NF_DROP;
-}
-
-/* after defragmentation (-400), before raw tables and conntrack */
-static const struct nf_hook_ops vt_nf_ops[] = {
-	{
-		.hook = vt_hook,
-		.pf = NFPROTO_IPV4,
-		.hooknum = NF_INET_PRE_ROUTING,
-		.priority = NF_IP_PRI_RAW - 1,
-	},
-	{
-		.hook = vt_hook,
-		.pf = NFPROTO_IPV4,
-		.hooknum = NF_INET_LOCAL_OUT,
-		.priority = NF_IP_PRI_RAW - 1,
-	},
-};
-
-static int __net_init vt_net_init(struct net *net)
-{
-	return nf_register_net_hooks(net, vt_nf_ops, ARRAY_SIZE(vt_nf_ops));
-}
-
-static void __net_exit vt_net_exit(struct net *net)
-{
-	struct vt_flow *f;
-	struct hlist_node *tmp;
-	int bkt;
-
-	nf_unregister_net_hooks(net, vt_nf_ops, ARRAY_SIZE(vt_nf_ops));
-	/* nothing should be left (a frozen socket pins its netns); be safe anyway */
-	spin_lock_bh(&vt_flows_lock);
-	hash_for_each_safe(vt_flows, bkt, tmp, f, node) {
-		if (f->net == net) {
-			hash_del_rcu(&f->node);
-			atomic_dec(&vt_nr_flows);
-			kfree_rcu(f, rcu);
-		}
-	}
-	spin_unlock_bh(&vt_flows_lock);
-}
-
-static struct pernet_operations vt_net_ops = {
-	.init = vt_net_init,
-	.exit = vt_net_exit,
-};
 
 int vpipe_tcp_init(void)
 {
@@ -220,7 +64,7 @@ int vpipe_tcp_init(void)
 	vt_cred = prepare_kernel_cred(NULL);
 	if (!vt_cred)
 		return -ENOMEM;
-	r = register_pernet_subsys(&vt_net_ops);
+	r = vpipe_block_init();
 	if (r) {
 		put_cred(vt_cred);
 		vt_cred = NULL;
@@ -230,20 +74,9 @@ int vpipe_tcp_init(void)
 
 void vpipe_tcp_exit(void)
 {
-	unregister_pernet_subsys(&vt_net_ops);
-	rcu_barrier();	/* kfree_rcu of the flows */
+	vpipe_block_exit();
 	put_cred(vt_cred);
 	vt_cred = NULL;
-}
-
-unsigned int vpipe_tcp_blocked(void)
-{
-	return atomic_read(&vt_nr_flows);
-}
-
-u64 vpipe_tcp_dropped(void)
-{
-	return atomic64_read(&vt_dropped);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -396,44 +229,53 @@ static u32 vt_unread_len(struct sock *sk)
 /* ------------------------------------------------------------------------------------------ */
 /* freeze                                                                                      */
 
-/* Waits until everything the application wrote is acknowledged. */
-static int vt_wait_acked(struct sock *sk, unsigned long deadline)
+/* Copies the send queue (snd_una .. write_seq: the retransmit queue, then the write queue) into
+ * buf, which holds len bytes. Under lock_sock. 0 or -EIO when the queues do not hold exactly
+ * len bytes. A partly acknowledged head segment keeps its acknowledged bytes in the skb: they
+ * are skipped by sequence number. */
+static int vt_copy_skb_from(struct sk_buff *skb, u32 *seq, u8 *buf, u32 len, u32 *done)
 {
-	unsigned int spins = 0;
+	u32 start = TCP_SKB_CB(skb)->seq, off, n;
 
-	for (;;) {
-		struct tcp_sock *tp = tcp_sk(sk);
-		int state = READ_ONCE(sk->sk_state);
-
-		if (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT)
-			return -ENOTCONN;
-		if (READ_ONCE(tp->write_seq) == READ_ONCE(tp->snd_una))
-			return 0;
-		if (time_after(jiffies, deadline))
-			return -ETIMEDOUT;
-		if (fatal_signal_pending(current))
-			return -EINTR;
-		if (++spins < 100)
-			usleep_range(20, 50);
-		else
-			usleep_range(500, 1000);
-	}
+	if (!skb->len || !before(*seq, start + skb->len))
+		return 0;	/* empty (a FIN alone) or entirely acknowledged */
+	if (before(*seq, start))
+		return -EIO;	/* a hole: not the queue we think */
+	off = *seq - start;
+	n = min_t(u32, skb->len - off, len - *done);
+	if (skb_copy_bits(skb, off, buf + *done, n))
+		return -EIO;
+	*done += n;
+	*seq += n;
+	return 0;
 }
 
-/* Reads the frozen connection. Under lock_sock, in repair mode, with the flow blocked and the
- * backlog processed. Returns -EAGAIN when something is still unacknowledged. */
+static int vt_copy_sndq(struct sock *sk, u8 *buf, u32 len)
+{
+	struct tcp_sock *tp = tcp_sk(sk);
+	struct sk_buff *skb;
+	u32 seq = tp->snd_una, done = 0;
+
+	skb_rbtree_walk(skb, &sk->tcp_rtx_queue)
+		if (vt_copy_skb_from(skb, &seq, buf, len, &done))
+			return -EIO;
+	skb_queue_walk(&sk->sk_write_queue, skb)
+		if (vt_copy_skb_from(skb, &seq, buf, len, &done))
+			return -EIO;
+	return done == len ? 0 : -EIO;
+}
+
+/* Reads the frozen connection with its queues. Under lock_sock, in repair mode, with the flow
+ * blocked and the backlog processed. */
 static int vt_capture(struct sock *sk, struct vpipe_frozen_sock *fz)
 {
 	struct tcp_sock *tp = tcp_sk(sk);
 	struct inet_sock *inet = inet_sk(sk);
 	struct vpipe_tcp_state *st = &fz->st;
-	u32 n;
-	int r;
+	u32 n, q;
 
 	if (sk->sk_state != TCP_ESTABLISHED && sk->sk_state != TCP_CLOSE_WAIT)
 		return -ENOTCONN;
-	if (tp->write_seq != tp->snd_una)
-		return -EAGAIN;
 	/* urgent data in the stream: the byte is out of band, not worth handling */
 	if (tp->urg_data && !sock_flag(sk, SOCK_URGINLINE) &&
 	    !before(tp->urg_seq, tp->copied_seq) && before(tp->urg_seq, tp->rcv_nxt))
@@ -465,22 +307,42 @@ static int vt_capture(struct sock *sk, struct vpipe_frozen_sock *fz)
 	st->rcv_seq = tp->rcv_nxt;	/* TCP_QUEUE_SEQ, receive queue (a FIN counted) */
 	fz->peer_fin = sk->sk_state == TCP_CLOSE_WAIT;
 
+	/* what the application sent that the peer has not acknowledged: carried along, the
+	 * part never transmitted marked as such (SIOCOUTQ, SIOCOUTQNSD) */
+	q = tp->write_seq - tp->snd_una;
+	if (q) {
+		fz->sndq = kvmalloc(q, GFP_KERNEL);
+		if (!fz->sndq)
+			return -ENOMEM;
+		if (vt_copy_sndq(sk, fz->sndq, q))
+			goto eio;
+		st->sndq_len = q;
+		st->sndq_unsent = tp->write_seq - tp->snd_nxt;
+	}
 	n = vt_unread_len(sk);
-	fz->unread = NULL;
-	fz->unread_len = 0;
 	if (n) {
 		fz->unread = kvmalloc(n, GFP_KERNEL);
 		if (!fz->unread)
-			return -ENOMEM;
-		r = vt_copy_rcvq(sk, fz->unread, n);
-		if (r) {
-			kvfree(fz->unread);
-			fz->unread = NULL;
-			return r;
-		}
-		fz->unread_len = n;
+			goto nomem;
+		if (vt_copy_rcvq(sk, fz->unread, n))
+			goto eio;
+		st->rcvq_len = n;
 	}
 	return 0;
+eio:
+	vpipe_tcp_free_queues(fz);
+	return -EIO;
+nomem:
+	vpipe_tcp_free_queues(fz);
+	return -ENOMEM;
+}
+
+void vpipe_tcp_free_queues(struct vpipe_frozen_sock *fz)
+{
+	kvfree(fz->sndq);
+	kvfree(fz->unread);
+	fz->sndq = NULL;
+	fz->unread = NULL;
 }
 
 static void vt_state_tuple(const struct vpipe_tcp_state *st, __be32 *laddr, __be16 *lport,
@@ -502,14 +364,22 @@ static void vt_fz_unblock(struct vpipe_frozen_sock *fz)
 		return;
 	sock = sock_from_file(fz->file);
 	vt_state_tuple(&fz->st, &la, &lp, &ra, &rp);
-	vt_unblock(sock_net(sock->sk), la, lp, ra, rp);
+	vpipe_block_del(sock_net(sock->sk), la, lp, ra, rp);
 	fz->blocked = false;
+}
+
+/* leaves repair mode quietly (no window probe) with the application's SO_REUSEADDR back */
+static void vt_leave_repair(struct sock *sk, unsigned char reuse)
+{
+	vt_setint(sk, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+	lock_sock(sk);
+	sk->sk_reuse = reuse;
+	release_sock(sk);
 }
 
 int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz)
 {
 	struct socket *sock = vt_tcp_socket(f);
-	unsigned long deadline = jiffies + msecs_to_jiffies(VT_DRAIN_TIMEOUT_MS);
 	struct sockaddr unspec = { .sa_family = AF_UNSPEC };
 	struct sock *sk;
 	struct net *net;
@@ -526,70 +396,51 @@ int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz)
 		return -EOPNOTSUPP;
 	net = sock_net(sk);
 
-	for (;;) {
-		r = vt_wait_acked(sk, deadline);
-		if (r)
-			return r;
+	lock_sock(sk);
+	la = inet_sk(sk)->inet_saddr;
+	ra = inet_sk(sk)->inet_daddr;
+	lp = inet_sk(sk)->inet_sport;
+	rp = inet_sk(sk)->inet_dport;
+	reuse = sk->sk_reuse;
+	release_sock(sk);
 
-		lock_sock(sk);
-		la = inet_sk(sk)->inet_saddr;
-		ra = inet_sk(sk)->inet_daddr;
-		lp = inet_sk(sk)->inet_sport;
-		rp = inet_sk(sk)->inet_dport;
-		reuse = sk->sk_reuse;
-		release_sock(sk);
-
-		r = vt_block(net, la, lp, ra, rp);
-		if (r)
-			return r;
-		/* segments of the flow that passed the hook before the block are still being
-		 * processed (softirq, an RCU read side): wait for them, then let release_sock()
-		 * run the socket's backlog. Expedited: a normal grace period costs ~10 ms. */
-		synchronize_rcu_expedited();
-		r = vt_setint(sk, TCP_REPAIR, TCP_REPAIR_ON);
-		if (r) {
-			vt_unblock(net, la, lp, ra, rp);
-			/* a listener or a socket that closed meanwhile */
-			return r == -EPERM ? -ENOTCONN : r;
-		}
-		lock_sock(sk);
-		release_sock(sk);	/* flushes the backlog */
-		lock_sock(sk);
-		r = vt_capture(sk, fz);
-		release_sock(sk);
-		if (r == 0)
-			break;
+	r = vpipe_block_add(net, la, lp, ra, rp);
+	if (r)
+		return r;
+	/* segments of the flow that passed the hook before the block are still being processed
+	 * (softirq, an RCU read side): wait for them, then let release_sock() run the socket's
+	 * backlog. Expedited: a normal grace period costs ~10 ms. */
+	synchronize_rcu_expedited();
+	r = vt_setint(sk, TCP_REPAIR, TCP_REPAIR_ON);
+	if (r) {
+		vpipe_block_del(net, la, lp, ra, rp);
+		/* a listener or a socket that closed meanwhile */
+		return r == -EPERM ? -ENOTCONN : r;
+	}
+	lock_sock(sk);
+	release_sock(sk);	/* flushes the backlog */
+	lock_sock(sk);
+	r = vt_capture(sk, fz);
+	release_sock(sk);
+	if (r) {
 		/* leave quietly: nothing was changed */
-		vt_setint(sk, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
-		lock_sock(sk);
-		sk->sk_reuse = reuse;
-		release_sock(sk);
-		vt_unblock(net, la, lp, ra, rp);
+		vt_leave_repair(sk, reuse);
+		vpipe_block_del(net, la, lp, ra, rp);
 		memset(fz, 0, sizeof(*fz));	/* vt_capture may have filled st */
-		if (r != -EAGAIN)
-			return r;
-		/* a segment sent between the ACK and the freeze: wait again */
-		if (time_after(jiffies, deadline))
-			return -ETIMEDOUT;
+		return r;
 	}
 
 	/* the tuple is free now: no FIN, no RST (repair-mode disconnect) */
 	r = kernel_connect(sock, &unspec, sizeof(unspec), 0);
 	if (r) {
-		vt_setint(sk, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
-		lock_sock(sk);
-		sk->sk_reuse = reuse;
-		release_sock(sk);
-		vt_unblock(net, la, lp, ra, rp);
-		kvfree(fz->unread);
+		vt_leave_repair(sk, reuse);
+		vpipe_block_del(net, la, lp, ra, rp);
+		vpipe_tcp_free_queues(fz);
 		memset(fz, 0, sizeof(*fz));
 		return r;
 	}
 	/* an ordinary unconnected socket again, with the application's options */
-	vt_setint(sk, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
-	lock_sock(sk);
-	sk->sk_reuse = reuse;
-	release_sock(sk);
+	vt_leave_repair(sk, reuse);
 
 	fz->file = get_file(f);
 	fz->blocked = true;
@@ -597,24 +448,12 @@ int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz)
 	return 0;
 }
 
-void vpipe_tcp_drop_unread(struct vpipe_frozen_sock *fz, u32 n)
-{
-	if (n >= fz->unread_len) {
-		kvfree(fz->unread);
-		fz->unread = NULL;
-		fz->unread_len = 0;
-		return;
-	}
-	memmove(fz->unread, (u8 *)fz->unread + n, fz->unread_len - n);
-	fz->unread_len -= n;
-}
-
 void vpipe_tcp_release(struct vpipe_frozen_sock *fz)
 {
 	if (!fz->file)
 		return;
 	vt_fz_unblock(fz);
-	kvfree(fz->unread);
+	vpipe_tcp_free_queues(fz);
 	fput(fz->file);
 	memset(fz, 0, sizeof(*fz));
 }
@@ -646,18 +485,6 @@ static int vt_refill(struct socket *sock, const u8 *data, u32 len)
 		return w ? w : -EIO;
 	}
 	return 0;
-}
-
-static bool vt_state_valid(const struct vpipe_tcp_state *s)
-{
-	if (s->family != VPIPE_AF_INET || !s->local_port || !s->remote_port)
-		return false;
-	if (s->options & ~(VPIPE_TCPOPT_SACK | VPIPE_TCPOPT_TIMESTAMP | VPIPE_TCPOPT_WSCALE))
-		return false;
-	if ((s->options & VPIPE_TCPOPT_WSCALE) && (s->snd_wscale > TCP_MAX_WSCALE ||
-						    s->rcv_wscale > TCP_MAX_WSCALE))
-		return false;
-	return s->mss >= 64 && s->mss <= 65535;
 }
 
 /* the application's options, from the old socket (now unconnected) to the new one */
@@ -865,9 +692,11 @@ static int vt_build(struct net *net, struct sock *app, const struct vpipe_tcp_st
 		    (r = vt_refill(sock, rcvq, s->rcvq_len)))
 			goto fail;
 	}
-	if (s->sndq_len) {
+	/* only the transmitted part goes in here (it counts as in flight); the rest is sent as
+	 * ordinary data once the flow reaches the socket (vpipe_tcp_restore) */
+	if (s->sndq_len > s->sndq_unsent) {
 		if ((r = vt_setint(sk, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)) ||
-		    (r = vt_refill(sock, sndq, s->sndq_len)))
+		    (r = vt_refill(sock, sndq, s->sndq_len - s->sndq_unsent)))
 			goto fail;
 	}
 	r = vt_setint(sk, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
@@ -929,13 +758,28 @@ static void vt_conntrack_liberal(struct net *net, const struct vpipe_tcp_state *
 #endif
 }
 
-int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state *final,
-		      const u8 *carry, u32 result_flags, int *new_fd)
+/* queues the never-transmitted bytes as ordinary data (the send buffer was sized for them) */
+static int vt_send_unsent(struct socket *sock, const u8 *data, u32 len)
+{
+	u32 off = 0;
+
+	while (off < len) {
+		struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL };
+		struct kvec iov = { .iov_base = (void *)(data + off), .iov_len = len - off };
+		int w = kernel_sendmsg(sock, &msg, &iov, 1, iov.iov_len);
+
+		if (w <= 0)
+			return w ? w : -EIO;
+		off += w;
+	}
+	return 0;
+}
+
+int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *res, int *new_fd)
 {
 	struct socket *app_sock, *sock = NULL;
 	struct vpipe_tcp_state s;
-	const u8 *sndq = NULL;
-	u8 *rcvq = NULL;
+	const u8 *sndq, *rcvq;
 	unsigned int f_flags;
 	struct net *net;
 	bool shut_rd;
@@ -948,53 +792,35 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state
 	net = sock_net(app_sock->sk);
 	f_flags = READ_ONCE(fz->file->f_flags);
 
-	if (result_flags & VPIPE_EPF_RESET) {
+	if (res->flags & VPIPE_EPF_RESET) {
 		vt_fz_unblock(fz);
 		r = vt_make_reset(net, f_flags, new_fd);
 		goto out;
 	}
-
-	s = fz->st;
-	shut_rd = fz->peer_fin;
-	if ((result_flags & VPIPE_EPF_VALID) && final) {
-		if (!vt_state_valid(final) || memcmp(final->local_addr, fz->st.local_addr, 4) ||
-		    memcmp(final->remote_addr, fz->st.remote_addr, 4) ||
-		    final->local_port != fz->st.local_port ||
-		    final->remote_port != fz->st.remote_port ||
-		    (u64)final->rcvq_len + fz->unread_len > INT_MAX ||
-		    (final->sndq_len && !carry) || (final->rcvq_len && !carry)) {
-			r = -EINVAL;
-			goto out_unblock;
-		}
-		s = *final;
-		sndq = carry;
+	/* dom0's final state (checked by the core against the frozen one), or the frozen one */
+	if (res->flags & VPIPE_EPF_VALID) {
+		s = *res->st;
+		sndq = res->sndq;
+		rcvq = res->rcvq;
 		/* a FIN we had taken before the freeze, or one dom0 consumed */
-		shut_rd = fz->peer_fin || (result_flags & VPIPE_EPF_PEER_FIN);
+		shut_rd = fz->peer_fin || (res->flags & VPIPE_EPF_PEER_FIN);
 	} else {
-		s.sndq_len = 0;	/* frozen with an empty send queue */
-		s.rcvq_len = 0;
+		s = fz->st;
+		sndq = fz->sndq;
+		rcvq = fz->unread;
+		shut_rd = fz->peer_fin;
 	}
-	/* receive queue: our unread bytes, then what dom0 received and nobody read */
-	if (fz->unread_len + s.rcvq_len) {
-		rcvq = kvmalloc(fz->unread_len + s.rcvq_len, GFP_KERNEL);
-		if (!rcvq) {
-			r = -ENOMEM;
-			goto out_unblock;
-		}
-		if (fz->unread_len)
-			memcpy(rcvq, fz->unread, fz->unread_len);
-		if (s.rcvq_len)
-			memcpy(rcvq + fz->unread_len, carry + s.sndq_len, s.rcvq_len);
-		s.rcvq_len += fz->unread_len;
+	if ((s.sndq_len && !sndq) || (s.rcvq_len && !rcvq) || s.sndq_unsent > s.sndq_len) {
+		r = -EINVAL;
+		goto out_unblock;
 	}
 	s.carry_offset = 0;
 
 	r = vt_build(net, app_sock->sk, &s, sndq, rcvq, &sock);
-	kvfree(rcvq);
 	if (r)
 		goto out_unblock;
 	vt_copy_options(app_sock->sk, sock->sk, fz->app_reuse);
-	if (result_flags & VPIPE_EPF_VALID)
+	if (res->flags & VPIPE_EPF_VALID)
 		vt_conntrack_liberal(net, &s);
 	if (shut_rd)
 		kernel_sock_shutdown(sock, SHUT_RD);	/* the application reads EOF */
@@ -1009,6 +835,14 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_tcp_state
 	lock_sock(sock->sk);
 	sock->sk->sk_reuse = fz->app_reuse;	/* REPAIR_OFF cleared it */
 	release_sock(sock->sk);
+	/* what was never transmitted goes out now, as ordinary data */
+	if (s.sndq_unsent) {
+		r = vt_send_unsent(sock, sndq + (s.sndq_len - s.sndq_unsent), s.sndq_unsent);
+		if (r) {
+			sock_release(sock);
+			goto out;
+		}
+	}
 	r = vt_install(sock, f_flags, new_fd);
 	goto out;
 

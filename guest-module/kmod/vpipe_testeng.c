@@ -1,51 +1,88 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * vpipe_testeng.c -- TEST BUILDS ONLY (VPIPE_TEST=1): a stand-in for dom0 inside the guest, so
- * that the module's file -> file path (descriptor streams, chunking, destination preparation,
- * cache invalidation, size update) can be checked byte-exact on plain QEMU without Xen.
+ * that the module's whole request path -- the guest core building descriptor streams and
+ * posting them on the ring, the area's pages, the response consumer -- runs byte-exact on
+ * plain QEMU without Xen.
  *
- * With test_engine_disk=/dev/vda (the whole disk behind vdev_map) the "engine" is connected and
- * executes FILE_TO_FILE requests itself: it validates the descriptor stream like dom0 (magic,
- * version, kinds, slices, segment sums, ZERO only in sources, inside the disk) and copies the
- * bytes with reads and writes of the raw disk, then flushes -- what dom0 does to the image.
- * The disk's own page cache is dropped before and after, so it never serves stale sectors.
- * Socket requests are answered -EOPNOTSUPP. The real engine is vpiped on Xen (tests/xen).
+ * With test_engine_disk=/dev/vda (the whole disk behind vdev_map) the "engine" is the back end
+ * of the module's ring: it takes requests with the same checks as vpiped (RING_COPY_REQUEST,
+ * producer index checked), copies the area out of the pages the request names, validates it
+ * with the protocol's one validator (common/protocol/check.c, which vpiped runs too), executes
+ * FILE_TO_FILE requests with reads and writes of the raw disk (what dom0 does to the image) and
+ * flushes, then answers on the ring and "interrupts" the frontend. The disk's own page cache is
+ * dropped before and after, so it never serves stale sectors. Socket requests are answered
+ * -EOPNOTSUPP with no result (the guest restores its connections). The real engine is vpiped
+ * on Xen (tests/xen).
  */
 #include <linux/blkdev.h>
 #include <linux/delay.h>
 #include <linux/fs.h>
-#include <linux/pagemap.h>
+#include <linux/inet.h>
 #include <linux/moduleparam.h>
+#include <linux/pagemap.h>
 #include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/workqueue.h>
 
-#include "vpipe.h"
+#include "protocol/check.h"
+#include "vpipe_front.h"
 #include "vpipe_testeng.h"
 
 static char *test_engine_disk;
 module_param(test_engine_disk, charp, 0444);
 MODULE_PARM_DESC(test_engine_disk, "TEST BUILD: execute file->file requests on this raw disk");
 
+static char *test_engine_ip;
+module_param(test_engine_ip, charp, 0444);
+MODULE_PARM_DESC(test_engine_ip, "TEST BUILD: the VM's address, as the toolstack would tell vpiped");
+
 static unsigned int test_engine_delay_ms;
 module_param(test_engine_delay_ms, uint, 0644);
 MODULE_PARM_DESC(test_engine_delay_ms, "TEST BUILD: the stand-in engine answers this much later");
+
+static struct workqueue_struct *test_wq;
+static DEFINE_SPINLOCK(back_lock);
+static struct vpipe_back_ring back;
+static bool attached;
+static struct work_struct take_work;
+
+struct test_req {
+	struct work_struct work;
+	struct vpipe_request req;
+};
 
 bool vpipe_testeng_active(void)
 {
 	return test_engine_disk && *test_engine_disk;
 }
 
+/* the disk's size, for the validator */
+static int disk_cb(void *arg, uint32_t vdev, struct vpipe_check_disk *out)
+{
+	struct file *disk = arg;
+
+	out->size = i_size_read(disk->f_mapping->host);
+	out->writable = 1;
+	return 0;
+}
+
 struct cursor {
-	const struct vpipe_segment *seg;
-	u32 n, i;
-	u64 used;     /* bytes of seg[i] consumed */
+	const u8 *desc;
+	u32 first, n, i;
+	u64 used;     /* bytes of segment i consumed */
 };
 
-static int copy_stream(struct file *disk, u64 disk_size, const struct vpipe_segment *segs,
-		       const struct vpipe_endpoint *src, const struct vpipe_endpoint *dst,
+static void seg_at(const struct cursor *c, struct vpipe_segment *s)
+{
+	vpipe_desc_segment(c->desc, c->first + c->i, s);
+}
+
+static int copy_stream(struct file *disk, const u8 *desc, const struct vpipe_checked *ck,
 		       u64 length, u64 *moved)
 {
-	struct cursor s = { segs + src->first_segment, src->nr_segments, 0, 0 };
-	struct cursor d = { segs + dst->first_segment, dst->nr_segments, 0, 0 };
+	struct cursor s = { desc, ck->src.first_segment, ck->src.nr_segments, 0, 0 };
+	struct cursor d = { desc, ck->dst.first_segment, ck->dst.nr_segments, 0, 0 };
 	const size_t bufsz = 1u << 20;
 	u8 *buf = kvmalloc(bufsz, GFP_KERNEL);
 	int err = 0;
@@ -54,17 +91,22 @@ static int copy_stream(struct file *disk, u64 disk_size, const struct vpipe_segm
 		return -ENOSPC;
 	*moved = 0;
 	while (*moved < length) {
-		const struct vpipe_segment *ss = &s.seg[s.i], *ds = &d.seg[d.i];
-		u64 n = min3((u64)bufsz, (u64)ss->length - s.used, (u64)ds->length - d.used);
-		loff_t rp = ss->disk_offset + s.used, wp = ds->disk_offset + d.used;
+		struct vpipe_segment ss, ds;
+		loff_t rp, wp;
 		ssize_t r;
+		u64 n;
 
 		if (s.i >= s.n || d.i >= d.n) {
 			err = -EINVAL;
 			break;
 		}
+		seg_at(&s, &ss);
+		seg_at(&d, &ds);
+		n = min3((u64)bufsz, (u64)ss.length - s.used, (u64)ds.length - d.used);
 		n = min(n, length - *moved);
-		if (ss->flags & VPIPE_SEG_ZERO) {
+		rp = ss.disk_offset + s.used;
+		wp = ds.disk_offset + d.used;
+		if (ss.flags & VPIPE_SEG_ZERO) {
 			memset(buf, 0, n);
 		} else {
 			r = kernel_read(disk, buf, n, &rp);
@@ -81,11 +123,11 @@ static int copy_stream(struct file *disk, u64 disk_size, const struct vpipe_segm
 		*moved += n;
 		s.used += n;
 		d.used += n;
-		if (s.used == ss->length) {
+		if (s.used == ss.length) {
 			s.i++;
 			s.used = 0;
 		}
-		if (d.used == ds->length) {
+		if (d.used == ds.length) {
 			d.i++;
 			d.used = 0;
 		}
@@ -95,74 +137,179 @@ static int copy_stream(struct file *disk, u64 disk_size, const struct vpipe_segm
 		err = vfs_fsync(disk, 0);
 	if (err)
 		*moved = 0;   /* durable bytes only: the test engine reports all or nothing */
-	(void)disk_size;
 	return err;
 }
 
-static int check_file_ep(const struct vpipe_desc_header *h, const struct vpipe_endpoint *ep,
-			 const struct vpipe_segment *segs, u64 length, u64 disk_size, bool dst)
+/* copies bytes [0, len) of the request's area (pages named by refs) into buf */
+static int read_area(const u32 *refs, u32 nr_refs, u8 *buf, u32 len)
 {
-	u64 sum = 0;
-	u32 i;
+	u32 off = 0;
 
-	if (ep->kind != VPIPE_EP_FILE || !ep->nr_segments ||
-	    (u64)ep->first_segment + ep->nr_segments > h->nr_segments)
-		return -EINVAL;
-	for (i = 0; i < ep->nr_segments; i++) {
-		const struct vpipe_segment *s = &segs[ep->first_segment + i];
+	while (off < len) {
+		u32 idx = off / VPIPE_PAGE_SIZE, n = min_t(u32, VPIPE_PAGE_SIZE, len - off);
+		u8 *p = idx < nr_refs ? vpipe_front_test_page(refs[idx]) : NULL;
 
-		if (!s->length || s->reserved0 || (s->flags & ~VPIPE_SEG_ZERO))
+		if (!p)
 			return -EINVAL;
-		if (s->flags & VPIPE_SEG_ZERO) {
-			if (dst || s->disk_offset)
-				return -EINVAL;
-		} else if (s->disk_offset > disk_size || s->length > disk_size - s->disk_offset) {
-			return -ERANGE;
-		}
-		/* alignment rule: inner destination boundaries on sectors */
-		if (dst && i > 0 && (s->disk_offset % VPIPE_SECTOR_SIZE))
-			return -EINVAL;
-		if (dst && i + 1 < ep->nr_segments &&
-		    ((s->disk_offset + s->length) % VPIPE_SECTOR_SIZE))
-			return -EINVAL;
-		sum += s->length;
+		memcpy(buf + off, p, n);
+		off += n;
 	}
-	return sum == length ? 0 : -EINVAL;
+	return 0;
 }
 
-int vpipe_testeng_run(u8 op, u64 length, const void *stream, u32 desc_bytes, u64 *moved)
+static int execute(const struct vpipe_request *req, u64 *moved)
 {
-	const struct vpipe_desc_header *h = stream;
-	const struct vpipe_segment *segs = (const void *)(h + 1);
+	struct vpipe_check_ctx ctx = { .disk = disk_cb };
+	struct vpipe_checked ck;
+	u32 *refs = NULL, nr_refs = 0, i;
+	u8 *desc = NULL;
 	struct file *disk;
-	u64 disk_size;
 	int err;
 
 	*moved = 0;
-	if (READ_ONCE(test_engine_delay_ms))
-		msleep(READ_ONCE(test_engine_delay_ms));
-	if (op != VPIPE_OP_FILE_TO_FILE)
-		return -EOPNOTSUPP;
-	if (desc_bytes < sizeof(*h) || h->magic != VPIPE_DESC_MAGIC ||
-	    h->version != VPIPE_PROTOCOL_VERSION || h->header_bytes != sizeof(*h) ||
-	    h->reserved0 || h->nr_segments > VPIPE_DESC_MAX_SEGMENTS ||
-	    sizeof(*h) + (u64)h->nr_segments * sizeof(*segs) > desc_bytes ||
-	    length == 0 || length > VPIPE_MAX_REQUEST_LENGTH)
-		return -EINVAL;
-	disk = filp_open(test_engine_disk, O_RDWR | O_LARGEFILE, 0);
-	if (IS_ERR(disk))
-		return -EIO;
-	disk_size = i_size_read(disk->f_mapping->host);   /* the block device inode */
-	err = check_file_ep(h, &h->src, segs, length, disk_size, false);
+	err = vpipe_check_request(req);
+	if (err || req->op == VPIPE_OP_NOP)
+		return err;
+	refs = kvmalloc_array(VPIPE_AREA_MAX_PAGES, sizeof(u32), GFP_KERNEL);
+	desc = kvmalloc(req->desc_bytes, GFP_KERNEL);
+	if (!refs || !desc) {
+		err = -ENOSPC;
+		goto out;
+	}
+	if (req->flags & VPIPE_REQF_INDIRECT) {
+		u8 *ind = kvmalloc((size_t)req->nr_pages * VPIPE_PAGE_SIZE, GFP_KERNEL);
+
+		err = ind ? read_area(req->page, req->nr_pages, ind, req->nr_pages * VPIPE_PAGE_SIZE) : -ENOSPC;
+		if (!err)
+			err = vpipe_check_indirect(req, ind, refs, &nr_refs);
+		kvfree(ind);
+	} else {
+		for (i = 0; i < req->nr_pages; i++)
+			refs[i] = req->page[i];
+		nr_refs = req->nr_pages;
+	}
 	if (!err)
-		err = check_file_ep(h, &h->dst, segs, length, disk_size, true);
-	if (!err && h->src.vdev != h->dst.vdev)
-		err = -EPERM;   /* one test disk */
+		err = read_area(refs, nr_refs, desc, req->desc_bytes);
+	if (err)
+		goto out;
+	disk = filp_open(test_engine_disk, O_RDWR | O_LARGEFILE, 0);
+	if (IS_ERR(disk)) {
+		err = -EIO;
+		goto out;
+	}
+	ctx.arg = disk;
+	if (test_engine_ip && in4_pton(test_engine_ip, -1, ctx.ipv4, -1, NULL))
+		ctx.have_ipv4 = 1;
+	err = vpipe_check_desc(req, desc, (req->flags & VPIPE_REQF_INDIRECT) ? refs : NULL, nr_refs,
+			       &ctx, &ck);
+	if (!err && req->op != VPIPE_OP_FILE_TO_FILE)
+		err = -EOPNOTSUPP;   /* no shadow sockets here: the guest restores its own */
+	if (!err && ck.src.vdev != ck.dst.vdev)
+		err = -EPERM;        /* one test disk */
 	if (!err) {
 		invalidate_mapping_pages(disk->f_mapping, 0, -1);
-		err = copy_stream(disk, disk_size, segs, &h->src, &h->dst, length, moved);
+		err = copy_stream(disk, desc, &ck, req->length, moved);
 		invalidate_mapping_pages(disk->f_mapping, 0, -1);
 	}
 	filp_close(disk, NULL);
+out:
+	kvfree(refs);
+	kvfree(desc);
 	return err;
+}
+
+static void respond(u64 id, int status, u64 moved)
+{
+	struct vpipe_response *rsp;
+	unsigned long flags;
+	int notify;
+
+	spin_lock_irqsave(&back_lock, flags);
+	rsp = RING_GET_RESPONSE(&back, back.rsp_prod_pvt);
+	memset(rsp, 0, sizeof(*rsp));
+	rsp->id = id;
+	rsp->moved = moved;
+	rsp->status = status;
+	back.rsp_prod_pvt++;
+	RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&back, notify);
+	spin_unlock_irqrestore(&back_lock, flags);
+	/* as an event channel would: only when the frontend asked to be told */
+	if (notify)
+		vpipe_front_test_interrupt();
+}
+
+static void req_work_fn(struct work_struct *w)
+{
+	struct test_req *t = container_of(w, struct test_req, work);
+	u64 moved = 0;
+	int st;
+
+	if (READ_ONCE(test_engine_delay_ms))
+		msleep(READ_ONCE(test_engine_delay_ms));
+	st = execute(&t->req, &moved);
+	respond(t->req.id, st, moved);
+	kfree(t);
+}
+
+/* takes every published request (each copied once) and hands it to a worker */
+static void take_work_fn(struct work_struct *w)
+{
+	unsigned long flags;
+	int more;
+
+	do {
+		RING_IDX rp, rc;
+
+		spin_lock_irqsave(&back_lock, flags);
+		rp = READ_ONCE(back.sring->req_prod);
+		virt_rmb();
+		if (RING_REQUEST_PROD_OVERFLOW(&back, rp)) {
+			spin_unlock_irqrestore(&back_lock, flags);
+			pr_err("vpipe testeng: req_prod past the ring\n");
+			return;
+		}
+		for (rc = back.req_cons; rc != rp && !RING_REQUEST_CONS_OVERFLOW(&back, rc); rc++) {
+			struct test_req *t = kzalloc(sizeof(*t), GFP_ATOMIC);
+
+			if (!t)
+				break;
+			RING_COPY_REQUEST(&back, rc, &t->req);
+			INIT_WORK(&t->work, req_work_fn);
+			queue_work(test_wq, &t->work);
+		}
+		back.req_cons = rc;
+		RING_FINAL_CHECK_FOR_REQUESTS(&back, more);
+		spin_unlock_irqrestore(&back_lock, flags);
+	} while (more);
+}
+
+void vpipe_testeng_attach(struct vpipe_sring *sring)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&back_lock, flags);
+	BACK_RING_INIT(&back, sring, VPIPE_PAGE_SIZE);
+	attached = true;
+	spin_unlock_irqrestore(&back_lock, flags);
+}
+
+void vpipe_testeng_kick(void)
+{
+	if (attached && test_wq)
+		queue_work(test_wq, &take_work);
+}
+
+int vpipe_testeng_start(void)
+{
+	INIT_WORK(&take_work, take_work_fn);
+	test_wq = alloc_workqueue("vpipe_testeng", WQ_UNBOUND, 0);
+	return test_wq ? 0 : -ENOMEM;
+}
+
+void vpipe_testeng_stop(void)
+{
+	if (test_wq)
+		destroy_workqueue(test_wq);   /* drains what is queued */
+	test_wq = NULL;
+	attached = false;
 }

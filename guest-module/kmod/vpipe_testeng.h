@@ -5,8 +5,14 @@
 
 #include <linux/types.h>
 
+struct vpipe_sring;
+
 bool vpipe_testeng_active(void);
-/* executes one request's descriptor stream: 0 or a negative status, *moved */
-int vpipe_testeng_run(u8 op, u64 length, const void *stream, u32 desc_bytes, u64 *moved);
+int vpipe_testeng_start(void);
+void vpipe_testeng_stop(void);
+/* the ring the frontend just set up (the engine is its back end) */
+void vpipe_testeng_attach(struct vpipe_sring *sring);
+/* the frontend notified "dom0": take the requests published */
+void vpipe_testeng_kick(void);
 
 #endif

@@ -11,9 +11,9 @@
 # (test_engine_disk=/dev/vda: the module executes its own requests on the raw disk, as dom0
 # would on the image), file -> file runs byte-exact: new file, short count past EOF, unaligned
 # overwrite, holes/unwritten sources, one file, the cache rule, chunking, counters; and the
-# socket orchestration: unread bytes delivered by the guest, freeze, a hand-over the engine
-# refuses, every socket restored as a new descriptor (dup3 as libvpipe does) and still carrying
-# data both ways, a source whose peer closed drained locally then EOF; requests answered
+# socket orchestration: freeze with the queues, a hand-over the engine refuses, every socket
+# restored as a new descriptor (dup3 as libvpipe does) and still carrying data both ways with
+# its queued bytes (carried and restored), a source whose peer closed drained locally then EOF; requests answered
 # asynchronously through the slot table (5 in flight together) and a process SIGKILLed while
 # its request is with the engine (it exits only after the answer; its holds are released).
 #
@@ -47,8 +47,10 @@ trap cleanup EXIT
 t0=$(date +%s)
 
 # 1. the module, test build, in a copy of the sources (the tree's own objects stay as they are)
-mkdir -p "$W/kmod/include/vpipe/abi"
+mkdir -p "$W/kmod/include/vpipe/abi" "$W/kmod/core" "$W/kmod/protocol"
 cp "$ROOT"/guest-module/kmod/{Kbuild,Makefile} "$ROOT"/guest-module/kmod/*.[ch] "$W/kmod/"
+cp "$ROOT"/guest-module/core/*.[ch] "$W/kmod/core/"
+cp "$ROOT"/common/protocol/*.[ch] "$W/kmod/protocol/"
 cp "$ROOT"/libvpipe/include/vpipe/abi/{ring,ioctl}.h "$W/kmod/include/vpipe/abi/"
 if ! nice make -s -C "$KDIR" M="$W/kmod" VPIPE_TEST=1 W=1 modules >"$W/kbuild.log" 2>&1; then
     cat "$W/kbuild.log"; echo "FAIL: module build"; exit 1
@@ -80,7 +82,7 @@ cat >"$R/init" <<'EOF'
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "insmod $m FAILED"; done
-ip link set lo up; ip addr add 10.9.9.1/32 dev lo
+ip link set lo up; ip addr add 10.9.9.1/32 dev lo; ip addr add 10.9.9.2/32 dev lo
 for i in $(seq 50); do [ -b /dev/vda1 ] && break; sleep 0.1; done
 mount -t ext4 /dev/vda1 /mnt || echo "MOUNT FAILED"
 dmesg -c >/dev/null
@@ -92,7 +94,7 @@ rmmod vpipe && echo "RMMOD ok"
 [ ! -e /dev/vpipe ] && echo "DEVNODE gone"
 insmod /vpipe.ko && /kmod_probe stats && rmmod vpipe && echo "RELOAD ok"
 mount -t ext4 /dev/vda1 /mnt || echo "MOUNT FAILED"
-insmod /vpipe.ko vdev_map=vda=51712 test_engine_disk=/dev/vda && /kmod_probe engine
+insmod /vpipe.ko vdev_map=vda=51712 test_engine_disk=/dev/vda test_engine_ip=10.9.9.1 && /kmod_probe engine
 umount /mnt && rmmod vpipe && echo "ENGINE UNLOAD ok"
 echo "---- dmesg"
 dmesg

@@ -1,30 +1,30 @@
 // SPDX-License-Identifier: (GPL-2.0 OR MIT)
-/* front.c -- see front.h */
-#include "front.h"
+/* ring.c -- see ring.h */
+#include "ring.h"
 
-void vpipe_front_init(struct vpipe_front *f, struct vpipe_sring *sring)
+void vpipe_ring_init(struct vpipe_ring *f, struct vpipe_sring *sring)
 {
 	memset(f, 0, sizeof(*f));
 	SHARED_RING_INIT(sring);
 	FRONT_RING_INIT(&f->ring, sring, VPIPE_PAGE_SIZE);
 }
 
-static int free_slot(const struct vpipe_front *f)
+static int free_slot(const struct vpipe_ring *f)
 {
 	int i;
 
-	for (i = 0; i < (int)VPIPE_FRONT_SLOTS; i++)
+	for (i = 0; i < (int)VPIPE_RING_SLOTS; i++)
 		if (!f->slot[i].id)
 			return i;
 	return -1;
 }
 
-bool vpipe_front_has_room(const struct vpipe_front *f)
+bool vpipe_ring_has_room(const struct vpipe_ring *f)
 {
 	return !RING_FULL(&f->ring) && free_slot(f) >= 0;
 }
 
-int vpipe_front_post(struct vpipe_front *f, const struct vpipe_post *p, void *owner, uint64_t *id)
+int vpipe_ring_post(struct vpipe_ring *f, const struct vpipe_post *p, void *owner, uint64_t *id)
 {
 	struct vpipe_request *rq;
 	int slot = free_slot(f), notify = 0;
@@ -54,8 +54,8 @@ int vpipe_front_post(struct vpipe_front *f, const struct vpipe_post *p, void *ow
 	return notify ? 1 : 0;
 }
 
-static void finish(struct vpipe_front *f, uint32_t slot, int status, uint64_t moved,
-		   vpipe_front_done_fn done, void *arg)
+static void finish(struct vpipe_ring *f, uint32_t slot, int status, uint64_t moved,
+		   vpipe_ring_done_fn done, void *arg)
 {
 	void *owner = f->slot[slot].owner;
 	uint64_t length = f->slot[slot].length;
@@ -66,7 +66,7 @@ static void finish(struct vpipe_front *f, uint32_t slot, int status, uint64_t mo
 	done(arg, owner, status, moved > length ? length : moved);
 }
 
-int vpipe_front_reap(struct vpipe_front *f, vpipe_front_done_fn done, void *arg)
+int vpipe_ring_reap(struct vpipe_ring *f, vpipe_ring_done_fn done, void *arg)
 {
 	int more;
 
@@ -84,8 +84,8 @@ int vpipe_front_reap(struct vpipe_front *f, vpipe_front_done_fn done, void *arg)
 			uint64_t slot;
 
 			RING_COPY_RESPONSE(&f->ring, cons, &rsp);
-			slot = rsp.id & VPIPE_FRONT_SLOT_MASK;
-			if (slot >= VPIPE_FRONT_SLOTS || !f->slot[slot].id || f->slot[slot].id != rsp.id) {
+			slot = rsp.id & VPIPE_RING_SLOT_MASK;
+			if (slot >= VPIPE_RING_SLOTS || !f->slot[slot].id || f->slot[slot].id != rsp.id) {
 				f->bad_responses++;
 				f->ring.rsp_cons = cons + 1;
 				return -EPROTO;
@@ -101,11 +101,11 @@ int vpipe_front_reap(struct vpipe_front *f, vpipe_front_done_fn done, void *arg)
 	return 0;
 }
 
-void vpipe_front_cancel_all(struct vpipe_front *f, vpipe_front_done_fn done, void *arg)
+void vpipe_ring_cancel_all(struct vpipe_ring *f, vpipe_ring_done_fn done, void *arg)
 {
 	uint32_t i;
 
-	for (i = 0; i < VPIPE_FRONT_SLOTS; i++)
+	for (i = 0; i < VPIPE_RING_SLOTS; i++)
 		if (f->slot[i].id)
 			finish(f, i, -ECANCELED, 0, done, arg);
 }
