@@ -15,6 +15,8 @@
 #include <sys/ioctl.h>
 #endif
 
+#include "vpipe/abi/ring.h"
+
 struct vpipe_dbg_seg {
 	uint64_t disk_offset;   /* on the whole virtual disk (partition offset included) */
 	uint64_t length;
@@ -37,5 +39,33 @@ struct vpipe_dbg_map {
 };
 
 #define VPIPE_IOC_DBG_MAP _IOWR('V', 0x40, struct vpipe_dbg_map)
+
+/* The stand-in engine's script (the conformance corpus, tests/conformance/corpus.h: ans is an
+ * enum vc_ans): how it answers the requests from now on. Also forgets what it recorded. */
+struct vpipe_dbg_script {
+	int32_t ans;
+	int32_t err;
+	uint64_t moved;
+};
+#define VPIPE_IOC_DBG_SCRIPT _IOW('V', 0x41, struct vpipe_dbg_script)
+
+/* The requests the stand-in engine took since the last script, each as a record: this header,
+ * then stream_len bytes of the descriptor stream, then the carried bytes (source send queue,
+ * receive queue, tail, then the destination's). */
+struct vpipe_dbg_rec {
+	struct vpipe_request ring;
+	int32_t verdict;          /* the validator's (common/protocol/check.c) */
+	uint32_t stream_len;
+	uint32_t carry_len[2][3];
+	uint32_t pad;
+};
+struct vpipe_dbg_reqs {
+	uint64_t buf;             /* in: user buffer */
+	uint32_t len;             /* in: its size */
+	uint32_t count;           /* out: records */
+	uint32_t used;            /* out: bytes written */
+	uint32_t lost;            /* out: records that did not fit the engine's buffer */
+};
+#define VPIPE_IOC_DBG_REQS _IOWR('V', 0x42, struct vpipe_dbg_reqs)
 
 #endif

@@ -384,6 +384,10 @@ static void teardown_locked(void)
 	wake_up_all(&chan.wq);
 	if (!chan.ring_up)
 		return;
+#ifdef VPIPE_TEST
+	if (vpipe_testeng_active())
+		vpipe_testeng_quiesce();   /* its requests end before their pages go */
+#endif
 	/* submitters and readers see !connected / another gen and let go of the area */
 	down_write(&chan.area_rw);
 	spin_lock_irqsave(&chan.lock, flags);
@@ -547,9 +551,22 @@ static void vpipe_backend_changed(struct xenbus_device *dev, enum xenbus_state b
 	mutex_unlock(&chan.mu);
 }
 
+#ifdef VPIPE_TEST
+static int test_connect(void);
+#endif
+
 static void broken_work_fn(struct work_struct *w)
 {
 	mutex_lock(&chan.mu);
+#ifdef VPIPE_TEST
+	if (vpipe_testeng_active()) {
+		/* the stand-in engine broke the ring on purpose: start over, as with a backend */
+		teardown_locked();
+		test_connect();
+		mutex_unlock(&chan.mu);
+		return;
+	}
+#endif
 	if (chan.dev && chan.ring_up) {
 		teardown_locked();
 		xenbus_switch_state(chan.dev, XenbusStateInitialising);
@@ -645,6 +662,17 @@ uint8_t *vpipe_front_test_page(uint32_t ref)
 void vpipe_front_test_interrupt(void)
 {
 	vpipe_interrupt(0, &chan);
+}
+
+void vpipe_front_test_set_down(bool down)
+{
+	mutex_lock(&chan.mu);
+	if (down && chan.ring_up)
+		teardown_locked();
+	else if (!down && !chan.ring_up)
+		test_connect();
+	mutex_unlock(&chan.mu);
+	flush_work(&chan.broken_work);   /* a reconnect after a broken ring is done too */
 }
 #endif
 

@@ -51,6 +51,7 @@ u64 vpipe_front_bad_responses(void);
 struct vpipe_sring *vpipe_front_test_sring(void);
 uint8_t *vpipe_front_test_page(uint32_t ref);     /* NULL for a reference outside the area */
 void vpipe_front_test_interrupt(void);            /* "dom0 notified us" */
+void vpipe_front_test_set_down(bool down);        /* the engine goes away / comes back */
 #endif
 
 #endif

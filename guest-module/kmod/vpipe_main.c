@@ -22,6 +22,7 @@
 #include "vpipe_tcp.h"
 #ifdef VPIPE_TEST
 #include "vpipe_debug.h"
+#include "vpipe_testeng.h"
 #endif
 
 struct vpipe_counters vpipe_stats;
@@ -312,6 +313,28 @@ static long vpipe_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 #ifdef VPIPE_TEST
 	case VPIPE_IOC_DBG_MAP:
 		return do_dbg_map(uarg);
+	case VPIPE_IOC_DBG_SCRIPT: {
+		struct vpipe_dbg_script sc;
+
+		if (!vpipe_testeng_active())
+			return -ENOTTY;
+		if (copy_from_user(&sc, uarg, sizeof(sc)))
+			return -EFAULT;
+		return vpipe_testeng_script(&sc);
+	}
+	case VPIPE_IOC_DBG_REQS: {
+		struct vpipe_dbg_reqs q;
+		long r;
+
+		if (!vpipe_testeng_active())
+			return -ENOTTY;
+		if (copy_from_user(&q, uarg, sizeof(q)))
+			return -EFAULT;
+		r = vpipe_testeng_requests(&q);
+		if (!r && copy_to_user(uarg, &q, sizeof(q)))
+			r = -EFAULT;
+		return r;
+	}
 #endif
 	default:
 		return -ENOTTY;

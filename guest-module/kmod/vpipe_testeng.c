@@ -26,6 +26,7 @@
 #include <linux/workqueue.h>
 
 #include "protocol/check.h"
+#include "vpipe_debug.h"
 #include "vpipe_front.h"
 #include "vpipe_testeng.h"
 
@@ -51,6 +52,16 @@ struct test_req {
 	struct work_struct work;
 	struct vpipe_request req;
 };
+
+/* the conformance corpus's script (enum vc_ans of tests/conformance/corpus.h) and what the
+ * engine took since */
+enum { ANS_OK, ANS_STATUS, ANS_SHORT, ANS_BOGUS_STATUS, ANS_BOGUS_MOVED, ANS_BOGUS_ID,
+       ANS_BOGUS_PROD, ANS_ECHO, ANS_RESET, ANS_BAD_TUPLE, ANS_BIG_QUEUES, ANS_DOWN };
+#define REC_BYTES (4u << 20)
+static DEFINE_MUTEX(rec_lock);
+static struct vpipe_dbg_script script;   /* all zero: ANS_OK */
+static u8 *rec_buf;
+static u32 rec_used, rec_count, rec_lost;
 
 bool vpipe_testeng_active(void)
 {
@@ -79,7 +90,7 @@ static void seg_at(const struct cursor *c, struct vpipe_segment *s)
 }
 
 static int copy_stream(struct file *disk, const u8 *desc, const struct vpipe_checked *ck,
-		       u64 length, u64 *moved)
+		       u64 length, u64 limit, u64 *moved)
 {
 	struct cursor s = { desc, ck->src.first_segment, ck->src.nr_segments, 0, 0 };
 	struct cursor d = { desc, ck->dst.first_segment, ck->dst.nr_segments, 0, 0 };
@@ -90,6 +101,7 @@ static int copy_stream(struct file *disk, const u8 *desc, const struct vpipe_che
 	if (!buf)
 		return -ENOSPC;
 	*moved = 0;
+	length = min(length, limit);
 	while (*moved < length) {
 		struct vpipe_segment ss, ds;
 		loff_t rp, wp;
@@ -157,16 +169,148 @@ static int read_area(const u32 *refs, u32 nr_refs, u8 *buf, u32 len)
 	return 0;
 }
 
-static int execute(const struct vpipe_request *req, u64 *moved)
+/* appends one record for the probe (VPIPE_IOC_DBG_REQS) */
+static void record(const struct vpipe_request *req, int verdict, const u8 *desc, u32 stream_len,
+		   const u32 *refs, u32 nr_refs, const struct vpipe_checked *ck)
+{
+	const struct vpipe_desc_header *h = (const void *)desc;
+	struct vpipe_dbg_rec r = { .ring = *req, .verdict = verdict, .stream_len = stream_len };
+	const struct vpipe_checked_ep *eps[2];
+	const struct vpipe_endpoint *hep[2];
+	u64 need;
+	u8 *area = NULL;
+	u32 i, k, area_len = 0;
+
+	if (!verdict && ck) {
+		eps[0] = &ck->src;
+		eps[1] = &ck->dst;
+		hep[0] = &h->src;
+		hep[1] = &h->dst;
+		for (i = 0; i < 2; i++) {
+			if (eps[i]->kind != VPIPE_EP_SOCKET)
+				continue;
+			r.carry_len[i][0] = hep[i]->tcp.sndq_len;
+			r.carry_len[i][1] = hep[i]->tcp.rcvq_len;
+			r.carry_len[i][2] = hep[i]->tail_len;
+			area_len = max(area_len, eps[i]->carry_offset + r.carry_len[i][0] + r.carry_len[i][1] +
+					 r.carry_len[i][2]);
+		}
+	}
+	need = sizeof(r) + stream_len;
+	for (i = 0; i < 2; i++)
+		for (k = 0; k < 3; k++)
+			need += r.carry_len[i][k];
+	if (area_len) {
+		area = kvmalloc(area_len, GFP_KERNEL);
+		if (!area || read_area(refs, nr_refs, area, area_len)) {
+			kvfree(area);
+			area = NULL;
+		}
+	}
+	mutex_lock(&rec_lock);
+	if (!rec_buf || rec_used + need > REC_BYTES || (area_len && !area)) {
+		rec_lost++;
+	} else {
+		memcpy(rec_buf + rec_used, &r, sizeof(r));
+		rec_used += sizeof(r);
+		memcpy(rec_buf + rec_used, desc, stream_len);
+		rec_used += stream_len;
+		for (i = 0; i < 2; i++) {
+			u32 off = i == 0 ? ck->src.carry_offset : ck->dst.carry_offset;
+
+			for (k = 0; k < 3; k++) {
+				memcpy(rec_buf + rec_used, area + off, r.carry_len[i][k]);
+				rec_used += r.carry_len[i][k];
+				off += r.carry_len[i][k];
+			}
+		}
+		rec_count++;
+	}
+	mutex_unlock(&rec_lock);
+	kvfree(area);
+}
+
+/* writes the result fields of one socket endpoint into the area's header (page 0) */
+static void write_ep(const u32 *refs, int source, u32 flags, const struct vpipe_tcp_state *tcp)
+{
+	u8 *page = vpipe_front_test_page(refs[0]);
+	struct vpipe_desc_header *h = (void *)page;
+	struct vpipe_endpoint *ep = source ? &h->src : &h->dst;
+
+	if (!page)
+		return;
+	if (tcp)
+		ep->tcp = *tcp;
+	ep->tail_len = 0;
+	ep->result_flags = flags;
+}
+
+/* the corpus's answers for socket requests: every socket endpoint gets the same treatment */
+static int answer_sockets(const struct vpipe_request *req, const struct vpipe_dbg_script *sc,
+			  const u8 *desc, const struct vpipe_checked *ck, const u32 *refs, u64 *moved)
+{
+	const struct vpipe_desc_header *h = (const void *)desc;
+	const struct vpipe_checked_ep *eps[2] = { &ck->src, &ck->dst };
+	const struct vpipe_endpoint *hep[2] = { &h->src, &h->dst };
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		struct vpipe_tcp_state t;
+
+		if (eps[i]->kind != VPIPE_EP_SOCKET)
+			continue;
+		t = hep[i]->tcp;
+		switch (sc->ans) {
+		case ANS_OK:
+		case ANS_ECHO:
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t);
+			break;
+		case ANS_RESET:
+			write_ep(refs, i == 0, VPIPE_EPF_RESET, NULL);
+			break;
+		case ANS_BAD_TUPLE:
+			t.remote_port ^= htons(1);
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t);
+			break;
+		case ANS_BIG_QUEUES:
+			t.rcvq_len = eps[i]->room + 1;
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t);
+			break;
+		default:
+			break;
+		}
+	}
+	switch (sc->ans) {
+	case ANS_OK:
+		return 0;
+	case ANS_ECHO:
+		*moved = sc->moved;
+		return 0;
+	case ANS_RESET:
+		return -ECONNRESET;
+	case ANS_BAD_TUPLE:
+	case ANS_BIG_QUEUES:
+		return 0;
+	default:
+		return -EOPNOTSUPP;   /* no shadow sockets here: the guest restores its own */
+	}
+}
+
+/* executes a request as the script says; *id may be forged (ANS_BOGUS_ID) */
+static int execute(const struct vpipe_request *req, u64 *moved, u64 *id, int *extra_prod)
 {
 	struct vpipe_check_ctx ctx = { .disk = disk_cb };
+	struct vpipe_dbg_script sc;
 	struct vpipe_checked ck;
 	u32 *refs = NULL, nr_refs = 0, i;
 	u8 *desc = NULL;
-	struct file *disk;
+	struct file *disk = NULL;
 	int err;
 
 	*moved = 0;
+	mutex_lock(&rec_lock);
+	sc = script;
+	mutex_unlock(&rec_lock);
 	err = vpipe_check_request(req);
 	if (err || req->op == VPIPE_OP_NOP)
 		return err;
@@ -194,6 +338,7 @@ static int execute(const struct vpipe_request *req, u64 *moved)
 		goto out;
 	disk = filp_open(test_engine_disk, O_RDWR | O_LARGEFILE, 0);
 	if (IS_ERR(disk)) {
+		disk = NULL;
 		err = -EIO;
 		goto out;
 	}
@@ -202,29 +347,60 @@ static int execute(const struct vpipe_request *req, u64 *moved)
 		ctx.have_ipv4 = 1;
 	err = vpipe_check_desc(req, desc, (req->flags & VPIPE_REQF_INDIRECT) ? refs : NULL, nr_refs,
 			       &ctx, &ck);
-	if (!err && req->op != VPIPE_OP_FILE_TO_FILE)
-		err = -EOPNOTSUPP;   /* no shadow sockets here: the guest restores its own */
-	if (!err && ck.src.vdev != ck.dst.vdev)
-		err = -EPERM;        /* one test disk */
-	if (!err) {
-		invalidate_mapping_pages(disk->f_mapping, 0, -1);
-		err = copy_stream(disk, desc, &ck, req->length, moved);
-		invalidate_mapping_pages(disk->f_mapping, 0, -1);
+	record(req, err, desc, req->desc_bytes, refs, nr_refs, err ? NULL : &ck);
+	if (err)
+		goto out;
+	switch (sc.ans) {
+	case ANS_STATUS:
+		err = -sc.err;
+		goto out;
+	case ANS_BOGUS_STATUS:
+		err = 5;
+		goto out;
+	case ANS_BOGUS_ID:
+		*id ^= 1ull << 20;
+		goto out;
+	case ANS_BOGUS_PROD:
+		*extra_prod = 5;
+		err = -EIO;
+		goto out;
+	default:
+		break;
 	}
-	filp_close(disk, NULL);
+	if (req->op != VPIPE_OP_FILE_TO_FILE) {
+		err = answer_sockets(req, &sc, desc, &ck, refs, moved);
+		goto out;
+	}
+	if (ck.src.vdev != ck.dst.vdev) {
+		err = -EPERM;        /* one test disk */
+		goto out;
+	}
+	invalidate_mapping_pages(disk->f_mapping, 0, -1);
+	err = copy_stream(disk, desc, &ck, req->length, sc.ans == ANS_SHORT ? sc.moved : req->length, moved);
+	invalidate_mapping_pages(disk->f_mapping, 0, -1);
+	if (!err && sc.ans == ANS_SHORT)
+		err = -EIO;
+	if (!err && sc.ans == ANS_BOGUS_MOVED)
+		*moved = 2 * req->length + 1;
 out:
+	if (disk)
+		filp_close(disk, NULL);
 	kvfree(refs);
 	kvfree(desc);
 	return err;
 }
 
-static void respond(u64 id, int status, u64 moved)
+static void respond(u64 id, int status, u64 moved, int extra_prod)
 {
 	struct vpipe_response *rsp;
 	unsigned long flags;
 	int notify;
 
 	spin_lock_irqsave(&back_lock, flags);
+	if (!attached) {
+		spin_unlock_irqrestore(&back_lock, flags);
+		return;   /* the ring went away (a reconnect): nobody waits for this answer */
+	}
 	rsp = RING_GET_RESPONSE(&back, back.rsp_prod_pvt);
 	memset(rsp, 0, sizeof(*rsp));
 	rsp->id = id;
@@ -232,6 +408,10 @@ static void respond(u64 id, int status, u64 moved)
 	rsp->status = status;
 	back.rsp_prod_pvt++;
 	RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&back, notify);
+	if (extra_prod) {
+		back.sring->rsp_prod += extra_prod;   /* more responses than requests: broken */
+		notify = 1;
+	}
 	spin_unlock_irqrestore(&back_lock, flags);
 	/* as an event channel would: only when the frontend asked to be told */
 	if (notify)
@@ -241,13 +421,13 @@ static void respond(u64 id, int status, u64 moved)
 static void req_work_fn(struct work_struct *w)
 {
 	struct test_req *t = container_of(w, struct test_req, work);
-	u64 moved = 0;
-	int st;
+	u64 moved = 0, id = t->req.id;
+	int st, extra = 0;
 
 	if (READ_ONCE(test_engine_delay_ms))
 		msleep(READ_ONCE(test_engine_delay_ms));
-	st = execute(&t->req, &moved);
-	respond(t->req.id, st, moved);
+	st = execute(&t->req, &moved, &id, &extra);
+	respond(id, st, moved, extra);
 	kfree(t);
 }
 
@@ -293,6 +473,44 @@ void vpipe_testeng_attach(struct vpipe_sring *sring)
 	spin_unlock_irqrestore(&back_lock, flags);
 }
 
+/* the ring is going away: let running requests end, answer nothing more */
+void vpipe_testeng_quiesce(void)
+{
+	unsigned long flags;
+
+	if (test_wq)
+		flush_workqueue(test_wq);
+	spin_lock_irqsave(&back_lock, flags);
+	attached = false;
+	spin_unlock_irqrestore(&back_lock, flags);
+}
+
+long vpipe_testeng_script(const struct vpipe_dbg_script *s)
+{
+	bool down = s->ans == ANS_DOWN;
+
+	mutex_lock(&rec_lock);
+	script = *s;
+	rec_used = rec_count = rec_lost = 0;
+	mutex_unlock(&rec_lock);
+	vpipe_front_test_set_down(down);
+	return 0;
+}
+
+long vpipe_testeng_requests(struct vpipe_dbg_reqs *q)
+{
+	long r = 0;
+
+	mutex_lock(&rec_lock);
+	q->count = rec_count;
+	q->lost = rec_lost;
+	q->used = min(rec_used, q->len);
+	if (q->used && copy_to_user(u64_to_user_ptr(q->buf), rec_buf, q->used))
+		r = -EFAULT;
+	mutex_unlock(&rec_lock);
+	return r;
+}
+
 void vpipe_testeng_kick(void)
 {
 	if (attached && test_wq)
@@ -302,8 +520,9 @@ void vpipe_testeng_kick(void)
 int vpipe_testeng_start(void)
 {
 	INIT_WORK(&take_work, take_work_fn);
+	rec_buf = kvmalloc(REC_BYTES, GFP_KERNEL);
 	test_wq = alloc_workqueue("vpipe_testeng", WQ_UNBOUND, 0);
-	return test_wq ? 0 : -ENOMEM;
+	return test_wq && rec_buf ? 0 : -ENOMEM;
 }
 
 void vpipe_testeng_stop(void)
@@ -312,4 +531,6 @@ void vpipe_testeng_stop(void)
 		destroy_workqueue(test_wq);   /* drains what is queued */
 	test_wq = NULL;
 	attached = false;
+	kvfree(rec_buf);
+	rec_buf = NULL;
 }

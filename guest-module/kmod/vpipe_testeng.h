@@ -14,5 +14,12 @@ void vpipe_testeng_stop(void);
 void vpipe_testeng_attach(struct vpipe_sring *sring);
 /* the frontend notified "dom0": take the requests published */
 void vpipe_testeng_kick(void);
+/* the ring is going away: running requests end, nothing more is answered */
+void vpipe_testeng_quiesce(void);
+/* the conformance corpus's debug ioctls (vpipe_debug.h) */
+struct vpipe_dbg_script;
+struct vpipe_dbg_reqs;
+long vpipe_testeng_script(const struct vpipe_dbg_script *s);
+long vpipe_testeng_requests(struct vpipe_dbg_reqs *q);
 
 #endif

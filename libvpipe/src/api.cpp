@@ -222,6 +222,7 @@ ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t
             t_last.guest_copied = op.guest_copied;
             t_last.zero_filled = op.zero_filled;
             t_last.requests = op.requests;
+            t_last.paths = op.paths;
             t_last.hdtr_moved = op.hdtr_moved;
             g_counters.ops_offloaded++;
             g_counters.bytes_offloaded += op.offloaded;
@@ -230,8 +231,19 @@ ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t
             return static_cast<ssize_t>(op.moved + (hdtr ? op.hdtr_moved : 0));
         }
         err = -r;
-        if (!may_fall_back(err)) return fail(err, "the offload failed");
-        if (!fallback_enabled()) return fail(err, fallback_reason(err));
+        if (!may_fall_back(err) || !fallback_enabled()) {
+            // the component's account of what it did (a request posted, bytes moved before the
+            // error, head and tail) stays visible with the error
+            fail(err, may_fall_back(err) ? fallback_reason(err) : "the offload failed");
+            t_last.moved = op.moved;
+            t_last.offloaded = op.offloaded;
+            t_last.guest_copied = op.guest_copied;
+            t_last.zero_filled = op.zero_filled;
+            t_last.requests = op.requests;
+            t_last.paths = op.paths;
+            t_last.hdtr_moved = op.hdtr_moved;
+            return -1;
+        }
     }
 
     // the classic path: below the threshold (err 0), or vPipe could not offload here

@@ -9,6 +9,8 @@
  *   kmod_probe engine   file -> file byte-exact through the test build's stand-in engine
  *                       (vpipe.ko loaded with test_engine_disk=/dev/vda)
  *   kmod_probe stats    only: /dev/vpipe answers STATS
+ *   kmod_probe conformance  the conformance corpus (tests/conformance/corpus.h) against the
+ *                       module and its stand-in engine, scripted through the debug ioctls
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -29,6 +31,7 @@
 
 #include <vpipe/abi/ioctl.h>
 
+#include "corpus.h"
 #include "vpipe_debug.h"
 
 static int fails, checks;
@@ -742,6 +745,123 @@ static void engine_checks(void)
 	free(pat);
 }
 
+/* ---- the conformance corpus (tests/conformance/corpus.h) against the module ------------ */
+
+static int cf_vm_pair(void *ctx __attribute__((unused)), int *vm, int *peer)
+{
+	return tcp_pair("10.9.9.1", peer, vm);
+}
+
+static int cf_lo_pair(void *ctx __attribute__((unused)), int *vm, int *peer)
+{
+	return tcp_pair("127.0.0.1", peer, vm);
+}
+
+static int cf_connected(void)
+{
+	struct vpipe_ioc_stats s;
+
+	return stats(&s) == 0 ? (int)s.engine_connected : -1;
+}
+
+static int cf_script(void *ctx __attribute__((unused)), const struct vc_script *sc)
+{
+	struct vpipe_dbg_script d = { sc->ans, sc->err, sc->moved };
+	int want = sc->ans != VC_ANS_DOWN, i;
+
+	if (ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &d) < 0)
+		return -1;
+	for (i = 0; i < 500 && cf_connected() != want; i++)
+		usleep(10000);
+	return cf_connected() == want ? 0 : -1;
+}
+
+#define CF_BUF (4u << 20)
+static uint8_t *cf_buf;
+static struct vc_req cf_reqs[64];
+
+static int cf_requests(void *ctx __attribute__((unused)), const struct vc_req **out, int *n)
+{
+	struct vpipe_dbg_reqs q = { (uint64_t)(uintptr_t)cf_buf, CF_BUF, 0, 0, 0 };
+	uint32_t off = 0, i;
+	int k, j;
+
+	if (ioctl(dev, VPIPE_IOC_DBG_REQS, &q) < 0 || q.lost)
+		return -1;
+	for (i = 0; i < q.count && i < 64; i++) {
+		struct vpipe_dbg_rec rec;
+		struct vc_req *r = &cf_reqs[i];
+
+		memcpy(&rec, cf_buf + off, sizeof(rec));
+		off += sizeof(rec);
+		memset(r, 0, sizeof(*r));
+		r->ring = rec.ring;
+		r->verdict = rec.verdict;
+		if (rec.stream_len >= sizeof(r->h))
+			memcpy(&r->h, cf_buf + off, sizeof(r->h));
+		r->segs = (struct vpipe_segment *)(cf_buf + off + sizeof(r->h));
+		off += rec.stream_len;
+		for (k = 0; k < 2; k++)
+			for (j = 0; j < 3; j++) {
+				r->carry[k][j] = cf_buf + off;
+				r->carry_len[k][j] = rec.carry_len[k][j];
+				off += rec.carry_len[k][j];
+			}
+	}
+	*out = cf_reqs;
+	*n = (int)q.count;
+	return 0;
+}
+
+static int cf_call(void *ctx __attribute__((unused)), struct vpipe_ioc_op *op, int in, int out, const void *head,
+		   const void *tail)
+{
+	int r;
+
+	op->handle = VPIPE_NO_HANDLE;
+	op->in_fd = in;
+	op->out_fd = out;
+	op->head = (uint64_t)(uintptr_t)head;
+	op->tail = (uint64_t)(uintptr_t)tail;
+	op->new_in_fd = op->new_out_fd = -1;
+	r = ioctl(dev, VPIPE_IOC_OP, op) < 0 ? -errno : 0;
+	/* as libvpipe does: restored sockets take the application's descriptor numbers */
+	if (op->new_in_fd >= 0) {
+		dup3(op->new_in_fd, in, O_CLOEXEC);
+		close(op->new_in_fd);
+	}
+	if (op->new_out_fd >= 0) {
+		dup3(op->new_out_fd, out, O_CLOEXEC);
+		close(op->new_out_fd);
+	}
+	return r;
+}
+
+static void conformance(void)
+{
+	struct vc_env env = {
+		.dir = "/mnt", .offdisk = "/tmp", .vdev = 51712, .part_off = 1 << 20,
+		.vm_pair = cf_vm_pair, .lo_pair = cf_lo_pair, .script = cf_script,
+		.requests = cf_requests, .call = cf_call,
+	};
+	size_t i;
+
+	cf_buf = malloc(CF_BUF);
+	for (i = 0; i < vc_corpus_len; i++) {
+		char why[512];
+		int r = vc_run(&env, &vc_corpus[i], why, sizeof(why));
+
+		checks++;
+		if (r) {
+			fails++;
+			printf("CONFORMANCE %s: FAIL %s\n", vc_corpus[i].name, why);
+		} else {
+			printf("CONFORMANCE %s: ok\n", vc_corpus[i].name);
+		}
+	}
+	free(cf_buf);
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "all";
@@ -752,13 +872,16 @@ int main(int argc, char **argv)
 	CHECK(dev >= 0, "open /dev/vpipe");
 	if (dev < 0)
 		goto out;
-	CHECK(stats(&s) == 0 && s.engine_connected == !strcmp(mode, "engine"),
+	CHECK(stats(&s) == 0 &&
+		      s.engine_connected == (!strcmp(mode, "engine") || !strcmp(mode, "conformance")),
 	      "VPIPE_IOC_STATS works, engine_connected=%llu", (unsigned long long)s.engine_connected);
 	if (!strcmp(mode, "all")) {
 		abi_checks();
 		map_checks();
 	} else if (!strcmp(mode, "engine")) {
 		engine_checks();
+	} else if (!strcmp(mode, "conformance")) {
+		conformance();
 	}
 	close(dev);
 out:

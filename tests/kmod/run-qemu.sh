@@ -20,6 +20,10 @@
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu, kernel, headers or tools).
 # Environment: KVER (default: scripts/guest-kver.sh), TIMEOUT (s, default 300), KEEP=1 keeps the work dir.
 set -euo pipefail
+# --conformance: boot only for the conformance corpus (tests/conformance/corpus.h) against the
+# module and its stand-in engine (ctest kmod_conformance_qemu)
+MODE=all
+[ "${1:-}" = --conformance ] && MODE=conformance
 KVER=$("$(dirname "$0")/../../scripts/guest-kver.sh") || KVER=none
 TIMEOUT=${TIMEOUT:-300}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -59,7 +63,7 @@ if grep -E "warning:|error:" "$W/kbuild.log"; then echo "FAIL: module build warn
 
 # 2. the probe, static
 gcc -static -O2 -Wall -Wextra -Werror -I"$ROOT/libvpipe/include" -I"$ROOT/guest-module/kmod" \
-    -o "$W/kmod_probe" "$HERE/kmod_probe.c"
+    -I"$ROOT/tests/conformance" -o "$W/kmod_probe" "$HERE/kmod_probe.c" "$ROOT/tests/conformance/corpus.c"
 
 # 3. the initramfs: busybox, the modules for virtio-blk and ext4, vpipe.ko, the probe
 R=$W/root
@@ -102,6 +106,27 @@ echo "---- end"
 echo "KMOD DONE"
 poweroff -f
 EOF
+if [ "$MODE" = conformance ]; then
+    cat >"$R/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "insmod $m FAILED"; done
+ip link set lo up; ip addr add 10.9.9.1/32 dev lo; ip addr add 10.9.9.2/32 dev lo
+for i in $(seq 50); do [ -b /dev/vda1 ] && break; sleep 0.1; done
+mount -t ext4 /dev/vda1 /mnt || echo "MOUNT FAILED"
+dmesg -c >/dev/null
+insmod /vpipe.ko vdev_map=vda=51712 test_engine_disk=/dev/vda test_engine_ip=10.9.9.1 && echo "INSMOD ok"
+/kmod_probe conformance
+umount /mnt && rmmod vpipe && echo "ENGINE UNLOAD ok"
+echo "---- dmesg"
+dmesg
+echo "---- end"
+echo "KMOD DONE"
+poweroff -f
+EOF
+fi
 chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet) | gzip -1 >"$W/initrd.gz"
 
@@ -143,6 +168,20 @@ echo "QEMU exit $qrc after $((t1 - t0)) s"
 
 fail=0
 need() { grep -q "$1" "$W/console.txt" || { echo "FAIL: no '$1' in the console"; fail=1; }; }
+if [ "$MODE" = conformance ]; then
+    grep "^CONFORMANCE" "$W/console.txt" || true
+    need "INSMOD ok"
+    need "ENGINE UNLOAD ok"
+    need "KMOD DONE"
+    [ "$(grep -c 'PROBE RESULT: PASS' "$W/console.txt")" = 1 ] || { echo "FAIL: probe"; fail=1; }
+    [ "$(grep -c '^CONFORMANCE .*: ok' "$W/console.txt")" -ge 60 ] || { echo "FAIL: fewer than 60 cases ran"; fail=1; }
+    if sed -n '/---- dmesg/,/---- end/p' "$W/console.txt" |
+            grep -E "WARNING|BUG|Oops|Call Trace|still active|refcount"; then
+        echo "FAIL: kernel log"; fail=1
+    fi
+    if [ $fail = 0 ]; then echo "KMOD CONFORMANCE: PASS ($((t1 - t0)) s)"; exit 0; fi
+    echo "KMOD CONFORMANCE: FAIL"; exit 1
+fi
 need "INSMOD ok"
 need "DEVNODE ok"
 need "UMOUNT ok"

@@ -113,7 +113,7 @@ struct vpipe_result {
 	uint64_t guest_copied;        /* bytes the guest moved (cache rule or fallback) */
 	uint64_t zero_filled;         /* zeros the guest wrote to allocate destination blocks */
 	uint32_t requests;            /* ring requests used */
-	uint32_t reserved0;
+	uint32_t paths;               /* VPIPE_PATH_* bits (vpipe/abi/ioctl.h): how the bytes moved */
 	uint64_t hdtr_moved;          /* head and tail bytes written (the _hdtr calls) */
 };
 
