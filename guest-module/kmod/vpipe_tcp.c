@@ -758,21 +758,41 @@ static void vt_conntrack_liberal(struct net *net, const struct vpipe_tcp_state *
 #endif
 }
 
-/* queues the never-transmitted bytes as ordinary data (the send buffer was sized for them) */
+/* queues the never-transmitted bytes as ordinary data */
 static int vt_send_unsent(struct socket *sock, const u8 *data, u32 len)
 {
-	u32 off = 0;
+	struct sock *sk = sock->sk;
+	struct tcp_sock *tp = tcp_sk(sk);
+	u32 off = 0, lowat;
+	int sndbuf, r = 0;
 
+	/* The application's SO_SNDBUF (when it locked one) and TCP_NOTSENT_LOWAT are back on the
+	 * socket (vt_copy_options): the bytes fitted the old socket's limits, but they may take
+	 * more in the new socket's skbs, and MSG_DONTWAIT would fail the restore with -EAGAIN.
+	 * Both limits are lifted while the bytes are queued. */
+	lock_sock(sk);
+	sndbuf = sk->sk_sndbuf;
+	lowat = tp->notsent_lowat;
+	WRITE_ONCE(tp->notsent_lowat, UINT_MAX);
+	WRITE_ONCE(sk->sk_sndbuf, max_t(u64, sndbuf, min_t(u64, (u64)READ_ONCE(sk->sk_wmem_queued) +
+						     2ull * len + (256u << 10), INT_MAX)));
+	release_sock(sk);
 	while (off < len) {
 		struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL };
 		struct kvec iov = { .iov_base = (void *)(data + off), .iov_len = len - off };
 		int w = kernel_sendmsg(sock, &msg, &iov, 1, iov.iov_len);
 
-		if (w <= 0)
-			return w ? w : -EIO;
+		if (w <= 0) {
+			r = w ? w : -EIO;
+			break;
+		}
 		off += w;
 	}
-	return 0;
+	lock_sock(sk);
+	WRITE_ONCE(sk->sk_sndbuf, sndbuf);
+	WRITE_ONCE(tp->notsent_lowat, lowat);
+	release_sock(sk);
+	return r;
 }
 
 int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *res, int *new_fd)

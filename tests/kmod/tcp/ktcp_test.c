@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Test-only module: exposes guest-module/kmod/vpipe_tcp.c through /dev/vpipe_ktcp_test so
- * that tests/kmod/tcp/ktcp_test (userspace) can drive check/freeze/restore/release on real
- * sockets in a QEMU guest. Never part of vpipe.ko.
+ * Test-only module: exposes guest-module/kmod/vpipe_tcp.c (and its flow block, vpipe_block.c)
+ * through /dev/vpipe_ktcp_test so that tests/kmod/tcp/ktcp_test (userspace) can drive
+ * check/freeze/restore/release on real sockets in a QEMU guest: the frozen queues go out to
+ * userspace, a VALID restore takes dom0's state and queues from userspace. Never part of
+ * vpipe.ko.
  */
 #include <linux/module.h>
 #include <linux/miscdevice.h>
@@ -18,8 +20,12 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter_ipv4.h>
 #include <net/ip.h>
+#include <net/inet_sock.h>
+#include <net/net_namespace.h>
+#include <net/sock.h>
 #include <net/netfilter/nf_conntrack.h>
 
+#include "vpipe_block.h"
 #include "vpipe_tcp.h"
 #include "ktcp_test_ioctl.h"
 
@@ -114,38 +120,144 @@ static long kt_ct_on(void)
 	return 0;
 }
 
+/* a VALID restore's queue from userspace (NULL when the pointer is 0: restore must refuse it
+ * if len is not 0) */
+static int kt_queue_in(u64 uptr, u32 len, u8 **out)
+{
+	*out = NULL;
+	if (!uptr || !len)
+		return 0;
+	if (len > KT_QUEUE_MAX)
+		return -EINVAL;
+	*out = kvmalloc(len, GFP_KERNEL);
+	if (!*out)
+		return -ENOMEM;
+	if (copy_from_user(*out, u64_to_user_ptr(uptr), len)) {
+		kvfree(*out);
+		*out = NULL;
+		return -EFAULT;
+	}
+	return 0;
+}
+
 static long kt_restore(struct kt_restore *a)
 {
 	struct vpipe_frozen_sock *fz = &kt_slot[a->slot];
-	u8 *carry = NULL;
-	u32 move = a->move_unread_to_carry, total;
+	struct vpipe_restore res = { .flags = a->flags };
+	u8 *sndq = NULL, *rcvq = NULL;
 	u64 t0;
+	int r;
 
 	if (!fz->file)
 		return -ENOENT;
-	if (a->carry_len > (64u << 20) || move > fz->unread_len)
-		return -EINVAL;
-	total = a->carry_len + move;
-	if (total) {
-		carry = kvmalloc(total, GFP_KERNEL);
-		if (!carry)
-			return -ENOMEM;
-		if (a->carry_len && copy_from_user(carry, u64_to_user_ptr(a->carry), a->carry_len)) {
-			kvfree(carry);
-			return -EFAULT;
+	if (a->flags & VPIPE_EPF_VALID) {
+		r = kt_queue_in(a->sndq, a->st.sndq_len, &sndq);
+		if (!r)
+			r = kt_queue_in(a->rcvq, a->st.rcvq_len, &rcvq);
+		if (r) {
+			kvfree(sndq);
+			return r;
 		}
-		if (move) {
-			memcpy(carry + a->carry_len, (u8 *)fz->unread + fz->unread_len - move, move);
-			fz->unread_len -= move;
-			a->final.rcvq_len = move;
-		}
+		res.st = &a->st;
+		res.sndq = sndq;
+		res.rcvq = rcvq;
 	}
 	t0 = ktime_get_ns();
-	a->result = vpipe_tcp_restore(fz, a->use_final ? &a->final : NULL, carry, a->flags,
-				      &a->new_fd);
+	a->result = vpipe_tcp_restore(fz, &res, &a->new_fd);
 	a->ns = ktime_get_ns() - t0;
-	kvfree(carry);
+	kvfree(sndq);
+	kvfree(rcvq);
 	return 0;
+}
+
+/* ---- KT_IOC_BLOCK: the test's own entries in the flow block ---- */
+struct kt_blk {
+	struct net *net;	/* a reference: the entry may outlive the socket */
+	__be32 la, ra;
+	__be16 lp, rp;
+};
+static struct kt_blk kt_blk[KT_SLOTS];
+
+static long kt_block(const struct kt_block *a)
+{
+	struct kt_blk b = {};
+	struct socket *sock;
+	struct file *f;
+	int i, slot = -1, r = 0;
+
+	f = fget(a->fd);
+	if (!f)
+		return -EBADF;
+	sock = sock_from_file(f);
+	if (!sock || !sock->sk || sock->sk->sk_family != AF_INET ||
+	    sock->sk->sk_protocol != IPPROTO_TCP) {
+		fput(f);
+		return -EINVAL;
+	}
+	lock_sock(sock->sk);
+	b.la = inet_sk(sock->sk)->inet_saddr;
+	b.ra = inet_sk(sock->sk)->inet_daddr;
+	b.lp = inet_sk(sock->sk)->inet_sport;
+	b.rp = inet_sk(sock->sk)->inet_dport;
+	release_sock(sock->sk);
+	b.net = sock_net(sock->sk);
+	for (i = 0; i < KT_SLOTS; i++) {
+		struct kt_blk *e = &kt_blk[i];
+
+		if (!e->net) {
+			if (slot < 0)
+				slot = i;
+			continue;
+		}
+		if (e->net == b.net && e->la == b.la && e->ra == b.ra && e->lp == b.lp &&
+		    e->rp == b.rp)
+			break;
+	}
+	if (a->on) {
+		if (i < KT_SLOTS)
+			r = -EEXIST;
+		else if (slot < 0)
+			r = -ENOSPC;
+		else
+			r = vpipe_block_add(b.net, b.la, b.lp, b.ra, b.rp);
+		if (!r) {
+			b.net = get_net(b.net);
+			kt_blk[slot] = b;
+		}
+	} else if (i == KT_SLOTS) {
+		r = -ENOENT;
+	} else {
+		vpipe_block_del(kt_blk[i].net, b.la, b.lp, b.ra, b.rp);
+		put_net(kt_blk[i].net);
+		memset(&kt_blk[i], 0, sizeof(kt_blk[i]));
+	}
+	fput(f);
+	if (a->on && !r)
+		synchronize_rcu();	/* segments already past the hook are through */
+	return r;
+}
+
+static void kt_block_clear(void)
+{
+	int i;
+
+	for (i = 0; i < KT_SLOTS; i++) {
+		struct kt_blk *e = &kt_blk[i];
+
+		if (!e->net)
+			continue;
+		vpipe_block_del(e->net, e->la, e->lp, e->ra, e->rp);
+		put_net(e->net);
+		memset(e, 0, sizeof(*e));
+	}
+}
+
+/* the frozen queues to userspace (as much as the buffers take) */
+static int kt_queue_out(u64 uptr, u32 cap, const u8 *q, u32 len)
+{
+	if (!uptr || !len || !cap)
+		return 0;
+	return copy_to_user(u64_to_user_ptr(uptr), q, min(cap, len)) ? -EFAULT : 0;
 }
 
 static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
@@ -199,8 +311,11 @@ static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		a.ns = ktime_get_ns() - t0;
 		fput(f);
 		a.st = kt_slot[a.slot].st;
-		a.unread_len = kt_slot[a.slot].unread_len;
 		a.peer_fin = kt_slot[a.slot].peer_fin;
+		if (!a.result &&
+		    (kt_queue_out(a.sndq, a.sndq_cap, kt_slot[a.slot].sndq, a.st.sndq_len) ||
+		     kt_queue_out(a.rcvq, a.rcvq_cap, kt_slot[a.slot].unread, a.st.rcvq_len)))
+			r = -EFAULT;
 		if (copy_to_user(up, &a, sizeof(a)))
 			r = -EFAULT;
 		break;
@@ -238,18 +353,13 @@ static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		vpipe_tcp_release(&kt_slot[slot]);
 		break;
 	}
-	case KT_IOC_DROP_UNREAD: {
-		struct kt_io a;
+	case KT_IOC_BLOCK: {
+		struct kt_block a;
 
-		if (copy_from_user(&a, up, sizeof(a))) {
+		if (copy_from_user(&a, up, sizeof(a)))
 			r = -EFAULT;
-			break;
-		}
-		if (a.fd < 0 || a.fd >= KT_SLOTS || !kt_slot[a.fd].file) {
-			r = -EINVAL;
-			break;
-		}
-		vpipe_tcp_drop_unread(&kt_slot[a.fd], a.len);
+		else
+			r = kt_block(&a);
 		break;
 	}
 	case KT_IOC_TAKE_UNREAD:
@@ -315,7 +425,8 @@ static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		break;
 	}
 	case KT_IOC_STATS: {
-		struct kt_stats s = { .dropped = vpipe_tcp_dropped(), .blocked = vpipe_tcp_blocked(),
+		struct kt_stats s = { .dropped = vpipe_block_dropped(),
+				      .blocked = vpipe_block_count(),
 				      .ct_invalid_dropped = atomic64_read(&kt_ct_invalid),
 				      .ct_untracked = atomic64_read(&kt_ct_untracked) };
 
@@ -362,6 +473,7 @@ static void __exit kt_exit(void)
 	kt_ct_off();
 	for (i = 0; i < KT_SLOTS; i++)
 		vpipe_tcp_release(&kt_slot[i]);
+	kt_block_clear();
 	vpipe_tcp_exit();
 }
 

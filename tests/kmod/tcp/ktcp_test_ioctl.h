@@ -13,6 +13,8 @@
 #include "vpipe/abi/ring.h"
 
 #define KT_SLOTS 4
+/* largest queue the module copies in for a VALID restore */
+#define KT_QUEUE_MAX (64u << 20)
 
 struct kt_check {
 	int32_t fd;        /* in */
@@ -21,29 +23,33 @@ struct kt_check {
 	uint32_t pad;
 };
 
+/* vpipe_tcp_freeze() into a slot; the frozen queues are copied out when buffers are given
+ * (min(queue, cap) bytes; st says how long the queues are) */
 struct kt_freeze {
 	int32_t fd;        /* in */
 	uint32_t slot;     /* in */
+	uint64_t sndq;     /* in: user buffer for fz->sndq (st.sndq_len bytes), or 0 */
+	uint64_t rcvq;     /* in: user buffer for fz->unread (st.rcvq_len bytes), or 0 */
+	uint32_t sndq_cap; /* in: its size */
+	uint32_t rcvq_cap; /* in */
 	int32_t result;    /* out */
-	uint32_t unread_len; /* out */
-	uint64_t ns;       /* out: time spent in vpipe_tcp_freeze */
-	struct vpipe_tcp_state st; /* out */
 	uint32_t peer_fin; /* out */
-	uint32_t pad;
+	uint64_t ns;       /* out: time spent in vpipe_tcp_freeze */
+	struct vpipe_tcp_state st; /* out: sndq_len, sndq_unsent, rcvq_len included */
 };
 
+/* vpipe_tcp_restore() of a slot. flags = VPIPE_EPF_*: 0 restores the frozen state with its own
+ * queues (st/sndq/rcvq ignored, res->st is NULL); VALID restores from st with st.sndq_len bytes
+ * at sndq and st.rcvq_len bytes at rcvq (a 0 pointer passes NULL, which restore must refuse
+ * when the length is not 0). */
 struct kt_restore {
 	uint32_t slot;     /* in */
-	uint32_t flags;    /* in: VPIPE_EPF_* */
-	uint32_t use_final;/* in: pass `final` (else NULL) */
-	uint32_t carry_len;/* in */
-	uint64_t carry;    /* in: user pointer to carry bytes (sndq then rcvq) */
-	struct vpipe_tcp_state final; /* in */
-	uint32_t move_unread_to_carry; /* in: move the last N unread bytes to the carry rcvq
-	                                * (simulates dom0 returning received bytes) */
+	uint32_t flags;    /* in */
+	struct vpipe_tcp_state st; /* in (VALID) */
+	uint64_t sndq;     /* in (VALID): user pointer */
+	uint64_t rcvq;     /* in (VALID): user pointer */
 	int32_t result;    /* out */
 	int32_t new_fd;    /* out */
-	uint32_t pad;
 	uint64_t ns;       /* out */
 };
 
@@ -55,8 +61,8 @@ struct kt_io {
 };
 
 struct kt_stats {
-	uint64_t dropped;
-	uint32_t blocked;
+	uint64_t dropped;            /* vpipe_block_dropped() */
+	uint32_t blocked;            /* vpipe_block_count() (KT_IOC_BLOCK's entries included) */
 	uint32_t pad;
 	uint64_t ct_invalid_dropped; /* segments of the watched tuple conntrack called INVALID */
 	uint64_t ct_untracked;       /* segments of the watched tuple kept from conntrack */
@@ -71,6 +77,14 @@ struct kt_ct {
 	struct vpipe_tcp_state st; /* KT_IOC_CT_DOM0: the watched tuple */
 };
 
+/* vpipe_block_add/del of a connected socket's 4-tuple, seen from that socket (in its netns):
+ * blocking the PEER's tuple makes the application's segments leave its stack (they count as
+ * transmitted) and get lost on the way in, and keeps the peer from sending anything (no ACK) */
+struct kt_block {
+	int32_t fd;         /* in: a connected TCP socket */
+	uint32_t on;        /* in: 1 block, 0 unblock */
+};
+
 #define KT_IOC_CHECK _IOWR('k', 1, struct kt_check)
 #define KT_IOC_FREEZE _IOWR('k', 2, struct kt_freeze)
 #define KT_IOC_RESTORE _IOWR('k', 3, struct kt_restore)
@@ -78,7 +92,7 @@ struct kt_ct {
 #define KT_IOC_TAKE_UNREAD _IOWR('k', 5, struct kt_io)
 #define KT_IOC_SEND_ALL _IOWR('k', 6, struct kt_io)
 #define KT_IOC_STATS _IOR('k', 7, struct kt_stats)
-#define KT_IOC_DROP_UNREAD _IOW('k', 8, struct kt_io)  /* fd = slot, len = n */
+#define KT_IOC_BLOCK _IOW('k', 8, struct kt_block)
 #define KT_IOC_CT_TRACK _IOW('k', 9, struct kt_ct)
 #define KT_IOC_CT_DOM0 _IOW('k', 10, struct kt_ct)
 

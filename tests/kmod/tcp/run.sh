@@ -1,9 +1,10 @@
 #!/bin/bash
 # tests/kmod/tcp/run.sh -- proves guest-module/kmod/vpipe_tcp.c in a plain QEMU guest (no Xen).
 #
-# Builds the test-only module vpipe_ktcp_test (ktcp_test.c + a copy of vpipe_tcp.[ch]) against
-# the guest kernel's headers and the static userspace driver ktcp_test, packs them with
-# busybox into an initramfs, boots the guest kernel under QEMU (TCG, -smp 1) and runs the
+# Builds the test-only module vpipe_ktcp_test (ktcp_test.c + copies of vpipe_tcp.[ch] and
+# vpipe_block.[ch], the guest core's headers beside them) against the guest kernel's headers
+# (W=1, any warning fails) and the static userspace driver ktcp_test, packs them with busybox
+# into an initramfs, boots the guest kernel under QEMU (TCG, -smp 1) and runs the
 # tests twice: on the guest's own stack (10.77.0.1 <-> 10.77.0.2 on lo), then with the peer
 # in its own netns behind a veth pair (iproute2's ip and its libraries are copied in), which
 # is how a client behind the VM's vif looks. Everything lives in a scratch directory that is
@@ -43,16 +44,19 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 # --- build ---------------------------------------------------------------------------------
-mkdir -p "$work/mod" "$work/root"
+mkdir -p "$work/mod/core" "$work/root"
 cp "$here/ktcp_test.c" "$here/ktcp_test_ioctl.h" "$here/Kbuild" \
-	"$repo/guest-module/kmod/vpipe_tcp.c" "$repo/guest-module/kmod/vpipe_tcp.h" "$work/mod/"
-if ! nice make -s -C "$kdir" M="$work/mod" VPIPE_INC="$repo/libvpipe/include" modules \
+	"$repo/guest-module/kmod/vpipe_tcp.c" "$repo/guest-module/kmod/vpipe_tcp.h" \
+	"$repo/guest-module/kmod/vpipe_block.c" "$repo/guest-module/kmod/vpipe_block.h" "$work/mod/"
+# vpipe_tcp.h includes the guest core's vpipe_core.h (struct vpipe_restore): its headers only
+cp "$repo"/guest-module/core/*.h "$work/mod/core/"
+if ! nice make -s -C "$kdir" M="$work/mod" VPIPE_INC="$repo/libvpipe/include" W=1 modules \
 	>"$work/build.log" 2>&1; then
 	cat "$work/build.log"
 	echo "ktcp: FAIL: module build"
 	exit 1
 fi
-if grep -i "warning" "$work/build.log"; then
+if grep -iE "warning|error" "$work/build.log"; then
 	echo "ktcp: FAIL: warnings in the module build"
 	exit 1
 fi
