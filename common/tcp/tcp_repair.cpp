@@ -406,8 +406,17 @@ int restore(const vpipe_tcp_state& st, std::span<const uint8_t> sndq, std::span<
 }
 
 int send_unsent(int fd, std::span<const uint8_t> bytes) {
+    // The bytes fitted the frozen socket, but the application's SO_SNDBUF and TCP_NOTSENT_LOWAT
+    // (copied onto the fresh socket) may refuse them here: the new skbs can be laid out
+    // differently, and a low mark below the unsent length fails a non-blocking send with EAGAIN.
+    // Both limits are lifted while the bytes are queued and put back afterwards.
+    int lowat = 0, sndbuf = 0;
+    if (get_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat) < 0) lowat = -1;
+    if (lowat != -1) set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, -1);
+    get_int(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf);
     size_t off = 0;
-    bool grown = false;
+    bool grown = false, ever_grown = false;
+    int r = 0;
     while (off < bytes.size()) {
         ssize_t w = send(fd, bytes.data() + off, bytes.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w > 0) {
@@ -418,13 +427,19 @@ int send_unsent(int fd, std::span<const uint8_t> bytes) {
         int e = w == 0 ? EIO : errno;
         if (e == EINTR) continue;
         if ((e == EAGAIN || e == EWOULDBLOCK) && !grown) {
-            if (int r = grow_buffer(fd, true, bytes.size() - off); r < 0) return r;
-            grown = true;
+            if ((r = grow_buffer(fd, true, bytes.size() - off)) < 0) break;
+            grown = ever_grown = true;
             continue;
         }
-        return -e;
+        r = -e;
+        break;
     }
-    return 0;
+    if (lowat != -1) set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, lowat);
+    // the queued bytes stay charged; the limit goes back to the application's (halved: the
+    // kernel doubles what it is given). A raised limit stays locked: userspace cannot unlock.
+    if (ever_grown && sndbuf > 0 && set_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, sndbuf / 2) < 0)
+        set_int(fd, SOL_SOCKET, SO_SNDBUF, sndbuf / 2);
+    return r;
 }
 
 int replace_fd(int target_fd, int new_fd) {

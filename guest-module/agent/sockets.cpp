@@ -217,7 +217,18 @@ int restore_socket(GuestFlowBlock* fb, vpipe_frozen* fz, const vpipe_restore& r,
     if (fin) ::shutdown(fresh.get(), SHUT_RD);  // the peer's FIN was consumed in dom0
     unblock();
     // what was never transmitted goes out now that the flow reaches the socket
-    if (s.sndq_unsent) tcp::send_unsent(fresh.get(), sq.last(s.sndq_unsent));
+    if (s.sndq_unsent) {
+        if (int e = tcp::send_unsent(fresh.get(), sq.last(s.sndq_unsent)); e < 0) {
+            // the stream would silently miss bytes: the peer gets a reset instead
+            spdlog::error("re-queueing {} unsent bytes after the offload failed: {}", s.sndq_unsent,
+                          std::strerror(-e));
+            linger lg{1, 0};
+            ::setsockopt(fresh.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));  // RST on close
+            UniqueFd dead = make_reset_socket(fresh.get());
+            *new_fd = dead ? dead.release() : -1;
+            return e;
+        }
+    }
     window_probe(fresh.get());
     *new_fd = fresh.release();
     return 0;

@@ -3,11 +3,13 @@
 #include <cerrno>
 #include <map>
 #include <set>
+#include <string>
 
 #include <gtest/gtest.h>
 
 #include "config.h"
 #include "identity.h"
+#include "vpipe/abi/ring.h"
 
 using namespace vpipe;
 using namespace vpipe::xen;
@@ -182,7 +184,7 @@ TEST(XenFrontendKeys, WellFormed) {
     const std::string fe = frontend_path(3);
     s.nodes[fe + "/ring-ref"] = "8";
     s.nodes[fe + "/event-channel"] = "17";
-    s.nodes[fe + "/protocol-version"] = "1";
+    s.nodes[fe + "/protocol-version"] = std::to_string(VPIPE_PROTOCOL_VERSION);
     FrontendKeys k;
     std::string why;
     ASSERT_EQ(read_frontend_keys(s, fe, &k, &why), 0) << why;
@@ -197,8 +199,8 @@ TEST(XenFrontendKeys, DistrustsEveryKey) {
         const char* value;  // nullptr: missing
         int err;
     } cases[] = {
-        {"protocol-version", "2", -EPROTO},   {"protocol-version", nullptr, -EINVAL},
-        {"protocol-version", "1 ", -EINVAL},  {"protocol-version", "01x", -EINVAL},
+        {"protocol-version", "1", -EPROTO},   {"protocol-version", "3", -EPROTO},
+        {"protocol-version", nullptr, -EINVAL}, {"protocol-version", "2 ", -EINVAL},  {"protocol-version", "01x", -EINVAL},
         {"ring-ref", nullptr, -EINVAL},       {"ring-ref", "0", -EINVAL},
         {"ring-ref", "-1", -EINVAL},          {"ring-ref", "4294967296", -EINVAL},
         {"ring-ref", "0x10", -EINVAL},        {"ring-ref", "", -EINVAL},
@@ -210,7 +212,7 @@ TEST(XenFrontendKeys, DistrustsEveryKey) {
         FakeStore s;
         s.nodes[fe + "/ring-ref"] = "8";
         s.nodes[fe + "/event-channel"] = "17";
-        s.nodes[fe + "/protocol-version"] = "1";
+        s.nodes[fe + "/protocol-version"] = std::to_string(VPIPE_PROTOCOL_VERSION);
         if (c.value)
             s.nodes[fe + "/" + c.key] = c.value;
         else
