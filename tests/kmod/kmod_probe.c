@@ -514,6 +514,10 @@ static void socket_checks(void)
 	      "TCP pairs on 10.9.9.1");
 	/* the VM's ends are the servers (sv, sv2, on 10.9.9.1, the engine's identity); c and c2
 	 * are their peers */
+	/* a.-c.: the stand-in engine refuses socket requests (as an engine without shadow sockets
+	 * does): each connection must come back to the guest intact */
+	struct vpipe_dbg_script refuse = { 1 /* ANS_STATUS */, EOPNOTSUPP, 0 }, ok = { 0, 0, 0 };
+	CHECK(ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &refuse) == 0, "engine script: refuse socket requests");
 	/* a. unread bytes at the source travel with it: refused, they come back unread */
 	CHECK(send(c, data, 3000, 0) == 3000, "3000 bytes queued at the source");
 	usleep(100000);
@@ -551,6 +555,7 @@ static void socket_checks(void)
 	      "both connections usable");
 
 	/* d. a source whose peer closed: what is queued is copied locally, then EOF */
+	CHECK(ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &ok) == 0, "engine script: answer normally again");
 	CHECK(send(c, data, 500, 0) == 500 && shutdown(c, SHUT_WR) == 0, "500 bytes then FIN");
 	usleep(100000);
 	f = open("/mnt/s2f3.bin", O_RDWR | O_CREAT | O_TRUNC, 0644);
