@@ -101,6 +101,15 @@ int pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t off) {
     return 0;
 }
 
+// The peer closed: CLOSE_WAIT, or a FIN consumed in dom0 by an earlier operation (the socket
+// was restored ESTABLISHED with its receive side shut, see restore_socket(): the peer will not
+// send the FIN again). POLLRDHUP is the receive side's shutdown, whatever queued bytes remain.
+bool peer_closed(int fd, int state) {
+    if (state == kCloseWait) return true;
+    pollfd p{fd, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLRDHUP);
+}
+
 }  // namespace
 
 int check_socket(int fd, int* peer_fin) {
@@ -130,7 +139,7 @@ int check_socket(int fd, int* peer_fin) {
     l = sizeof(a);
     if (getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l) < 0) return -ENOTCONN;
     if ((ntohl(a.sin_addr.s_addr) >> 24) == 127) return -EOPNOTSUPP;  // loopback: not on a vif
-    *peer_fin = s == kCloseWait;
+    *peer_fin = peer_closed(fd, s);
     return 0;
 }
 
@@ -154,7 +163,7 @@ int freeze_socket(GuestFlowBlock* fb, int fd, vpipe_frozen* fz) {
     f->blocked = true;
     // The peer closed (CLOSE_WAIT): tcp::freeze refuses it; the caller drains such a source
     // locally and refuses such a destination, so report it without capturing anything.
-    if (tcp_state(fd) == kCloseWait) {
+    if (peer_closed(fd, tcp_state(fd))) {
         fb->unblock(f->key);
         fz->peer_fin = 1;
         fz->st = f->key;

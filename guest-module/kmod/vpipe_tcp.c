@@ -134,7 +134,9 @@ int vpipe_tcp_check(struct file *f, bool *peer_fin)
 	if (ipv4_is_loopback(READ_ONCE(inet_sk(sk)->inet_saddr)) ||
 	    ipv4_is_loopback(READ_ONCE(inet_sk(sk)->inet_daddr)))
 		return -EOPNOTSUPP;
-	*peer_fin = state == TCP_CLOSE_WAIT;
+	/* CLOSE_WAIT, or a FIN consumed in dom0 by an earlier operation (the socket was restored
+	 * ESTABLISHED with the receive side shut: the peer will not send it again) */
+	*peer_fin = state == TCP_CLOSE_WAIT || (READ_ONCE(sk->sk_shutdown) & RCV_SHUTDOWN);
 	return 0;
 }
 
@@ -305,7 +307,7 @@ static int vt_capture(struct sock *sk, struct vpipe_frozen_sock *fz)
 	st->rcv_wup = tp->rcv_wup;
 	st->snd_seq = tp->write_seq;	/* TCP_QUEUE_SEQ, send queue */
 	st->rcv_seq = tp->rcv_nxt;	/* TCP_QUEUE_SEQ, receive queue (a FIN counted) */
-	fz->peer_fin = sk->sk_state == TCP_CLOSE_WAIT;
+	fz->peer_fin = sk->sk_state == TCP_CLOSE_WAIT || (sk->sk_shutdown & RCV_SHUTDOWN);
 
 	/* what the application sent that the peer has not acknowledged: carried along, the
 	 * part never transmitted marked as such (SIOCOUTQ, SIOCOUTQNSD) */
