@@ -7,6 +7,7 @@ pkgs=(
   libxen-dev                                         # xen/io/ring.h, libxengnttab/evtchn/store
   libaio-dev                                         # O_DIRECT block I/O on disk images
   libnftables-dev nftables                           # flow steering in dom0
+  libnftnl-dev libmnl-dev libnetfilter-queue-dev     # per-flow nft changes over netlink; holding segments
   libcli11-dev libspdlog-dev libfmt-dev              # CLI parsing, logging
   libtomlplusplus-dev nlohmann-json3-dev             # config files, --json output
   iproute2 e2fsprogs util-linux kmod procps psmisc   # the lab: netns, veth, loop, mkfs

@@ -1,17 +1,20 @@
 #include "guest_flow_block.h"
 
 #include <arpa/inet.h>
+#include <libnftnl/expr.h>
+#include <libnftnl/rule.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
-#include <linux/netfilter/nfnetlink.h>
-#include <linux/netlink.h>
+#include <linux/netfilter/xt_NFQUEUE.h>
+#include <netinet/in.h>
 #include <nftables/libnftables.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include "nft/nft_link.h"
 
 #include <spdlog/spdlog.h>
 
@@ -26,105 +29,92 @@ std::string element(const vpipe_tcp_state& st) {
            std::to_string(ntohs(st.remote_port));
 }
 
-// A netlink message under construction (attributes nest by remembering their offsets).
-class NlMsg {
-public:
-    size_t begin(uint16_t type, uint16_t flags, uint32_t seq, uint8_t family, uint16_t res_id) {
-        size_t at = buf_.size();
-        nlmsghdr h{};
-        h.nlmsg_type = type;
-        h.nlmsg_flags = flags;
-        h.nlmsg_seq = seq;
-        put(&h, sizeof(h));
-        nfgenmsg g{};
-        g.nfgen_family = family;
-        g.version = NFNETLINK_V0;
-        g.res_id = htons(res_id);
-        put(&g, sizeof(g));
-        return at;
-    }
-    void end(size_t at) { hdr(at)->nlmsg_len = static_cast<uint32_t>(buf_.size() - at); }
-    void attr(uint16_t type, const void* data, size_t n) {
-        nlattr a{};
-        a.nla_type = type;
-        a.nla_len = static_cast<uint16_t>(NLA_HDRLEN + n);
-        put(&a, sizeof(a));
-        put(data, n);
-        buf_.resize(NLMSG_ALIGN(buf_.size()));
-    }
-    void str(uint16_t type, const std::string& s) { attr(type, s.c_str(), s.size() + 1); }
-    size_t nest(uint16_t type) {
-        size_t at = buf_.size();
-        nlattr a{};
-        a.nla_type = static_cast<uint16_t>(type | NLA_F_NESTED);
-        put(&a, sizeof(a));
-        return at;
-    }
-    void nest_end(size_t at) {
-        reinterpret_cast<nlattr*>(buf_.data() + at)->nla_len = static_cast<uint16_t>(buf_.size() - at);
-    }
-    const uint8_t* data() const { return buf_.data(); }
-    size_t size() const { return buf_.size(); }
-
-private:
-    nlmsghdr* hdr(size_t at) { return reinterpret_cast<nlmsghdr*>(buf_.data() + at); }
-    void put(const void* p, size_t n) {
-        auto* b = static_cast<const uint8_t*>(p);
-        buf_.insert(buf_.end(), b, b + n);
-    }
-    std::vector<uint8_t> buf_;
-};
+// the set's key: local . lport . remote . rport, each field in a 4-byte register
+FlowHold::Key set_key(const vpipe_tcp_state& st) {
+    FlowHold::Key key{};
+    std::memcpy(key.data(), st.local_addr, 4);
+    std::memcpy(key.data() + 4, &st.local_port, 2);
+    std::memcpy(key.data() + 8, st.remote_addr, 4);
+    std::memcpy(key.data() + 12, &st.remote_port, 2);
+    return key;
+}
 
 }  // namespace
 
 int GuestFlowBlock::set_element(bool add, const vpipe_tcp_state& st) {
-    if (nl_ < 0) return -EOPNOTSUPP;
-    // the set's key: local . lport . remote . rport, each field in a 4-byte register
-    uint8_t key[16] = {};
-    std::memcpy(key, st.local_addr, 4);
-    std::memcpy(key + 4, &st.local_port, 2);
-    std::memcpy(key + 8, st.remote_addr, 4);
-    std::memcpy(key + 12, &st.remote_port, 2);
-    const uint32_t seq = ++nl_seq_;
-    NlMsg m;
-    size_t b = m.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
-    m.end(b);
-    const uint16_t type = static_cast<uint16_t>((NFNL_SUBSYS_NFTABLES << 8) | (add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM));
-    size_t e = m.begin(type, static_cast<uint16_t>(NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE : 0)), seq + 1,
-                       NFPROTO_INET, 0);
-    m.str(NFTA_SET_ELEM_LIST_TABLE, table_);
-    m.str(NFTA_SET_ELEM_LIST_SET, "flows4");
-    size_t list = m.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-    size_t el = m.nest(NFTA_LIST_ELEM);
-    size_t k = m.nest(NFTA_SET_ELEM_KEY);
-    m.attr(NFTA_DATA_VALUE, key, sizeof(key));
-    m.nest_end(k);
-    m.nest_end(el);
-    m.nest_end(list);
-    m.end(e);
-    size_t f = m.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
-    m.end(f);
-    nl_seq_ += 2;
-    sockaddr_nl k0{};
-    k0.nl_family = AF_NETLINK;
-    if (::sendto(nl_, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&k0), sizeof(k0)) < 0) return -errno;
-    // the ACK (or error) of the element message
-    alignas(nlmsghdr) uint8_t rb[8192];
-    for (int i = 0; i < 8; ++i) {
-        ssize_t n = ::recv(nl_, rb, sizeof(rb), 0);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -errno;
-        }
-        for (auto* h = reinterpret_cast<nlmsghdr*>(rb); NLMSG_OK(h, static_cast<uint32_t>(n)); h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_seq != seq + 1) continue;
-            return reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;  // 0 or -errno
-        }
-    }
-    return -EIO;
+    if (!link_) return -EOPNOTSUPP;
+    const FlowHold::Key k = set_key(st);
+    const nft::Element e{std::vector<uint8_t>(k.begin(), k.end()), {}};
+    nft::Batch b;
+    if (add)
+        b.add_elements(NFPROTO_IPV4, table_, "flows4", {&e, 1});
+    else
+        b.delete_elements(NFPROTO_IPV4, table_, "flows4", {&e, 1});
+    return link_->commit(b);
 }
 
-std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table) {
+// input: ip daddr . tcp dport . ip saddr . tcp sport @flows4 -> xtables NFQUEUE (no bypass).
+// nft's own `queue` statement is a kernel option of its own (CONFIG_NFT_QUEUE), missing from
+// some kernels (this project's lab host among them); the xtables target through nft_compat is
+// what iptables-nft uses and exists wherever iptables does. Text cannot express it.
+int GuestFlowBlock::add_queue_rule(uint16_t queue) {
+    if (!link_) return -EOPNOTSUPP;
+    nftnl_rule* r = nftnl_rule_alloc();
+    nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, NFPROTO_IPV4);
+    nftnl_rule_set_str(r, NFTNL_RULE_TABLE, table_.c_str());
+    nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, "input");
+    auto add = [&](const char* name, auto&& set) {
+        nftnl_expr* e = nftnl_expr_alloc(name);
+        set(e);
+        nftnl_rule_add_expr(r, e);
+    };
+    add("meta", [](nftnl_expr* e) {
+        nftnl_expr_set_u32(e, NFTNL_EXPR_META_KEY, NFT_META_L4PROTO);
+        nftnl_expr_set_u32(e, NFTNL_EXPR_META_DREG, NFT_REG_1);
+    });
+    add("cmp", [](nftnl_expr* e) {
+        const uint8_t tcp = IPPROTO_TCP;
+        nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_SREG, NFT_REG_1);
+        nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_OP, NFT_CMP_EQ);
+        nftnl_expr_set(e, NFTNL_EXPR_CMP_DATA, &tcp, 1);
+    });
+    // the set's key, one field per 32-bit register (a 2-byte port load zero-pads its register)
+    struct Field { uint32_t base, offset, len, reg; };
+    const Field key[] = {
+        {NFT_PAYLOAD_NETWORK_HEADER, 16, 4, NFT_REG32_00},    // ip daddr (the VM)
+        {NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG32_01},   // tcp dport
+        {NFT_PAYLOAD_NETWORK_HEADER, 12, 4, NFT_REG32_02},    // ip saddr (the peer)
+        {NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2, NFT_REG32_03},   // tcp sport
+    };
+    for (const Field& f : key)
+        add("payload", [&](nftnl_expr* e) {
+            nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, f.base);
+            nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, f.offset);
+            nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, f.len);
+            nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, f.reg);
+        });
+    add("lookup", [](nftnl_expr* e) {
+        nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SREG, NFT_REG32_00);
+        nftnl_expr_set_str(e, NFTNL_EXPR_LOOKUP_SET, "flows4");
+    });
+    add("target", [&](nftnl_expr* e) {
+        xt_NFQ_info_v3 info{};
+        info.queuenum = queue;
+        info.queues_total = 1;
+        info.flags = 0;  // no bypass: without a listener the kernel drops, as the block must
+        nftnl_expr_set_str(e, NFTNL_EXPR_TG_NAME, "NFQUEUE");
+        nftnl_expr_set_u32(e, NFTNL_EXPR_TG_REV, 3);
+        // libnftnl keeps the pointer (and frees it with the expression)
+        void* copy = std::malloc(sizeof(info));
+        std::memcpy(copy, &info, sizeof(info));
+        nftnl_expr_set(e, NFTNL_EXPR_TG_INFO, copy, sizeof(info));
+    });
+    nft::Batch b;
+    b.add_rule(r);
+    return link_->commit(b);
+}
+
+std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table, int hold_queue) {
     std::unique_ptr<GuestFlowBlock> b(new GuestFlowBlock(table));
     b->nft_ = nft_ctx_new(NFT_CTX_DEFAULT);
     if (!b->nft_) {
@@ -133,30 +123,35 @@ std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table)
     }
     const std::string& t = b->table_;
     // a leftover of a crashed agent goes first (its elements are stale)
-    b->run("delete table inet " + t);
+    b->run("delete table ip " + t);
     const std::string cmd =
-        "add table inet " + t + "\n"
-        "add set inet " + t + " flows4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; }\n"
-        "add chain inet " + t + " input { type filter hook input priority -300; policy accept; }\n"
-        "add chain inet " + t + " output { type filter hook output priority -300; policy accept; }\n"
-        "add rule inet " + t + " input ip daddr . tcp dport . ip saddr . tcp sport @flows4 drop\n"
-        "add rule inet " + t + " output ip saddr . tcp sport . ip daddr . tcp dport @flows4 drop\n";
+        "add table ip " + t + "\n"
+        "add set ip " + t + " flows4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; }\n"
+        "add chain ip " + t + " input { type filter hook input priority -300; policy accept; }\n"
+        "add chain ip " + t + " output { type filter hook output priority -300; policy accept; }\n"
+        "add rule ip " + t + " output ip saddr . tcp sport . ip daddr . tcp dport @flows4 drop\n";
     if (b->run(cmd) < 0) {
-        spdlog::warn("guest flow block: cannot create table inet {}", t);
+        spdlog::warn("guest flow block: cannot create table ip {}", t);
         return nullptr;
     }
     b->live_ = true;
-    // the fast path; without it (or if its first use fails) every call goes through libnftables
-    int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd >= 0) {
-        sockaddr_nl a{};
-        a.nl_family = AF_NETLINK;
-        timeval tv{1, 0};
-        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
-            b->nl_ = fd;
-        } else {
-            ::close(fd);
+    b->link_ = nft::Link::open();  // per-flow elements; without it, libnftables
+    // Incoming segments are held for re-injection (FlowHold); without a queue, dropped.
+    if (hold_queue >= 0) b->hold_ = FlowHold::create(static_cast<uint16_t>(hold_queue));
+    const std::string match = "add rule ip " + t + " input ip daddr . tcp dport . ip saddr . tcp sport @flows4 ";
+    int r = -EOPNOTSUPP;
+    if (b->hold_) {
+        r = b->add_queue_rule(static_cast<uint16_t>(hold_queue));
+        if (r < 0) r = b->run(match + "queue num " + std::to_string(hold_queue));
+        if (r < 0) b->hold_.reset();
+    }
+    if (!b->hold_) {
+        if (hold_queue >= 0)
+            spdlog::warn("guest flow block: segments of handed-over flows are dropped, not held (the "
+                         "client retransmits them after its timeout)");
+        if (b->run(match + "drop") < 0) {
+            b->destroy();
+            return nullptr;
         }
     }
     return b;
@@ -165,7 +160,6 @@ std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table)
 GuestFlowBlock::~GuestFlowBlock() {
     destroy();
     if (nft_) nft_ctx_free(nft_);
-    if (nl_ >= 0) ::close(nl_);
 }
 
 int GuestFlowBlock::run(const std::string& cmd) {
@@ -189,11 +183,13 @@ int GuestFlowBlock::block(const vpipe_tcp_state& st) {
     if (st.family != VPIPE_AF_INET) return -EAFNOSUPPORT;
     std::lock_guard lk(mu_);
     if (!live_) return -EIO;
+    if (hold_) hold_->hold(set_key(st));
     int r = set_element(true, st);
     if (r != 0) {
         if (r != -EOPNOTSUPP) spdlog::debug("guest flow block: netlink add: {}; using libnftables", std::strerror(-r));
-        r = run("add element inet " + table_ + " flows4 { " + element(st) + " }");
+        r = run("add element ip " + table_ + " flows4 { " + element(st) + " }");
     }
+    if (r != 0 && hold_) hold_->release(set_key(st));
     if (r == 0) {
         // "add element" of an existing element succeeds silently: count only new ones
         ++blocked_;
@@ -206,8 +202,10 @@ int GuestFlowBlock::unblock(const vpipe_tcp_state& st) {
     std::lock_guard lk(mu_);
     if (!live_) return -EIO;
     int r = set_element(false, st);
-    if (r != 0 && r != -ENOENT) r = run("delete element inet " + table_ + " flows4 { " + element(st) + " }");
+    if (r != 0 && r != -ENOENT) r = run("delete element ip " + table_ + " flows4 { " + element(st) + " }");
     if (r == 0 && blocked_ > 0) --blocked_;
+    // the element is gone: no new segment of the flow is queued; the held ones go on now
+    if (r == 0 && hold_) hold_->release(set_key(st));
     if (r < 0) spdlog::warn("guest flow block: cannot unblock {}: {}", element(st), std::strerror(-r));
     return r;
 }
@@ -220,8 +218,9 @@ int GuestFlowBlock::blocked() const {
 void GuestFlowBlock::destroy() {
     std::lock_guard lk(mu_);
     if (!live_) return;
-    run("delete table inet " + table_);
+    run("delete table ip " + table_);
     live_ = false;
+    hold_.reset();  // whatever was still held is dropped with the queue
 }
 
 }  // namespace vpipe::agent

@@ -3,20 +3,20 @@
 // stack must neither see nor answer the flow's segments: a frozen socket still ACKs incoming
 // data (which would then be lost) and a disconnected one answers with RST.
 //
-// nftables in the agent's network namespace, through libnftables in-process (no fork+exec):
+// nftables in the agent's network namespace:
 //
-//   table inet vpipe_guest
+//   table ip vpipe_guest
 //     set flows4 { ipv4_addr . inet_service . ipv4_addr . inet_service }   local . lport . remote . rport
-//     chain input  (filter hook input  priority -300): ip daddr . tcp dport . ip saddr . tcp sport @flows4 drop
+//     chain input  (filter hook input  priority -300): ip daddr . tcp dport . ip saddr . tcp sport @flows4
+//                  -> xtables NFQUEUE N (held by FlowHold, re-injected at unblock);
+//                     nft `queue num N` where nft_compat is missing; `drop` without NFQUEUE
 //     chain output (filter hook output priority -300): ip saddr . tcp sport . ip daddr . tcp dport @flows4 drop
 //
-// One set element per blocked flow; the table is created once (replacing a leftover of a
-// crashed agent) and removed by destroy(). Thread-safe.
-//
-// Elements are added / deleted with one nfnetlink batch on a netlink socket kept open
-// (NFT_MSG_NEWSETELEM / DELSETELEM, ~20 us) rather than through libnftables, which parses the
-// command and re-reads the ruleset on every call (~0.5 ms of guest CPU per call, twice per
-// hand-over). libnftables stays the fallback and creates / removes the table.
+// One set element per blocked flow; the table is created once with libnftables (replacing a
+// leftover of a crashed agent) and removed by destroy(). Elements are added / deleted with one
+// nfnetlink batch on a socket kept open (nft::Link, ~20 us) rather than through libnftables,
+// which parses the command and re-reads the ruleset on every call (~0.5 ms of guest CPU per
+// call, twice per hand-over); libnftables stays the fallback. Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -26,38 +26,48 @@
 
 #include <vpipe/abi/ring.h>
 
+#include "flow_hold.h"
+#include "nft/nft_link.h"
+
 struct nft_ctx;
 
 namespace vpipe::agent {
 
 class GuestFlowBlock {
 public:
-    // Creates the table. nullptr (logged) if nftables is unusable here.
-    static std::unique_ptr<GuestFlowBlock> create(const std::string& table = "vpipe_guest");
+    // Creates the table; incoming segments of blocked flows are held in NFQUEUE `hold_queue`
+    // (-1: dropped). nullptr (logged) if nftables is unusable here.
+    static std::unique_ptr<GuestFlowBlock> create(const std::string& table = "vpipe_guest",
+                                                  int hold_queue = kDefaultHoldQueue);
+    static constexpr int kDefaultHoldQueue = 7670;
     ~GuestFlowBlock();  // destroy()
     GuestFlowBlock(const GuestFlowBlock&) = delete;
     GuestFlowBlock& operator=(const GuestFlowBlock&) = delete;
 
-    // Blocks / unblocks the flow of a (frozen) connection, IPv4 only. 0 or -errno
+    // Blocks / unblocks the flow of a (frozen) connection, IPv4 only; unblock re-injects the
+    // segments held meanwhile (call it once the restored socket exists). 0 or -errno
     // (-EEXIST already blocked, -ENOENT not blocked, -EAFNOSUPPORT IPv6, -EIO nft failure).
     int block(const vpipe_tcp_state& st);
     int unblock(const vpipe_tcp_state& st);
     // Number of flows blocked now.
     int blocked() const;
+    // Segments held and re-injected so far (0 without a hold).
+    uint64_t reinjected() const { return hold_ ? hold_->reinjected.load() : 0; }
     void destroy();
 
 private:
     explicit GuestFlowBlock(std::string table) : table_(std::move(table)) {}
     int run(const std::string& cmd);
     int set_element(bool add, const vpipe_tcp_state& st);  // the netlink fast path; 0 / -errno
+    int add_queue_rule(uint16_t queue);
 
     std::string table_;
     mutable std::mutex mu_;
     nft_ctx* nft_ = nullptr;
     int blocked_ = 0;
     bool live_ = false;
-    int nl_ = -1;          // NETLINK_NETFILTER socket (fast path), -1: libnftables only
-    uint32_t nl_seq_ = 0;
+    std::unique_ptr<nft::Link> link_;  // the fast path; nullptr: libnftables only
+    std::unique_ptr<FlowHold> hold_;  // nullptr: segments are dropped
 };
 
 // RAII: one blocked flow; unblocks on destruction unless released.

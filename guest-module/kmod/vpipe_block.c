@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * vpipe_block.c -- the guest's flow block (see vpipe_block.h): a table of blocked 4-tuples and
- * a netfilter hook in every network namespace that drops their segments, both ways.
+ * a netfilter hook in every network namespace that holds their incoming segments (re-injected
+ * when the flow is unblocked) and drops their outgoing ones.
  */
 #include <linux/hashtable.h>
 #include <linux/ip.h>
 #include <linux/jhash.h>
 #include <linux/module.h>
+#include <linux/netdevice.h>
 #include <linux/netfilter.h>
+#include <linux/skbuff.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/slab.h>
 #include <linux/tcp.h>
@@ -24,13 +27,22 @@ struct vt_flow {
 	__be32 laddr, raddr;
 	__be16 lport, rport;
 	unsigned int users;
+	/* incoming segments held while blocked, each with a reference on its skb->dev; under
+	 * held.lock, which also guards `dead` (set once the flow left the table: a hook that
+	 * found the flow just before must not queue behind the final re-injection) */
+	struct sk_buff_head held;
+	bool dead;
 };
+
+/* per flow; past it the peer's segments are dropped (it retransmits them) */
+#define VT_HOLD_MAX 256
 
 #define VT_HASH_BITS 6
 static DEFINE_HASHTABLE(vt_flows, VT_HASH_BITS);
 static DEFINE_SPINLOCK(vt_flows_lock);
 static atomic_t vt_nr_flows = ATOMIC_INIT(0);
 static atomic64_t vt_dropped = ATOMIC64_INIT(0);
+static atomic64_t vt_reinjected = ATOMIC64_INIT(0);
 
 static u32 vt_hash(const struct net *net, __be32 laddr, __be16 lport, __be32 raddr, __be16 rport)
 {
@@ -73,25 +85,95 @@ int vpipe_block_add(const struct net *net, __be32 laddr, __be16 lport, __be32 ra
 	n->lport = lport;
 	n->rport = rport;
 	n->users = 1;
+	skb_queue_head_init(&n->held);
 	hash_add_rcu(vt_flows, &n->node, vt_hash(net, laddr, lport, raddr, rport));
 	atomic_inc(&vt_nr_flows);
 	spin_unlock_bh(&vt_flows_lock);
 	return 0;
 }
 
+/* Takes the flow's held segments (the flow is out of the table: nothing new is queued). */
+static void vt_take_held(struct vt_flow *f, struct sk_buff_head *out)
+{
+	spin_lock_bh(&f->held.lock);
+	f->dead = true;
+	skb_queue_splice_init(&f->held, out);
+	spin_unlock_bh(&f->held.lock);
+}
+
+/*
+ * Re-injects segments where a received frame enters the stack (netif_rx: the skb's data is at
+ * the network header, as after eth_type_trans), so they pass every hook again -- conntrack
+ * included -- and reach the restored socket. BH stays off across the loop: one CPU's backlog,
+ * arrival order kept.
+ */
+static void vt_reinject(struct sk_buff_head *q)
+{
+	struct sk_buff *skb;
+
+	local_bh_disable();
+	while ((skb = __skb_dequeue(q))) {
+		struct net_device *dev = skb->dev;
+
+		netif_rx(skb);
+		dev_put(dev);
+		atomic64_inc(&vt_reinjected);
+	}
+	local_bh_enable();
+}
+
+static void vt_purge(struct sk_buff_head *q)
+{
+	struct sk_buff *skb;
+
+	while ((skb = __skb_dequeue(q))) {
+		struct net_device *dev = skb->dev;
+
+		kfree_skb(skb);
+		dev_put(dev);
+		atomic64_inc(&vt_dropped);
+	}
+}
+
 void vpipe_block_del(const struct net *net, __be32 laddr, __be16 lport, __be32 raddr,
 		       __be16 rport)
 {
 	struct vt_flow *f;
+	struct sk_buff_head q;
 
+	__skb_queue_head_init(&q);
 	spin_lock_bh(&vt_flows_lock);
 	f = vt_lookup(net, laddr, lport, raddr, rport);
 	if (f && --f->users == 0) {
 		hash_del_rcu(&f->node);
 		atomic_dec(&vt_nr_flows);
-		kfree_rcu(f, rcu);
+	} else {
+		f = NULL;
 	}
 	spin_unlock_bh(&vt_flows_lock);
+	if (!f)
+		return;
+	vt_take_held(f, &q);
+	kfree_rcu(f, rcu);
+	vt_reinject(&q);
+}
+
+/* Holds an incoming segment of a blocked flow: NF_STOLEN, or NF_DROP when the flow is full. */
+static unsigned int vt_hold(struct vt_flow *f, struct sk_buff *skb)
+{
+	unsigned int verdict = NF_STOLEN;
+
+	spin_lock(&f->held.lock);
+	if (f->dead) {
+		verdict = NF_ACCEPT;	/* unblocked meanwhile: on its way */
+	} else if (skb_queue_len(&f->held) >= VT_HOLD_MAX || !skb->dev) {
+		verdict = NF_DROP;
+	} else {
+		dev_hold(skb->dev);
+		__skb_queue_tail(&f->held, skb);
+	}
+	spin_unlock(&f->held.lock);
+	return verdict;
 }
 
 static unsigned int vt_hook(void *priv, struct sk_buff *skb, const struct nf_hook_state *state)
@@ -100,7 +182,8 @@ static unsigned int vt_hook(void *priv, struct sk_buff *skb, const struct nf_hoo
 	const struct iphdr *iph;
 	struct tcphdr _th;
 	const struct tcphdr *th;
-	bool hit;
+	struct vt_flow *f;
+	unsigned int verdict;
 
 	if (likely(atomic_read(&vt_nr_flows) == 0))
 		return NF_ACCEPT;
@@ -112,14 +195,15 @@ static unsigned int vt_hook(void *priv, struct sk_buff *skb, const struct nf_hoo
 		return NF_ACCEPT;
 	rcu_read_lock();
 	if (in)
-		hit = vt_lookup(state->net, iph->daddr, th->dest, iph->saddr, th->source);
+		f = vt_lookup(state->net, iph->daddr, th->dest, iph->saddr, th->source);
 	else
-		hit = vt_lookup(state->net, iph->saddr, th->source, iph->daddr, th->dest);
+		f = vt_lookup(state->net, iph->saddr, th->source, iph->daddr, th->dest);
+	/* the peer's segments wait for the restored socket; the VM's own never leave */
+	verdict = !f ? NF_ACCEPT : in ? vt_hold(f, skb) : NF_DROP;
 	rcu_read_unlock();
-	if (!hit)
-		return NF_ACCEPT;
-	atomic64_inc(&vt_dropped);
-	return NF_DROP;
+	if (verdict == NF_DROP)
+		atomic64_inc(&vt_dropped);
+	return verdict;
 }
 
 /* after defragmentation (-400), before raw tables and conntrack */
@@ -154,8 +238,13 @@ static void __net_exit vt_net_exit(struct net *net)
 	spin_lock_bh(&vt_flows_lock);
 	hash_for_each_safe(vt_flows, bkt, tmp, f, node) {
 		if (f->net == net) {
+			struct sk_buff_head q;
+
+			__skb_queue_head_init(&q);
 			hash_del_rcu(&f->node);
 			atomic_dec(&vt_nr_flows);
+			vt_take_held(f, &q);
+			vt_purge(&q);
 			kfree_rcu(f, rcu);
 		}
 	}
@@ -186,4 +275,9 @@ unsigned int vpipe_block_count(void)
 u64 vpipe_block_dropped(void)
 {
 	return atomic64_read(&vt_dropped);
+}
+
+u64 vpipe_block_reinjected(void)
+{
+	return atomic64_read(&vt_reinjected);
 }

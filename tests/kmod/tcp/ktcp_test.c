@@ -170,13 +170,72 @@ static long kt_restore(struct kt_restore *a)
 	return 0;
 }
 
-/* ---- KT_IOC_BLOCK: the test's own entries in the flow block ---- */
+/* ---- KT_IOC_BLOCK: a lossy link for one tuple ----
+ * The tuple's segments are dropped both ways, as if lost in the network (the flow block would
+ * hold the incoming ones and re-inject them at unblock): the test's own hook, ahead of the flow
+ * block's, in every namespace. */
 struct kt_blk {
 	struct net *net;	/* a reference: the entry may outlive the socket */
 	__be32 la, ra;
 	__be16 lp, rp;
 };
 static struct kt_blk kt_blk[KT_SLOTS];
+static DEFINE_SPINLOCK(kt_blk_lock);
+static atomic_t kt_nr_blk = ATOMIC_INIT(0);
+
+static unsigned int kt_loss_hook(void *priv, struct sk_buff *skb, const struct nf_hook_state *state)
+{
+	const bool in = state->hook == NF_INET_PRE_ROUTING;
+	const struct iphdr *iph;
+	struct tcphdr _th;
+	const struct tcphdr *th;
+	bool hit = false;
+	int i;
+
+	if (likely(!atomic_read(&kt_nr_blk)))
+		return NF_ACCEPT;
+	iph = ip_hdr(skb);
+	if (iph->protocol != IPPROTO_TCP)
+		return NF_ACCEPT;
+	th = skb_header_pointer(skb, ip_hdrlen(skb), sizeof(_th), &_th);
+	if (!th)
+		return NF_ACCEPT;
+	spin_lock_bh(&kt_blk_lock);
+	for (i = 0; i < KT_SLOTS && !hit; i++) {
+		const struct kt_blk *e = &kt_blk[i];
+
+		if (e->net != state->net)
+			continue;
+		hit = in ? (iph->daddr == e->la && th->dest == e->lp && iph->saddr == e->ra &&
+			    th->source == e->rp)
+			 : (iph->saddr == e->la && th->source == e->lp && iph->daddr == e->ra &&
+			    th->dest == e->rp);
+	}
+	spin_unlock_bh(&kt_blk_lock);
+	return hit ? NF_DROP : NF_ACCEPT;
+}
+
+static const struct nf_hook_ops kt_loss_ops[] = {
+	{ .hook = kt_loss_hook, .pf = NFPROTO_IPV4, .hooknum = NF_INET_PRE_ROUTING,
+	  .priority = NF_IP_PRI_RAW - 2 },
+	{ .hook = kt_loss_hook, .pf = NFPROTO_IPV4, .hooknum = NF_INET_LOCAL_OUT,
+	  .priority = NF_IP_PRI_RAW - 2 },
+};
+
+static int __net_init kt_loss_net_init(struct net *net)
+{
+	return nf_register_net_hooks(net, kt_loss_ops, ARRAY_SIZE(kt_loss_ops));
+}
+
+static void __net_exit kt_loss_net_exit(struct net *net)
+{
+	nf_unregister_net_hooks(net, kt_loss_ops, ARRAY_SIZE(kt_loss_ops));
+}
+
+static struct pernet_operations kt_loss_net_ops = {
+	.init = kt_loss_net_init,
+	.exit = kt_loss_net_exit,
+};
 
 static long kt_block(const struct kt_block *a)
 {
@@ -201,6 +260,8 @@ static long kt_block(const struct kt_block *a)
 	b.rp = inet_sk(sock->sk)->inet_dport;
 	release_sock(sock->sk);
 	b.net = sock_net(sock->sk);
+	fput(f);
+	spin_lock_bh(&kt_blk_lock);
 	for (i = 0; i < KT_SLOTS; i++) {
 		struct kt_blk *e = &kt_blk[i];
 
@@ -214,24 +275,27 @@ static long kt_block(const struct kt_block *a)
 			break;
 	}
 	if (a->on) {
-		if (i < KT_SLOTS)
+		if (i < KT_SLOTS) {
 			r = -EEXIST;
-		else if (slot < 0)
+		} else if (slot < 0) {
 			r = -ENOSPC;
-		else
-			r = vpipe_block_add(b.net, b.la, b.lp, b.ra, b.rp);
-		if (!r) {
+		} else {
 			b.net = get_net(b.net);
 			kt_blk[slot] = b;
+			atomic_inc(&kt_nr_blk);
 		}
+		b.net = NULL;
 	} else if (i == KT_SLOTS) {
 		r = -ENOENT;
+		b.net = NULL;
 	} else {
-		vpipe_block_del(kt_blk[i].net, b.la, b.lp, b.ra, b.rp);
-		put_net(kt_blk[i].net);
+		b.net = kt_blk[i].net;
 		memset(&kt_blk[i], 0, sizeof(kt_blk[i]));
+		atomic_dec(&kt_nr_blk);
 	}
-	fput(f);
+	spin_unlock_bh(&kt_blk_lock);
+	if (b.net)
+		put_net(b.net);
 	if (a->on && !r)
 		synchronize_rcu();	/* segments already past the hook are through */
 	return r;
@@ -246,10 +310,10 @@ static void kt_block_clear(void)
 
 		if (!e->net)
 			continue;
-		vpipe_block_del(e->net, e->la, e->lp, e->ra, e->rp);
 		put_net(e->net);
 		memset(e, 0, sizeof(*e));
 	}
+	atomic_set(&kt_nr_blk, 0);
 }
 
 /* the frozen queues to userspace (as much as the buffers take) */
@@ -428,7 +492,8 @@ static long kt_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		struct kt_stats s = { .dropped = vpipe_block_dropped(),
 				      .blocked = vpipe_block_count(),
 				      .ct_invalid_dropped = atomic64_read(&kt_ct_invalid),
-				      .ct_untracked = atomic64_read(&kt_ct_untracked) };
+				      .ct_untracked = atomic64_read(&kt_ct_untracked),
+				      .reinjected = vpipe_block_reinjected() };
 
 		if (copy_to_user(up, &s, sizeof(s)))
 			r = -EFAULT;
@@ -459,9 +524,16 @@ static int __init kt_init(void)
 
 	if (r)
 		return r;
-	r = misc_register(&kt_dev);
-	if (r)
+	r = register_pernet_subsys(&kt_loss_net_ops);
+	if (r) {
 		vpipe_tcp_exit();
+		return r;
+	}
+	r = misc_register(&kt_dev);
+	if (r) {
+		unregister_pernet_subsys(&kt_loss_net_ops);
+		vpipe_tcp_exit();
+	}
 	return r;
 }
 
@@ -473,6 +545,7 @@ static void __exit kt_exit(void)
 	kt_ct_off();
 	for (i = 0; i < KT_SLOTS; i++)
 		vpipe_tcp_release(&kt_slot[i]);
+	unregister_pernet_subsys(&kt_loss_net_ops);
 	kt_block_clear();
 	vpipe_tcp_exit();
 }

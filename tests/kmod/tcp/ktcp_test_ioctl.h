@@ -62,10 +62,11 @@ struct kt_io {
 
 struct kt_stats {
 	uint64_t dropped;            /* vpipe_block_dropped() */
-	uint32_t blocked;            /* vpipe_block_count() (KT_IOC_BLOCK's entries included) */
+	uint32_t blocked;            /* vpipe_block_count() */
 	uint32_t pad;
 	uint64_t ct_invalid_dropped; /* segments of the watched tuple conntrack called INVALID */
 	uint64_t ct_untracked;       /* segments of the watched tuple kept from conntrack */
+	uint64_t reinjected;         /* vpipe_block_reinjected(): held segments re-injected */
 };
 
 /* conntrack scenario: tracking on in the caller's netns, a watched tuple whose INVALID
@@ -77,7 +78,7 @@ struct kt_ct {
 	struct vpipe_tcp_state st; /* KT_IOC_CT_DOM0: the watched tuple */
 };
 
-/* vpipe_block_add/del of a connected socket's 4-tuple, seen from that socket (in its netns):
+/* a lossy link for a connected socket's 4-tuple, seen from that socket (in its netns), dropping both ways:
  * blocking the PEER's tuple makes the application's segments leave its stack (they count as
  * transmitted) and get lost on the way in, and keeps the peer from sending anything (no ACK) */
 struct kt_block {

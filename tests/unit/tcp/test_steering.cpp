@@ -33,9 +33,13 @@
 #include <vector>
 
 #include "steering/steering.h"
+#include "support/netns_worker.h"
 #include "tcp/tcp_repair.h"
 
 using vpipe::UniqueFd;
+using vpipe::test::capture;
+using vpipe::test::NsWorker;
+using vpipe::test::sh;
 using vpipe::steering::FlowKey;
 using vpipe::steering::Steering;
 namespace tcp = vpipe::tcp;
@@ -49,80 +53,6 @@ const char* const kClient = "vpt-client";
 const char* const kVmIp = "10.198.0.2";
 const char* const kClientIp = "10.198.0.3";
 constexpr uint16_t kVmPort = 5000;
-
-int sh(const std::string& cmd) {
-    int rc = system(cmd.c_str());
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-std::string capture(const std::string& cmd) {
-    std::string out;
-    FILE* f = popen(cmd.c_str(), "r");
-    if (!f) return out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-    pclose(f);
-    return out;
-}
-
-// A thread living in a named network namespace; run() executes a function there, synchronously.
-class NsWorker {
-public:
-    explicit NsWorker(const std::string& ns) {
-        std::promise<bool> ready;
-        auto fut = ready.get_future();
-        th_ = std::thread([this, ns, &ready] {
-            int fd = open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-            bool ok = fd >= 0 && setns(fd, CLONE_NEWNET) == 0;
-            if (fd >= 0) close(fd);
-            ready.set_value(ok);
-            loop();
-        });
-        ok_ = fut.get();
-    }
-    ~NsWorker() {
-        {
-            std::lock_guard<std::mutex> g(mu_);
-            stop_ = true;
-        }
-        cv_.notify_one();
-        th_.join();
-    }
-    bool ok() const { return ok_; }
-    template <typename F>
-    auto run(F f) -> decltype(f()) {
-        std::packaged_task<decltype(f())()> task(std::move(f));
-        auto fut = task.get_future();
-        {
-            std::lock_guard<std::mutex> g(mu_);
-            q_.emplace_back([&task] { task(); });
-        }
-        cv_.notify_one();
-        return fut.get();
-    }
-
-private:
-    void loop() {
-        for (;;) {
-            std::function<void()> fn;
-            {
-                std::unique_lock<std::mutex> l(mu_);
-                cv_.wait(l, [this] { return stop_ || !q_.empty(); });
-                if (q_.empty()) return;
-                fn = std::move(q_.front());
-                q_.pop_front();
-            }
-            fn();
-        }
-    }
-    std::thread th_;
-    std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<std::function<void()>> q_;
-    bool stop_ = false;
-    bool ok_ = false;
-};
 
 // deterministic byte stream + FNV-1a
 struct Stream {
