@@ -1,7 +1,8 @@
 // steering: while a VM's TCP connection is offloaded to a shadow socket in dom0, make the
 // flow's frames arriving on dom0's Linux bridge go to dom0's own IP stack instead of the VM.
 //
-// How (nftables through libnftables, in-process; per flow one map element, never a rule):
+// How (nftables: the table through libnftables once, per flow one map element -- never a rule --
+// as one nfnetlink batch on a socket kept open, nft::Link, ~20 us instead of ~0.5 ms):
 //
 //   table bridge <table>                                   (bridge family, prerouting -300)
 //     set  hold4 / hold6   { saddr . sport . daddr . dport }             -> drop
@@ -30,11 +31,15 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "nft/nft_link.h"
 #include "vpipe/abi/ring.h"
 
 struct nft_ctx;
@@ -91,13 +96,30 @@ public:
 private:
     Steering(std::string table, uint32_t fwmark, uint32_t route_table);
     int run(const std::string& cmd, std::string* out = nullptr);
-    int bridge_mac_for(const FlowKey& key, std::string* mac);
+    int bridge_mac_for(const FlowKey& key, std::array<uint8_t, 6>* mac);
     int set_rules(bool add);
+    int commit(nft::Batch& b);
 
     std::string table_;
     uint32_t fwmark_;
     uint32_t route_table_;
-    nft_ctx* nft_ = nullptr;
+    nft_ctx* nft_ = nullptr;               // creation, listing
+    std::unique_ptr<nft::Link> link_;      // per-flow elements
+    struct MacCacheEntry {
+        int family;
+        std::array<uint8_t, 16> addr;
+        std::array<uint8_t, 6> mac;
+        std::chrono::steady_clock::time_point when;
+    };
+    std::vector<MacCacheEntry> mac_cache_;
+    enum class FlowState { kSteered, kHeld };
+    struct KeyLess {
+        bool operator()(const FlowKey& a, const FlowKey& b) const {
+            return std::tie(a.family, a.remote_addr, a.remote_port, a.local_addr, a.local_port) <
+                   std::tie(b.family, b.remote_addr, b.remote_port, b.local_addr, b.local_port);
+        }
+    };
+    std::map<FlowKey, FlowState, KeyLess> state_;
     bool live_ = false;
     std::string last_error_;
 };
