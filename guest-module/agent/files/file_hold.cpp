@@ -21,6 +21,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "files/hold_journal.h"
 #include "util/unique_fd.h"
 
 namespace vpipe::agent {
@@ -32,7 +33,8 @@ struct Entry {
     int refs = 0;
     bool we_set_flag = false;
     UniqueFd fd;           // our own dup: the flag can be cleared after the caller closed its fd
-    std::string journal;   // crash-journal record, empty when none was written
+    bool journaled = false;  // a record in the crash journal
+    HoldRecord record;
     std::mutex lift_mu;    // serializes with_lifted() on this inode
 };
 
@@ -40,6 +42,7 @@ struct Registry {
     std::mutex mu;  // guards entries, refcounts, and every flag change except inside a lift
     std::map<Key, std::shared_ptr<Entry>> entries;
     std::string state_dir;
+    HoldJournal journal;
 };
 
 Registry& registry() {
@@ -64,82 +67,14 @@ int set_immutable(int fd, bool on) {
     return want == flags ? 0 : set_flags(fd, want);
 }
 
-std::string hex(const unsigned char* p, size_t n) {
-    static const char* digits = "0123456789abcdef";
-    std::string s;
-    for (size_t i = 0; i < n; ++i) {
-        s += digits[p[i] >> 4];
-        s += digits[p[i] & 15];
-    }
-    return s;
-}
-
-bool unhex(const std::string& s, std::vector<unsigned char>* out) {
-    if (s.size() % 2) return false;
-    out->clear();
-    for (size_t i = 0; i < s.size(); i += 2) {
-        unsigned v = 0;
-        if (std::sscanf(s.c_str() + i, "%2x", &v) != 1) return false;
-        out->push_back(static_cast<unsigned char>(v));
-    }
-    return true;
-}
-
-int fsync_path(const std::string& path, int flags) {
-    int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    int r = ::fsync(fd) == 0 ? 0 : -errno;
-    ::close(fd);
-    return r;
-}
-
-// Writes the crash-journal record for the inode behind `fd` durably (tmp + fsync + rename +
-// fsync dir). Returns 0 and the record's path, or -errno.
-int write_journal(const std::string& dir, int fd, const struct stat& st, std::string* path) {
-    struct {
-        struct file_handle fh;
-        unsigned char bytes[MAX_HANDLE_SZ];
-    } h{};
-    h.fh.handle_bytes = MAX_HANDLE_SZ;
-    int mount_id = -1;
-    if (::name_to_handle_at(fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) != 0) return -errno;
-
-    char link[64];
-    std::snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-    char target[4096];
-    ssize_t n = ::readlink(link, target, sizeof(target) - 1);
-    target[n > 0 ? n : 0] = '\0';
-
-    std::ostringstream rec;
-    rec << "vpipe-hold 1\n"
-        << "dev " << major(st.st_dev) << ":" << minor(st.st_dev) << "\n"
-        << "ino " << st.st_ino << "\n"
-        << "mount_id " << mount_id << "\n"
-        << "handle_type " << h.fh.handle_type << "\n"
-        << "handle " << hex(h.fh.f_handle, h.fh.handle_bytes) << "\n"
-        << "path " << target << "\n";
-    const std::string body = rec.str();
-
-    *path = dir + "/hold-" + std::to_string(st.st_dev) + "-" + std::to_string(st.st_ino);
-    const std::string tmp = *path + ".tmp";
-    int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (out < 0) return -errno;
-    int r = 0;
-    errno = 0;
-    if (::write(out, body.data(), body.size()) != static_cast<ssize_t>(body.size()) ||
-        ::fsync(out) != 0)
-        r = errno ? -errno : -EIO;
-    ::close(out);
-    if (r == 0 && ::rename(tmp.c_str(), path->c_str()) != 0) r = -errno;
-    if (r == 0) r = fsync_path(dir, O_RDONLY | O_DIRECTORY);
-    if (r != 0) ::unlink(tmp.c_str());
-    return r;
-}
-
-void remove_journal(const std::string& path) {
-    if (path.empty()) return;
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
-        spdlog::warn("file hold: cannot remove journal record {}: {}", path, std::strerror(errno));
+// Rewrites the journal with the records of the holds alive now (and of flags recover() could not
+// clear yet). Called with the registry lock held.
+std::vector<HoldRecord> g_unrecovered;  // under the registry lock
+void compact_locked(Registry& reg) {
+    std::vector<HoldRecord> live = g_unrecovered;
+    for (const auto& [k, e] : reg.entries)
+        if (e->journaled) live.push_back(e->record);
+    if (int r = reg.journal.compact(live)) spdlog::warn("file hold: journal compaction failed: {}", r);
 }
 
 // Drops one reference; the last one clears the flag (if ours) and the journal record.
@@ -157,44 +92,10 @@ void unref_locked(Registry& reg, const Key& key) {
             return;
         }
     }
-    remove_journal(e->journal);
-}
-
-struct JournalRecord {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    int mount_id = -1;
-    int handle_type = 0;
-    std::vector<unsigned char> handle;
-};
-
-bool parse_record(const std::string& path, JournalRecord* rec) {
-    std::ifstream in(path);
-    std::string line;
-    if (!std::getline(in, line) || line != "vpipe-hold 1") return false;
-    bool have_dev = false, have_ino = false, have_handle = false;
-    while (std::getline(in, line)) {
-        auto sp = line.find(' ');
-        if (sp == std::string::npos) continue;
-        std::string k = line.substr(0, sp), v = line.substr(sp + 1);
-        if (k == "dev") {
-            unsigned ma, mi;
-            if (std::sscanf(v.c_str(), "%u:%u", &ma, &mi) == 2) {
-                rec->dev = makedev(ma, mi);
-                have_dev = true;
-            }
-        } else if (k == "ino") {
-            rec->ino = static_cast<ino_t>(std::stoull(v));
-            have_ino = true;
-        } else if (k == "mount_id") {
-            rec->mount_id = std::stoi(v);
-        } else if (k == "handle_type") {
-            rec->handle_type = std::stoi(v);
-        } else if (k == "handle") {
-            have_handle = unhex(v, &rec->handle) && rec->handle.size() <= MAX_HANDLE_SZ;
-        }
-    }
-    return have_dev && have_ino && have_handle;
+    if (!e->journaled) return;
+    if (int r = reg.journal.remove(key.first, key.second))
+        spdlog::warn("file hold: journal: cannot record the release of inode {}: {}", key.second, r);
+    if (reg.journal.bytes() > HoldJournal::kCompactBytes) compact_locked(reg);
 }
 
 std::string unescape_mountinfo(const std::string& s) {
@@ -235,7 +136,7 @@ std::vector<std::string> mount_points(dev_t dev, int mount_id) {
 }
 
 // 1 flag cleared, 0 nothing to clear (file gone / not immutable), -EAGAIN fs not mounted.
-int recover_one(const JournalRecord& rec) {
+int recover_one(const HoldRecord& rec) {
     auto points = mount_points(rec.dev, rec.mount_id);
     if (points.empty()) return -EAGAIN;
     struct {
@@ -308,11 +209,14 @@ int FileHold::acquire_impl(int fd, FileHold* out, bool destination) {
         e->fd.reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
         if (!e->fd) return -errno;
         if (!(flags & FS_IMMUTABLE_FL)) {
-            if (!reg.state_dir.empty()) {
-                if (int r = write_journal(reg.state_dir, fd, st, &e->journal)) return r;
+            // recorded before the flag is set, so a crash never leaves an unrecorded flag
+            if (reg.journal.enabled()) {
+                if (int r = HoldJournal::describe(fd, st, &e->record)) return r;
+                if (int r = reg.journal.add(e->record)) return r;
+                e->journaled = true;
             }
             if (int r = set_flags(fd, flags | FS_IMMUTABLE_FL)) {
-                remove_journal(e->journal);
+                if (e->journaled) reg.journal.remove(st.st_dev, st.st_ino);
                 return r;
             }
             e->we_set_flag = true;
@@ -397,55 +301,51 @@ int FileHold::set_state_dir(const std::string& path) {
     }
     Registry& reg = registry();
     std::lock_guard<std::mutex> lock(reg.mu);
+    reg.journal.close();
     reg.state_dir = path;
-    return 0;
+    g_unrecovered.clear();
+    return path.empty() ? 0 : reg.journal.open(path);
 }
 
 int FileHold::recover() {
     Registry& reg = registry();
     std::lock_guard<std::mutex> lock(reg.mu);
     if (reg.state_dir.empty()) return 0;
-    DIR* dir = ::opendir(reg.state_dir.c_str());
-    if (!dir) return -errno;
-    std::vector<std::string> names;
-    while (struct dirent* d = ::readdir(dir)) {
-        if (std::strncmp(d->d_name, "hold-", 5) == 0) names.emplace_back(d->d_name);
-    }
-    ::closedir(dir);
-
+    std::vector<HoldRecord> recs;
+    if (int r = HoldJournal::replay(reg.state_dir, &recs)) return r;
     int cleared = 0;
-    for (const std::string& name : names) {
-        const std::string path = reg.state_dir + "/" + name;
-        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
-            ::unlink(path.c_str());  // never completed: its flag was never set
-            continue;
-        }
-        JournalRecord rec;
-        if (!parse_record(path, &rec)) {
-            spdlog::warn("file hold: unreadable journal record {}, removed", path);
-            ::unlink(path.c_str());
-            continue;
-        }
+    g_unrecovered.clear();
+    for (const HoldRecord& rec : recs) {
         if (reg.entries.count(Key{rec.dev, rec.ino})) continue;  // ours, live
         int r = recover_one(rec);
         if (r == -EAGAIN) {
-            spdlog::warn("file hold: {}: filesystem {}:{} not mounted, record kept", path,
-                         major(rec.dev), minor(rec.dev));
+            spdlog::warn("file hold: inode {} ({}): filesystem {}:{} not mounted, record kept", rec.ino,
+                         rec.path, major(rec.dev), minor(rec.dev));
+            g_unrecovered.push_back(rec);
             continue;
         }
         if (r < 0) {
-            spdlog::error("file hold: {}: cannot clear the flag: {}", path, r);
+            spdlog::error("file hold: inode {} ({}): cannot clear the flag: {}", rec.ino, rec.path, r);
+            g_unrecovered.push_back(rec);
             continue;
         }
         if (r == 1) {
             ++cleared;
-            spdlog::info("file hold: cleared the immutable flag left on inode {} by a crash",
-                         rec.ino);
+            spdlog::info("file hold: cleared the immutable flag left on inode {} ({}) by a crash", rec.ino,
+                         rec.path);
         }
-        ::unlink(path.c_str());
     }
-    if (cleared > 0) fsync_path(reg.state_dir, O_RDONLY | O_DIRECTORY);
+    compact_locked(reg);
     return cleared;
+}
+
+int FileHold::journal_records() {
+    Registry& reg = registry();
+    std::lock_guard<std::mutex> lock(reg.mu);
+    if (reg.state_dir.empty()) return 0;
+    std::vector<HoldRecord> recs;
+    if (int r = HoldJournal::replay(reg.state_dir, &recs)) return r;
+    return static_cast<int>(recs.size());
 }
 
 }  // namespace vpipe::agent

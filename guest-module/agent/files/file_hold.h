@@ -13,11 +13,12 @@
 // immutable is held without touching the flag (and never cleared by us). acquire_destination()
 // refuses files that are immutable or append-only on their own (-EPERM): we must not write them.
 //
-// Crash journal: with a state directory set, each flag we set is first recorded in
-// <state_dir>/hold-<dev>-<ino> (dev, ino, an open_by_handle_at handle, mount id, path hint),
-// written durably before the flag is set and removed after it is cleared. recover() at agent
-// start-up clears flags left by a crashed agent. Without a state directory holds work but a crash
-// leaves the flag set (chattr -i clears it by hand).
+// Crash journal: with a state directory set, each flag we set is first recorded in the append-
+// only journal <state_dir>/holds.journal (hold_journal.h: dev, ino, an open_by_handle_at handle,
+// mount id, path hint) and its release appended after the flag is cleared. No flush per hold: a
+// committer flushes within 50 ms, grouping all changes of that interval. recover() at agent
+// start-up clears flags left by a crashed agent. Without a state directory holds work but a
+// crash leaves the flag set (chattr -i clears it by hand).
 //
 // The agent's own changes to a held file (fallocate, zero-fill, ftruncate when preparing and
 // finishing a destination) go through with_lifted(): the flag is cleared, the function runs, the
@@ -74,6 +75,8 @@ public:
     // Records of inodes this process holds now are left alone; records whose filesystem is not
     // mounted are kept for a later call. Returns the number of flags cleared, or -errno.
     static int recover();
+    // Records in the journal not released (tests: what a crash would leave to recover()).
+    static int journal_records();
 
 private:
     static int acquire_impl(int fd, FileHold* out, bool destination);

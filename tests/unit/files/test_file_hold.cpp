@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "files/file_hold.h"
@@ -156,41 +157,74 @@ TEST_F(FileHoldTest, WithLiftedLetsTheAgentChangeAHeldFile) {
 TEST_F(FileHoldTest, JournalRecordLivesExactlyAsLongAsTheHold) {
     use_state_dir();
     int fd = make_file(lab().path("journaled"), "j");
+    EXPECT_EQ(FileHold::journal_records(), 0);
     FileHold a, b;
     ASSERT_EQ(FileHold::acquire(fd, &a), 0);
     ASSERT_EQ(FileHold::acquire(fd, &b), 0);
-    EXPECT_EQ(records(state_dir).size(), 1u);
-    EXPECT_EQ(FileHold::recover(), 0);  // live holds are not "recovered"
+    EXPECT_EQ(FileHold::journal_records(), 1);  // one record per inode, not per hold
+    EXPECT_EQ(FileHold::recover(), 0);           // live holds are not "recovered"
     EXPECT_TRUE(immutable(fd));
-    EXPECT_EQ(records(state_dir).size(), 1u);
+    EXPECT_EQ(FileHold::journal_records(), 1);
     a.release();
-    EXPECT_EQ(records(state_dir).size(), 1u);
+    EXPECT_EQ(FileHold::journal_records(), 1);
     b.release();
-    EXPECT_TRUE(records(state_dir).empty());
+    EXPECT_EQ(FileHold::journal_records(), 0);
+    EXPECT_EQ(records(state_dir), std::vector<std::string>{"holds.journal"});
     ::close(fd);
 }
 
 TEST_F(FileHoldTest, RecoverClearsTheFlagOfACrashedAgent) {
     use_state_dir();
     const std::string path = lab().path("crashed");
+    const std::string other = lab().path("released");
     int fd = make_file(path, "c");
+    int fd2 = make_file(other, "r");
     pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
-    if (pid == 0) {  // the "agent": takes a hold and dies without releasing it
+    if (pid == 0) {  // the "agent": releases one hold, then dies holding the other -- no flush
+        FileHold* released = new FileHold;
         FileHold* hold = new FileHold;
-        ::_exit(FileHold::acquire(fd, hold) == 0 ? 0 : 1);
+        if (FileHold::acquire(fd2, released) != 0 || FileHold::acquire(fd, hold) != 0) ::_exit(1);
+        released->release();
+        ::_exit(0);
     }
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     EXPECT_TRUE(immutable(fd));  // left behind by the crash
-    EXPECT_EQ(records(state_dir).size(), 1u);
+    EXPECT_FALSE(immutable(fd2));
+    EXPECT_EQ(FileHold::journal_records(), 1);
     // the restarted agent finds the inode by handle (an immutable file can't even be renamed)
     EXPECT_EQ(::rename(path.c_str(), (path + ".moved").c_str()), -1);
     EXPECT_EQ(FileHold::recover(), 1);
     EXPECT_FALSE(immutable(fd));
-    EXPECT_TRUE(records(state_dir).empty());
+    EXPECT_EQ(FileHold::journal_records(), 0);
     EXPECT_EQ(FileHold::recover(), 0);
+    ::close(fd);
+    ::close(fd2);
+}
+
+TEST_F(FileHoldTest, ATornLastRecordIsIgnoredAndTheJournalIsCompacted) {
+    use_state_dir();
+    int fd = make_file(lab().path("many"), "m");
+    for (int i = 0; i < 8000; ++i) {  // 8000 holds and releases: ~1.3 MB of records
+        FileHold h;
+        ASSERT_EQ(FileHold::acquire(fd, &h), 0);
+    }
+    EXPECT_EQ(FileHold::journal_records(), 0);
+    struct stat st;
+    ASSERT_EQ(::stat((state_dir + "/holds.journal").c_str(), &st), 0);
+    EXPECT_GT(st.st_size, 0);
+    EXPECT_LE(st.st_size, 1 << 20) << "the journal is compacted past 1 MiB";
+    // a crash in the middle of an append leaves a line without its newline
+    int j = ::open((state_dir + "/holds.journal").c_str(), O_WRONLY | O_APPEND);
+    ASSERT_GE(j, 0);
+    ASSERT_EQ(::write(j, "H 7:0 12 3 1 0c00", 17), 17);
+    ::close(j);
+    EXPECT_EQ(FileHold::journal_records(), 0);
+    EXPECT_EQ(FileHold::recover(), 0);
+    ASSERT_EQ(::stat((state_dir + "/holds.journal").c_str(), &st), 0);
+    EXPECT_EQ(st.st_size, 0) << "recover() rewrites the journal with what is still live";
     ::close(fd);
 }
 
