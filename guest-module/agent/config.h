@@ -29,6 +29,9 @@ struct AgentConfig {
     // file -> file the bytes must reach the disk anyway, and a guest copy pushes every one of
     // them through the VM boundary, so it is off unless asked for.
     bool cache_rule_file_to_file = false;
+    // file -> socket: a range wholly in the guest's page cache (clean) is sent by the caller's
+    // own sendfile: no hand-over, no disk read in dom0. On by default.
+    bool cache_rule_file_to_socket = true;
     std::string log_level = "info";
     std::vector<AgentDisk> disks;
 };

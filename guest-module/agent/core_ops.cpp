@@ -127,6 +127,10 @@ int op_cached_runs(void*, vpipe_fh f, uint64_t off, uint64_t len, uint64_t size,
 }
 
 // a guest copy of a range the page cache holds (cache rule), the destination's hold lifted
+int op_range_cached(void*, vpipe_fh f, uint64_t off, uint64_t len) {
+    return range_clean_resident(fd_of(f), off, len) ? 1 : 0;
+}
+
 int op_guest_copy(void*, vpipe_fh in, uint64_t in_off, vpipe_fh out, uint64_t out_off, uint64_t len,
                   uint64_t* copied) {
     return FileHold::with_lifted(fd_of(out), [&] {
@@ -232,7 +236,7 @@ int op_fatal_signal(void*) { return 0; }  // the agent serves a socket, not the 
 const vpipe_core_ops kOps = {
     op_alloc,        op_free,         op_file_regular, op_file_access,  op_file_disk,
     op_file_same,    op_file_size,    op_hold,         op_unhold,       op_flush,
-    op_map,          op_unmap,        op_cached_runs,  op_guest_copy,   op_sync,
+    op_map,          op_unmap,        op_cached_runs,  op_range_cached, op_guest_copy,   op_sync,
     op_dest_prepare, op_dest_finish,  op_sock_check,   op_sock_freeze,  op_sock_restore,
     op_sock_adopt,   op_fd_close,     op_local_drain,  op_connected,    op_submit,
     op_wait,         op_readback,     op_put,          op_count,        op_fatal_signal,
@@ -249,6 +253,7 @@ int run_operation(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, co
     core.cfg.chunk_mib = ctx.cfg.chunk_mib;
     core.cfg.room_max = ctx.cfg.room_max;
     core.cfg.cache_rule_f2f = ctx.cfg.cache_rule_file_to_file ? 1 : 0;
+    core.cfg.cache_rule_f2s = ctx.cfg.cache_rule_file_to_socket ? 1 : 0;
     vpipe_core_call call{};
     call.in = fh_of(in_fd);
     call.out = fh_of(out_fd);

@@ -249,6 +249,13 @@ static int file_to_socket(const struct vpipe_core *c, struct vpipe_core_call *ca
 	if ((status = c->ops->file_size(c->env, call->in, &size)) || op->in_offset >= size)
 		goto out;
 	total = VC_MIN(op->length, size - op->in_offset);
+	/* the paper's cache rule, whole ranges only: bytes the guest holds clean in its page
+	 * cache leave faster through its own sendfile than through a hand-over and a disk read */
+	if (c->cfg.cache_rule_f2s && !(op->flags & VPIPE_OPF_NO_CACHE_RULE) &&
+	    c->ops->range_cached(c->env, call->in, op->in_offset, total) == 1) {
+		status = -EALREADY;
+		goto out;
+	}
 	status = c->ops->flush(c->env, call->in, op->in_offset, total);
 	if (!status)
 		status = vpipe_core_map(c, call->in, op->in_offset, total, &fm);

@@ -95,6 +95,8 @@ struct vpipe_core_ops {
 	/* the paper's cache rule: clean cached runs worth serving from the guest */
 	int (*cached_runs)(void *env, vpipe_fh f, uint64_t off, uint64_t len, uint64_t size,
 			   struct vpipe_range *out, int max);
+	/* 1 when every page of [off, off + len) is in the page cache and clean, else 0 */
+	int (*range_cached)(void *env, vpipe_fh f, uint64_t off, uint64_t len);
 	/* a guest copy of a cached range (the destination's hold lifted); *copied grows */
 	int (*guest_copy)(void *env, vpipe_fh in, uint64_t in_off, vpipe_fh out, uint64_t out_off,
 			  uint64_t len, uint64_t *copied);
@@ -142,6 +144,8 @@ struct vpipe_core_cfg {
 	uint32_t chunk_mib;       /* file -> file: MiB per ring request and per stage (1..1024) */
 	uint32_t room_max;        /* largest carry room of a socket endpoint (bytes) */
 	int cache_rule_f2f;       /* the paper's cache rule for file -> file (off by default) */
+	int cache_rule_f2s;       /* file -> socket: a range wholly in the guest's page cache is
+	                           * answered -EALREADY, the caller's classic path is cheaper */
 };
 
 struct vpipe_core {

@@ -695,6 +695,33 @@ int vpipe_file_cached_runs(struct file *f, u64 off, u64 len, u64 size, struct vp
 	return n;
 }
 
+int vpipe_file_range_cached(struct file *f, u64 off, u64 len)
+{
+	struct address_space *mapping = f->f_mapping;
+	u64 idx, last;
+
+	if (!len || off + len < off)
+		return 0;
+	idx = off >> PAGE_SHIFT;
+	last = (off + len - 1) >> PAGE_SHIFT;
+	while (idx <= last) {
+		struct folio *folio = filemap_get_folio(mapping, idx);
+		bool clean;
+
+		if (IS_ERR_OR_NULL(folio))
+			return 0;
+		clean = folio_test_uptodate(folio) && !folio_test_dirty(folio) &&
+			!folio_test_writeback(folio);
+		idx = max_t(u64, folio->index + folio_nr_pages(folio), idx + 1);
+		folio_put(folio);
+		if (!clean)
+			return 0;
+		if ((idx & 4095) == 0)
+			cond_resched();
+	}
+	return 1;
+}
+
 struct gcopy {
 	struct file *in, *out;
 	u64 in_off, out_off, len;

@@ -36,6 +36,11 @@ module_param(cache_rule_f2f, bool, 0644);
 MODULE_PARM_DESC(cache_rule_f2f,
 		 "file->file: serve clean cached source runs longer than max(1 MiB, size/10) from the guest page cache (paper 3.2; the agent's cache_rule_file_to_file, off by default)");
 
+static bool cache_rule_f2s = true;
+module_param(cache_rule_f2s, bool, 0644);
+MODULE_PARM_DESC(cache_rule_f2s,
+		 "file->socket: a range wholly in the guest page cache (clean) is answered EALREADY, the caller's own sendfile is cheaper (the agent's cache_rule_file_to_socket, on by default)");
+
 #define LOCAL_BUF (1u << 20)
 #define MAX_ADOPTED 8
 
@@ -140,6 +145,11 @@ static int k_cached_runs(void *env, vpipe_fh f, uint64_t off, uint64_t len, uint
 			 struct vpipe_range *out, int max)
 {
 	return vpipe_file_cached_runs(F(f), off, len, size, out, max);
+}
+
+static int k_range_cached(void *env, vpipe_fh f, uint64_t off, uint64_t len)
+{
+	return vpipe_file_range_cached(F(f), off, len);
 }
 
 static int k_guest_copy(void *env, vpipe_fh in, uint64_t in_off, vpipe_fh out, uint64_t out_off,
@@ -360,6 +370,7 @@ static const struct vpipe_core_ops kops = {
 	.map = k_map,
 	.unmap = k_unmap,
 	.cached_runs = k_cached_runs,
+	.range_cached = k_range_cached,
 	.guest_copy = k_guest_copy,
 	.sync = k_sync,
 	.dest_prepare = k_dest_prepare,
@@ -390,6 +401,7 @@ int vpipe_run_op(struct file *in, struct file *out, struct vpipe_ioc_op *op, con
 			.chunk_mib = clamp_t(unsigned int, READ_ONCE(vpipe_chunk_mib), 1, 1024),
 			.room_max = clamp_t(unsigned int, READ_ONCE(vpipe_room_kib), 16, 16384) << 10,
 			.cache_rule_f2f = READ_ONCE(cache_rule_f2f),
+			.cache_rule_f2s = READ_ONCE(cache_rule_f2s),
 		},
 	};
 	struct vpipe_core_call call = {

@@ -36,7 +36,7 @@ std::vector<Handle> g_handles;
 std::atomic<int> g_fallback{-1};  // -1: not decided yet (read the environment once)
 
 struct Counters {
-    std::atomic<uint64_t> ops{0}, ops_offloaded{0}, ops_fallback{0}, ops_failed{0}, ops_below{0};
+    std::atomic<uint64_t> ops{0}, ops_offloaded{0}, ops_fallback{0}, ops_failed{0}, ops_below{0}, ops_cached{0};
     std::atomic<uint64_t> bytes_offloaded{0}, bytes_guest{0}, bytes_zero_filled{0};
 } g_counters;
 
@@ -66,9 +66,9 @@ int gather(const struct iovec* iov, int cnt, Bytes* out) {
 }
 
 // Sends all of a head or tail on the classic path (blocking, like the API). 0 or -errno.
-int send_bytes(int fd, const Bytes& b) {
+int send_bytes(int fd, const Bytes& b, bool more = false) {
     if (b.data.empty()) return 0;
-    return vpipe::lib::fallback_send_all(fd, b.data.data(), b.data.size());
+    return vpipe::lib::fallback_send_all(fd, b.data.data(), b.data.size(), more);
 }
 
 thread_local vpipe_result t_last{};
@@ -116,6 +116,7 @@ const char* fallback_reason(int err) {
     case EHOSTDOWN: return "the guest component has no connection to the dom0 engine";
     case ENXIO: return "a file is not on one of this VM's virtual disks";
     case EOPNOTSUPP: return "the guest component cannot offload this operation";
+    case EALREADY: return "the range is in the guest's page cache (cache rule)";
     default: return "offload unavailable";
     }
 }
@@ -143,7 +144,7 @@ int check_modes(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_
 // Errors that mean "vPipe can't do this here" rather than "this request is wrong".
 bool may_fall_back(int err) {
     return err == ENOENT || err == ECONNREFUSED || err == EHOSTDOWN || err == ENXIO ||
-           err == EOPNOTSUPP;
+           err == EOPNOTSUPP || err == EALREADY;
 }
 
 ssize_t fail(int err, const char* why) {
@@ -161,7 +162,7 @@ ssize_t fail(int err, const char* why) {
 int64_t classic(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off,
                 size_t length, const Bytes& head, const Bytes& tail, uint64_t* hdtr_moved) {
     *hdtr_moved = 0;
-    if (int r = send_bytes(out_fd, head); r < 0) return r;
+    if (int r = send_bytes(out_fd, head, length > 0); r < 0) return r;
     *hdtr_moved = head.size();
     int64_t moved = 0;
     if (length) {
@@ -203,7 +204,11 @@ ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t
     }
 
     int err = 0;
-    if (length > 0 && (!fallback_enabled() || length >= vpipe::lib::min_offload())) {
+    // the cache rule (file -> socket), checked before asking the guest component
+    if (opcode == VPIPE_IOC_FILE_TO_SOCKET && fallback_enabled() && length >= vpipe::lib::min_offload() &&
+        vpipe::lib::range_cached(in_fd, in_off, length))
+        err = EALREADY;
+    else if (length > 0 && (!fallback_enabled() || length >= vpipe::lib::min_offload())) {
         vpipe_ioc_op op{};
         op.op = opcode;
         op.handle = VPIPE_NO_HANDLE;
@@ -212,6 +217,8 @@ ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t
         op.length = length;
         op.head_len = head.size();
         op.tail_len = tail.size();
+        // a forced offload is forced past the cache rule too
+        if (!fallback_enabled()) op.flags |= VPIPE_OPF_NO_CACHE_RULE;
         int r = vpipe::lib::component_op(&op, in_fd, out_fd, head.ptr(), tail.ptr());
         if (r == 0) {
             t_last = {};
@@ -259,6 +266,10 @@ ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t
     t_last.guest_copied = static_cast<uint64_t>(moved);
     g_counters.ops_fallback++;
     if (err == 0) g_counters.ops_below++;
+    if (err == EALREADY) {
+        g_counters.ops_cached++;
+        t_last.paths = VPIPE_PATH_GUEST_CACHE;
+    }
     g_counters.bytes_guest += static_cast<uint64_t>(moved);
     return static_cast<ssize_t>(static_cast<uint64_t>(moved) + hd);
 }
@@ -385,6 +396,7 @@ int vpipe_get_stats(struct vpipe_stats* out) {
     out->ops_fallback = g_counters.ops_fallback;
     out->ops_failed = g_counters.ops_failed;
     out->ops_below_threshold = g_counters.ops_below;
+    out->ops_guest_cache = g_counters.ops_cached;
     out->bytes_offloaded = g_counters.bytes_offloaded;
     out->bytes_guest = g_counters.bytes_guest;
     out->bytes_zero_filled = g_counters.bytes_zero_filled;

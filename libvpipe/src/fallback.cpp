@@ -26,11 +26,11 @@ int64_t finish(uint64_t moved, int err) {
 }
 
 // Writes all of buf to a (possibly non-blocking) socket or file.
-int write_all(int fd, const char* buf, size_t len, bool is_file, uint64_t file_off) {
+int write_all(int fd, const char* buf, size_t len, bool is_file, uint64_t file_off, int send_flags = 0) {
     size_t done = 0;
     while (done < len) {
         ssize_t n = is_file ? ::pwrite(fd, buf + done, len - done, static_cast<off_t>(file_off + done))
-                            : ::send(fd, buf + done, len - done, MSG_NOSIGNAL);
+                            : ::send(fd, buf + done, len - done, MSG_NOSIGNAL | send_flags);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN && !is_file) {
@@ -128,8 +128,9 @@ static int64_t socket_to_sink(int sock_fd, int out_fd, bool out_is_file, uint64_
     return static_cast<int64_t>(moved);
 }
 
-int fallback_send_all(int sock_fd, const void* buf, size_t len) {
-    return write_all(sock_fd, static_cast<const char*>(buf), len, false, 0);
+int fallback_send_all(int sock_fd, const void* buf, size_t len, bool more) {
+    // MSG_MORE: a head followed by the body leaves in the body's segments, not one of its own
+    return write_all(sock_fd, static_cast<const char*>(buf), len, false, 0, more ? MSG_MORE : 0);
 }
 
 int64_t fallback_socket_to_file(int sock_fd, int file_fd, uint64_t offset, uint64_t length) {

@@ -15,6 +15,6 @@ int64_t fallback_file_to_socket(int file_fd, uint64_t offset, int sock_fd, uint6
 int64_t fallback_socket_to_file(int sock_fd, int file_fd, uint64_t offset, uint64_t length);
 int64_t fallback_socket_to_socket(int in_fd, int out_fd, uint64_t length);
 // Sends all of buf on a (possibly non-blocking) socket. 0 or -errno.
-int fallback_send_all(int sock_fd, const void* buf, size_t len);
+int fallback_send_all(int sock_fd, const void* buf, size_t len, bool more = false);
 
 }  // namespace vpipe::lib

@@ -1,7 +1,11 @@
 #include "threshold.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cstdlib>
 
 #include <toml++/toml.h>
@@ -76,6 +80,34 @@ uint64_t set_min_offload(uint64_t bytes) {
     const uint64_t prev = min_offload();
     g_min = static_cast<int64_t>(bytes > INT64_MAX ? INT64_MAX : bytes);
     return prev;
+}
+
+}  // namespace vpipe::lib
+
+namespace vpipe::lib {
+
+bool range_cached(int fd, uint64_t off, uint64_t len) {
+#ifndef SYS_cachestat
+    constexpr long kSysCachestat = 451;  // the same on every architecture
+#else
+    constexpr long kSysCachestat = SYS_cachestat;
+#endif
+    static std::atomic<bool> missing{false};
+    if (len == 0 || off > UINT64_MAX - len || missing.load(std::memory_order_relaxed)) return false;
+    struct {
+        uint64_t off, len;
+    } range;
+    struct {
+        uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+    } cs{};
+    const uint64_t ps = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    range.off = off / ps * ps;
+    range.len = (off + len + ps - 1) / ps * ps - range.off;
+    if (::syscall(kSysCachestat, fd, &range, &cs, 0u) != 0) {
+        if (errno == ENOSYS) missing.store(true, std::memory_order_relaxed);
+        return false;
+    }
+    return cs.nr_cache >= range.len / ps && cs.nr_dirty == 0 && cs.nr_writeback == 0;
 }
 
 }  // namespace vpipe::lib

@@ -23,6 +23,9 @@
 
 #define F2F VPIPE_IOC_FILE_TO_FILE
 #define F2S VPIPE_IOC_FILE_TO_SOCKET
+/* file -> socket cases test the offload: the cache rule (a source range wholly in the page
+ * cache goes the classic path) is off, except where a case tests it */
+#define NCR VPIPE_OPF_NO_CACHE_RULE
 #define S2F VPIPE_IOC_SOCKET_TO_FILE
 #define S2S VPIPE_IOC_SOCKET_TO_SOCKET
 #define OFF VPIPE_PATH_OFFLOAD
@@ -52,16 +55,16 @@ const struct vc_case vc_corpus[] = {
 	{ "f2f_head_given", F2F, VC_FILE, VC_FILE, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 10, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, 0, 0 },
 	{ "f2f_offset_past_eof", F2F, VC_FILE, VC_FILE, VC_DENSE, 8192, 0, 9000, 0, 4096, 0, 0, 0, 0, NO_REQ, 0, 0, 0, 0, 0, 0, 0, 0 },
 	{ "f2f_engine_down", F2F, VC_FILE, VC_FILE, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, { VC_ANS_DOWN, 0, 0 }, EHOSTDOWN, 0, 0, 0, 0, 0, 0, VC_POST_DST_UNTOUCHED },
-	{ "f2s_dst_udp", F2S, VC_FILE, VC_SOCK_UDP, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, -1, 0 },
-	{ "f2s_dst_listening", F2S, VC_FILE, VC_SOCK_LISTEN, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, ENOTCONN, 0, 0, 0, 0, 0, -1, 0 },
-	{ "f2s_dst_unconnected", F2S, VC_FILE, VC_SOCK_UNCONN, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, ENOTCONN, 0, 0, 0, 0, 0, -1, 0 },
-	{ "f2s_dst_loopback", F2S, VC_FILE, VC_SOCK_LOOP, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EOPNOTSUPP, 0, 0, 0, 0, 0, -1, USABLE },
-	{ "f2s_dst_peer_closed", F2S, VC_FILE, VC_SOCK_PEER_FIN, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EOPNOTSUPP, 0, 0, 0, 0, 0, -1, 0 },
-	{ "f2s_src_socket", F2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, -1, USABLE },
-	{ "f2s_src_offdisk", F2S, VC_FILE_OFFDISK, VC_SOCK, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, ENXIO, 0, 0, 0, 0, 0, -1, USABLE },
-	{ "f2s_head_too_long", F2S, VC_FILE, VC_SOCK, VC_DENSE, 8192, 0, 0, 0, 4096, 0, VPIPE_HDTR_MAX + 1, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, -1, USABLE },
-	{ "f2s_engine_down", F2S, VC_FILE, VC_SOCK, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, { VC_ANS_DOWN, 0, 0 }, EHOSTDOWN, 0, 0, 0, 0, 0, -1, USABLE },
-	{ "f2s_offset_past_eof", F2S, VC_FILE, VC_SOCK, VC_DENSE, 8192, 0, 8192, 0, 4096, 0, 0, 0, 0, NO_REQ, 0, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_dst_udp", F2S, VC_FILE, VC_SOCK_UDP, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, -1, 0 },
+	{ "f2s_dst_listening", F2S, VC_FILE, VC_SOCK_LISTEN, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, ENOTCONN, 0, 0, 0, 0, 0, -1, 0 },
+	{ "f2s_dst_unconnected", F2S, VC_FILE, VC_SOCK_UNCONN, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, ENOTCONN, 0, 0, 0, 0, 0, -1, 0 },
+	{ "f2s_dst_loopback", F2S, VC_FILE, VC_SOCK_LOOP, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, EOPNOTSUPP, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_dst_peer_closed", F2S, VC_FILE, VC_SOCK_PEER_FIN, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, EOPNOTSUPP, 0, 0, 0, 0, 0, -1, 0 },
+	{ "f2s_src_socket", F2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_src_offdisk", F2S, VC_FILE_OFFDISK, VC_SOCK, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, NO_REQ, ENXIO, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_head_too_long", F2S, VC_FILE, VC_SOCK, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, VPIPE_HDTR_MAX + 1, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_engine_down", F2S, VC_FILE, VC_SOCK, VC_DENSE, 8192, 0, 0, 0, 4096, NCR, 0, 0, 0, { VC_ANS_DOWN, 0, 0 }, EHOSTDOWN, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_offset_past_eof", F2S, VC_FILE, VC_SOCK, VC_DENSE, 8192, 0, 8192, 0, 4096, NCR, 0, 0, 0, NO_REQ, 0, 0, 0, 0, 0, 0, -1, USABLE },
 	{ "s2f_src_file", S2F, VC_FILE, VC_FILE, VC_DENSE, 8192, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, 0, 0 },
 	{ "s2f_src_udp", S2F, VC_SOCK_UDP, VC_FILE, 0, 0, 0, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EINVAL, 0, 0, 0, 0, 0, 0, 0 },
 	{ "s2f_dst_readonly", S2F, VC_SOCK, VC_FILE_RDONLY, 0, 0, 100, 0, 0, 4096, 0, 0, 0, 0, NO_REQ, EBADF, 0, 0, 0, 0, 0, 100, VC_POST_DST_UNTOUCHED | USABLE },
@@ -104,19 +107,22 @@ const struct vc_case vc_corpus[] = {
 	{ "f2f_engine_rsp_prod_past", F2F, VC_FILE, VC_FILE, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, { VC_ANS_BOGUS_PROD, 0, 0 }, ECANCELED, 0, OFF | ALLOC, 1, 0, 0, 0, 0 },
 
 	/* ---- sockets: freeze with the queues, the request, the restore ------------------------ */
-	{ "f2s_refused", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, ST(EOPNOTSUPP), EOPNOTSUPP, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_echo", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_echo_moved", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, { VC_ANS_ECHO, 0, 4096 }, 0, 4096, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_echo_moved_too_much", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, { VC_ANS_ECHO, 0, 1 << 30 }, 0, 64 * KIB, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_length_past_eof", F2S, VC_FILE, VC_SOCK, VC_DENSE, 10000, 0, 4000, 0, 1 * MIB, 0, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_fragmented", F2S, VC_FILE, VC_SOCK, VC_FRAG, 256 * KIB, 0, 100, 0, 200 * KIB, 0, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_head_tail_echo", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 200, 7, 0, OK_ANS, 0, 0, OFF, 1, 0, 200, -1, USABLE | VC_POST_HEAD_ONCE },
-	{ "f2s_head_refused", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 300, 0, 0, ST(EOPNOTSUPP), EOPNOTSUPP, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_unread_at_destination", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 3000, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE | VC_POST_UNREAD_BACK },
-	{ "f2s_reset", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, { VC_ANS_RESET, 0, 0 }, ECONNRESET, 0, OFF, 1, 0, 0, -1, VC_POST_RESET },
-	{ "f2s_bad_tuple", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, { VC_ANS_BAD_TUPLE, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_queues_beyond_room", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, { VC_ANS_BIG_QUEUES, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
-	{ "f2s_engine_timedout", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, ST(ETIMEDOUT), ETIMEDOUT, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_refused", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, ST(EOPNOTSUPP), EOPNOTSUPP, 0, OFF, 1, 0, 0, -1, USABLE },
+	/* the cache rule: the source range is clean in the page cache (the harness wrote and
+	 * synced it): no hand-over, the caller's classic path is cheaper */
+	{ "f2s_cached_range", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, 0, 0, 0, 0, NO_REQ, EALREADY, 0, 0, 0, 0, 0, -1, USABLE },
+	{ "f2s_echo", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_echo_moved", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_ECHO, 0, 4096 }, 0, 4096, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_echo_moved_too_much", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_ECHO, 0, 1 << 30 }, 0, 64 * KIB, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_length_past_eof", F2S, VC_FILE, VC_SOCK, VC_DENSE, 10000, 0, 4000, 0, 1 * MIB, NCR, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_fragmented", F2S, VC_FILE, VC_SOCK, VC_FRAG, 256 * KIB, 0, 100, 0, 200 * KIB, NCR, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_head_tail_echo", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 200, 7, 0, OK_ANS, 0, 0, OFF, 1, 0, 200, -1, USABLE | VC_POST_HEAD_ONCE },
+	{ "f2s_head_refused", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 300, 0, 0, ST(EOPNOTSUPP), EOPNOTSUPP, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_unread_at_destination", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 3000, OK_ANS, 0, 0, OFF, 1, 0, 0, -1, USABLE | VC_POST_UNREAD_BACK },
+	{ "f2s_reset", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_RESET, 0, 0 }, ECONNRESET, 0, OFF, 1, 0, 0, -1, VC_POST_RESET },
+	{ "f2s_bad_tuple", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_BAD_TUPLE, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_queues_beyond_room", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_BIG_QUEUES, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_engine_timedout", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, ST(ETIMEDOUT), ETIMEDOUT, 0, OFF, 1, 0, 0, -1, USABLE },
 	{ "s2f_refused_unread_back", S2F, VC_SOCK, VC_FILE, 0, 0, 0, 0, 0, 10000, 0, 0, 0, 3000, ST(EOPNOTSUPP), EOPNOTSUPP, 0, OFF | ALLOC, 1, 0, 0, 0, USABLE | VC_POST_UNREAD_BACK },
 	{ "s2f_echo_unread_back", S2F, VC_SOCK, VC_FILE, 0, 0, 0, 0, 0, 10000, 0, 0, 0, 2000, OK_ANS, 0, 0, OFF | ALLOC, 1, 0, 0, 0, USABLE | VC_POST_UNREAD_BACK },
 	{ "s2f_echo_into_existing", S2F, VC_SOCK, VC_FILE, 0, 0, 50000, 0, 4096, 8192, 0, 0, 0, 0, OK_ANS, 0, 0, OFF, 1, 0, 0, 50000, USABLE | VC_POST_DST_UNTOUCHED },

@@ -465,8 +465,10 @@ int env_call(void*, vpipe_ioc_op* op, int in, int out, const void* head, const v
     const bool with_hdtr = op->head_len || op->tail_len;
     const off_t in_off = static_cast<off_t>(op->in_offset), out_off = static_cast<off_t>(op->out_offset);
     ssize_t n;
-    // libvpipe has no head/tail for file destinations: those ask the agent directly
-    if (with_hdtr && (op->op == VPIPE_IOC_FILE_TO_FILE || op->op == VPIPE_IOC_SOCKET_TO_FILE)) {
+    // libvpipe has no head/tail for file destinations, and with fallbacks off it turns the
+    // cache rule off: those ask the agent directly
+    if ((with_hdtr && (op->op == VPIPE_IOC_FILE_TO_FILE || op->op == VPIPE_IOC_SOCKET_TO_FILE)) ||
+        (op->op == VPIPE_IOC_FILE_TO_SOCKET && !(op->flags & VPIPE_OPF_NO_CACHE_RULE))) {
         {
             UniqueFd s = vpipe::connect_unix(g_world->agent_sock);
             std::vector<uint8_t> msg(sizeof(vpipe_agent_msg) + sizeof(*op) + op->head_len + op->tail_len);

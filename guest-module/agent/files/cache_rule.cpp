@@ -104,6 +104,15 @@ bool cachestat_available() {
     return state == 1;
 }
 
+bool range_clean_resident(int fd, uint64_t offset, uint64_t length) {
+    if (length == 0 || offset > UINT64_MAX - length || !cachestat_available()) return false;
+    const uint64_t ps = page_size();
+    const uint64_t start = offset / ps * ps, end = (offset + length + ps - 1) / ps * ps;
+    CachestatResult cs;
+    if (cachestat(fd, start, end - start, &cs) < 0) return false;
+    return cs.nr_cache >= (end - start) / ps && cs.nr_dirty == 0 && cs.nr_writeback == 0;
+}
+
 std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length,
                                         uint64_t file_size) {
     std::vector<Range> result;

@@ -33,6 +33,10 @@ uint64_t cache_rule_threshold(uint64_t file_size);
 std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length,
                                         uint64_t file_size);
 
+// Whether every page overlapping [offset, offset+length) is in the page cache and clean
+// (cachestat(2): one call). false without cachestat.
+bool range_clean_resident(int fd, uint64_t offset, uint64_t length);
+
 // Drops the page cache of every page overlapping [offset, offset+length) (rounded OUT to pages:
 // posix_fadvise alone keeps partial pages at the ends). Used after dom0 wrote the range, so stale
 // pages neither shadow nor overwrite what dom0 wrote. Clean pages only: the caller flushed before

@@ -27,6 +27,10 @@
  *     $VPIPE_MIN_OFFLOAD (bytes; K/M/G suffixes), else `min_offload` in /etc/vpipe/vpipe.conf
  *     (or $VPIPE_CONFIG), else the default below; 0 offloads everything. With fallbacks off
  *     (VPIPE_NO_FALLBACK=1, vpipe_set_fallback(0)) every operation is offloaded.
+ *   - Cache rule (file -> socket; the paper's section 3.2): a range the guest holds wholly and
+ *     clean in its page cache is sent by the guest's own sendfile (no hand-over, no disk read in
+ *     dom0), reported like a fallback with the reason "the range is in the guest's page cache"
+ *     and VPIPE_PATH_GUEST_CACHE, counted in ops_guest_cache. Off with fallbacks off.
  *   - Locating the guest component: /dev/vpipe if present, else the agent socket named by
  *     $VPIPE_AGENT_SOCKET, else /run/vpipe/agent.sock.
  */
@@ -141,6 +145,8 @@ struct vpipe_stats {
 	uint64_t bytes_offloaded;
 	uint64_t bytes_guest;         /* moved by the guest: fallback + cache rule */
 	uint64_t bytes_zero_filled;
+	uint64_t ops_guest_cache;     /* of ops_fallback: file -> socket ranges the guest held in its
+	                               * page cache (the cache rule: its own sendfile is cheaper) */
 };
 
 /* Counters of this process since it loaded libvpipe. 0, or -1 (EINVAL on NULL). */
