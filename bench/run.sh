@@ -9,6 +9,8 @@
 #                                  profiles, scale
 #   bench/run.sh fig4 | scale      only those lab scenarios
 #   bench/run.sh fairness          only the sharing-dom0 experiment (Fig 7)
+#   bench/run.sh handover          only the hand-over benchmarks (latency sweep, wrk, httperf:
+#                                  latency.csv, wrk.csv, httperf.csv, HANDOVER.md; ~12 min)
 #   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
 #   bench/run.sh summary           only re-plot and rewrite SUMMARY.md from the CSVs
 # --quick: fewer conditions, sizes and repetitions (a smoke run of every code path, ~6 min).
@@ -94,6 +96,8 @@ now() { date +%s.%N; }
 . bench/scenarios.sh
 # shellcheck source=bench/summary.sh
 . bench/summary.sh
+# shellcheck source=bench/handover.sh
+. bench/handover.sh
 
 # Fig 7: 3 VMs (weights 1:1:2) serving files with vpipe-httpd --mode vpipe over a shaped link;
 # shares measured on the client every 250 ms. The lab test writes fairness.csv / fairness.png.
@@ -108,10 +112,11 @@ case "$what" in
   fig4) run_fig4 ;;
   scale) run_scale ;;
   fairness) run_fairness ;;
+  handover) run_handover ;;
   profile) run_profile_only ;;
   summary) ;;
-  all) run_micro; run_fig4; run_scale; run_fairness ;;
-  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|profile|summary]" >&2; exit 2 ;;
+  all) run_micro; run_handover; run_fig4; run_scale; run_fairness ;;
+  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|handover|profile|summary]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements

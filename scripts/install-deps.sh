@@ -12,7 +12,7 @@ pkgs=(
   libtomlplusplus-dev nlohmann-json3-dev             # config files, --json output
   iproute2 e2fsprogs util-linux kmod procps psmisc   # the lab: netns, veth, loop, mkfs
   iputils-ping                                       # lab connectivity checks
-  curl socat iperf3 gnuplot-nox                      # lab clients, benchmarks, plots
+  curl socat iperf3 gnuplot-nox wrk httperf          # lab clients, benchmarks, plots
   # xen suite (tests/xen): Xen + Debian's kernel under QEMU, initramfs built from packages
   qemu-system-x86 xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils
   linux-image-amd64 linux-headers-amd64 busybox-static bridge-utils

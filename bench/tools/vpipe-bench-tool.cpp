@@ -8,10 +8,12 @@
 //       sendfile(2) straight from the image: what dom0 could do with no guest in the loop.
 //       Runs until SIGTERM/SIGINT.
 //
-//   get --host H --port P --path /F --size S --count N [--start OFF]
+//   get --host H --port P --path /F --size S --count N [--start OFF] [--wrap BYTES]
 //       The operation-size sweep: one keep-alive connection, N GETs of `Range: bytes=A-B`
-//       (S bytes each, consecutive ranges from OFF), every body read and discarded. Prints
-//       `ops=N bytes=B seconds=T` on stdout; exits 1 on any protocol error or short body.
+//       (S bytes each, consecutive ranges from OFF, back to OFF once a range would pass
+//       OFF + BYTES), every body read and discarded. Prints
+//       `ops=N bytes=B seconds=T p50_us=.. p99_us=.. max_us=..` (each GET from sending the
+//       request to the body's last byte) on stdout; exits 1 on any protocol error or short body.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/fiemap.h>
@@ -26,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -190,7 +193,9 @@ int get(int argc, char** argv) {
                       path = arg(argc, argv, "--path");
     const uint64_t size = std::strtoull(arg(argc, argv, "--size").c_str(), nullptr, 0);
     const uint64_t count = std::strtoull(arg(argc, argv, "--count").c_str(), nullptr, 0);
-    uint64_t off = std::strtoull(arg(argc, argv, "--start", "0").c_str(), nullptr, 0);
+    const uint64_t start = std::strtoull(arg(argc, argv, "--start", "0").c_str(), nullptr, 0);
+    const uint64_t wrap = std::strtoull(arg(argc, argv, "--wrap", "0").c_str(), nullptr, 0);
+    uint64_t off = start;
     addrinfo hints{}, *ai = nullptr;
     hints.ai_socktype = SOCK_STREAM;
     if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &ai) != 0 || !ai) die("resolve " + host);
@@ -202,8 +207,12 @@ int get(int argc, char** argv) {
     std::vector<char> buf(1 << 20);
     std::string pending;
     uint64_t total = 0;
+    std::vector<double> lat;
+    lat.reserve(count);
     const auto t0 = std::chrono::steady_clock::now();
     for (uint64_t i = 0; i < count; ++i, off += size) {
+        if (wrap && off + size > start + wrap) off = start;
+        const auto op0 = std::chrono::steady_clock::now();
         const std::string req = "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nRange: bytes=" +
                                 std::to_string(off) + "-" + std::to_string(off + size - 1) + "\r\n\r\n";
         if (!send_all(s, req.data(), req.size())) die("send");
@@ -237,10 +246,14 @@ int get(int argc, char** argv) {
             left -= static_cast<uint64_t>(n);
         }
         total += body;
+        lat.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - op0).count());
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("ops=%llu bytes=%llu seconds=%.6f\n", static_cast<unsigned long long>(count),
-                static_cast<unsigned long long>(total), secs);
+    std::sort(lat.begin(), lat.end());
+    auto pct = [&](double q) { return lat.empty() ? 0.0 : lat[static_cast<size_t>(q * static_cast<double>(lat.size() - 1) + 0.5)]; };
+    std::printf("ops=%llu bytes=%llu seconds=%.6f p50_us=%.1f p99_us=%.1f max_us=%.1f\n",
+                static_cast<unsigned long long>(count), static_cast<unsigned long long>(total), secs, pct(0.5),
+                pct(0.99), lat.empty() ? 0.0 : lat.back());
     ::close(s);
     return 0;
 }
@@ -253,6 +266,6 @@ int main(int argc, char** argv) {
     if (argc >= 2 && std::strcmp(argv[1], "get") == 0) return get(argc, argv);
     std::fprintf(stderr,
                  "usage: vpipe-bench-tool serve-image --image IMG --file F --port P\n"
-                 "       vpipe-bench-tool get --host H --port P --path /F --size S --count N [--start OFF]\n");
+                 "       vpipe-bench-tool get --host H --port P --path /F --size S --count N [--start OFF] [--wrap BYTES]\n");
     return 2;
 }
