@@ -1,16 +1,13 @@
 #include "control.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <system_error>
 
 #include <spdlog/spdlog.h>
 
-#include "transport/shm_channel.h"
 #include "util/unix_socket.h"
 
 namespace vpipe::engine {
@@ -24,24 +21,17 @@ ControlServer::~ControlServer() {
 }
 
 void ControlServer::start() {
-    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
     listen_fd_ = listen_unix(path_, 0660);
-    thread_ = std::thread([this] { run(); });
+    thread_.start([this] { run(); });
 }
 
-void ControlServer::stop() {
-    if (!thread_.joinable()) return;
-    stopping_ = true;
-    transport::kick(wake_fd_.get());
-    thread_.join();
-}
+void ControlServer::stop() { thread_.stop(); }
 
 void ControlServer::run() {
-    while (!stopping_) {
-        pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0}, {listen_fd_.get(), POLLIN, 0}};
+    while (!thread_.stopping()) {
+        pollfd fds[2] = {{thread_.wake_fd(), POLLIN, 0}, {listen_fd_.get(), POLLIN, 0}};
         if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
-        if (stopping_) break;
+        if (thread_.stopping()) break;
         if (fds[1].revents & POLLIN) {
             UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
             if (conn) serve(conn.get());

@@ -5,13 +5,12 @@
 // connect: the socket file is created 0660.
 #pragma once
 
-#include <atomic>
 #include <functional>
 #include <string>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "util/poll_thread.h"
 #include "util/unique_fd.h"
 
 namespace vpipe::engine {
@@ -31,9 +30,8 @@ private:
 
     std::string path_;
     Handler handler_;
-    UniqueFd listen_fd_, wake_fd_;
-    std::atomic<bool> stopping_{false};
-    std::thread thread_;
+    UniqueFd listen_fd_;
+    PollThread thread_;   // woken only to stop
 };
 
 }  // namespace vpipe::engine

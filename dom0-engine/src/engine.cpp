@@ -14,7 +14,7 @@ Engine::Engine(EngineConfig cfg) : cfg_(std::move(cfg)) {
     for (const auto& vmc : cfg_.vms) any_net |= !vmc.ip.empty() && !vmc.bridge.empty();
     // On Xen, VMs (and their vif addresses) appear later, from xenstore.
     if (any_net || cfg_.xen.enabled) {
-        sockets_ = SocketEngine::create();
+        sockets_ = ShadowSockets::create();
         if (!sockets_) spdlog::warn("flow steering unavailable: socket operations will be refused");
     }
     for (const auto& vmc : cfg_.vms) {

@@ -43,7 +43,7 @@ public:
     void remove_vm(uint32_t id);
     // Extra sections of stats() (e.g. "xen"), computed on demand. Set before start().
     void add_stats_section(std::string key, std::function<nlohmann::json()> fn);
-    SocketEngine* sockets() const { return sockets_.get(); }
+    ShadowSockets* sockets() const { return sockets_.get(); }
 
     nlohmann::json stats() const;
     const EngineConfig& config() const { return cfg_; }
@@ -64,7 +64,7 @@ private:
     std::condition_variable ticker_cv_;
     bool ticker_stop_ = false;
     std::unique_ptr<PagePool> pool_;
-    std::unique_ptr<SocketEngine> sockets_;  // shadow sockets + steering (nullptr: none)
+    std::unique_ptr<ShadowSockets> sockets_;  // shadow sockets + steering (nullptr: none)
     mutable std::mutex vms_mu_;          // vms_ and services_ (VMs come and go at run time)
     std::vector<std::unique_ptr<Vm>> vms_;
     std::vector<std::unique_ptr<VmService>> services_;

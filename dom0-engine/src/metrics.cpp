@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -145,26 +144,17 @@ MetricsServer::MetricsServer(const std::string& listen, Render render) : render_
     socklen_t len = sizeof sa;
     ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&sa), &len);
     port_ = ntohs(sa.sin_port);
-    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
 }
 
 MetricsServer::~MetricsServer() { stop(); }
 
-void MetricsServer::start() { thread_ = std::thread([this] { run(); }); }
+void MetricsServer::start() { thread_.start([this] { run(); }); }
 
-void MetricsServer::stop() {
-    stopping_ = true;
-    if (wake_fd_) {
-        uint64_t one = 1;
-        [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
-    }
-    if (thread_.joinable()) thread_.join();
-}
+void MetricsServer::stop() { thread_.stop(); }
 
 void MetricsServer::run() {
-    while (!stopping_) {
-        pollfd p[2] = {{listen_fd_.get(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
+    while (!thread_.stopping()) {
+        pollfd p[2] = {{listen_fd_.get(), POLLIN, 0}, {thread_.wake_fd(), POLLIN, 0}};
         if (::poll(p, 2, -1) < 0) {
             if (errno == EINTR) continue;
             spdlog::error("metrics: poll: {}", std::strerror(errno));

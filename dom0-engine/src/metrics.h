@@ -3,13 +3,12 @@
 // one connection at a time, only GET /metrics (404 for anything else), 2 s per request.
 #pragma once
 
-#include <atomic>
 #include <functional>
 #include <string>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "util/poll_thread.h"
 #include "util/unique_fd.h"
 
 namespace vpipe::engine {
@@ -33,10 +32,9 @@ private:
     void serve(int conn);
 
     Render render_;
-    UniqueFd listen_fd_, wake_fd_;
+    UniqueFd listen_fd_;
     uint16_t port_ = 0;
-    std::atomic<bool> stopping_{false};
-    std::thread thread_;
+    PollThread thread_;   // woken only to stop
 };
 
 }  // namespace vpipe::engine

@@ -8,7 +8,7 @@
 namespace vpipe::engine {
 
 int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
-                    uint64_t* moved, SocketEngine* sockets, const DescWriter& write_back) {
+                    uint64_t* moved, ShadowSockets* sockets, const DescWriter& write_back) {
     *moved = 0;
     // Credit is charged before each window's bytes move; they are counted once written.
     // copy_extents calls `charge` after window k is written, and it may already have read

@@ -127,12 +127,12 @@ int freeze_any(int fd, vpipe_tcp_state* st, std::vector<uint8_t>* sndq, std::vec
     return r;
 }
 
-// ---- SocketEngine -----------------------------------------------------------------------------
+// ---- ShadowSockets ----------------------------------------------------------------------------
 
-std::unique_ptr<SocketEngine> SocketEngine::create() {
+std::unique_ptr<ShadowSockets> ShadowSockets::create() {
     auto st = steering::Steering::create();
     if (!st) return nullptr;
-    std::unique_ptr<SocketEngine> e(new SocketEngine());
+    std::unique_ptr<ShadowSockets> e(new ShadowSockets());
     e->fwmark_ = st->fwmark();
     e->steering_ = std::move(st);
     return e;
@@ -153,7 +153,7 @@ void set_mark(int fd, uint32_t mark) {
 }
 }  // namespace
 
-void SocketEngine::attach(const steering::FlowKey& k, int fd) {
+void ShadowSockets::attach(const steering::FlowKey& k, int fd) {
     std::lock_guard lk(live_mu_);
     const steering::FlowKey r = reversed(k);
     for (const auto& [key, pfd] : live_)
@@ -165,7 +165,7 @@ void SocketEngine::attach(const steering::FlowKey& k, int fd) {
     live_.emplace_back(k, fd);
 }
 
-void SocketEngine::detach(const steering::FlowKey& k) {
+void ShadowSockets::detach(const steering::FlowKey& k) {
     std::lock_guard lk(live_mu_);
     std::erase_if(live_, [&](const auto& e) { return e.first == k; });
     const steering::FlowKey r = reversed(k);
@@ -173,19 +173,19 @@ void SocketEngine::detach(const steering::FlowKey& k) {
         if (key == r) set_mark(pfd, 0);
 }
 
-SocketEngine::~SocketEngine() {
+ShadowSockets::~ShadowSockets() {
     std::lock_guard lk(mu_);
     if (steering_) steering_->destroy();
 }
 
-int SocketEngine::add_flow(const steering::FlowKey& k) {
+int ShadowSockets::add_flow(const steering::FlowKey& k) {
     std::lock_guard lk(mu_);
     int r = steering_->add_flow(k);
     if (r < 0) spdlog::warn("steering {}: {} ({})", k.to_string(), std::strerror(-r), steering_->last_error());
     return r;
 }
 
-int SocketEngine::remove_flow(const steering::FlowKey& k) {
+int ShadowSockets::remove_flow(const steering::FlowKey& k) {
     std::lock_guard lk(mu_);
     int r = steering_->remove_flow(k);
     if (r < 0) spdlog::warn("un-steering {}: {} ({})", k.to_string(), std::strerror(-r), steering_->last_error());
@@ -223,8 +223,8 @@ int Shadow::open(const vpipe_tcp_state& tcp, std::span<const uint8_t> sndq, std:
     int r = tcp::restore(st, sndq, rcvq, ro, &fd_);
     if (r < 0) return r;
     vmc_.shadow_sockets->fetch_add(1);
-    eng_.shadow_sockets++;
-    eng_.handovers++;
+    sockets_.shadow_sockets++;
+    sockets_.handovers++;
     // sk_rcvbuf = 2 * value; payload queued <= truesize accounted, so rcvbuf bounds bytes
     set_int(fd_.get(), SOL_SOCKET, SO_RCVBUFFORCE, static_cast<int>(std::max<uint64_t>(rcv_cap / 2, 1152)));
     set_int(fd_.get(), IPPROTO_TCP, TCP_WINDOW_CLAMP, static_cast<int>(win));
@@ -235,12 +235,12 @@ int Shadow::open(const vpipe_tcp_state& tcp, std::span<const uint8_t> sndq, std:
     tcp_state_of(fd_.get(), &ti);
     acked_base_ = ti.tcpi_bytes_acked;  // before any ACK can reach the socket
     key_ = steering::FlowKey::from_tcp_state(st);
-    eng_.attach(key_, fd_.get());
+    sockets_.attach(key_, fd_.get());
     attached_ = true;
-    if ((r = eng_.add_flow(key_)) < 0) return r;
+    if ((r = sockets_.add_flow(key_)) < 0) return r;
     steered_ = true;
     vmc_.steered_flows->fetch_add(1);
-    eng_.steered_flows++;
+    sockets_.steered_flows++;
     // what the guest had queued but not transmitted (a destination's head among it) goes out
     // now that the peer's answers reach us
     if (tcp.sndq_unsent) {
@@ -263,16 +263,16 @@ int Shadow::hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::v
                       uint32_t* flags) {
     *flags = 0;
     if (attached_) {
-        eng_.detach(key_);
+        sockets_.detach(key_);
         attached_ = false;
     }
     // Frames of the flow go to the VM again, whose own block drops them until the guest has
     // restored the connection: no RST, no ACK of bytes that would be lost.
     if (steered_) {
-        eng_.remove_flow(key_);
+        sockets_.remove_flow(key_);
         steered_ = false;
         vmc_.steered_flows->fetch_sub(1);
-        eng_.steered_flows--;
+        sockets_.steered_flows--;
     }
     bool fin = false;
     int r = freeze_any(fd_.get(), final, sndq, rcvq, &fin);
@@ -284,20 +284,20 @@ int Shadow::hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::v
     *flags = VPIPE_EPF_VALID | (fin ? VPIPE_EPF_PEER_FIN : 0);
     tcp::close_silently(fd_.release());
     vmc_.shadow_sockets->fetch_sub(1);
-    eng_.shadow_sockets--;
+    sockets_.shadow_sockets--;
     return 0;
 }
 
 void Shadow::abort() {
     if (attached_) {
-        eng_.detach(key_);
+        sockets_.detach(key_);
         attached_ = false;
     }
     if (steered_) {
-        eng_.remove_flow(key_);
+        sockets_.remove_flow(key_);
         steered_ = false;
         vmc_.steered_flows->fetch_sub(1);
-        eng_.steered_flows--;
+        sockets_.steered_flows--;
     }
     if (fd_) {
         if (tcp::close_silently(fd_.get()) == 0)
@@ -305,7 +305,7 @@ void Shadow::abort() {
         else
             fd_.reset();
         vmc_.shadow_sockets->fetch_sub(1);
-        eng_.shadow_sockets--;
+        sockets_.shadow_sockets--;
     }
 }
 

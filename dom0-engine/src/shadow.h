@@ -1,14 +1,15 @@
 // Shadow sockets: a VM's TCP connection taken over by dom0's stack for one operation
-// (DESIGN.md "Shadow sockets without kernel patches"), and handed back afterwards.
+// (docs/design.md, "Shadow sockets without kernel patches"), and handed back afterwards.
 //
 //   take over:  tcp::restore(state + carried queues, transparent, no window probe) ->
 //               Steering::add_flow -> the unsent part of the send queue -> window probe (so a
 //               peer stalled by the guest's block resumes at once)
 //   hand back:  Steering::remove_flow (the guest still blocks the flow in its own netns, so
-//               the client's frames are dropped there, never answered with RST) -> freeze ->
+//               the client's frames are held there until the guest has restored the socket,
+//               never answered with RST) -> freeze ->
 //               close_silently -> the final state + queues go back in the descriptor
 //
-// SocketEngine owns the engine's one Steering (not thread-safe: every call is serialized
+// ShadowSockets owns the engine's one Steering (not thread-safe: every call is serialized
 // here) and counts live shadow sockets and steered flows.
 #pragma once
 
@@ -29,12 +30,12 @@ namespace vpipe::engine {
 // The shadow sockets' progress timeout ([engine] socket_timeout_ms; see socket_ops.h).
 void set_socket_timeout(std::chrono::milliseconds t);
 
-class SocketEngine {
+class ShadowSockets {
 public:
     // Creates the steering table in the calling thread's network namespace. nullptr (logged)
     // when that is impossible: socket operations are then answered -EOPNOTSUPP.
-    static std::unique_ptr<SocketEngine> create();
-    ~SocketEngine();
+    static std::unique_ptr<ShadowSockets> create();
+    ~ShadowSockets();
 
     int add_flow(const steering::FlowKey& k);
     int remove_flow(const steering::FlowKey& k);
@@ -54,7 +55,7 @@ public:
     std::atomic<uint64_t> handovers{0};        // taken over so far
 
 private:
-    SocketEngine() = default;
+    ShadowSockets() = default;
     std::mutex mu_;
     std::unique_ptr<steering::Steering> steering_;
     uint32_t fwmark_ = 0;
@@ -73,7 +74,7 @@ class Shadow {
 public:
     enum class Role { kSource, kDestination };
 
-    Shadow(SocketEngine& eng, ShadowCounters vmc) : eng_(eng), vmc_(vmc) {}
+    Shadow(ShadowSockets& sockets, ShadowCounters vmc) : sockets_(sockets), vmc_(vmc) {}
     ~Shadow();  // abort path: un-steer, close silently
     Shadow(const Shadow&) = delete;
     Shadow& operator=(const Shadow&) = delete;
@@ -109,7 +110,7 @@ public:
     void abort();
 
 private:
-    SocketEngine& eng_;
+    ShadowSockets& sockets_;
     ShadowCounters vmc_;
     UniqueFd fd_;
     steering::FlowKey key_{};

@@ -204,11 +204,11 @@ int send_tail(Vm& vm, Shadow& dst, const SocketEndpoint& ep, bool* tail_sent) {
     return r;
 }
 
-int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
+int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
                    const DescWriter& write, uint64_t* moved) {
     DiskImage* disk = vm.disk(req.src_file.vdev);
     if (!disk) return -EPERM;
-    Shadow dst(eng, vm.shadow_counters());
+    Shadow dst(sockets, vm.shadow_counters());
     EndpointResult res;
     if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination) < 0) {
         write_result(write, false, req.dst_sock, res);
@@ -290,11 +290,11 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
     return status;
 }
 
-int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
+int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
                    const DescWriter& write, uint64_t* moved) {
     DiskImage* disk = vm.disk(req.dst_file.vdev);
     if (!disk) return -EPERM;
-    Shadow src(eng, vm.shadow_counters());
+    Shadow src(sockets, vm.shadow_counters());
     EndpointResult res;
     if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
         write_result(write, true, req.src_sock, res);
@@ -346,9 +346,9 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine& eng, const
     return status;
 }
 
-int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequest& req,
+int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
                      const DescWriter& write, uint64_t* moved) {
-    Shadow src(eng, vm.shadow_counters()), dst(eng, vm.shadow_counters());
+    Shadow src(sockets, vm.shadow_counters()), dst(sockets, vm.shadow_counters());
     EndpointResult sres, dres;
     if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
         write_result(write, true, req.src_sock, sres);
@@ -399,10 +399,10 @@ int socket_to_socket(Vm& vm, PagePool& pool, SocketEngine& eng, const ParsedRequ
 
 }  // namespace
 
-int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine* eng,
+int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* sockets,
                            const ParsedRequest& req, const DescWriter& write, uint64_t* moved) {
     *moved = 0;
-    if (!eng) {
+    if (!sockets) {
         EndpointResult none;
         if (req.op != VPIPE_OP_FILE_TO_SOCKET) write_result(write, true, req.src_sock, none);
         if (req.op != VPIPE_OP_SOCKET_TO_FILE) write_result(write, false, req.dst_sock, none);
@@ -410,9 +410,9 @@ int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine* en
     }
     try {
         switch (req.op) {
-        case VPIPE_OP_FILE_TO_SOCKET: return file_to_socket(vm, io, pool, *eng, req, write, moved);
-        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *eng, req, write, moved);
-        case VPIPE_OP_SOCKET_TO_SOCKET: return socket_to_socket(vm, pool, *eng, req, write, moved);
+        case VPIPE_OP_FILE_TO_SOCKET: return file_to_socket(vm, io, pool, *sockets, req, write, moved);
+        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *sockets, req, write, moved);
+        case VPIPE_OP_SOCKET_TO_SOCKET: return socket_to_socket(vm, pool, *sockets, req, write, moved);
         default: return -EINVAL;
         }
     } catch (const std::exception& e) {

@@ -25,7 +25,7 @@ std::chrono::milliseconds socket_timeout();
 // Runs a validated socket request. Always writes each socket endpoint's result (flags, and a
 // final state + carried queues when VPIPE_EPF_VALID) before returning. 0 or a negative status;
 // *moved as documented in docs/protocol.md ("Socket endpoints").
-int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, SocketEngine* eng,
+int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* sockets,
                            const ParsedRequest& req, const DescWriter& write, uint64_t* moved);
 
 }  // namespace vpipe::engine

@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -25,23 +24,18 @@ struct VmService::Channel {
     std::atomic<bool> live{true}; // alive, readable without the lock (workers skip dead work)
 };
 
-VmService::VmService(Vm& vm, PagePool& pool, SocketEngine* sockets)
+VmService::VmService(Vm& vm, PagePool& pool, ShadowSockets* sockets)
     : vm_(vm), pool_(pool), sockets_(sockets) {}
 
 VmService::~VmService() { stop(); }
 
 void VmService::start() {
-    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
     if (!vm_.config().channel.empty()) listen_fd_ = listen_unix(vm_.config().channel, 0600);
-    thread_ = std::thread([this] { run(); });
+    thread_.start([this] { run(); });
 }
 
 void VmService::stop() {
-    if (!thread_.joinable()) return;
-    stopping_ = true;
-    transport::kick(wake_fd_.get());
-    thread_.join();
+    if (!thread_.stop()) return;
     // Nobody waits on a hand-over any more.
     std::lock_guard lk(handoff_mu_);
     handoffs_.clear();
@@ -53,15 +47,15 @@ void VmService::attach(std::unique_ptr<HostChannel> ch) {
     std::lock_guard lk(handoff_mu_);
     handoffs_.push_back({std::move(ch), "replaced by a new channel"});
     handoffs_queued_++;
-    if (wake_fd_) transport::kick(wake_fd_.get());
+    thread_.wake();
 }
 
 void VmService::detach(const char* why) {
     std::unique_lock lk(handoff_mu_);
-    if (!thread_.joinable() || stopping_) return;
+    if (!thread_.running() || thread_.stopping()) return;
     handoffs_.push_back({nullptr, why});
     const uint64_t mine = ++handoffs_queued_;
-    transport::kick(wake_fd_.get());
+    thread_.wake();
     handoff_cv_.wait(lk, [&] { return handoffs_done_ >= mine; });
 }
 
@@ -88,9 +82,9 @@ void VmService::run() {
     pthread_setname_np(pthread_self(), ("ring/" + vm_.name()).substr(0, 15).c_str());
     if (listen_fd_)
         spdlog::info("vm {}: waiting for its guest on {}", vm_.name(), vm_.config().channel);
-    while (!stopping_) {
+    while (!thread_.stopping()) {
         // fds: 0 wake, 1 listen (-1: none), 2 guest notifications, 3 control (-1: none)
-        pollfd fds[4] = {{wake_fd_.get(), POLLIN, 0}, {listen_fd_ ? listen_fd_.get() : -1, POLLIN, 0},
+        pollfd fds[4] = {{thread_.wake_fd(), POLLIN, 0}, {listen_fd_ ? listen_fd_.get() : -1, POLLIN, 0},
                          {-1, POLLIN, 0}, {-1, POLLIN, 0}};
         if (channel_) {
             fds[2].fd = channel_->host->event_fd();
@@ -102,8 +96,8 @@ void VmService::run() {
             break;
         }
         if (fds[0].revents) {
-            transport::drain_kicks(wake_fd_.get());
-            if (stopping_) break;
+            thread_.drain();
+            if (thread_.stopping()) break;
             run_handoffs();
         }
         if (fds[1].revents & POLLIN) accept_one();
@@ -145,7 +139,7 @@ void VmService::install(std::unique_ptr<HostChannel> host) {
     vm_.counters().channels++;
     spdlog::info("vm {}: guest connected ({})", vm_.name(), channel_->host->describe());
     // The guest may have queued requests before we looked: serve them without waiting for a kick.
-    transport::kick(wake_fd_.get());
+    thread_.wake();
 }
 
 void VmService::close_channel(const char* why) {
@@ -287,7 +281,7 @@ void VmService::respond(const std::shared_ptr<Channel>& ch, uint64_t id, int sta
         wake_service = ch->stalled;
     }
     if (notify) ch->host->notify_guest();
-    if (wake_service) transport::kick(wake_fd_.get());
+    if (wake_service) thread_.wake();
 }
 
 }  // namespace vpipe::engine

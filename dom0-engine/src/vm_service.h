@@ -9,11 +9,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 #include "host_channel.h"
 #include "io/page_pool.h"
+#include "util/poll_thread.h"
 #include "util/unique_fd.h"
 #include "vm.h"
 
@@ -21,7 +21,7 @@ namespace vpipe::engine {
 
 class VmService {
 public:
-    VmService(Vm& vm, PagePool& pool, SocketEngine* sockets = nullptr);
+    VmService(Vm& vm, PagePool& pool, ShadowSockets* sockets = nullptr);
     ~VmService();
     VmService(const VmService&) = delete;
     VmService& operator=(const VmService&) = delete;
@@ -54,13 +54,11 @@ private:
 
     Vm& vm_;
     PagePool& pool_;
-    SocketEngine* sockets_;
+    ShadowSockets* sockets_;
     LostHandler on_lost_;
     UniqueFd listen_fd_;
-    UniqueFd wake_fd_;                 // stop requests, attach/detach, "response slots freed"
     std::shared_ptr<Channel> channel_; // touched by the service thread only
-    std::atomic<bool> stopping_{false};
-    std::thread thread_;
+    PollThread thread_;                // woken by stop requests, attach/detach, "response slots freed"
 
     // attach()/detach() hand-over to the service thread
     std::mutex handoff_mu_;

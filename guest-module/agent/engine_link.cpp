@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -44,16 +43,10 @@ EngineLink::EngineLink(std::string channel_path, uint32_t area_pages)
 
 EngineLink::~EngineLink() { stop(); }
 
-void EngineLink::start() {
-    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    thread_ = std::thread([this] { run(); });
-}
+void EngineLink::start() { thread_.start([this] { run(); }); }
 
 void EngineLink::stop() {
-    if (!thread_.joinable()) return;
-    stopping_ = true;
-    transport::kick(wake_fd_.get());
-    thread_.join();
+    if (!thread_.stop()) return;
     drop("agent stopping");
 }
 
@@ -72,7 +65,7 @@ int EngineLink::submit(const vpipe_submit& s, std::shared_ptr<Ticket>* out) {
     {
         std::unique_lock lk(mu_);
         for (;;) {
-            if (!conn_ || stopping_) return -EHOSTDOWN;
+            if (!conn_ || thread_.stopping()) return -EHOSTDOWN;
             int r = vpipe_link_reserve(&conn_->area, &s, &t->pages);
             if (r == 0) break;
             if (r != -ENOSPC) return r;   // larger than the whole area
@@ -85,8 +78,8 @@ int EngineLink::submit(const vpipe_submit& s, std::shared_ptr<Ticket>* out) {
     int notify = 0;
     {
         std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return c->dead || stopping_ || vpipe_ring_has_room(&c->front); });
-        if (c->dead || stopping_) {
+        cv_.wait(lk, [&] { return c->dead || thread_.stopping() || vpipe_ring_has_room(&c->front); });
+        if (c->dead || thread_.stopping()) {
             vpipe_link_release(&c->area, &t->pages);
             return -EHOSTDOWN;
         }
@@ -126,7 +119,7 @@ void EngineLink::release(const std::shared_ptr<Ticket>& t) {
 void EngineLink::run() {
     pthread_setname_np(pthread_self(), "engine-link");
     bool warned = false;
-    while (!stopping_) {
+    while (!thread_.stopping()) {
         std::shared_ptr<Conn> c;
         {
             std::lock_guard lk(mu_);
@@ -156,16 +149,16 @@ void EngineLink::run() {
                 spdlog::warn("no engine at {}: {}; retrying", path_, std::strerror(-r));
                 warned = true;
             }
-            pollfd p{wake_fd_.get(), POLLIN, 0};
+            pollfd p{thread_.wake_fd(), POLLIN, 0};
             ::poll(&p, 1, 200);
-            transport::drain_kicks(wake_fd_.get());
+            thread_.drain();
             continue;
         }
-        pollfd fds[3] = {{wake_fd_.get(), POLLIN, 0},
+        pollfd fds[3] = {{thread_.wake_fd(), POLLIN, 0},
                          {c->ch->event_fd(), POLLIN, 0},
                          {c->ch->control_fd(), POLLIN, 0}};
         if (::poll(fds, 3, -1) < 0 && errno != EINTR) break;
-        if (fds[0].revents) transport::drain_kicks(wake_fd_.get());
+        if (fds[0].revents) thread_.drain();
         if (fds[1].revents) {
             transport::drain_kicks(c->ch->event_fd());
             reap(c);

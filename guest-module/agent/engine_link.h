@@ -12,10 +12,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include "link.h"
-#include "util/unique_fd.h"
+#include "util/poll_thread.h"
 
 namespace vpipe::agent {
 
@@ -62,11 +61,9 @@ private:
     std::condition_variable cv_;          // pages, ring slots, answers, connection changes
     std::shared_ptr<Conn> conn_;          // under mu_
     std::atomic<bool> connected_{false};
-    std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> requests_sent_{0};
     std::atomic<uint64_t> bad_responses_{0};
-    UniqueFd wake_fd_;
-    std::thread thread_;
+    PollThread thread_;                   // woken only to stop; stopping() read by callers too
 };
 
 }  // namespace vpipe::agent

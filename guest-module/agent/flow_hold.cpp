@@ -8,11 +8,11 @@
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 
 extern "C" {
 #include <libnetfilter_queue/libnetfilter_queue.h>
@@ -49,7 +49,12 @@ int read_ack(mnl_socket* nl, unsigned portid) {
 }  // namespace
 
 std::unique_ptr<FlowHold> FlowHold::create(uint16_t queue_num) {
-    std::unique_ptr<FlowHold> h(new FlowHold(queue_num));
+    std::unique_ptr<FlowHold> h;
+    try {
+        h.reset(new FlowHold(queue_num));
+    } catch (const std::system_error&) {
+        return nullptr;  // no eventfd for the reader
+    }
     h->nl_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
     if (!h->nl_ || mnl_socket_bind(h->nl_, 0, MNL_SOCKET_AUTOPID) < 0) {
         spdlog::warn("flow hold: no netfilter netlink socket: {}", std::strerror(errno));
@@ -82,28 +87,21 @@ std::unique_ptr<FlowHold> FlowHold::create(uint16_t queue_num) {
     mnl_socket_setsockopt(h->nl_, NETLINK_NO_ENOBUFS, &one, sizeof(one));
     int rcvbuf = 4 << 20;
     setsockopt(mnl_socket_get_fd(h->nl_), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
-    h->stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (h->stop_fd_ < 0) return nullptr;
     h->rbuf_.resize(MNL_SOCKET_BUFFER_SIZE * 4);
-    h->reader_ = std::thread([p = h.get()] { p->run(); });
+    h->reader_.start([p = h.get()] { p->run(); });
     return h;
 }
 
 FlowHold::~FlowHold() {
-    if (reader_.joinable()) {
-        uint64_t one = 1;
-        (void)!::write(stop_fd_, &one, sizeof(one));
-        reader_.join();
-    }
+    reader_.stop();
     if (nl_) {
         send_config(nl_, queue_, NFQNL_CFG_CMD_UNBIND);
         mnl_socket_close(nl_);
     }
-    if (stop_fd_ >= 0) ::close(stop_fd_);
 }
 
 void FlowHold::run() {
-    pollfd p[2] = {{mnl_socket_get_fd(nl_), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    pollfd p[2] = {{mnl_socket_get_fd(nl_), POLLIN, 0}, {reader_.wake_fd(), POLLIN, 0}};
     for (;;) {
         if (::poll(p, 2, -1) < 0) {
             if (errno == EINTR) continue;

@@ -22,8 +22,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <vector>
+
+#include "util/poll_thread.h"
 
 struct mnl_socket;
 
@@ -65,11 +66,10 @@ private:
     uint16_t queue_;
     mnl_socket* nl_ = nullptr;
     unsigned portid_ = 0;
-    int stop_fd_ = -1;  // eventfd: wakes the reader to stop
     std::mutex mu_;
     std::map<Key, std::vector<uint32_t>> held_;
     std::vector<uint8_t> rbuf_;
-    std::thread reader_;
+    PollThread reader_;  // woken only to stop
 };
 
 }  // namespace vpipe::agent

@@ -1,19 +1,18 @@
 #include "server.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include "operation.h"
-#include "transport/shm_channel.h"
 #include "util/unix_socket.h"
 
 namespace vpipe::agent {
@@ -48,18 +47,14 @@ Server::~Server() {
 }
 
 void Server::start() {
-    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     // Any local process may ask; what it may move is bounded by the descriptors it passes
     // (their access modes are checked), not by who it is.
     listen_fd_ = listen_unix(path_, 0666);
-    acceptor_ = std::thread([this] { accept_loop(); });
+    acceptor_.start([this] { accept_loop(); });
 }
 
 void Server::stop() {
-    if (!acceptor_.joinable()) return;
-    stopping_ = true;
-    transport::kick(wake_fd_.get());
-    acceptor_.join();
+    if (!acceptor_.stop()) return;
     {
         std::lock_guard lk(mu_);
         for (int fd : client_fds_) ::shutdown(fd, SHUT_RDWR);
@@ -69,10 +64,10 @@ void Server::stop() {
 }
 
 void Server::accept_loop() {
-    while (!stopping_) {
-        pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0}, {listen_fd_.get(), POLLIN, 0}};
+    while (!acceptor_.stopping()) {
+        pollfd fds[2] = {{acceptor_.wake_fd(), POLLIN, 0}, {listen_fd_.get(), POLLIN, 0}};
         if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
-        if (stopping_) break;
+        if (acceptor_.stopping()) break;
         if (!(fds[1].revents & POLLIN)) continue;
         UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (!conn) continue;

@@ -6,9 +6,9 @@
 #include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 
 #include "context.h"
+#include "util/poll_thread.h"
 #include "util/unique_fd.h"
 
 namespace vpipe::agent {
@@ -26,9 +26,8 @@ private:
 
     AgentContext& ctx_;
     std::string path_;
-    UniqueFd listen_fd_, wake_fd_;
-    std::atomic<bool> stopping_{false};
-    std::thread acceptor_;
+    UniqueFd listen_fd_;
+    PollThread acceptor_;          // woken only to stop
     std::mutex mu_;
     std::set<int> client_fds_;     // under mu_: shut down on stop()
     std::atomic<int> clients_{0};
