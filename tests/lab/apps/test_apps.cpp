@@ -21,7 +21,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -30,7 +29,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "app_lab.h"
+#include "support/lab_fixture.h"
 
 namespace {
 
@@ -39,15 +38,6 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 
 using namespace vpipe::labtest;
-
-bool lab_busy() {
-    if (lab({"info"}).status == 0) return true;
-    std::error_code ec;
-    if (fs::exists("/run/vpipe-lab", ec)) return true;
-    for (const auto& e : fs::directory_iterator("/run/netns", ec))
-        if (e.path().filename().string().rfind("vpl-", 0) == 0) return true;
-    return false;
-}
 
 // The outcome of one curl transfer: -w fields (written to stderr with %{stderr}) and the SHA-256
 // of the body (piped into sha256sum, so nothing large touches the disk).
@@ -117,150 +107,22 @@ std::string header_value(const std::string& head, const std::string& name) {
     return v;
 }
 
-// One server process (vpipe-httpd / vpipe-proxy) running in a VM via `vpipe-lab exec`.
-struct Server {
-    pid_t pid = -1;
-    std::string log;
-};
-
 // ---------------------------------------------------------------------------------------------
 
-class AppsLab : public ::testing::Test {
+class AppsLab : public LabFixture {
 protected:
-    static inline std::string skip_;       // set: skip every test with this reason
-    static inline std::string setup_err_;  // set: fail every test with this
-    static inline bool owns_lab_ = false;
-    static inline json info_;
-    static inline std::string tmp_;
-    static inline std::string root_[3];  // [1], [2]: the VMs' first disks
-    static inline std::map<std::string, Server> servers_;
     static inline std::map<std::string, std::string> sha_;  // path -> SHA-256
 
     static void SetUpTestSuite() {
-        skip_.clear();
-        setup_err_.clear();
-        if (geteuid() != 0) {
-            skip_ = "needs root (the lab uses namespaces, loop devices, mounts and cgroups)";
-            return;
-        }
-        for (const auto& b : {kLab, kHttpd, kProxy, kBin + "/vpiped", kBin + "/vpipe-guestd"})
-            if (access(b.c_str(), X_OK) != 0) {
-                skip_ = b + " is not built";
-                return;
-            }
-        if (run({"bash", "-c", "command -v curl"}).status != 0) {
-            skip_ = "curl is not installed (scripts/install-deps.sh)";
-            return;
-        }
-        // The lab is shared: wait for a running one to go away instead of touching it.
-        auto deadline = std::chrono::steady_clock::now() + 10min;
-        for (;;) {
-            if (!lab_busy()) {
-                auto up = lab({"up", "--vms", "2", "--disk-mib", "2048"});
-                if (up.status == 0) {
-                    owns_lab_ = true;
-                    break;
-                }
-                if ((up.out + up.err).find("already up") == std::string::npos) {
-                    setup_err_ = "vpipe-lab up failed (" + std::to_string(up.status) + "): " + up.out + up.err;
-                    return;
-                }
-                // somebody else won the race: wait like for any other running lab
-            }
-            if (std::chrono::steady_clock::now() >= deadline) {
-                skip_ = "a lab is up (someone else's) and stayed up for 10 minutes; not touching it";
-                return;
-            }
-            std::fprintf(stderr, "[ lab busy ] another lab is up; retrying in 10 s\n");
-            std::this_thread::sleep_for(10s);
-        }
-        auto r = lab({"info", "--json"});
-        info_ = json::parse(r.out, nullptr, false);
-        if (r.status != 0 || info_.is_discarded()) {
-            setup_err_ = "vpipe-lab info --json failed: " + r.out + r.err;
-            return;
-        }
-        for (int i = 1; i <= 2; ++i) root_[i] = info_["vms"][i - 1]["disks"][0]["mount"].get<std::string>();
-        char tmpl[] = "/tmp/vpipe-apps-test-XXXXXX";
-        if (!mkdtemp(tmpl)) {
-            setup_err_ = "mkdtemp failed";
-            return;
-        }
-        tmp_ = tmpl;
-        chmod(tmp_.c_str(), 0755);
+        bring_up({.up = {"--vms", "2", "--disk-mib", "2048"},
+                  .binaries = {"vpipe-httpd", "vpipe-proxy"},
+                  .tools = {"curl"},
+                  .name = "apps-test"});
     }
 
     static void TearDownTestSuite() {
-        for (auto& [name, s] : servers_) stop(&s);
-        servers_.clear();
         sha_.clear();
-        if (owns_lab_) {
-            auto r = lab({"down"});
-            if (r.status != 0) std::fprintf(stderr, "vpipe-lab down failed: %s%s\n", r.out.c_str(), r.err.c_str());
-            owns_lab_ = false;
-        }
-        if (!tmp_.empty()) {
-            std::error_code ec;
-            fs::remove_all(tmp_, ec);
-            tmp_.clear();
-        }
-    }
-
-    void SetUp() override {
-        if (!skip_.empty()) GTEST_SKIP() << skip_;
-        ASSERT_TRUE(setup_err_.empty()) << setup_err_;
-    }
-
-    // SIGTERM, then SIGKILL after 10 s. The exit status (or -1).
-    static int stop(Server* s) {
-        if (s->pid <= 0) return -1;
-        kill(s->pid, SIGTERM);
-        int ws = 0;
-        for (int i = 0; i < 100; ++i) {
-            if (waitpid(s->pid, &ws, WNOHANG) == s->pid) {
-                s->pid = -1;
-                return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-            }
-            std::this_thread::sleep_for(100ms);
-        }
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, &ws, 0);
-        s->pid = -1;
-        return 128 + SIGKILL;
-    }
-
-    // Starts `args` in `vm` (stderr+stdout to a log in tmp_) and waits for "listening on".
-    static Server start(const std::string& vm, const std::string& logname, const std::vector<std::string>& args) {
-        Server s;
-        s.log = tmp_ + "/" + logname + ".log";
-        pid_t pid = fork();
-        if (pid == 0) {
-            int fd = open(s.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
-            dup2(fd, 1);
-            dup2(fd, 2);
-            int devnull = open("/dev/null", O_RDONLY);
-            dup2(devnull, 0);
-            std::vector<std::string> argv{kLab, "exec", vm, "--"};
-            argv.insert(argv.end(), args.begin(), args.end());
-            std::vector<char*> a;
-            for (const auto& x : argv) a.push_back(const_cast<char*>(x.c_str()));
-            a.push_back(nullptr);
-            execv(a[0], a.data());
-            _exit(127);
-        }
-        s.pid = pid;
-        for (int i = 0; i < 100; ++i) {
-            if (slurp(s.log).find("listening on") != std::string::npos) return s;
-            int ws;
-            if (waitpid(pid, &ws, WNOHANG) == pid) {
-                s.pid = -1;
-                ADD_FAILURE() << logname << " exited at start: " << slurp(s.log);
-                return s;
-            }
-            std::this_thread::sleep_for(100ms);
-        }
-        ADD_FAILURE() << logname << " did not start listening within 10 s: " << slurp(s.log);
-        return s;
+        LabFixture::TearDownTestSuite();
     }
 
     static int httpd_port(const std::string& mode) { return mode == "rw" ? 8081 : mode == "sendfile" ? 8082 : 8083; }
@@ -269,29 +131,18 @@ protected:
     std::string httpd(const std::string& mode, int vm = 1) {
         std::string key = "httpd-" + mode + "-vm" + std::to_string(vm);
         int port = httpd_port(mode);
-        if (!servers_.count(key))
-            servers_[key] = start("vm" + std::to_string(vm), key,
-                                  {kHttpd, "--mode", mode, "--port", std::to_string(port), "--root", root_[vm]});
+        if (!has_server(key))
+            start_server(key, "vm" + std::to_string(vm),
+                         {kHttpd, "--mode", mode, "--port", std::to_string(port), "--root", mount(vm)});
         return "http://" + std::string(vm == 1 ? kVm1Ip : kVm2Ip) + ":" + std::to_string(port);
     }
-    std::string log_of(const std::string& key) { return servers_.count(key) ? slurp(servers_[key].log) : ""; }
 
     // A file of `size` pseudo-random bytes in VM vm's disk (created once). Its host path.
     std::string file(int vm, const std::string& name, uint64_t size) {
-        std::string path = root_[vm] + "/" + name;
+        std::string path = mount(vm) + "/" + name;
         struct stat st {};
         if (stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == size) return path;
-        std::mt19937_64 rng(std::hash<std::string>{}(name) ^ size);
-        std::ofstream out(path, std::ios::binary | std::ios::trunc);
-        std::vector<uint64_t> block(kMiB / 8);
-        for (uint64_t done = 0; done < size;) {
-            for (auto& w : block) w = rng();
-            uint64_t n = std::min<uint64_t>(size - done, kMiB);
-            out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(n));
-            done += n;
-        }
-        out.close();
-        EXPECT_TRUE(out.good()) << "cannot write " << path;
+        EXPECT_EQ(write_pattern_file(path, std::hash<std::string>{}(name) ^ size, size), "");
         sha_.erase(path);
         return path;
     }
@@ -351,7 +202,7 @@ protected:
                 speeds.push_back(t.speed / kMiB);
             }
             std::sort(speeds.begin(), speeds.end());
-            std::string vp = mode == "vpipe" ? vpipe_path(log_of("httpd-" + mode + "-vm1"), "GET /m64 ") : "-";
+            std::string vp = mode == "vpipe" ? vpipe_path(server_log("httpd-" + mode + "-vm1"), "GET /m64 ") : "-";
             std::printf("[ THROUGHPUT ] vpipe-httpd --mode %s: 64 MiB GET to /dev/null: median %.1f MiB/s "
                         "(%.1f / %.1f / %.1f)%s\n",
                         mode.c_str(), speeds[1], speeds[0], speeds[1], speeds[2],
@@ -367,7 +218,7 @@ protected:
         EXPECT_EQ(raw.out.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << raw.out;
         EXPECT_EQ(raw.out.size() - raw.out.find("\r\n\r\n"), 4u) << "HEAD sent a body: " << raw.out;
         // the log has one line per request with the mode (and the vPipe outcome)
-        std::string log = log_of("httpd-" + mode + "-vm1");
+        std::string log = server_log("httpd-" + mode + "-vm1");
         auto lines = log_lines(log, "\"GET /m64 HTTP/1.1\" 200 bytes=67108864 mode=" + mode);
         EXPECT_EQ(lines.size(), 4u) << log;
         if (mode == "vpipe") {
@@ -441,7 +292,7 @@ protected:
         EXPECT_TRUE(slurp(tmp_ + "/k2") == slurp(m1));
         EXPECT_EQ(slurp(tmp_ + "/k3"), slurp(b1));
         // the server saw the three on one connection (same peer address and port)
-        auto lines = log_lines(log_of("httpd-" + mode + "-vm1"), "\"GET /");
+        auto lines = log_lines(server_log("httpd-" + mode + "-vm1"), "\"GET /");
         ASSERT_GE(lines.size(), 3u);
         auto peer = [](const std::string& l) { return l.substr(l.find(' ') + 1, l.find(" \"") - l.find(' ') - 1); };
         size_t n = lines.size();
@@ -473,7 +324,7 @@ protected:
             SCOPED_TRACE(c.src);
             std::string src = file(1, c.src, c.size);
             std::string name = "up-" + mode + "-" + c.src;
-            std::string dst = root_[1] + "/" + name;
+            std::string dst = mount(1) + "/" + name;
             fs::remove(dst);
             auto put = [&] {
                 return parse_curl(client("curl -sS --max-time 300 -T " + src + " -w '" + kCurlW + "' " + base + "/" +
@@ -490,36 +341,36 @@ protected:
             EXPECT_EQ(again.code, 204) << again.err;
             EXPECT_EQ(fs::file_size(dst), c.size);
             EXPECT_EQ(sha256_of(dst), sha(src));
-            auto lines = log_lines(log_of("httpd-" + mode + "-vm1"),
+            auto lines = log_lines(server_log("httpd-" + mode + "-vm1"),
                                    "\"PUT /" + name + " HTTP/1.1\" 201 bytes=" + std::to_string(c.size) + " mode=" + mode);
             EXPECT_EQ(lines.size(), 1u);
             if (c.src == "m64" && !lines.empty()) std::printf("[ PUT 64 MiB ] %s\n", lines[0].c_str());
             fs::remove(dst);
         }
         // a shorter body replaces a longer file completely
-        std::string dst = root_[1] + "/up-" + mode + "-shrink";
+        std::string dst = mount(1) + "/up-" + mode + "-shrink";
         file(1, "m1", kMiB + 1);
-        client("curl -sS -T " + root_[1] + "/m1 " + base + "/up-" + mode + "-shrink");
-        Curl s = parse_curl(client("curl -sS -T " + root_[1] + "/b1 -w '" + kCurlW + "' " + base + "/up-" + mode +
+        client("curl -sS -T " + mount(1) + "/m1 " + base + "/up-" + mode + "-shrink");
+        Curl s = parse_curl(client("curl -sS -T " + mount(1) + "/b1 -w '" + kCurlW + "' " + base + "/up-" + mode +
                                    "-shrink | sha256sum"));
         EXPECT_EQ(s.code, 204);
         EXPECT_EQ(fs::file_size(dst), 1u);
         fs::remove(dst);
         // PUT can't escape the root, write a directory, or create parents
-        CurlFile t = curl_file(tmp_, base + "/../up-escape", "--path-as-is -T " + root_[1] + "/b1");
+        CurlFile t = curl_file(tmp_, base + "/../up-escape", "--path-as-is -T " + mount(1) + "/b1");
         EXPECT_EQ(t.c.code, 403);
         std::error_code ec;
-        fs::create_directory(root_[1] + "/putdir", ec);
-        CurlFile d = curl_file(tmp_, base + "/putdir", "-T " + root_[1] + "/b1");
+        fs::create_directory(mount(1) + "/putdir", ec);
+        CurlFile d = curl_file(tmp_, base + "/putdir", "-T " + mount(1) + "/b1");
         EXPECT_EQ(d.c.code, 403);
         CurlFile r = curl_file(tmp_, base + "/", "-X PUT --data-binary x");  // (-T would append a file name)
         EXPECT_EQ(r.c.code, 403);
         CurlFile l = curl_file(tmp_, base + "/nolength", "-X PUT -H 'Transfer-Encoding: chunked' --data-binary x");
         EXPECT_EQ(l.c.code, 411);
-        EXPECT_FALSE(fs::exists(root_[1] + "/nolength"));
-        CurlFile p = curl_file(tmp_, base + "/no-such-dir/x", "-T " + root_[1] + "/b1");
+        EXPECT_FALSE(fs::exists(mount(1) + "/nolength"));
+        CurlFile p = curl_file(tmp_, base + "/no-such-dir/x", "-T " + mount(1) + "/b1");
         EXPECT_EQ(p.c.code, 404);
-        EXPECT_FALSE(fs::exists(root_[1] + "/../up-escape"));
+        EXPECT_FALSE(fs::exists(mount(1) + "/../up-escape"));
     }
 
     void HttpdErrors(const std::string& mode) {
@@ -536,9 +387,9 @@ protected:
         EXPECT_EQ(code(base + "/%2e%2e/%2e%2e/etc/passwd"), 403);
         EXPECT_EQ(code(base + "/a/..%2f..%2f..%2fetc/passwd"), 403);
         std::error_code ec;
-        fs::create_directory_symlink("/etc", root_[1] + "/escape", ec);
+        fs::create_directory_symlink("/etc", mount(1) + "/escape", ec);
         EXPECT_EQ(code(base + "/escape/passwd"), 403);
-        fs::create_directory(root_[1] + "/adir", ec);
+        fs::create_directory(mount(1) + "/adir", ec);
         EXPECT_EQ(code(base + "/adir"), 403);
         EXPECT_EQ(code(base + "/"), 403);
         EXPECT_EQ(code(base + "/b1", "-X DELETE"), 405);
@@ -599,14 +450,12 @@ protected:
 
     // client -> proxy (vm1) -> httpd (vm2, sendfile mode, port 8080)
     void ProxyGet64MiB(const std::string& mode) {
-        if (!servers_.count("backend"))
-            servers_["backend"] =
-                start("vm2", "backend", {kHttpd, "--mode", "sendfile", "--port", "8080", "--root", root_[2]});
+        if (!has_server("backend"))
+            start_server("backend", "vm2", {kHttpd, "--mode", "sendfile", "--port", "8080", "--root", mount(2)});
         std::string key = "proxy-" + mode;
         int port = proxy_port(mode);
-        if (!servers_.count(key))
-            servers_[key] = start("vm1", key,
-                                  {kProxy, "--mode", mode, "--listen", std::to_string(port), "--to", kVm2Ip + ":8080"});
+        if (!has_server(key))
+            start_server(key, "vm1", {kProxy, "--mode", mode, "--listen", std::to_string(port), "--to", kVm2Ip + ":8080"});
         std::string base = "http://" + kVm1Ip + ":" + std::to_string(port);
         std::string src = file(2, "m64", 64 * kMiB);
         Curl r = curl_sha(base + "/m64");
@@ -626,7 +475,7 @@ protected:
         EXPECT_EQ(k2.out, "200 1048577\n200 1048577\n") << k2.err;
         EXPECT_TRUE(slurp(tmp_ + "/p1") == slurp(m1) && slurp(tmp_ + "/p2") == slurp(m1));
         // and the other direction: an upload through the proxy
-        std::string dst = root_[2] + "/up-proxy-" + mode;
+        std::string dst = mount(2) + "/up-proxy-" + mode;
         fs::remove(dst);
         Curl u = parse_curl(client("curl -sS --max-time 60 -T " + m1 + " -w '" + kCurlW + "' " + base + "/up-proxy-" +
                                    mode + " | sha256sum"));
@@ -635,7 +484,7 @@ protected:
         fs::remove(dst);
         // one log line per connection, with the byte counts
         std::this_thread::sleep_for(200ms);  // the relay logs after both directions closed
-        std::string log = log_of(key);
+        std::string log = server_log(key);
         auto lines = log_lines(log, "down=" + std::to_string(64 * kMiB + 0));
         auto all = log_lines(log, " up=");
         EXPECT_EQ(all.size(), 4u) << log;
@@ -681,15 +530,16 @@ TEST_F(AppsLab, Large_Get512MiB_vpipe) {
     EXPECT_EQ(r.size, 512 * kMiB);
     EXPECT_EQ(r.sha, sha(path));
     std::printf("[ THROUGHPUT ] vpipe-httpd --mode vpipe: 512 MiB GET in %.3f s = %.1f MiB/s (vpipe=%s)\n", r.seconds,
-                r.speed / kMiB, vpipe_path(log_of("httpd-vpipe-vm1"), "GET /g512 ").c_str());
+                r.speed / kMiB, vpipe_path(server_log("httpd-vpipe-vm1"), "GET /g512 ").c_str());
     fs::remove(path);
 }
 
 // SIGTERM stops both servers with status 0, also with a client connection open.
 TEST_F(AppsLab, ServersExitZeroOnSigterm) {
     file(1, "b1", 1);
-    Server h = start("vm1", "sigterm-httpd", {kHttpd, "--mode", "vpipe", "--port", "8090", "--root", root_[1]});
-    Server p = start("vm1", "sigterm-proxy", {kProxy, "--mode", "vpipe", "--listen", "9090", "--to", kVm1Ip + ":8090"});
+    LabServer& h = start_server("sigterm-httpd", "vm1", {kHttpd, "--mode", "vpipe", "--port", "8090", "--root", mount(1)});
+    LabServer& p =
+        start_server("sigterm-proxy", "vm1", {kProxy, "--mode", "vpipe", "--listen", "9090", "--to", kVm1Ip + ":8090"});
     Curl r = curl_sha("http://" + kVm1Ip + ":9090/b1");
     EXPECT_EQ(r.code, 200);
     // an idle keep-alive connection through the proxy, held open by socat for a while
@@ -706,8 +556,8 @@ TEST_F(AppsLab, ServersExitZeroOnSigterm) {
     }
     std::this_thread::sleep_for(500ms);
     auto t0 = std::chrono::steady_clock::now();
-    EXPECT_EQ(stop(&p), 0) << slurp(p.log);
-    EXPECT_EQ(stop(&h), 0) << slurp(h.log);
+    EXPECT_EQ(stop_server(&p), 0) << slurp(p.log);
+    EXPECT_EQ(stop_server(&h), 0) << slurp(h.log);
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 8s);
     EXPECT_NE(slurp(h.log).find("stopping"), std::string::npos);
     EXPECT_NE(slurp(p.log).find("stopping"), std::string::npos);

@@ -31,7 +31,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -40,6 +39,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "support/lab_fixture.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -47,67 +48,12 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-const std::string kBin = VPIPE_BIN_DIR;
-const std::string kLab = kBin + "/vpipe-lab";
-const std::string kCtl = kBin + "/vpipectl";
+using namespace vpipe::labtest;
+
 const std::string kResults = std::string(VPIPE_SOURCE_DIR) + "/bench/results";
 constexpr int kLinkMbit = 400;
-constexpr uint64_t kMiB = 1024 * 1024;
 constexpr int kPort = 8083;
 constexpr auto kSample = 250ms;
-
-struct Res {
-    int status = -1;
-    std::string out;
-};
-
-// Runs argv (no shell); stdout+stderr captured.
-Res run(const std::vector<std::string>& argv) {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0) return {};
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        int devnull = open("/dev/null", O_RDONLY);
-        dup2(devnull, 0);
-        std::vector<char*> a;
-        for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-        a.push_back(nullptr);
-        execvp(a[0], a.data());
-        _exit(127);
-    }
-    close(p[1]);
-    Res r;
-    char buf[65536];
-    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) r.out.append(buf, static_cast<size_t>(n));
-    close(p[0]);
-    int ws = 0;
-    waitpid(pid, &ws, 0);
-    r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-    return r;
-}
-
-Res lab(std::vector<std::string> args) {
-    args.insert(args.begin(), kLab);
-    return run(args);
-}
-
-bool lab_busy() {
-    if (lab({"info"}).status == 0) return true;
-    std::error_code ec;
-    if (fs::exists("/run/vpipe-lab", ec)) return true;
-    for (const auto& e : fs::directory_iterator("/run/netns", ec))
-        if (e.path().filename().string().rfind("vpl-", 0) == 0) return true;
-    return false;
-}
-
-std::string slurp(const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 // Fetches http://10.199.0.1N:kPort/NAME from up to 3 servers at once, from the lab's client
 // network namespace (this thread only: setns is per thread), counting received bytes.
@@ -281,137 +227,29 @@ void expect_shares(const std::string& what, const std::array<double, 3>& got, co
 
 }  // namespace
 
-class FairnessLab : public ::testing::Test {
+class FairnessLab : public LabFixture {
 protected:
-    static inline std::string skip_, setup_err_, tmp_;
-    static inline bool owns_lab_ = false;
-    static inline std::string root_[3];
-    static inline pid_t servers_[3] = {-1, -1, -1};
-
     static void SetUpTestSuite() {
-        if (geteuid() != 0) {
-            skip_ = "needs root (the lab uses namespaces, loop devices, mounts and cgroups)";
+        if (!bring_up({.up = {"--vms", "3", "--weights", "1,1,2", "--link-mbit", std::to_string(kLinkMbit), "--disks",
+                              "1", "--disk-mib", "768"},
+                       .binaries = {"vpipectl", "vpipe-httpd"},
+                       .name = "fairness"}))
             return;
-        }
-        for (const auto& b : {kLab, kCtl, kBin + "/vpipe-httpd", kBin + "/vpiped", kBin + "/vpipe-guestd"})
-            if (access(b.c_str(), X_OK) != 0) {
-                skip_ = b + " is not built";
-                return;
-            }
-        auto deadline = Clock::now() + 10min;
-        for (;;) {
-            if (!lab_busy()) {
-                auto up = lab({"up", "--vms", "3", "--weights", "1,1,2", "--link-mbit", std::to_string(kLinkMbit),
-                               "--disks", "1", "--disk-mib", "768"});
-                if (up.status == 0) {
-                    owns_lab_ = true;
-                    break;
-                }
-                if (up.out.find("already up") == std::string::npos) {
-                    setup_err_ = "vpipe-lab up failed (" + std::to_string(up.status) + "): " + up.out;
-                    return;
-                }
-            }
-            if (Clock::now() >= deadline) {
-                skip_ = "a lab is up (someone else's) and stayed up for 10 minutes; not touching it";
-                return;
-            }
-            std::fprintf(stderr, "[ lab busy ] another lab is up; retrying in 10 s\n");
-            std::this_thread::sleep_for(10s);
-        }
-        auto r = lab({"info", "--json"});
-        json info = json::parse(r.out, nullptr, false);
-        if (r.status != 0 || info.is_discarded()) {
-            setup_err_ = "vpipe-lab info --json failed: " + r.out;
-            return;
-        }
-        for (int i = 0; i < 3; ++i) root_[i] = info["vms"][i]["disks"][0]["mount"].get<std::string>();
-        char tmpl[] = "/tmp/vpipe-fairness-XXXXXX";
-        if (!mkdtemp(tmpl)) {
-            setup_err_ = "mkdtemp failed";
-            return;
-        }
-        tmp_ = tmpl;
         // the files (not sparse, not in the page cache: the agent's cache rule would serve
         // cached data in the guest instead of offloading it)
         const uint64_t sizes[3] = {512 * kMiB, 512 * kMiB, 128 * kMiB};
-        std::vector<uint64_t> block(kMiB / 8);
-        std::mt19937_64 rng(42);
-        for (auto& w : block) w = rng();
         for (int i = 0; i < 3; ++i) {
-            const std::string path = root_[i] + "/big";
-            int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-            if (fd < 0) {
-                setup_err_ = "cannot create " + path;
-                return;
-            }
-            for (uint64_t done = 0; done < sizes[i]; done += kMiB) {
-                block[0] = done + static_cast<uint64_t>(i);
-                if (write(fd, block.data(), kMiB) != static_cast<ssize_t>(kMiB)) {
-                    setup_err_ = "cannot write " + path;
-                    close(fd);
-                    return;
-                }
-            }
-            fsync(fd);
-            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-            close(fd);
+            error_ = write_pattern_file(mount(i + 1) + "/big", 42 + i, sizes[i], /*drop_cache=*/true);
+            if (!error_.empty()) return;
         }
         for (int i = 0; i < 3; ++i) {
-            const std::string log = tmp_ + "/httpd-vm" + std::to_string(i + 1) + ".log";
-            pid_t pid = fork();
-            if (pid == 0) {
-                int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
-                dup2(fd, 1);
-                dup2(fd, 2);
-                std::vector<std::string> argv{kLab, "exec", "vm" + std::to_string(i + 1), "--", kBin + "/vpipe-httpd",
-                                              "--mode", "vpipe", "--port", std::to_string(kPort), "--root", root_[i],
-                                              "--no-fallback"};
-                std::vector<char*> a;
-                for (const auto& x : argv) a.push_back(const_cast<char*>(x.c_str()));
-                a.push_back(nullptr);
-                execv(a[0], a.data());
-                _exit(127);
-            }
-            servers_[i] = pid;
-            bool up = false;
-            for (int k = 0; k < 100 && !up; ++k) {
-                up = slurp(log).find("listening on") != std::string::npos;
-                if (!up) std::this_thread::sleep_for(100ms);
-            }
-            if (!up) {
-                setup_err_ = "vpipe-httpd in vm" + std::to_string(i + 1) + " did not start: " + slurp(log);
-                return;
-            }
+            const std::string vm = "vm" + std::to_string(i + 1);
+            start_server("httpd-" + vm, vm,
+                         {kHttpd, "--mode", "vpipe", "--port", std::to_string(kPort), "--root", mount(i + 1),
+                          "--no-fallback"},
+                         &error_);
+            if (!error_.empty()) return;
         }
-    }
-
-    static void TearDownTestSuite() {
-        for (pid_t& pid : servers_) {
-            if (pid <= 0) continue;
-            kill(pid, SIGTERM);
-            int ws = 0;
-            for (int i = 0; i < 50 && waitpid(pid, &ws, WNOHANG) != pid; ++i) std::this_thread::sleep_for(100ms);
-            if (waitpid(pid, &ws, WNOHANG) == 0) {
-                kill(pid, SIGKILL);
-                waitpid(pid, &ws, 0);
-            }
-            pid = -1;
-        }
-        if (owns_lab_) {
-            auto r = lab({"down"});
-            if (r.status != 0) std::fprintf(stderr, "vpipe-lab down failed: %s\n", r.out.c_str());
-            owns_lab_ = false;
-        }
-        if (!tmp_.empty()) {
-            std::error_code ec;
-            fs::remove_all(tmp_, ec);
-        }
-    }
-
-    void SetUp() override {
-        if (!skip_.empty()) GTEST_SKIP() << skip_;
-        ASSERT_TRUE(setup_err_.empty()) << setup_err_;
     }
 
     static Res ctl(std::vector<std::string> args) {
@@ -420,7 +258,7 @@ protected:
     }
     static void set_weight(const std::string& vm, int w) {
         auto r = ctl({"set-weight", vm, std::to_string(w)});
-        EXPECT_EQ(r.status, 0) << r.out;
+        EXPECT_EQ(r.status, 0) << r.all();
     }
 };
 
@@ -512,7 +350,7 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
 
     // the engine's view agrees
     auto st = ctl({"stats", "--json"});
-    ASSERT_EQ(st.status, 0) << st.out;
+    ASSERT_EQ(st.status, 0) << st.all();
     json j = json::parse(st.out, nullptr, false);
     ASSERT_FALSE(j.is_discarded()) << st.out;
     EXPECT_EQ(j["fairness"]["total_rate_source"], "config");
@@ -520,7 +358,7 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
     EXPECT_EQ(j["vms"][2]["credits"]["weight"], 2);
     EXPECT_GT(j["vms"][0]["credits"]["charged"].get<uint64_t>(), 0u);
 
-    if (run({"bash", "-c", "command -v gnuplot"}).status == 0) {
+    if (have_tool("gnuplot")) {
         const std::string gp = "set terminal pngcairo size 900,500; set output '" + kResults +
                                "/fairness.png'; set datafile separator ','; set key top right; "
                                "set title 'Sharing dom0: 3 VMs file->socket (vPipe), weights 1:1:2, " +
@@ -530,6 +368,6 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
                                "'' every ::1 using 1:3 with lines title 'vm2 (w 1)', "
                                "'' every ::1 using 1:4 with lines title 'vm3 (w 2)'";
         auto g = run({"gnuplot", "-e", gp});
-        EXPECT_EQ(g.status, 0) << g.out;
+        EXPECT_EQ(g.status, 0) << g.all();
     }
 }

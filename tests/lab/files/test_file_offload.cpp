@@ -14,7 +14,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,28 +23,11 @@
 
 #include <vpipe/vpipe.h>
 
+#include "support/lab_fixture.h"
+
 namespace {
 
-const std::string kBin = VPIPE_BIN_DIR;
-
-// Runs a command, returns its exit status and stdout.
-int run(const std::string& cmd, std::string* out = nullptr) {
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) return -1;
-    std::string buf;
-    char chunk[4096];
-    size_t n;
-    while ((n = std::fread(chunk, 1, sizeof(chunk), p)) > 0) buf.append(chunk, n);
-    int st = ::pclose(p);
-    if (out) *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-nlohmann::json lab_info() {
-    std::string out;
-    if (run(kBin + "/vpipe-lab info --json 2>/dev/null", &out) != 0) return {};
-    return nlohmann::json::parse(out);
-}
+using namespace vpipe::labtest;
 
 uint64_t agent_io(pid_t pid, const char* key) {
     FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/io").c_str(), "r");
@@ -55,15 +37,6 @@ uint64_t agent_io(pid_t pid, const char* key) {
         if (std::string(k) == std::string(key) + ":") found = v;
     if (f) std::fclose(f);
     return found;
-}
-
-void fill_random(std::vector<char>* buf, uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    for (size_t i = 0; i + 8 <= buf->size(); i += 8) {
-        uint64_t v = rng();
-        std::memcpy(buf->data() + i, &v, 8);
-    }
-    for (size_t i = buf->size() & ~size_t{7}; i < buf->size(); ++i) (*buf)[i] = static_cast<char>(rng());
 }
 
 void write_file(const std::string& path, const std::vector<char>& data) {
@@ -101,49 +74,24 @@ ssize_t offload(int in, int out, off_t in_off, size_t len, off_t out_off) {
     return n;
 }
 
-class FileOffload : public ::testing::Test {
+class FileOffload : public LabFixture {
 protected:
     static void SetUpTestSuite() {
-        if (::geteuid() != 0) return;
-        // One lab per host: wait for another user's lab to go away rather than tear it down.
-        for (int i = 0; i < 60 && !lab_info().is_null(); ++i)
-            std::this_thread::sleep_for(std::chrono::seconds(10));
-        std::string out;
-        int st = run(kBin + "/vpipe-lab up --vms 1 --disks 2 --disk-mib 1024 2>&1", &out);
-        ASSERT_EQ(st, 0) << out;
-        brought_up_ = true;
-        info_ = lab_info();
+        if (!bring_up({.up = {"--vms", "1", "--disks", "2", "--disk-mib", "1024"},
+                       .binaries = {"vpipectl", "cp-vpipe"},
+                       .name = "files"}))
+            return;
         ::setenv("VPIPE_AGENT_SOCKET", info_["vms"][0]["agent_socket"].get<std::string>().c_str(), 1);
         vpipe_set_fallback(1);
         // these tests are about the offload itself, at every size: no threshold
         vpipe_set_min_offload(0);
     }
-    static void TearDownTestSuite() {
-        if (brought_up_) {
-            std::string out;
-            EXPECT_EQ(run(kBin + "/vpipe-lab down 2>&1", &out), 0) << out;
-        }
-        brought_up_ = false;
-    }
-    void SetUp() override {
-        if (::geteuid() != 0) GTEST_SKIP() << "the lab needs root";
-        ASSERT_TRUE(brought_up_);
-    }
-    static std::string disk(int k) {
-        return info_["vms"][0]["disks"][k]["mount"].get<std::string>();
-    }
-    static nlohmann::json engine_vm() {
-        std::string out;
-        run(kBin + "/vpipectl --control " + info_["engine"]["control_socket"].get<std::string>() +
-                " stats --json",
-            &out);
-        return nlohmann::json::parse(out)["vms"][0];
-    }
+    static std::string disk(int k) { return mount(1, k); }
+    static nlohmann::json engine_vm() { return engine_stats()["vms"][0]; }
 
     // Copies a whole new file of `size` random bytes and checks it.
     void copy_new_file(uint64_t size, const std::string& src_dir, const std::string& dst_dir) {
-        std::vector<char> data(size);
-        fill_random(&data, size + 1);
+        const std::vector<char> data = pattern(size + 1, size);
         const std::string src = src_dir + "/src-" + std::to_string(size);
         const std::string dst = dst_dir + "/dst-" + std::to_string(size);
         write_file(src, data);
@@ -158,9 +106,6 @@ protected:
         EXPECT_EQ(static_cast<uint64_t>(st.st_size), size);
         EXPECT_TRUE(read_file(dst) == data) << "content differs for size " << size;
     }
-
-    static inline nlohmann::json info_;
-    static inline bool brought_up_ = false;
 };
 
 }  // namespace
@@ -180,11 +125,11 @@ TEST_F(FileOffload, JustWrittenQuarterGigabyteWithCpVpipe) {
     const pid_t agent = info_["vms"][0]["agent_pid"].get<pid_t>();
     const uint64_t agent_r0 = agent_io(agent, "rchar"), agent_w0 = agent_io(agent, "wchar");
     const uint64_t engine_read0 = engine_vm()["disks"][0]["bytes_read"].get<uint64_t>();
-    std::string out;
-    int st = run(kBin + "/vpipe-lab exec vm1 -- sh -c 'head -c 268435456 /dev/urandom > " + src +
-                     " && " + kBin + "/cp-vpipe --stats " + src + " " + dst + "' 2>&1",
-                 &out);
-    ASSERT_EQ(st, 0) << out;
+    const Res cp = lab({"exec", "vm1", "--", "sh", "-c",
+                        "head -c 268435456 /dev/urandom > " + src + " && " + kBin + "/cp-vpipe --stats " + src + " " + dst},
+                       {.merge_stderr = true});
+    const std::string& out = cp.out;
+    ASSERT_EQ(cp.status, 0) << out;
     unsigned long long copied = 0, offloaded = 0, requests = 0, guest = 0, zero = 0, rchar = 0, wchar = 0;
     const char* stats = std::strstr(out.c_str(), "copied ");
     ASSERT_NE(stats, nullptr) << out;
@@ -203,7 +148,7 @@ TEST_F(FileOffload, JustWrittenQuarterGigabyteWithCpVpipe) {
     EXPECT_LT(agent_io(agent, "rchar") - agent_r0, 1ull << 20);
     EXPECT_LE(agent_io(agent, "wchar") - agent_w0, zero + (1ull << 20));
     EXPECT_GE(engine_vm()["disks"][0]["bytes_read"].get<uint64_t>() - engine_read0, 256ull << 20);
-    EXPECT_EQ(run("cmp -s " + src + " " + dst), 0) << "copy differs";
+    EXPECT_EQ(run({"cmp", "-s", src, dst}).status, 0) << "copy differs";
     ::unlink(src.c_str());
     ::unlink(dst.c_str());
 }
@@ -214,7 +159,7 @@ TEST_F(FileOffload, SparseFileKeepsItsHolesAsZeros) {
     ASSERT_GE(fd, 0);
     ASSERT_EQ(::ftruncate(fd, 16 << 20), 0);
     std::vector<char> chunk(100000);
-    fill_random(&chunk, 7);
+    fill_pattern(7, 0, chunk.data(), chunk.size());
     for (off_t at : {off_t{0}, off_t{5 << 20}, off_t{(16 << 20) - 100000}})
         ASSERT_EQ(::pwrite(fd, chunk.data(), chunk.size(), at), static_cast<ssize_t>(chunk.size()));
     int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -243,7 +188,7 @@ TEST_F(FileOffload, FragmentedFileWithHundredsOfExtents) {
     int a = ::open(src.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int b = ::open(other.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     std::vector<char> data(300 * 4096);
-    fill_random(&data, 11);
+    fill_pattern(11, 0, data.data(), data.size());
     for (int i = 0; i < 300; ++i) {
         ASSERT_EQ(::write(a, data.data() + i * 4096, 4096), 4096);
         ASSERT_EQ(::fsync(a), 0);
@@ -270,8 +215,8 @@ TEST_F(FileOffload, FragmentedFileWithHundredsOfExtents) {
 TEST_F(FileOffload, UnalignedOffsetsAndLengthsIntoTheMiddleOfAFile) {
     const std::string src = disk(0) + "/ua.src", dst = disk(0) + "/ua.dst";
     std::vector<char> s(8 << 20), d(6 << 20);
-    fill_random(&s, 21);
-    fill_random(&d, 22);
+    fill_pattern(21, 0, s.data(), s.size());
+    fill_pattern(22, 0, d.data(), d.size());
     write_file(src, s);
     write_file(dst, d);
     const off_t in_off = 12345, out_off = 999;
@@ -287,8 +232,8 @@ TEST_F(FileOffload, UnalignedOffsetsAndLengthsIntoTheMiddleOfAFile) {
 TEST_F(FileOffload, AppendKeepsTheOldTail) {
     const std::string src = disk(0) + "/ap.src", dst = disk(0) + "/ap.dst";
     std::vector<char> s(2 << 20), d(5000);
-    fill_random(&s, 31);
-    fill_random(&d, 32);
+    fill_pattern(31, 0, s.data(), s.size());
+    fill_pattern(32, 0, d.data(), d.size());
     write_file(src, s);
     write_file(dst, d);
     int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY);
@@ -305,7 +250,7 @@ TEST_F(FileOffload, AppendKeepsTheOldTail) {
 TEST_F(FileOffload, LengthPastEndOfFileIsAShortCount) {
     const std::string src = disk(0) + "/short.src", dst = disk(0) + "/short.dst";
     std::vector<char> s(1 << 20);
-    fill_random(&s, 41);
+    fill_pattern(41, 0, s.data(), s.size());
     write_file(src, s);
     int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     EXPECT_EQ(offload(in, out, 512 << 10, 10 << 20, 0), 512 << 10);
@@ -341,7 +286,7 @@ TEST_F(FileOffload, WrongDescriptorsAreClearErrors) {
 TEST_F(FileOffload, FileOffTheVmDisksFallsBackVisiblyOrFails) {
     const std::string src = "/var/tmp/vpipe-fallback-src", dst = disk(0) + "/fb.dst";
     std::vector<char> s(100000);
-    fill_random(&s, 51);
+    fill_pattern(51, 0, s.data(), s.size());
     write_file(src, s);
     int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     vpipe_stats before{}, after{};

@@ -19,75 +19,25 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "support/lab_fixture.h"
+
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+namespace lt = vpipe::labtest;
+using lt::kLab, lt::Res, lt::lab_netns, lt::slurp;
 
-const std::string kLab = std::string(VPIPE_BIN_DIR) + "/vpipe-lab";
-const std::string kRun = "/run/vpipe-lab";
+const std::string kRun = lt::kLabRun;
 
-struct Res {
-    int status = -1;
-    std::string out;
-};
-
-// Runs argv (no shell), stdout+stderr captured; `env` entries are added; `uid` >= 0 drops privileges.
+// Every command here has stdout and stderr captured together (messages are looked for in either).
+// Runs argv (no shell); `env` entries are added; `uid` >= 0 drops privileges.
 Res run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}, int uid = -1) {
-    int pfd[2];
-    if (pipe(pfd) != 0) return {};
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(pfd[1], 1);
-        dup2(pfd[1], 2);
-        close(pfd[0]);
-        close(pfd[1]);
-        int devnull = open("/dev/null", O_RDONLY);
-        dup2(devnull, 0);
-        for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
-        if (uid >= 0 && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(99);
-        std::vector<char*> a;
-        for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-        a.push_back(nullptr);
-        execvp(a[0], a.data());
-        _exit(127);
-    }
-    close(pfd[1]);
-    Res r;
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(pfd[0], buf, sizeof buf)) > 0) r.out.append(buf, static_cast<size_t>(n));
-    close(pfd[0]);
-    int ws = 0;
-    waitpid(pid, &ws, 0);
-    r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-    return r;
+    return lt::run(argv, {.env = env, .uid = uid, .merge_stderr = true});
 }
 
 Res lab(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
-    args.insert(args.begin(), kLab);
-    return run(args, env);
-}
-
-std::string slurp(const std::string& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-bool have(const std::string& tool) {
-    for (const char* d : {"/usr/sbin", "/usr/bin", "/sbin", "/bin"})
-        if (access((std::string(d) + "/" + tool).c_str(), X_OK) == 0) return true;
-    return false;
-}
-
-std::vector<std::string> lab_netns() {
-    std::vector<std::string> out;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator("/run/netns", ec))
-        if (e.path().filename().string().rfind("vpl-", 0) == 0) out.push_back(e.path().filename().string());
-    return out;
+    return lt::lab(std::move(args), {.env = env, .merge_stderr = true});
 }
 
 std::vector<std::string> lab_mounts() {
@@ -166,9 +116,9 @@ void expect_clean(const std::string& image_dir) {
 class Lab : public ::testing::Test {
 protected:
     void SetUp() override {
-        if (geteuid() != 0) GTEST_SKIP() << "needs root (namespaces, loop devices, mounts, cgroups)";
-        if (access(kLab.c_str(), X_OK) != 0) GTEST_SKIP() << kLab << " not built";
-        if (fs::exists(kRun) || !lab_netns().empty())
+        const std::string skip = lt::lab_skip_reason();
+        if (!skip.empty()) GTEST_SKIP() << skip;
+        if (lt::lab_present())
             GTEST_SKIP() << "a lab is already up on this host (someone else's?); not touching it. "
                             "Run `vpipe-lab down` if it is a leftover.";
         owns_lab_ = true;
@@ -290,7 +240,7 @@ TEST_F(Lab, UpInfoExecDown) {
 }
 
 TEST_F(Lab, NetworkAcrossTheBridge) {
-    if (!have("ping")) GTEST_SKIP() << "ping (iputils-ping) is not installed";
+    if (!lt::have_tool("ping")) GTEST_SKIP() << "ping (iputils-ping) is not installed";
     auto up = lab({"up", "--vms", "2", "--disks", "1", "--disk-mib", "64", "--no-daemons", "--image-dir", tmp_});
     ASSERT_EQ(up.status, 0) << up.out;
     auto a = lab({"exec", "vm1", "--", "ping", "-c1", "-W2", "10.199.0.1"});

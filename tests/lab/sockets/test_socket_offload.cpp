@@ -35,36 +35,15 @@
 #include <nlohmann/json.hpp>
 #include <vpipe/vpipe.h>
 
+#include "support/lab_fixture.h"
+
 namespace {
 
+using namespace vpipe::labtest;
 using Clock = std::chrono::steady_clock;
-const std::string kBin = VPIPE_BIN_DIR;
-const char* kClientIp = "10.199.0.1";
-const char* kVm1Ip = "10.199.0.11";
 std::string g_self;  // /proc/self/exe at start
 
-// ---- the byte stream: byte i of stream `seed` -----------------------------------------------
-
-uint64_t mix(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-void fill(uint64_t seed, uint64_t pos, uint8_t* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-        uint64_t at = pos + i;
-        p[i] = static_cast<uint8_t>(mix(seed * 1000003ull + at / 8) >> ((at % 8) * 8));
-    }
-}
-// index of the first mismatch, or -1
-long long check(uint64_t seed, uint64_t pos, const uint8_t* p, size_t n) {
-    std::vector<uint8_t> want(n);
-    fill(seed, pos, want.data(), n);
-    for (size_t i = 0; i < n; ++i)
-        if (p[i] != want[i]) return static_cast<long long>(i);
-    return -1;
-}
+// the byte streams: fill_pattern / check_pattern (support/lab_fixture.h)
 
 std::map<std::string, std::string> kv(int argc, char** argv, int from) {
     std::map<std::string, std::string> m;
@@ -80,27 +59,27 @@ uint64_t num(const std::map<std::string, std::string>& m, const std::string& k, 
     return it == m.end() ? d : std::stoull(it->second);
 }
 
-int listen_on(const char* ip, int port) {
+int listen_on(const std::string& ip, int port) {
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));
-    inet_pton(AF_INET, ip, &a.sin_addr);
+    inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
     if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0 || listen(s, 16) < 0) {
         perror("listen");
         exit(3);
     }
     return s;
 }
-int connect_to(const char* ip, int port) {
+int connect_to(const std::string& ip, int port) {
     for (int i = 0; i < 200; ++i) {
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in a{};
         a.sin_family = AF_INET;
         a.sin_port = htons(static_cast<uint16_t>(port));
-        inet_pton(AF_INET, ip, &a.sin_addr);
+        inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
         if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) return s;
         close(s);
         usleep(20000);
@@ -134,7 +113,7 @@ long long recv_check(int fd, uint64_t seed, uint64_t pos, uint64_t n) {
     while (got < n) {
         ssize_t r = recv(fd, buf.data(), std::min<uint64_t>(buf.size(), n - got), 0);
         if (r <= 0) return -2;
-        long long bad = check(seed, pos + got, buf.data(), static_cast<size_t>(r));
+        long long bad = check_pattern(seed, pos + got, buf.data(), static_cast<size_t>(r));
         if (bad >= 0) return static_cast<long long>(got) + bad;
         got += static_cast<uint64_t>(r);
     }
@@ -144,7 +123,7 @@ bool send_stream(int fd, uint64_t seed, uint64_t pos, uint64_t n) {
     std::vector<uint8_t> buf(1 << 20);
     for (uint64_t done = 0; done < n;) {
         size_t k = static_cast<size_t>(std::min<uint64_t>(buf.size(), n - done));
-        fill(seed, pos + done, buf.data(), k);
+        fill_pattern(seed, pos + done, buf.data(), k);
         if (!write_all(fd, buf.data(), k)) return false;
         done += k;
     }
@@ -309,7 +288,7 @@ int vm_errors(const std::map<std::string, std::string>& a) {
     sockaddr_in d{};
     d.sin_family = AF_INET;
     d.sin_port = htons(9);
-    inet_pton(AF_INET, kClientIp, &d.sin_addr);
+    inet_pton(AF_INET, kClientIp.c_str(), &d.sin_addr);
     bool uok = sendto(u, "x", 1, 0, reinterpret_cast<sockaddr*>(&d), sizeof(d)) == 1;
     // unix
     int sp[2];
@@ -326,7 +305,7 @@ int vm_errors(const std::map<std::string, std::string>& a) {
     sockaddr_in la{};
     la.sin_family = AF_INET;
     la.sin_port = htons(7777);
-    inet_pton(AF_INET, kVm1Ip, &la.sin_addr);
+    inet_pton(AF_INET, kVm1Ip.c_str(), &la.sin_addr);
     bool tok = connect(t, reinterpret_cast<sockaddr*>(&la), sizeof(la)) == 0;
     int acc = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
     bool lok = acc >= 0 && write(t, "z", 1) == 1 && read(acc, &c, 1) == 1 && c == 'z';
@@ -470,7 +449,7 @@ int client_stall(const std::map<std::string, std::string>& a) {
     for (;;) {
         ssize_t r = recv(s, buf.data(), buf.size(), 0);
         if (r <= 0) break;
-        long long e = check(num(a, "seed"), got, buf.data(), static_cast<size_t>(r));
+        long long e = check_pattern(num(a, "seed"), got, buf.data(), static_cast<size_t>(r));
         if (e >= 0 && bad < 0) bad = static_cast<long long>(got) + e;
         got += static_cast<uint64_t>(r);
     }
@@ -500,78 +479,14 @@ int helper_main(int argc, char** argv) {
 
 // ---- the test process -------------------------------------------------------------------------
 
-int sh(const std::string& cmd, std::string* out = nullptr) {
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    if (!p) return -1;
-    char buf[4096];
-    size_t n;
-    std::string o;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) o.append(buf, n);
-    int st = pclose(p);
-    if (out) *out = o;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-// A helper process with its stdout readable line by line.
-struct Proc {
-    pid_t pid = -1;
-    FILE* out = nullptr;
-    std::string all;
-    Proc(const std::string& where, const std::string& mode, const std::vector<std::string>& args) {
-        int p[2];
-        if (pipe(p) != 0) return;
-        pid = fork();
-        if (pid == 0) {
-            dup2(p[1], 1);
-            close(p[0]);
-            close(p[1]);
-            std::vector<std::string> av{kBin + "/vpipe-lab"};
-            if (where == "client") {
-                av.push_back("client");
-            } else {
-                av.push_back("exec");
-                av.push_back(where);
-            }
-            av.push_back("--");
-            av.push_back(g_self);
-            av.push_back("--helper");
-            av.push_back(mode);
-            av.insert(av.end(), args.begin(), args.end());
-            std::vector<char*> c;
-            for (auto& s : av) c.push_back(const_cast<char*>(s.c_str()));
-            c.push_back(nullptr);
-            execv(c[0], c.data());
-            _exit(127);
-        }
-        close(p[1]);
-        out = fdopen(p[0], "r");
-    }
-    // next line starting with `prefix` (or "" at EOF)
-    std::string line(const std::string& prefix) {
-        char buf[4096];
-        while (out && fgets(buf, sizeof(buf), out)) {
-            std::string l = buf;
-            all += l;
-            if (!l.empty() && l.back() == '\n') l.pop_back();
-            if (l.rfind(prefix, 0) == 0) return l;
-        }
-        return "";
-    }
-    int wait() {
-        if (out) {
-            char buf[4096];
-            while (fgets(buf, sizeof(buf), out)) all += buf;
-            fclose(out);
-            out = nullptr;
-        }
-        int st = 0;
-        if (pid > 0) waitpid(pid, &st, 0);
-        pid = -1;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    }
-    ~Proc() {
-        if (pid > 0) kill(pid, SIGKILL);
-        wait();
+// A helper process (this binary, --helper <mode> args) on a lab host ("client" or a VM).
+struct Proc : LabProc {
+    Proc(const std::string& where, const std::string& mode, const std::vector<std::string>& args)
+        : LabProc(where, helper_argv(mode, args)) {}
+    static std::vector<std::string> helper_argv(const std::string& mode, const std::vector<std::string>& args) {
+        std::vector<std::string> av{g_self, "--helper", mode};
+        av.insert(av.end(), args.begin(), args.end());
+        return av;
     }
 };
 
@@ -585,89 +500,22 @@ std::map<std::string, std::string> fields(const std::string& line) {
     return m;
 }
 
-class Sockets : public ::testing::Test {
+class Sockets : public LabFixture {
 protected:
     static void SetUpTestSuite() {
-        skip_ = "";
-        if (geteuid() != 0) {
-            skip_ = "needs root (the lab: namespaces, loop devices, nftables, TCP_REPAIR)";
+        if (!bring_up({.up = {"--vms", "2", "--disk-mib", "1024"}, .binaries = {"vpipectl"}, .name = "sockets"}))
             return;
-        }
-        std::string out;
-        // One lab per host: wait for another user's lab to go away rather than tear it down.
-        for (int i = 0; i < 60 && sh(kBin + "/vpipe-lab info >/dev/null") == 0; ++i) sleep(10);
-        if (sh(kBin + "/vpipe-lab info >/dev/null") == 0) {
-            skip_ = "another lab stayed up for 10 minutes";
-            return;
-        }
-        if (sh(kBin + "/vpipe-lab up --vms 2 --disk-mib 1024", &out) != 0) {
-            sh(kBin + "/vpipe-lab down");
-            skip_ = "vpipe-lab up failed: " + out;
-            return;
-        }
-        owns_ = true;
-        sh(kBin + "/vpipe-lab info --json", &out);
-        info_ = nlohmann::json::parse(out, nullptr, false);
-        disk_ = info_["vms"][0]["disks"][0]["mount"].get<std::string>();
-        control_ = info_["engine"]["control_socket"].get<std::string>();
+        disk_ = mount(1);
         // the files the VM serves
         for (auto [name, size] : std::vector<std::pair<std::string, uint64_t>>{
                  {"f0", 0}, {"f1", 1}, {"f1m", (1u << 20) + 1}, {"f64m", 64u << 20}, {"f4k", 4096}}) {
-            std::string p = disk_ + "/" + name;
-            FILE* f = fopen(p.c_str(), "w");
-            std::vector<uint8_t> buf(1 << 20);
-            for (uint64_t d = 0; d < size;) {
-                size_t k = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - d));
-                fill(kSeed, d, buf.data(), k);
-                fwrite(buf.data(), 1, k, f);
-                d += k;
-            }
-            fclose(f);
+            error_ = write_pattern_file(disk_ + "/" + name, kSeed, size);
+            if (!error_.empty()) return;
         }
-        sh("sync");
-    }
-    static void TearDownTestSuite() {
-        if (owns_) {
-            std::string out;
-            sh(kBin + "/vpipe-lab down", &out);
-            owns_ = false;
-        }
-    }
-    void SetUp() override {
-        if (!skip_.empty()) GTEST_SKIP() << skip_;
     }
     void TearDown() override {
-        if (!skip_.empty() || !owns_) return;
         // nothing of any flow may stay behind: no shadow socket, no steering, no guest block
-        nlohmann::json s = stats();
-        EXPECT_EQ(s.value("shadow_sockets", -1), 0) << s.dump();
-        EXPECT_EQ(s.value("steered_flows", -1), 0) << s.dump();
-        for (const auto& vm : s["vms"]) {
-            EXPECT_EQ(vm.value("shadow_sockets", -1), 0);
-            EXPECT_EQ(vm.value("steered_flows", -1), 0);
-        }
-        std::string rs;
-        sh(kBin + "/vpipe-lab dom0 -- nft -j list ruleset", &rs);
-        auto j = nlohmann::json::parse(rs, nullptr, false);
-        int elems = 0;
-        if (!j.is_discarded())
-            for (const auto& o : j["nftables"])
-                if (o.contains("set") || o.contains("map"))
-                    for (const auto& k : {"set", "map"})
-                        if (o.contains(k) && o[k].value("table", "") == "vpipe" && o[k].contains("elem"))
-                            elems += static_cast<int>(o[k]["elem"].size());
-        EXPECT_EQ(elems, 0) << rs;
-        std::string gs;
-        sh(kBin + "/vpipe-lab exec vm1 -- nft -j list table ip vpipe_guest", &gs);
-        // created on the first socket offload: either absent or without elements
-        EXPECT_TRUE(gs.find("\"flows4\"") != std::string::npos || gs.find("No such file") != std::string::npos) << gs;
-        EXPECT_EQ(gs.find("\"elem\""), std::string::npos) << gs;
-    }
-    nlohmann::json stats() {
-        std::string out;
-        sh(kBin + "/vpipectl --control " + control_ + " stats --json", &out);
-        auto j = nlohmann::json::parse(out, nullptr, false);
-        return j.is_discarded() ? nlohmann::json::object() : j;
+        if (ready()) expect_nothing_left_behind();
     }
     static int port() { return next_port_++; }
 
@@ -703,10 +551,58 @@ protected:
         return res;
     }
 
+    // socket -> file: the client sends `sent` bytes of stream `seed` (then FIN with `fin`), the VM
+    // receives up to `want` of them into `file` with vpipe_socket_to_file_fd (once `unread` bytes
+    // wait unread in its receive queue). Checks what moved, the replies both ways (after a FIN
+    // the VM reads EOF) and the bytes on disk; returns the VM's RESULT fields. Fatal failures:
+    // call it under ASSERT_NO_FATAL_FAILURE.
+    void socket_to_file(const std::string& file, uint64_t want, uint64_t sent, uint64_t seed,
+                        std::map<std::string, std::string>* res, uint64_t unread = 0, bool fin = false) {
+        int p = port();
+        std::vector<std::string> vargs{"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(want)};
+        if (unread) vargs.push_back("unread=" + std::to_string(unread));
+        Proc vm("vm1", "vm-recv-file", vargs);
+        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+        std::vector<std::string> cargs{"port=" + std::to_string(p), "seed=" + std::to_string(seed),
+                                       "len=" + std::to_string(sent)};
+        if (fin) cargs.push_back("fin=1");
+        Proc cl("client", "client-send", cargs);
+        *res = fields(vm.line("RESULT"));
+        EXPECT_EQ((*res)["moved"], std::to_string(sent)) << vm.all;
+        EXPECT_EQ(cl.line("RESULT"), "RESULT sent=1 reply=OK " + std::to_string(sent)) << cl.all;
+        EXPECT_EQ(vm.line("BYE"), fin ? "BYE EOF" : "BYE BYE") << vm.all;
+        cl.wait();
+        vm.wait();
+        (*res)["vm"] = vm.all;  // for the caller's messages
+        // byte-exact on disk
+        std::ifstream in(file, std::ios::binary);
+        std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        ASSERT_EQ(data.size(), sent);
+        EXPECT_EQ(check_pattern(seed, 0, data.data(), data.size()), -1) << "len " << sent;
+        unlink(file.c_str());
+    }
+
+    // socket -> socket: the client sends `len` bytes of stream kSeed to the VM, which relays them
+    // with vpipe_socket_to_socket_fd to the client's listener. Checks what moved and what
+    // arrived; returns the VM's RESULT fields and output as socket_to_file does (call it under
+    // ASSERT_NO_FATAL_FAILURE).
+    void socket_to_socket(uint64_t len, std::map<std::string, std::string>* res) {
+        int p = port(), to = port();
+        Proc vm("vm1", "vm-relay", {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
+        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+        Proc cl("client", "client-relay",
+                {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+                 "len=" + std::to_string(len)});
+        *res = fields(vm.line("RESULT"));
+        EXPECT_EQ((*res)["moved"], std::to_string(len)) << vm.all;
+        EXPECT_EQ(cl.line("RESULT"), "RESULT check=-1 back=OK") << cl.all << vm.all;
+        cl.wait();
+        vm.wait();
+        (*res)["vm"] = vm.all;  // for the caller's messages
+    }
+
     static constexpr uint64_t kSeed = 42;
-    static inline std::string skip_, disk_, control_;
-    static inline bool owns_ = false;
-    static inline nlohmann::json info_;
+    static inline std::string disk_;
     static inline int next_port_ = 20000;
 };
 
@@ -749,28 +645,12 @@ TEST_F(Sockets, FileToSocketLengthBeyondFileIsShort) {
 
 TEST_F(Sockets, SocketToFile) {
     for (uint64_t len : {uint64_t{1}, uint64_t{4096}, (uint64_t{1} << 20) + 1, uint64_t{64} << 20}) {
-        int p = port();
-        const std::string file = disk_ + "/in-" + std::to_string(len);
         // bytes already unread in the receive queue when the call comes: part of the stream
         const uint64_t unread = std::min<uint64_t>(len, 3000);
-        Proc vm("vm1", "vm-recv-file",
-                {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len),
-                 "unread=" + std::to_string(unread)});
-        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-        Proc cl("client", "client-send",
-                {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed + len), "len=" + std::to_string(len)});
-        auto res = fields(vm.line("RESULT"));
-        EXPECT_EQ(res["moved"], std::to_string(len)) << vm.all;
-        EXPECT_EQ(res["err"], "0") << vm.all;
-        EXPECT_EQ(cl.line("RESULT"), "RESULT sent=1 reply=OK " + std::to_string(len)) << cl.all;
-        EXPECT_EQ(vm.line("BYE"), "BYE BYE") << vm.all;
-        cl.wait();
-        vm.wait();
-        // byte-exact on disk
-        std::ifstream in(file, std::ios::binary);
-        std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        ASSERT_EQ(data.size(), len);
-        EXPECT_EQ(check(kSeed + len, 0, data.data(), data.size()), -1) << "len " << len;
+        std::map<std::string, std::string> res;
+        ASSERT_NO_FATAL_FAILURE(
+            socket_to_file(disk_ + "/in-" + std::to_string(len), len, len, kSeed + len, &res, unread));
+        EXPECT_EQ(res["err"], "0") << res["vm"];
         printf("[ info ] socket->file %llu B: offloaded %s in %s call(s)\n", static_cast<unsigned long long>(len),
                res["offloaded"].c_str(), res["calls"].c_str());
     }
@@ -778,18 +658,9 @@ TEST_F(Sockets, SocketToFile) {
 
 TEST_F(Sockets, SocketToSocketRelay) {
     for (uint64_t len : {uint64_t{1000}, uint64_t{8} << 20}) {
-        int p = port(), to = port();
-        Proc vm("vm1", "vm-relay", {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
-        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-        Proc cl("client", "client-relay",
-                {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
-                 "len=" + std::to_string(len)});
-        auto res = fields(vm.line("RESULT"));
-        EXPECT_EQ(res["moved"], std::to_string(len)) << vm.all;
-        EXPECT_EQ(res["err"], "0") << vm.all;
-        EXPECT_EQ(cl.line("RESULT"), "RESULT check=-1 back=OK") << cl.all << vm.all;
-        cl.wait();
-        vm.wait();
+        std::map<std::string, std::string> res;
+        ASSERT_NO_FATAL_FAILURE(socket_to_socket(len, &res));
+        EXPECT_EQ(res["err"], "0") << res["vm"];
         printf("[ info ] socket->socket %llu B: offloaded %s\n", static_cast<unsigned long long>(len),
                res["offloaded"].c_str());
     }
@@ -834,16 +705,7 @@ TEST_F(Sockets, PeerResetMidOperation) {
 TEST_F(Sockets, FileToSocketMultiChunkOneCall) {
     const uint64_t len = uint64_t{100} << 20;
     const std::string path = disk_ + "/f100m";
-    {
-        FILE* f = fopen(path.c_str(), "w");
-        std::vector<uint8_t> buf(1 << 20);
-        for (uint64_t d = 0; d < len; d += buf.size()) {
-            fill(kSeed, d, buf.data(), buf.size());
-            fwrite(buf.data(), 1, buf.size(), f);
-        }
-        fclose(f);
-        sh("sync");
-    }
+    ASSERT_EQ(write_pattern_file(path, kSeed, len), "");
     auto r = serve("f100m", "0:" + std::to_string(len) + ":" + std::to_string(len));
     ASSERT_EQ(r.size(), 1u);
     EXPECT_EQ(r[0]["moved"], std::to_string(len));
@@ -855,42 +717,17 @@ TEST_F(Sockets, FileToSocketMultiChunkOneCall) {
 
 TEST_F(Sockets, SocketToFileMultiChunkOneCall) {
     const uint64_t len = uint64_t{100} << 20;
-    int p = port();
-    const std::string file = disk_ + "/in-multi";
-    Proc vm("vm1", "vm-recv-file", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
-    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-    Proc cl("client", "client-send",
-            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed + 7), "len=" + std::to_string(len)});
-    auto res = fields(vm.line("RESULT"));
-    EXPECT_EQ(res["moved"], std::to_string(len)) << vm.all;
-    EXPECT_EQ(res["err"], "0") << vm.all;
-    EXPECT_EQ(res["calls"], "1") << vm.all;
-    EXPECT_EQ(cl.line("RESULT"), "RESULT sent=1 reply=OK " + std::to_string(len)) << cl.all;
-    EXPECT_EQ(vm.line("BYE"), "BYE BYE") << vm.all;
-    cl.wait();
-    vm.wait();
-    std::ifstream in(file, std::ios::binary);
-    std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    ASSERT_EQ(data.size(), len);
-    EXPECT_EQ(check(kSeed + 7, 0, data.data(), data.size()), -1);
-    unlink(file.c_str());
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/in-multi", len, len, kSeed + 7, &res));
+    EXPECT_EQ(res["err"], "0") << res["vm"];
+    EXPECT_EQ(res["calls"], "1") << res["vm"];
 }
 
 TEST_F(Sockets, SocketToSocketMultiChunkOneCall) {
-    const uint64_t len = uint64_t{100} << 20;
-    int p = port(), to = port();
-    Proc vm("vm1", "vm-relay", {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
-    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-    Proc cl("client", "client-relay",
-            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
-             "len=" + std::to_string(len)});
-    auto res = fields(vm.line("RESULT"));
-    EXPECT_EQ(res["moved"], std::to_string(len)) << vm.all;
-    EXPECT_EQ(res["err"], "0") << vm.all;
-    EXPECT_EQ(res["calls"], "1") << vm.all;
-    EXPECT_EQ(cl.line("RESULT"), "RESULT check=-1 back=OK") << cl.all << vm.all;
-    cl.wait();
-    vm.wait();
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_socket(uint64_t{100} << 20, &res));
+    EXPECT_EQ(res["err"], "0") << res["vm"];
+    EXPECT_EQ(res["calls"], "1") << res["vm"];
 }
 
 // The peer sends `sent` bytes and then FIN while the VM asks for `want` > sent: the call
@@ -899,26 +736,10 @@ TEST_F(Sockets, PeerFinMidOperation) {
     for (auto [sent, want] : std::vector<std::pair<uint64_t, uint64_t>>{{uint64_t{8} << 20, uint64_t{16} << 20},
                                                                         {uint64_t{70} << 20, uint64_t{128} << 20}}) {
         SCOPED_TRACE(sent);
-        int p = port();
-        const std::string file = disk_ + "/in-fin";
-        Proc vm("vm1", "vm-recv-file", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(want)});
-        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-        Proc cl("client", "client-send",
-                {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed + 9), "len=" + std::to_string(sent),
-                 "fin=1"});
-        auto res = fields(vm.line("RESULT"));
-        EXPECT_EQ(res["moved"], std::to_string(sent)) << vm.all;
-        EXPECT_EQ(res["err"], "0") << vm.all;
-        EXPECT_EQ(res["calls"], "2") << vm.all;  // the short count, then 0
-        EXPECT_EQ(cl.line("RESULT"), "RESULT sent=1 reply=OK " + std::to_string(sent)) << cl.all;
-        EXPECT_EQ(vm.line("BYE"), "BYE EOF") << vm.all;
-        cl.wait();
-        vm.wait();
-        std::ifstream in(file, std::ios::binary);
-        std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        ASSERT_EQ(data.size(), sent);
-        EXPECT_EQ(check(kSeed + 9, 0, data.data(), data.size()), -1);
-        unlink(file.c_str());
+        std::map<std::string, std::string> res;
+        ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/in-fin", want, sent, kSeed + 9, &res, 0, /*fin=*/true));
+        EXPECT_EQ(res["err"], "0") << res["vm"];
+        EXPECT_EQ(res["calls"], "2") << res["vm"];  // the short count, then 0
     }
 }
 
@@ -953,10 +774,9 @@ TEST_F(Sockets, HandoverLatencyAndThroughput) {
 class ClientNft {
 public:
     explicit ClientNft(const std::string& rules) {
-        const std::string t = "add table inet vpipe_test_net; " + rules;
-        ok_ = sh(kBin + "/vpipe-lab client -- nft '" + t + "'") == 0;
+        ok_ = lab({"client", "--", "nft", "add table inet vpipe_test_net; " + rules}).status == 0;
     }
-    ~ClientNft() { sh(kBin + "/vpipe-lab client -- nft delete table inet vpipe_test_net"); }
+    ~ClientNft() { lab({"client", "--", "nft", "delete table inet vpipe_test_net"}); }
     bool ok() const { return ok_; }
 
 private:
@@ -1019,41 +839,10 @@ TEST_F(Sockets, OnePercentLossDuringHandOvers) {
     ASSERT_EQ(r.size(), 100u);
     for (const auto& x : r) EXPECT_EQ(x.at("moved"), "65536");
     // socket -> file
-    {
-        const uint64_t len = 16 << 20;
-        int p = port();
-        const std::string file = disk_ + "/in-loss";
-        Proc vm("vm1", "vm-recv-file", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
-        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-        Proc cl("client", "client-send",
-                {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed + 77), "len=" + std::to_string(len)});
-        auto res = fields(vm.line("RESULT"));
-        EXPECT_EQ(res["moved"], std::to_string(len)) << vm.all;
-        EXPECT_EQ(cl.line("RESULT"), "RESULT sent=1 reply=OK " + std::to_string(len)) << cl.all;
-        EXPECT_EQ(vm.line("BYE"), "BYE BYE") << vm.all;
-        cl.wait();
-        vm.wait();
-        std::ifstream in(file, std::ios::binary);
-        std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        ASSERT_EQ(data.size(), len);
-        EXPECT_EQ(check(kSeed + 77, 0, data.data(), data.size()), -1);
-        unlink(file.c_str());
-    }
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/in-loss", 16 << 20, 16 << 20, kSeed + 77, &res));
     // socket -> socket
-    {
-        const uint64_t len = 8 << 20;
-        int p = port(), to = port();
-        Proc vm("vm1", "vm-relay", {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
-        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-        Proc cl("client", "client-relay",
-                {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
-                 "len=" + std::to_string(len)});
-        auto res = fields(vm.line("RESULT"));
-        EXPECT_EQ(res["moved"], std::to_string(len)) << vm.all;
-        EXPECT_EQ(cl.line("RESULT"), "RESULT check=-1 back=OK") << cl.all << vm.all;
-        cl.wait();
-        vm.wait();
-    }
+    ASSERT_NO_FATAL_FAILURE(socket_to_socket(8 << 20, &res));
 }
 
 class SocketsShortTimeout : public Sockets {
