@@ -7,7 +7,7 @@
 // All functions return 0 (or a non-negative value where stated) on success and a negative errno
 // on failure. They need CAP_NET_ADMIN in the socket's network namespace (TCP_REPAIR).
 //
-// Hand-over recipe (see DESIGN.md "Shadow sockets without kernel patches"):
+// Hand-over recipe (see docs/design.md, "Shadow sockets without kernel patches"):
 //   source:  [block the 4-tuple] freeze(fd) -> ship state+queues -> close_silently(fd)
 //            (or disconnect_silently(fd) to keep the descriptor number occupied)
 //   target:  restore(state, queues) -> [steer / unblock]

@@ -1,7 +1,7 @@
 // File ranges -> block extents on the VM's virtual disk (FIEMAP), and flushing a range so the
 // disk holds what the page cache holds.
 //
-// Contract with the caller (DESIGN.md, "Files: rules that keep data safe"):
+// Contract with the caller (docs/design.md, "Files: rules that keep data safe"):
 //   flush_range() first (dirty pages reach the disk, delayed allocation is resolved), hold the
 //   file (file_hold.h) so the mapping stays true, then map_file_range(). The mapping describes
 //   the file at the moment of the call; it is only as stable as the hold.

@@ -1,5 +1,6 @@
-// FileHold: keeps a file's contents and size still for the duration of an offload (DESIGN.md:
-// "Hold the inode against concurrent truncate/write for the duration").
+// FileHold: keeps a file's contents and size still for the duration of an offload
+// (docs/design.md, "Files: rules that keep data safe": hold the inode against concurrent
+// truncate/write for the duration).
 //
 // Mechanism: userspace has no i_rwsem, so the hold sets the inode's immutable flag
 // (FS_IOC_SETFLAGS FS_IMMUTABLE_FL, needs CAP_LINUX_IMMUTABLE). ext4/XFS then refuse write,
