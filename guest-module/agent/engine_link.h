@@ -1,6 +1,6 @@
 // The agent's transport to dom0 (the shm transport, vpipe/abi/shm.h): connects and reconnects
 // after an engine restart, and carries requests over the ring with the guest core's ring logic
-// (guest-module/core: front.c for slots and untrusted responses, link.c for the area's pages) --
+// (guest-module/core: ring.c for slots and untrusted responses, link.c for the area's pages) --
 // the same code the kernel module's Xen frontend runs. What is the agent's own: the memfd area,
 // eventfd kicks, a thread that reaps responses, and a mutex + condition variable for callers
 // waiting for pages, a ring slot or their answer.

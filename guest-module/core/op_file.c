@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0 OR MIT)
 /*
- * op_file.c -- file -> file (DESIGN: "Files: rules that keep data safe").
+ * op_file.c -- file -> file (docs/design.md: "Files: rules that keep data safe").
  *
  * The source is held (its blocks and size stay still), flushed (the disk holds what the page
  * cache holds) and mapped; the destination is held, its blocks made written before dom0 writes

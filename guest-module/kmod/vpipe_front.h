@@ -2,7 +2,7 @@
 /*
  * vpipe_front.h -- the guest end of the ring to the dom0 engine on Xen (docs/protocol.md §5).
  *
- * The ring logic is the guest core's (guest-module/core: front.c consumes responses without
+ * The ring logic is the guest core's (guest-module/core: ring.c consumes responses without
  * trusting them, link.c lays a request into the area), the same code the agent runs; this is
  * the Xen part around it: the xenbus handshake, the granted ring page, the event channel, and
  * the AREA -- vpipe_area_pages pages granted to the backend once per connection (persistent

@@ -6,8 +6,9 @@
  *
  *   check   a connected (ESTABLISHED/CLOSE_WAIT) IPv4 TCP socket, else an exact errno;
  *           nothing touched.
- *   freeze  block the 4-tuple in the guest (vpipe_block.c: segments of a blocked flow are
- *           dropped, so the guest stack never answers them with RST), capture the connection
+ *   freeze  block the 4-tuple in the guest (vpipe_block.c: the peer's segments are held and
+ *           re-injected at restore, the VM's own dropped, so the guest stack never answers
+ *           them with RST), capture the connection
  *           into a struct vpipe_tcp_state WITH its queues -- the send queue (bytes the
  *           application wrote that the peer has not acknowledged, the never transmitted part
  *           marked) and the receive queue (bytes not read yet) -- and free the tuple without

@@ -11,8 +11,9 @@
  * with the protocol's one validator (common/protocol/check.c, which vpiped runs too), executes
  * FILE_TO_FILE requests with reads and writes of the raw disk (what dom0 does to the image) and
  * flushes, then answers on the ring and "interrupts" the frontend. The disk's own page cache is
- * dropped before and after, so it never serves stale sectors. Socket requests are answered
- * -EOPNOTSUPP with no result (the guest restores its connections). The real engine is vpiped
+ * dropped before and after, so it never serves stale sectors. Socket requests are answered as
+ * the conformance script says (by default VALID with the state unchanged and nothing moved; the
+ * script can refuse them, reset them or break the protocol). The real engine is vpiped
  * on Xen (tests/xen).
  */
 #include <linux/blkdev.h>
