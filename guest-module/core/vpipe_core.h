@@ -95,7 +95,8 @@ struct vpipe_core_ops {
 	/* the paper's cache rule: clean cached runs worth serving from the guest */
 	int (*cached_runs)(void *env, vpipe_fh f, uint64_t off, uint64_t len, uint64_t size,
 			   struct vpipe_range *out, int max);
-	/* 1 when every page of [off, off + len) is in the page cache and clean, else 0 */
+	/* the file -> socket cache rule (abi/ioctl.h VPIPE_CACHE_RULE_EIGHTHS): 1 when the range is
+	 * clean and cached enough to be sent by the guest, else 0 */
 	int (*range_cached)(void *env, vpipe_fh f, uint64_t off, uint64_t len);
 	/* a guest copy of a cached range (the destination's hold lifted); *copied grows */
 	int (*guest_copy)(void *env, vpipe_fh in, uint64_t in_off, vpipe_fh out, uint64_t out_off,

@@ -698,28 +698,33 @@ int vpipe_file_cached_runs(struct file *f, u64 off, u64 len, u64 size, struct vp
 int vpipe_file_range_cached(struct file *f, u64 off, u64 len)
 {
 	struct address_space *mapping = f->f_mapping;
-	u64 idx, last;
+	u64 idx, first, last, cached = 0;
 
 	if (!len || off + len < off)
 		return 0;
-	idx = off >> PAGE_SHIFT;
+	first = idx = off >> PAGE_SHIFT;
 	last = (off + len - 1) >> PAGE_SHIFT;
 	while (idx <= last) {
 		struct folio *folio = filemap_get_folio(mapping, idx);
-		bool clean;
+		u64 next;
 
-		if (IS_ERR_OR_NULL(folio))
-			return 0;
-		clean = folio_test_uptodate(folio) && !folio_test_dirty(folio) &&
-			!folio_test_writeback(folio);
-		idx = max_t(u64, folio->index + folio_nr_pages(folio), idx + 1);
+		if (IS_ERR_OR_NULL(folio)) {
+			idx++;
+			continue;
+		}
+		next = max_t(u64, folio->index + folio_nr_pages(folio), idx + 1);
+		if (folio_test_dirty(folio) || folio_test_writeback(folio)) {
+			folio_put(folio);
+			return 0;	/* dirty data: flushed and offloaded instead */
+		}
+		if (folio_test_uptodate(folio))
+			cached += min(next, last + 1) - idx;
 		folio_put(folio);
-		if (!clean)
-			return 0;
+		idx = next;
 		if ((idx & 4095) == 0)
 			cond_resched();
 	}
-	return 1;
+	return cached * 8 >= (last - first + 1) * VPIPE_CACHE_RULE_EIGHTHS;
 }
 
 struct gcopy {

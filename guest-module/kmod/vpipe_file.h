@@ -57,8 +57,8 @@ int vpipe_dest_finish(struct file *f, u64 off, u64 len, u64 written, const struc
 /* the paper's cache rule: runs of CLEAN resident pages of [off, off+len) longer than
  * max(1 MiB, size / 10), at most max of them */
 int vpipe_file_cached_runs(struct file *f, u64 off, u64 len, u64 size, struct vpipe_range *out, int max);
-/* 1 when every page of [off, off + len) is cached, up to date and clean (file -> socket's cache
- * rule), else 0 */
+/* file -> socket's cache rule: 1 when no page of [off, off + len) is dirty and at least
+ * VPIPE_CACHE_RULE_EIGHTHS eighths of them are cached and up to date, else 0 */
 int vpipe_file_range_cached(struct file *f, u64 off, u64 len);
 /* copies a range the page cache holds (cache rule), the destination's hold lifted */
 int vpipe_file_guest_copy(struct file *in, u64 in_off, struct file *out, u64 out_off, u64 len,

@@ -10,6 +10,7 @@
 
 #include <toml++/toml.h>
 
+#include <vpipe/abi/ioctl.h>
 #include <vpipe/vpipe.h>
 
 namespace vpipe::lib {
@@ -107,7 +108,8 @@ bool range_cached(int fd, uint64_t off, uint64_t len) {
         if (errno == ENOSYS) missing.store(true, std::memory_order_relaxed);
         return false;
     }
-    return cs.nr_cache >= range.len / ps && cs.nr_dirty == 0 && cs.nr_writeback == 0;
+    return cs.nr_cache * 8 >= (range.len / ps) * VPIPE_CACHE_RULE_EIGHTHS && cs.nr_dirty == 0 &&
+           cs.nr_writeback == 0;
 }
 
 }  // namespace vpipe::lib

@@ -1,5 +1,7 @@
 #include "files/cache_rule.h"
 
+#include <vpipe/abi/ioctl.h>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -110,7 +112,8 @@ bool range_clean_resident(int fd, uint64_t offset, uint64_t length) {
     const uint64_t start = offset / ps * ps, end = (offset + length + ps - 1) / ps * ps;
     CachestatResult cs;
     if (cachestat(fd, start, end - start, &cs) < 0) return false;
-    return cs.nr_cache >= (end - start) / ps && cs.nr_dirty == 0 && cs.nr_writeback == 0;
+    return cs.nr_cache * 8 >= (end - start) / ps * VPIPE_CACHE_RULE_EIGHTHS && cs.nr_dirty == 0 &&
+           cs.nr_writeback == 0;
 }
 
 std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length,

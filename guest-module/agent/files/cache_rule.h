@@ -33,7 +33,8 @@ uint64_t cache_rule_threshold(uint64_t file_size);
 std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length,
                                         uint64_t file_size);
 
-// Whether every page overlapping [offset, offset+length) is in the page cache and clean
+// The file -> socket cache rule: whether at least VPIPE_CACHE_RULE_EIGHTHS eighths of the pages
+// overlapping [offset, offset+length) are in the page cache and none is dirty or under writeback
 // (cachestat(2): one call). false without cachestat.
 bool range_clean_resident(int fd, uint64_t offset, uint64_t length);
 

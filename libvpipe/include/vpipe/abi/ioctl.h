@@ -31,6 +31,12 @@
 /* struct vpipe_ioc_op.flags */
 #define VPIPE_OPF_NO_CACHE_RULE 0x1 /* never serve from the guest page cache (always offload) */
 
+/* The file -> socket cache rule: a range with nothing dirty and at least this many eighths of
+ * its pages in the guest's page cache is sent by the guest (EALREADY). Not all of them: an
+ * offloaded read never fills the guest's cache, so a hot file that lost a few pages to reclaim
+ * would otherwise stay on the offload path for good; the guest's own sendfile reads them back. */
+#define VPIPE_CACHE_RULE_EIGHTHS 7
+
 /* how (part of) an operation was carried out: bits of struct vpipe_ioc_op.paths */
 #define VPIPE_PATH_OFFLOAD 0x1      /* dom0 moved bytes (the vPipe path) */
 #define VPIPE_PATH_GUEST_CACHE 0x2  /* the guest copied a range its page cache held (paper 3.2) */
