@@ -109,7 +109,12 @@ run_handover() {
   lat_point 8084 262144 8 >/dev/null; lat_point 8082 262144 8 >/dev/null
   cat "$M/src" "$M"/f* > /dev/null
   run_latency
+  local before
+  before=$(wc -l < "$TMPD/httpd-vpipe.log")
   run_wrk
+  # how vpipe-httpd's bodies moved during wrk (its log's vpipe= field): the evidence for the ratios
+  tail -n +$((before + 1)) "$TMPD/httpd-vpipe.log" | sed -n 's/.* vpipe=\([a-z]*\).*/\1/p' | sort | uniq -c |
+    awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 } END { print "" }' > "$R/wrk_paths.txt"
   run_httperf
   grep -h "failed" "$TMPD"/httpd-*.log | head -5 >&2 || true
   bench_down
@@ -182,6 +187,7 @@ handover_summary() {
         echo "| ${key%,*} | ${key#*,} | $v | $p | $(ratio "$v" "$p") | ${ev:-0}/${ep:-0} |"
       done
       echo
+      [ -s "$R/wrk_paths.txt" ] && echo "How vpipe-httpd moved the bodies during wrk (requests per path): $(cat "$R/wrk_paths.txt")." && echo
     fi
     if [ -s "$HTTPERF_CSV" ]; then
       echo "## httperf ($HTTPERF_CONNS connections x 5 calls, rate 100/s)"
