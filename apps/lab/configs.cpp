@@ -68,7 +68,10 @@ std::string engine_config_text(const LabState& s) {
             o << "[[vm.disk]]\n"
               << "vdev = " << d.vdev << "\n"
               << "image = " << q(d.image) << "\n"
-              << "writable = true\n";
+              << "writable = true\n"
+              // the image sits on a loop device: every write of the "VM" goes through, or (direct
+              // I/O) invalidates, the image file's page cache, so dom0 may read through it
+              << "cache = " << q(s.disk_cache) << "\n";
         }
     }
     return o.str();

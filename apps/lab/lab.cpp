@@ -145,6 +145,7 @@ struct Upper {
         st.image_dir = opt.image_dir;
         st.disk_mib = opt.disk_mib;
         st.link_mbit = opt.link_mbit;
+        st.disk_cache = opt.disk_cache;
         st.vcpu_quota = opt.vcpu_quota;
         st.guest_cpus = guest_cpus;
         st.dom0_cpus = dom0_cpus;
@@ -370,7 +371,8 @@ int cmd_up(const UpOptions& opt) {
         return 1;
     }
     if (opt.vms < 1 || opt.vms > 200 || opt.disks < 0 || opt.disks > 15 || opt.disk_mib < 16 ||
-        opt.neighbours < 0 || opt.neighbours > 64 || opt.link_mbit < 0 || opt.vcpu_quota < 0) {
+        opt.neighbours < 0 || opt.neighbours > 64 || opt.link_mbit < 0 || opt.vcpu_quota < 0 ||
+        (opt.disk_cache != "host" && opt.disk_cache != "direct")) {
         std::cerr << "vpipe-lab up: out of range: --vms 1..200, --disks 0..15, --disk-mib >= 16, --neighbours 0..64, "
                      "--link-mbit >= 0, --vcpu-quota >= 0\n";
         return 2;

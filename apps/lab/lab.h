@@ -12,6 +12,7 @@ struct UpOptions {
     int disk_mib = 1024;
     std::string weights;  // "1,1,2"; "" = all 1
     int link_mbit = 0;
+    std::string disk_cache = "host";  // how vpiped reads the images for file -> socket: host | direct
     std::string guest_cpus = "0";
     std::string dom0_cpus;  // "" = the last online CPU
     int neighbours = 0;

@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     auto* up_cmd = app.add_subcommand(
         "up", man("vpipe-lab up - create the lab and start the engine and the guest agents",
                   "vpipe-lab up [--vms N] [--disks K] [--disk-mib M] [--weights W,...] [--link-mbit M]\n"
-                  "                 [--guest-cpus LIST] [--dom0-cpus LIST] [--neighbours K] [--vcpu-quota PCT]\n"
+                  "                 [--disk-cache host|direct] [--guest-cpus LIST] [--dom0-cpus LIST] [--neighbours K] [--vcpu-quota PCT]\n"
                   "                 [--image-dir DIR]",
                   "    Creates namespaces vpl-dom0, vpl-client, vpl-vm1..N; the bridge xenbr0 (10.199.0.254/24)\n"
                   "    in dom0 with one veth per VM (vifN.0 <-> eth0, 10.199.0.(10+N), MAC 02:00:00:00:00:NN)\n"
@@ -119,6 +119,11 @@ int main(int argc, char** argv) {
     up_cmd->add_option("--weights", up.weights, "engine weight per VM, e.g. 1,1,2 (default all 1)");
     up_cmd->add_option("--link-mbit", up.link_mbit,
                        "rate of the client link in Mbit/s, tbf on peth0 and the client's eth0 (0 = unlimited)")
+        ->capture_default_str();
+    up_cmd->add_option("--disk-cache", up.disk_cache,
+                       "how vpiped reads the images for file -> socket: host (through dom0's page cache; "
+                       "coherent, the images are on loop devices) or direct (O_DIRECT)")
+        ->check(CLI::IsMember({"host", "direct"}))
         ->capture_default_str();
     up_cmd->add_option("--guest-cpus", up.guest_cpus, "cpuset of the VMs and neighbours")->capture_default_str();
     up_cmd->add_option("--dom0-cpus", up.dom0_cpus, "cpuset of dom0 (the engine); default: the last CPU");

@@ -31,6 +31,7 @@ json to_json(const LabState& s) {
     j["image_dir_created"] = s.image_dir_created;
     j["disk_mib"] = s.disk_mib;
     j["link_mbit"] = s.link_mbit;
+    j["disk_cache"] = s.disk_cache;
     j["vcpu_quota"] = s.vcpu_quota;
     j["guest_cpus"] = s.guest_cpus;
     j["dom0_cpus"] = s.dom0_cpus;
@@ -98,6 +99,7 @@ LabState state_from_json(const json& j) {
     s.image_dir_created = get_or(j, "image_dir_created", false);
     s.disk_mib = get_or(j, "disk_mib", 0);
     s.link_mbit = get_or(j, "link_mbit", 0);
+    s.disk_cache = get_or(j, "disk_cache", std::string("host"));
     s.vcpu_quota = get_or(j, "vcpu_quota", 0);
     s.guest_cpus = get_or<std::string>(j, "guest_cpus", "");
     s.dom0_cpus = get_or<std::string>(j, "dom0_cpus", "");

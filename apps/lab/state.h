@@ -55,6 +55,7 @@ struct LabState {
     bool image_dir_created = false;
     int disk_mib = 0;
     int link_mbit = 0;
+    std::string disk_cache = "host";
     int vcpu_quota = 0;  // percent of one CPU per VM cgroup, 0 = none
     std::string guest_cpus, dom0_cpus;
     bool daemons = true;

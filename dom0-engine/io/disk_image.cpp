@@ -49,7 +49,7 @@ uint32_t probe_file_alignment(int fd, uint64_t size) {
 
 }  // namespace
 
-std::unique_ptr<DiskImage> DiskImage::open(const std::string& path, bool writable) {
+std::unique_ptr<DiskImage> DiskImage::open(const std::string& path, bool writable, bool host_cache) {
     UniqueFd fd(::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC));
     if (!fd)
         fail(errno, path,
@@ -76,14 +76,24 @@ std::unique_ptr<DiskImage> DiskImage::open(const std::string& path, bool writabl
     if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > kMaxAlignment)
         fail(EINVAL, path, "unsupported direct I/O alignment " + std::to_string(alignment));
 
+    UniqueFd cached;
+    if (host_cache) {
+        if (!S_ISREG(st.st_mode))
+            fail(EINVAL, path, "cache = \"host\" needs an image file: writes to a block device (blkback) "
+                               "bypass dom0's page cache");
+        cached = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!cached) fail(errno, path, "cannot open for reads through the page cache");
+    }
+
     return std::unique_ptr<DiskImage>(
-        new DiskImage(path, std::move(fd), writable, size, alignment));
+        new DiskImage(path, std::move(fd), std::move(cached), writable, size, alignment));
 }
 
-DiskImage::DiskImage(std::string path, UniqueFd fd, bool writable, uint64_t size,
+DiskImage::DiskImage(std::string path, UniqueFd fd, UniqueFd cached_fd, bool writable, uint64_t size,
                      uint32_t alignment)
     : path_(std::move(path)),
       fd_(std::move(fd)),
+      cached_fd_(std::move(cached_fd)),
       writable_(writable),
       size_(size),
       alignment_(alignment) {}

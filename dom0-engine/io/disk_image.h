@@ -21,7 +21,9 @@ public:
 
     // Opens `path` with O_DIRECT|O_CLOEXEC, read-write or read-only. Throws std::system_error
     // (message names the path) if it cannot be opened, sized, or used for direct I/O.
-    static std::unique_ptr<DiskImage> open(const std::string& path, bool writable);
+    // host_cache: also a buffered read-only descriptor (cached_fd()) for reads through dom0's
+    // page cache; refused (EINVAL) for a block device, whose writes from blkback bypass it.
+    static std::unique_ptr<DiskImage> open(const std::string& path, bool writable, bool host_cache = false);
 
     DiskImage(const DiskImage&) = delete;
     DiskImage& operator=(const DiskImage&) = delete;
@@ -30,6 +32,9 @@ public:
     // O_DIRECT alignment of file offsets, lengths and memory addresses (a power of two).
     uint32_t alignment() const { return alignment_; }
     int fd() const { return fd_.get(); }
+    // Buffered read-only descriptor of the image, -1 unless opened with host_cache. Coherent
+    // with the O_DIRECT writes through fd() (a direct write invalidates the cached range).
+    int cached_fd() const { return cached_fd_.get(); }
     bool writable() const { return writable_; }
     const std::string& path() const { return path_; }
 
@@ -45,10 +50,12 @@ public:
     std::atomic<uint64_t> write_ops{0};
 
 private:
-    DiskImage(std::string path, UniqueFd fd, bool writable, uint64_t size, uint32_t alignment);
+    DiskImage(std::string path, UniqueFd fd, UniqueFd cached_fd, bool writable, uint64_t size,
+              uint32_t alignment);
 
     const std::string path_;
     const UniqueFd fd_;
+    const UniqueFd cached_fd_;
     const bool writable_;
     const uint64_t size_;
     const uint32_t alignment_;

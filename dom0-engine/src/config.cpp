@@ -146,6 +146,10 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
                     dc.vdev = require<uint32_t>(*dt, "vdev", origin, w + "disk ");
                     dc.image = require<std::string>(*dt, "image", origin, w + "disk ");
                     dc.writable = get_or(*dt, "writable", true, origin, w + "disk ");
+                    const std::string cache = get_or(*dt, "cache", std::string("direct"), origin, w + "disk ");
+                    if (cache != "direct" && cache != "host")
+                        fail(origin, w + "disk cache must be \"direct\" or \"host\"");
+                    dc.host_cache = cache == "host";
                     if (!vdevs.insert(dc.vdev).second)
                         fail(origin, w + "duplicate vdev " + std::to_string(dc.vdev));
                     vm.disks.push_back(std::move(dc));

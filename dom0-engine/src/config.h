@@ -15,6 +15,12 @@ struct DiskConfig {
     uint32_t vdev = 0;        // the guest's virtual device number (xvda = 51712)
     std::string image;        // what blkback would serve: a file or a block device
     bool writable = true;
+    // Reads for file -> socket through dom0's page cache of the image ("host") instead of
+    // O_DIRECT ("direct"). Only coherent when every write the VM makes to the image passes
+    // through, or invalidates, that page cache: a file served by a loop device or QEMU's qdisk.
+    // Never for a block device under blkback (its bios bypass dom0's page cache): refused.
+    // docs/protocol.md 6, "Reading through dom0's page cache".
+    bool host_cache = false;
 };
 
 struct VmConfig {

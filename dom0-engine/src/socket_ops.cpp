@@ -5,6 +5,8 @@
 #include <linux/tcp.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/sendfile.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <future>
 #include <optional>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -72,18 +75,29 @@ int sock_error(int fd) {
     return map_sock_err(err ? err : ECONNRESET);
 }
 
-// Receives up to `want` bytes (at least 1 unless EOF). >0 bytes, 0 EOF, or -status.
-ssize_t recv_some(int fd, uint8_t* buf, size_t want, int cancel_fd) {
-    for (;;) {
-        ssize_t r = ::recv(fd, buf, want, MSG_DONTWAIT);
-        if (r >= 0) return r;
+// Receives exactly `want` bytes into buf unless the stream ends (*eof), fails, or `stop_fd`
+// (an eventfd) is signalled. *got: bytes received. 0, or -status.
+int recv_window(int fd, uint8_t* buf, uint64_t want, int cancel_fd, int stop_fd, uint64_t* got, bool* eof) {
+    while (*got < want) {
+        ssize_t r = ::recv(fd, buf + *got, want - *got, MSG_DONTWAIT);
+        if (r > 0) {
+            *got += static_cast<uint64_t>(r);
+            continue;
+        }
+        if (r == 0) {
+            *eof = true;
+            return 0;
+        }
         if (errno == EINTR) continue;
         if (errno != EAGAIN) return map_sock_err(errno);
-        short revents = 0;
-        int pr = wait_fd(fd, POLLIN, cancel_fd, &revents);
+        pollfd p[3] = {{fd, POLLIN, 0}, {cancel_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+        int pr = ::poll(p, 3, static_cast<int>(socket_timeout().count()));
+        if (pr < 0 && errno != EINTR) return -EIO;
         if (pr == 0) return -ETIMEDOUT;
-        if (pr < 0) return pr;
+        if (p[1].revents) return -ECANCELED;
+        if (p[2].revents) return -ECANCELED;
     }
+    return 0;
 }
 
 // Sends all of buf on a destination shadow without letting its send queue (acknowledged bytes
@@ -114,6 +128,40 @@ int send_limited(int fd, const uint8_t* buf, size_t n, uint32_t limit, uint64_t*
         if (revents & (POLLERR | POLLHUP) && !(revents & POLLOUT)) return sock_error(fd);
         if (allow > 0 || !(revents & POLLOUT)) continue;
         // writable, yet over the limit (truesize accounting lags): give the ACKs a moment
+        pr = wait_fd(fd, POLLIN | POLLPRI, cancel_fd, &revents, 1);
+        if (pr < 0) return pr;
+    }
+    return 0;
+}
+
+// send_limited() for bytes of a file: sendfile() from `file` at `off`, zero-copy out of dom0's
+// page cache. The socket must be non-blocking.
+int sendfile_limited(int fd, int file, uint64_t off, uint64_t n, uint32_t limit, uint64_t* done, int cancel_fd) {
+    uint64_t left = n;
+    while (left > 0) {
+        int outq = 0;
+        if (ioctl(fd, SIOCOUTQ, &outq) < 0) return -EIO;
+        const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+        if (allow > 0) {
+            off_t o = static_cast<off_t>(off);
+            ssize_t w = ::sendfile(fd, file, &o, std::min<uint64_t>(left, allow));
+            if (w > 0) {
+                off += static_cast<uint64_t>(w);
+                left -= static_cast<uint64_t>(w);
+                *done += static_cast<uint64_t>(w);
+                continue;
+            }
+            if (w == 0) return -EIO;  // the image ended before the extent: never for a valid one
+            if (errno == EINTR) continue;
+            if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) return map_sock_err(errno);
+            if (errno != EAGAIN) return -EIO;  // a read error on the image
+        }
+        short revents = 0;
+        int pr = wait_fd(fd, POLLOUT, cancel_fd, &revents);
+        if (pr == 0) return -ETIMEDOUT;
+        if (pr < 0) return pr;
+        if (revents & (POLLERR | POLLHUP) && !(revents & POLLOUT)) return sock_error(fd);
+        if (allow > 0 || !(revents & POLLOUT)) continue;
         pr = wait_fd(fd, POLLIN | POLLPRI, cancel_fd, &revents, 1);
         if (pr < 0) return pr;
     }
@@ -204,6 +252,47 @@ int send_tail(Vm& vm, Shadow& dst, const SocketEndpoint& ep, bool* tail_sent) {
     return r;
 }
 
+// file -> socket through dom0's page cache (a disk opened with host_cache): the image's
+// extents go to the shadow socket with sendfile(), as a native dom0 sendfile from the image
+// would, one credit window at a time.
+int send_from_page_cache(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedRequest& req, size_t window,
+                         uint64_t* sent) {
+    static const std::vector<uint8_t> zeros(64 << 10);
+    const int fd = dst.fd();
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -EIO;
+    uint64_t pos = 0;
+    int status = 0;
+    while (pos < req.length && status == 0) {
+        const uint64_t n = std::min<uint64_t>(window, req.length - pos);
+        vm.reserve(n);  // credit before the bytes move, not after
+        uint64_t counted = 0;
+        for (const Extent& e : slice_extents(req.src_file.extents, pos, n)) {
+            if (e.zero) {
+                for (uint64_t z = 0; z < e.length && status == 0;) {
+                    const uint64_t k = std::min<uint64_t>(zeros.size(), e.length - z);
+                    const uint64_t c0 = counted;
+                    status = send_limited(fd, zeros.data(), k, dst.snd_limit(), &counted, vm.cancel_fd());
+                    z += counted - c0;
+                }
+            } else {
+                if (e.disk_offset + e.length > disk.size()) status = -EIO;  // checked at parse: belt and braces
+                if (status == 0)
+                    status = sendfile_limited(fd, disk.cached_fd(), e.disk_offset, e.length, dst.snd_limit(),
+                                              &counted, vm.cancel_fd());
+            }
+            if (status != 0) break;
+        }
+        *sent += counted;
+        disk.bytes_read += counted;
+        disk.read_ops++;
+        vm.count(req.op, counted);
+        pos += n;
+    }
+    fcntl(fd, F_SETFL, flags);
+    return status;
+}
+
 int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
                    const DescWriter& write, uint64_t* moved) {
     DiskImage* disk = vm.disk(req.src_file.vdev);
@@ -217,7 +306,9 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     const uint64_t before = req.dst_sock.sndq.size();  // the stream before the data on the wire
     uint64_t sent = 0;
     int status = 0;
-    {
+    if (disk->cached_fd() >= 0) {
+        status = send_from_page_cache(vm, *disk, dst, req, pool.buffer_bytes(), &sent);
+    } else {
         // Double-buffered: window k+1 is read from the image (this thread: BlockIo is not
         // thread-safe) while window k is being sent (a helper thread). With one buffer only
         // (pool short), strictly alternating.
@@ -300,37 +391,87 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
         write_result(write, true, req.src_sock, res);
         return -EIO;
     }
-    uint64_t pos = 0;
-    bool eof = false;
+    uint64_t pos = 0;  // written to the image
     int status = 0;
     {
-        std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
-        if (!buf) status = -ENOSPC;
-        while (buf && pos < req.length && status == 0 && !eof) {
-            const uint64_t want = std::min<uint64_t>(buf->size(), req.length - pos);
+        // Pipelined: window k+1 is received (a helper thread) while window k is written to the
+        // image (this thread: BlockIo is not thread-safe). With one buffer (pool short, or the
+        // operation fits one window), strictly alternating.
+        std::optional<PagePool::Buffer> bufs[2];
+        bufs[0] = pool.get(std::chrono::milliseconds(100));
+        if (bufs[0] && req.length > bufs[0]->size()) bufs[1] = pool.get(std::chrono::milliseconds(0));
+        if (!bufs[0]) status = -ENOSPC;
+        UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));  // tells a receiving helper to give up
+        if (bufs[0] && !stop) status = -EIO;
+        struct Window {
+            std::future<int> done;
+            uint8_t* data = nullptr;
             uint64_t got = 0;
-            while (got < want) {
-                ssize_t n = recv_some(src.fd(), buf->data() + got, want - got, vm.cancel_fd());
-                if (n == 0) {
-                    eof = true;
-                    break;
-                }
-                if (n < 0) {
-                    status = static_cast<int>(n);
-                    break;
-                }
-                got += static_cast<uint64_t>(n);
+            bool eof = false;
+        };
+        const int fd = src.fd(), cancel = vm.cancel_fd(), stop_fd = stop.get();
+        auto start = [&](Window& w, uint8_t* data, uint64_t want, bool async) {
+            w = Window{};
+            w.data = data;
+            auto job = [fd, cancel, stop_fd, data, want, got = &w.got, eof = &w.eof] {
+                return recv_window(fd, data, want, cancel, stop_fd, got, eof);
+            };
+            if (async) {
+                w.done = std::async(std::launch::async, job);
+            } else {
+                std::promise<int> p;
+                p.set_value(job());
+                w.done = p.get_future();
             }
-            if (got == 0) break;
-            const std::vector<Extent> w = slice_extents(req.dst_file.extents, pos, got);
-            if (int wr = io.write(*disk, w, buf->data()); wr != 0) {
-                // these bytes were taken from the connection but could not be stored
-                spdlog::error("vm {}: socket->file: {} received bytes lost to a write error", vm.name(), got);
-                if (status == 0) status = wr;
+        };
+        Window win[2];
+        uint64_t asked = 0;  // stream bytes asked from the socket so far
+        unsigned k = 0;
+        if (status == 0) {
+            const uint64_t want = std::min<uint64_t>(bufs[0]->size(), req.length);
+            start(win[0], bufs[0]->data(), want, false);
+            asked = want;
+        }
+        while (status == 0) {
+            Window& cur = win[k % 2];
+            const int rr = cur.done.get();
+            // the next window is received while this one is written
+            Window& next = win[(k + 1) % 2];
+            const bool more = rr == 0 && !cur.eof && asked < req.length;
+            if (more && bufs[1]) {
+                const uint64_t want = std::min<uint64_t>(bufs[0]->size(), req.length - asked);
+                start(next, bufs[(k + 1) % 2]->data(), want, true);
+                asked += want;
+            }
+            if (cur.got > 0) {
+                const std::vector<Extent> w = slice_extents(req.dst_file.extents, pos, cur.got);
+                if (int wr = io.write(*disk, w, cur.data); wr != 0) {
+                    // these bytes were taken from the connection but could not be stored
+                    uint64_t lost = cur.got;
+                    if (next.done.valid()) {
+                        const uint64_t one = 1;
+                        [[maybe_unused]] ssize_t n = ::write(stop_fd, &one, sizeof(one));
+                        next.done.get();
+                        lost += next.got;
+                    }
+                    spdlog::error("vm {}: socket->file: {} received bytes lost to a write error", vm.name(), lost);
+                    status = wr;
+                    break;
+                }
+                pos += cur.got;
+                vm.charge(req.op, cur.got);
+            }
+            if (rr != 0) {
+                status = rr;
                 break;
             }
-            pos += got;
-            vm.charge(req.op, got);
+            if (!more) break;
+            if (!bufs[1]) {  // one buffer: receive the next window now
+                const uint64_t want = std::min<uint64_t>(bufs[0]->size(), req.length - asked);
+                start(next, bufs[0]->data(), want, false);
+                asked += want;
+            }
+            ++k;
         }
     }
     if (pos > 0) {
@@ -346,8 +487,128 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     return status;
 }
 
+// The worker thread's pipe for splicing between two shadow sockets: one per engine thread (a pool
+// bounded by the threads), made as large as the system allows, replaced after a failed operation
+// (which may leave bytes in it).
+class SplicePipe {
+public:
+    static constexpr int kWantBytes = 1 << 20;
+    bool ok() {
+        if (fds_[0] < 0) {
+            if (pipe2(fds_, O_NONBLOCK | O_CLOEXEC) < 0) return false;
+            int sz = fcntl(fds_[1], F_SETPIPE_SZ, kWantBytes);  // capped by /proc/sys/fs/pipe-max-size
+            if (sz < 0) sz = fcntl(fds_[1], F_GETPIPE_SZ);
+            cap_ = sz > 0 ? static_cast<size_t>(sz) : 65536;
+        }
+        return true;
+    }
+    int r() const { return fds_[0]; }
+    int w() const { return fds_[1]; }
+    size_t capacity() const { return cap_; }
+    void discard() {
+        for (int& f : fds_)
+            if (f >= 0) ::close(std::exchange(f, -1));
+    }
+    ~SplicePipe() { discard(); }
+
+private:
+    int fds_[2] = {-1, -1};
+    size_t cap_ = 0;
+};
+
+// Forwards up to `length` bytes from one shadow to the other with splice() through the thread's
+// pipe: the payload pages move from the source's receive queue to the destination's send queue
+// without a copy. The destination's send queue stays within `limit` (what fits the room).
+// *fwd: bytes the destination accepted. Bytes spliced out of the source but not into the
+// destination (a destination that failed) are lost with it; they are logged.
+int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, uint64_t* fwd, const ParsedRequest& req) {
+    thread_local SplicePipe pipe;
+    if (!pipe.ok()) return -EIO;
+    const int sflags = fcntl(src, F_GETFL), dflags = fcntl(dst, F_GETFL);
+    if (sflags < 0 || dflags < 0 || fcntl(src, F_SETFL, sflags | O_NONBLOCK) < 0 ||
+        fcntl(dst, F_SETFL, dflags | O_NONBLOCK) < 0)
+        return -EIO;
+    uint64_t inpipe = 0;
+    bool eof = false;
+    int status = 0;
+    auto last_progress = Clock::now();
+    while (status == 0 && *fwd < length) {
+        bool moved = false, src_dry = false;
+        if (!eof && inpipe < pipe.capacity() && *fwd + inpipe < length) {
+            const size_t want = std::min<uint64_t>(pipe.capacity() - inpipe, length - *fwd - inpipe);
+            ssize_t n = ::splice(src, nullptr, pipe.w(), nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                inpipe += static_cast<uint64_t>(n);
+                moved = true;
+            } else if (n == 0) {
+                eof = true;
+            } else if (errno == EAGAIN) {
+                src_dry = true;
+            } else if (errno != EINTR) {
+                status = map_sock_err(errno);
+                break;
+            }
+        }
+        bool dst_full = false, at_limit = false;
+        if (inpipe > 0) {
+            int outq = 0;
+            if (ioctl(dst, SIOCOUTQ, &outq) < 0) {
+                status = -EIO;
+                break;
+            }
+            const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+            at_limit = allow == 0;
+            if (allow > 0) {
+                ssize_t m = ::splice(pipe.r(), nullptr, dst, nullptr, std::min(inpipe, allow),
+                                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (inpipe > allow ? SPLICE_F_MORE : 0));
+                if (m > 0) {
+                    inpipe -= static_cast<uint64_t>(m);
+                    *fwd += static_cast<uint64_t>(m);
+                    vm.charge(req.op, static_cast<uint64_t>(m));
+                    moved = true;
+                } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
+                    status = map_sock_err(errno);
+                    break;
+                } else {
+                    dst_full = true;
+                }
+            }
+        }
+        if (eof && inpipe == 0) break;
+        if (moved) {
+            last_progress = Clock::now();
+            continue;
+        }
+        if (Clock::now() - last_progress > socket_timeout()) {
+            status = -ETIMEDOUT;
+            break;
+        }
+        // Nothing moved: wait for the source to have data (if the pipe has room) and/or the
+        // destination to drain. At the limit the socket may be writable already (its truesize
+        // accounting lags the bytes): then the ACKs get a millisecond.
+        pollfd p[3] = {{src, 0, 0}, {dst, 0, 0}, {vm.cancel_fd(), POLLIN, 0}};
+        if (src_dry && !eof) p[0].events = POLLIN;
+        if (dst_full) p[1].events = POLLOUT;
+        if (at_limit) p[1].events = 0;  // only errors wake us: the 1 ms timeout paces
+        int pr = ::poll(p, 3, at_limit ? 1 : 100);
+        if (pr < 0 && errno != EINTR) status = -EIO;
+        else if (p[2].revents) status = -ECANCELED;
+        else if ((p[1].revents & (POLLERR | POLLHUP)) && !(p[1].revents & POLLOUT)) status = sock_error(dst);
+    }
+    if (inpipe > 0) {
+        spdlog::error("vm {}: socket->socket: {} bytes taken from the source could not be sent", vm.name(), inpipe);
+        pipe.discard();
+    } else if (status != 0) {
+        pipe.discard();
+    }
+    fcntl(src, F_SETFL, sflags);
+    fcntl(dst, F_SETFL, dflags);
+    return status;
+}
+
 int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
                      const DescWriter& write, uint64_t* moved) {
+    (void)pool;
     Shadow src(sockets, vm.shadow_counters()), dst(sockets, vm.shadow_counters());
     EndpointResult sres, dres;
     if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
@@ -359,29 +620,7 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
     // the source is live in dom0 already (it may have acknowledged bytes): it goes back below
     if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination) < 0) status = -EIO;
     uint64_t fwd = 0;
-    if (status == 0) {
-        std::optional<PagePool::Buffer> buf = pool.get(std::chrono::milliseconds(100));
-        if (!buf) status = -ENOSPC;
-        const size_t piece = buf ? std::min<size_t>(buf->size(), 256 << 10) : 0;
-        while (buf && fwd < req.length && status == 0) {
-            ssize_t n = recv_some(src.fd(), buf->data(), std::min<uint64_t>(piece, req.length - fwd), vm.cancel_fd());
-            if (n == 0) break;
-            if (n < 0) {
-                status = static_cast<int>(n);
-                break;
-            }
-            uint64_t done = 0;
-            status = send_limited(dst.fd(), buf->data(), static_cast<size_t>(n), dst.snd_limit(), &done,
-                                  vm.cancel_fd());
-            fwd += done;
-            vm.charge(req.op, done);
-            if (done < static_cast<uint64_t>(n)) {
-                spdlog::error("vm {}: socket->socket: {} bytes taken from the source could not be sent",
-                              vm.name(), static_cast<uint64_t>(n) - done);
-                break;
-            }
-        }
-    }
+    if (status == 0) status = splice_sockets(vm, src.fd(), dst.fd(), req.length, dst.snd_limit(), &fwd, req);
     bool tail_sent = false;
     if (status == 0 && fwd == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
     if (status == 0) drain_unsent(dst.fd(), vm.cancel_fd(), drain_ms());

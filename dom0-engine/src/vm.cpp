@@ -23,7 +23,7 @@ Vm::Vm(const VmConfig& cfg, const EngineConfig& engine)
     : cfg_(cfg), identity_(VmIdentity::from_ip_string(cfg.ip)) {
     cancel_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!cancel_fd_) throw std::system_error(errno, std::generic_category(), "eventfd");
-    for (const auto& d : cfg_.disks) disks_[d.vdev] = DiskImage::open(d.image, d.writable);
+    for (const auto& d : cfg_.disks) disks_[d.vdev] = DiskImage::open(d.image, d.writable, d.host_cache);
     workers_ = std::make_unique<WorkerPool>(cfg_.name, cfg_.threads, engine.queue_depth);
 }
 

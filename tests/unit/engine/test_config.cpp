@@ -24,6 +24,7 @@ image = "/var/lib/x.img"
 vdev = 51728
 image = "/var/lib/y.img"
 writable = false
+cache = "host"
 )");
     EXPECT_EQ(c.control_socket, "/run/x.ctl");
     EXPECT_EQ(c.pool_pages, 1024u);
@@ -33,6 +34,8 @@ writable = false
     ASSERT_EQ(c.vms[0].disks.size(), 2u);
     EXPECT_TRUE(c.vms[0].disks[0].writable);
     EXPECT_FALSE(c.vms[0].disks[1].writable);
+    EXPECT_FALSE(c.vms[0].disks[0].host_cache);  // O_DIRECT unless the operator says it is coherent
+    EXPECT_TRUE(c.vms[0].disks[1].host_cache);
 }
 
 TEST(EngineConfig, ErrorsNameTheProblem) {
@@ -52,5 +55,7 @@ TEST(EngineConfig, ErrorsNameTheProblem) {
     expect_error("[engine]\nqueue_depth = 0\n", "queue_depth");
     expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm.disk]]\nvdev = 1\nimage = \"x\"\n[[vm.disk]]\nvdev = 1\nimage = \"y\"\n",
                  "duplicate vdev");
+    expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm.disk]]\nvdev = 1\nimage = \"x\"\ncache = \"writeback\"\n",
+                 "cache must be");
     expect_error("not toml at all = = =", "cfg.toml");
 }

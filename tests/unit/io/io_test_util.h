@@ -150,8 +150,9 @@ inline std::vector<Extent> scattered(uint64_t disk_size, uint64_t length, uint64
 // A loop block device over a file, detached when destroyed (or when the last user closes it).
 class LoopDevice {
 public:
-    // Throws std::system_error if no loop device can be attached.
-    explicit LoopDevice(const std::string& backing) {
+    // Throws std::system_error if no loop device can be attached. direct_io: the loop device
+    // reads and writes its backing file with direct I/O (losetup --direct-io=on, as vpipe-lab).
+    explicit LoopDevice(const std::string& backing, bool direct_io = false) {
         const int ctl = ::open("/dev/loop-control", O_RDWR | O_CLOEXEC);
         if (ctl < 0) throw std::system_error(errno, std::generic_category(), "/dev/loop-control");
         const int file = ::open(backing.c_str(), O_RDWR | O_CLOEXEC);
@@ -170,7 +171,7 @@ public:
             }
             loop_config config{};
             config.fd = static_cast<uint32_t>(file);
-            config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+            config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (direct_io ? LO_FLAGS_DIRECT_IO : 0);
             if (::ioctl(dev, LOOP_CONFIGURE, &config) == 0) {
                 fd_ = dev;
             } else {

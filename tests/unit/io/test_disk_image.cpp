@@ -4,6 +4,10 @@
 #include <sys/ioctl.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
 #include <string>
 #include <system_error>
 
@@ -82,6 +86,74 @@ TEST(DiskImage, OpensLoopBlockDevice) {
     ASSERT_EQ(::ioctl(d->fd(), BLKSSZGET, &logical_block), 0);
     EXPECT_EQ(d->alignment(), static_cast<uint32_t>(logical_block));
 }
+
+TEST(DiskImage, HostCacheIsRefusedForABlockDevice) {
+    TempImage file(1 << 20, 5);
+    std::unique_ptr<test::LoopDevice> loop;
+    try {
+        loop = std::make_unique<test::LoopDevice>(file.path);
+    } catch (const std::system_error& e) {
+        GTEST_SKIP() << "no loop device available: " << e.what();
+    }
+    try {
+        DiskImage::open(loop->path, false, true);
+        FAIL() << "a block device was opened for reads through the page cache";
+    } catch (const std::system_error& e) {
+        EXPECT_EQ(e.code().value(), EINVAL);
+        EXPECT_NE(std::string(e.what()).find("blkback"), std::string::npos) << e.what();
+    }
+}
+
+// Reads 4 KiB of the image through the engine's page-cache descriptor.
+std::vector<uint8_t> cached_read(const DiskImage& d, off_t off) {
+    std::vector<uint8_t> got(4096);
+    EXPECT_EQ(::pread(d.cached_fd(), got.data(), got.size(), off), 4096);
+    return got;
+}
+
+// The coherence rule of docs/protocol.md 6: a VM whose disk is an image file on a loop device
+// (buffered or direct I/O) writes through, or invalidates, the image's page cache; so do the
+// engine's own O_DIRECT writes. A page dom0 cached before such a write is never read stale.
+class HostCache : public testing::TestWithParam<bool> {};
+
+TEST_P(HostCache, SeesEveryWriteOfTheVmAndOfTheEngine) {
+    TempImage file(1 << 20, 6);
+    std::string why;
+    if (!test::open_direct(file.path, true, &why)) GTEST_SKIP() << why;
+    std::unique_ptr<test::LoopDevice> loop;
+    try {
+        loop = std::make_unique<test::LoopDevice>(file.path, GetParam());
+    } catch (const std::system_error& e) {
+        GTEST_SKIP() << "no loop device available: " << e.what();
+    }
+    auto d = DiskImage::open(file.path, true, true);
+    ASSERT_GE(d->cached_fd(), 0);
+    EXPECT_FALSE(::fcntl(d->cached_fd(), F_GETFL) & O_DIRECT);
+    const off_t off = 64 << 10;
+    ASSERT_EQ(cached_read(*d, off), std::vector<uint8_t>(file.model.begin() + off, file.model.begin() + off + 4096));
+
+    // the VM writes the block (its filesystem's writeback: bios to its disk), then flushes
+    void* buf = nullptr;
+    ASSERT_EQ(::posix_memalign(&buf, 4096, 4096), 0);
+    std::unique_ptr<void, decltype(&std::free)> hold(buf, &std::free);
+    const std::vector<uint8_t> vm_data = test::random_bytes(4096, 7);
+    std::memcpy(buf, vm_data.data(), 4096);
+    const int dev = ::open(loop->path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+    ASSERT_GE(dev, 0) << std::strerror(errno);
+    ASSERT_EQ(::pwrite(dev, buf, 4096, off), 4096);
+    ASSERT_EQ(::fsync(dev), 0);
+    ::close(dev);
+    EXPECT_EQ(cached_read(*d, off), vm_data) << "dom0 read a page cached before the VM's write";
+
+    // the engine writes it (socket -> file, file -> file) through its O_DIRECT descriptor
+    const std::vector<uint8_t> engine_data = test::random_bytes(4096, 8);
+    std::memcpy(buf, engine_data.data(), 4096);
+    ASSERT_EQ(::pwrite(d->fd(), buf, 4096, off), 4096);
+    EXPECT_EQ(cached_read(*d, off), engine_data) << "dom0 read a page cached before its own write";
+}
+
+INSTANTIATE_TEST_SUITE_P(LoopDevice, HostCache, testing::Values(false, true),
+                         [](const auto& p) { return p.param ? "DirectIo" : "Buffered"; });
 
 }  // namespace
 }  // namespace vpipe::engine
