@@ -156,10 +156,11 @@ void print_stats(const nlohmann::json& s) {
     }
     if (s.contains("fairness")) {
         const auto& f = s["fairness"];
-        std::printf("fairness: %s, tick %u ms, total rate %s/s (%.0f Mbit/s, from %s)\n",
+        std::printf("fairness: %s, tick %u ms, total rate %s/s (%.0f Mbit/s, from %s), file -> file %s/s (from %s)\n",
                     f["mode"].get<std::string>().c_str(), f["tick_ms"].get<unsigned>(),
                     human(f["total_rate"].get<uint64_t>()).c_str(), f["total_rate"].get<double>() * 8 / 1e6,
-                    f["total_rate_source"].get<std::string>().c_str());
+                    f["total_rate_source"].get<std::string>().c_str(),
+                    human(f.value("disk_rate", uint64_t{0})).c_str(), f.value("disk_rate_source", std::string("-")).c_str());
     }
     const auto& p = s["pool"];
     std::printf("buffer pool: %lu of %lu buffers in use (high water %lu), %s each\n",
@@ -232,6 +233,9 @@ int main(int argc, char** argv) {
                             human(reply["total_rate"].get<uint64_t>()).c_str(),
                             reply["total_rate"].get<double>() * 8 / 1e6,
                             reply["total_rate_source"].get<std::string>().c_str());
+                std::printf("file -> file credit rate: %s/s (from %s)\n",
+                            human(reply.value("disk_rate", uint64_t{0})).c_str(),
+                            reply.value("disk_rate_source", std::string("-")).c_str());
             }
         }
     } catch (const std::exception& e) {

@@ -62,6 +62,7 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
         cfg.fairness = get_or(*eng, "fairness", cfg.fairness, origin, w);
         cfg.tick_ms = get_or(*eng, "tick_ms", cfg.tick_ms, origin, w);
         cfg.total_rate_mbps = get_or(*eng, "total_rate_mbps", cfg.total_rate_mbps, origin, w);
+        cfg.disk_rate_mbps = get_or(*eng, "disk_rate_mbps", cfg.disk_rate_mbps, origin, w);
         cfg.metrics_listen = get_or(*eng, "metrics_listen", cfg.metrics_listen, origin, w);
     }
     if (cfg.fairness != "work-conserving" && cfg.fairness != "strict")
@@ -69,6 +70,8 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
     if (cfg.tick_ms == 0 || cfg.tick_ms > 1000) fail(origin, "[engine] tick_ms must be 1..1000");
     if (cfg.total_rate_mbps > 10'000'000)
         fail(origin, "[engine] total_rate_mbps must be at most 10000000 (0 = calibrate)");
+    if (cfg.disk_rate_mbps > 10'000'000)
+        fail(origin, "[engine] disk_rate_mbps must be at most 10000000 (0 = calibrate)");
     if (!cfg.metrics_listen.empty()) {
         const auto colon = cfg.metrics_listen.rfind(':');
         bool ok = colon != std::string::npos && colon > 0 && colon + 1 < cfg.metrics_listen.size() &&

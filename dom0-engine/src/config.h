@@ -63,6 +63,9 @@ struct EngineConfig {
     std::string fairness = "work-conserving";   // or "strict"
     uint32_t tick_ms = 10;                      // credit refill period
     uint64_t total_rate_mbps = 0;               // 0: use the start-up calibration
+    // file -> file never crosses the network: it is credited at its own rate (0: the calibrated
+    // disk rate), so a shaped link (total_rate_mbps) does not cap it
+    uint64_t disk_rate_mbps = 0;
     std::string metrics_listen = "127.0.0.1:9477";  // Prometheus GET /metrics; "" = off
     std::vector<VmConfig> vms;
     XenConfig xen;

@@ -52,13 +52,30 @@ Engine::Engine(EngineConfig cfg) : cfg_(std::move(cfg)) {
     opt.burst_periods = static_cast<double>(bridge_ticks);
     parse_mode(cfg_.fairness, &opt.mode);  // validated by the config parser
     credits_ = std::make_unique<CreditScheduler>(opt);
+    CreditScheduler::Options dopt = opt;
+    if (cfg_.disk_rate_mbps) {
+        dopt.total_rate = cfg_.disk_rate_mbps * 1'000'000 / 8;
+        dopt.early_refill = false;
+        disk_rate_source_ = "config";
+    } else {
+        // the disk's own estimate (an estimate: starved demand ticks early)
+        dopt.total_rate = std::max<uint64_t>(calibration_.disk_bytes_per_second ? calibration_.disk_bytes_per_second
+                                                                                : calibration_.measured_bytes_per_second,
+                                             1 << 20);
+        dopt.early_refill = true;
+        disk_rate_source_ = "calibration";
+    }
+    disk_credits_ = std::make_unique<CreditScheduler>(dopt);
     for (auto& vm : vms_) {
         credits_->add_vm(vm->config().id, vm->config().weight);
-        vm->set_credits(credits_.get());
+        disk_credits_->add_vm(vm->config().id, vm->config().weight);
+        vm->set_credits(credits_.get(), disk_credits_.get());
     }
-    spdlog::info("fairness: {}, tick {} ms, total rate {:.1f} MiB/s ({:.0f} Mbit/s, from {}){}",
+    spdlog::info("fairness: {}, tick {} ms, total rate {:.1f} MiB/s ({:.0f} Mbit/s, from {}){}; "
+                 "file -> file {:.1f} MiB/s (from {})",
                  cfg_.fairness, cfg_.tick_ms, total_rate_ / 1048576.0, total_rate_ * 8 / 1e6,
-                 total_rate_source_, opt.early_refill ? "" : ", no early refill");
+                 total_rate_source_, opt.early_refill ? "" : ", no early refill",
+                 dopt.total_rate / 1048576.0, disk_rate_source_);
 
     control_ = std::make_unique<ControlServer>(cfg_.control_socket,
                                                [this](const nlohmann::json& req) { return handle(req); });
@@ -107,7 +124,8 @@ VmService* Engine::add_vm(const VmConfig& vmc, std::string* error) {
     }
     auto service = std::make_unique<VmService>(*vm, *pool_, sockets_.get());
     credits_->add_vm(vmc.id, vmc.weight);
-    vm->set_credits(credits_.get());
+    disk_credits_->add_vm(vmc.id, vmc.weight);
+    vm->set_credits(credits_.get(), disk_credits_.get());
     VmService* raw = service.get();
     std::lock_guard lk(vms_mu_);
     if (started_) {
@@ -115,6 +133,7 @@ VmService* Engine::add_vm(const VmConfig& vmc, std::string* error) {
             service->start();
         } catch (const std::exception& e) {
             credits_->remove_vm(vmc.id);
+            disk_credits_->remove_vm(vmc.id);
             *error = e.what();
             return nullptr;
         }
@@ -144,6 +163,7 @@ void Engine::remove_vm(uint32_t id) {
     service->stop();            // drops the channel: in-flight responses go nowhere
     vm->cancel();               // operations waiting on sockets end now (-ECANCELED)
     credits_->remove_vm(id);    // workers waiting for credit return at once
+    disk_credits_->remove_vm(id);
     spdlog::info("vm {} (id {}): removed", vm->name(), id);
     // Operations already running (a socket waiting for its peer) may take a while; do not hold
     // up the caller. The Vm goes first: its workers call back into the service.
@@ -178,7 +198,9 @@ nlohmann::json Engine::handle(const nlohmann::json& req) {
         return nlohmann::json{{"ok", true},
                               {"calibration", calibration_.to_json()},
                               {"total_rate", total_rate_},
-                              {"total_rate_source", total_rate_source_}};
+                              {"total_rate_source", total_rate_source_},
+                              {"disk_rate", disk_credits_->options().total_rate},
+                              {"disk_rate_source", disk_rate_source_}};
     }
     if (cmd == "set-weight") {
         const auto vm_it = req.find("vm");
@@ -197,6 +219,7 @@ nlohmann::json Engine::handle(const nlohmann::json& req) {
             for (const auto& s : credits_->snapshot())
                 if (s.id == vm->config().id) old = s.weight;
             credits_->set_weight(vm->config().id, static_cast<uint32_t>(w));
+            disk_credits_->set_weight(vm->config().id, static_cast<uint32_t>(w));
             spdlog::info("vm {}: weight {} -> {}", vm->name(), old, w);
             return nlohmann::json{{"ok", true}, {"vm", vm->name()}, {"weight", w}, {"previous", old}};
         }
@@ -212,6 +235,7 @@ void Engine::ticker() {
     while (!ticker_stop_) {
         if (ticker_cv_.wait_until(lk, next, [this] { return ticker_stop_; })) break;
         credits_->tick();
+        disk_credits_->tick();
         next += period;
         const auto now = std::chrono::steady_clock::now();
         if (next < now) next = now + period;  // overslept (loaded host): do not burst ticks
@@ -247,6 +271,7 @@ void Engine::stop() {
     if (metrics_) metrics_->stop();
     // Workers waiting for credit return at once (and move the rest uncharged) so they join.
     if (credits_) credits_->stop();
+    if (disk_credits_) disk_credits_->stop();
     std::vector<Retiring> retiring;
     {
         std::lock_guard lk(vms_mu_);
@@ -265,6 +290,7 @@ void Engine::stop() {
 nlohmann::json Engine::stats() const {
     nlohmann::json vms = nlohmann::json::array();
     const auto shares = credits_->snapshot();
+    const auto disk_shares = disk_credits_->snapshot();
     std::unique_lock vms_lk(vms_mu_);
     for (const auto& vm : vms_) {
         nlohmann::json j = vm->stats_json();
@@ -277,6 +303,9 @@ nlohmann::json Engine::stats() const {
                             {"waits", s.waits},
                             {"active", s.active}};
         }
+        for (const auto& s : disk_shares)
+            if (s.id == vm->config().id)
+                j["disk_credits"] = {{"credit", s.credit}, {"charged", s.charged}, {"waits", s.waits}, {"active", s.active}};
         vms.push_back(std::move(j));
     }
     vms_lk.unlock();
@@ -294,6 +323,8 @@ nlohmann::json Engine::stats() const {
               {"tick_ms", cfg_.tick_ms},
               {"total_rate", opt.total_rate},
               {"total_rate_source", total_rate_source_},
+              {"disk_rate", disk_credits_->options().total_rate},
+              {"disk_rate_source", disk_rate_source_},
               {"early_refill", opt.early_refill && opt.mode == CreditScheduler::Mode::kWorkConserving},
               {"calibration", calibration_.to_json()}}},
             {"pool",

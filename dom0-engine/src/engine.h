@@ -58,7 +58,9 @@ private:
     uint64_t total_rate_ = 0;            // bytes per second handed out by the scheduler
     std::string total_rate_source_;      // "calibration" or "config"
     // Declared before the VMs: their workers charge it until they are joined.
-    std::unique_ptr<CreditScheduler> credits_;
+    std::unique_ptr<CreditScheduler> credits_;       // operations with a socket endpoint
+    std::unique_ptr<CreditScheduler> disk_credits_;  // file -> file (never on the network)
+    std::string disk_rate_source_;                   // "calibration" or "config"
     std::thread ticker_;
     std::mutex ticker_mu_;
     std::condition_variable ticker_cv_;

@@ -108,6 +108,9 @@ std::string format_metrics(const nlohmann::json& stats) {
     w.family("vpipe_engine_total_rate_bytes_per_second", "gauge",
              "Credit handed out per second to all VMs together.");
     w.sample("vpipe_engine_total_rate_bytes_per_second", "", num<uint64_t>(f, "total_rate"));
+    w.family("vpipe_engine_disk_rate_bytes_per_second", "gauge",
+             "Credit handed out per second for file -> file, which never crosses the network.");
+    w.sample("vpipe_engine_disk_rate_bytes_per_second", "", num<uint64_t>(f, "disk_rate"));
     w.family("vpipe_engine_calibrated_rate_bytes_per_second", "gauge",
              "What the start-up calibration measured, by path (min = measured).");
     const nlohmann::json& cal = f.contains("calibration") ? f["calibration"] : empty;

@@ -19,7 +19,7 @@ int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& re
     uint64_t charged_until = 0;  // stream bytes charged so far
     auto prepay = [&](uint64_t upto) {
         upto = std::min<uint64_t>(upto, req.length);
-        if (upto > charged_until) vm.reserve(upto - charged_until);
+        if (upto > charged_until) vm.reserve(req.op, upto - charged_until);
         charged_until = std::max(charged_until, upto);
     };
     uint64_t done = 0;

@@ -242,6 +242,16 @@ int open_shadow(Vm& vm, const ParsedRequest& req, Shadow& sh, const SocketEndpoi
     return r;
 }
 
+// Opens the one shadow of a file <-> socket request (`source`: its source endpoint); on failure
+// answers that endpoint with flags 0 (the guest restores what it froze).
+bool open_single(Vm& vm, const ParsedRequest& req, Shadow& sh, bool source, const DescWriter& write) {
+    const SocketEndpoint& ep = source ? req.src_sock : req.dst_sock;
+    if (open_shadow(vm, req, sh, ep, source ? Shadow::Role::kSource : Shadow::Role::kDestination) == 0) return true;
+    EndpointResult none;
+    write_result(write, source, ep, none);
+    return false;
+}
+
 // Sends the destination's tail once the data is out; sets VPIPE_EPF_TAIL_SENT on success.
 int send_tail(Vm& vm, Shadow& dst, const SocketEndpoint& ep, bool* tail_sent) {
     *tail_sent = false;
@@ -265,7 +275,7 @@ int send_from_page_cache(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedReque
     int status = 0;
     while (pos < req.length && status == 0) {
         const uint64_t n = std::min<uint64_t>(window, req.length - pos);
-        vm.reserve(n);  // credit before the bytes move, not after
+        vm.reserve(req.op, n);  // credit before the bytes move, not after
         uint64_t counted = 0;
         for (const Extent& e : slice_extents(req.src_file.extents, pos, n)) {
             if (e.zero) {
@@ -298,11 +308,8 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     DiskImage* disk = vm.disk(req.src_file.vdev);
     if (!disk) return -EPERM;
     Shadow dst(sockets, vm.shadow_counters());
+    if (!open_single(vm, req, dst, false, write)) return -EIO;
     EndpointResult res;
-    if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination) < 0) {
-        write_result(write, false, req.dst_sock, res);
-        return -EIO;
-    }
     const uint64_t before = req.dst_sock.sndq.size();  // the stream before the data on the wire
     uint64_t sent = 0;
     int status = 0;
@@ -342,7 +349,7 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
                 status = sr != 0 ? sr : rr;
                 break;
             }
-            vm.reserve(n);  // credit before the bytes move, not after
+            vm.reserve(req.op, n);  // credit before the bytes move, not after
             uint8_t* data = b.data();
             const int fd = dst.fd();
             const uint32_t limit = dst.snd_limit();
@@ -386,11 +393,8 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     DiskImage* disk = vm.disk(req.dst_file.vdev);
     if (!disk) return -EPERM;
     Shadow src(sockets, vm.shadow_counters());
+    if (!open_single(vm, req, src, true, write)) return -EIO;
     EndpointResult res;
-    if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
-        write_result(write, true, req.src_sock, res);
-        return -EIO;
-    }
     uint64_t pos = 0;  // written to the image
     int status = 0;
     {

@@ -58,17 +58,23 @@ public:
     void cancel();
     int cancel_fd() const { return cancel_fd_.get(); }
 
-    // The engine's credit scheduler (nullptr: none, nothing is charged). Set before start.
-    void set_credits(CreditScheduler* credits) { credits_ = credits; }
+    // The engine's credit schedulers (nullptr: none, nothing is charged). Set before start.
+    // `net` credits operations with a socket endpoint, `disk` file -> file, which never
+    // crosses the network (a shaped link must not cap it).
+    void set_credits(CreditScheduler* net, CreditScheduler* disk) {
+        credits_ = net;
+        disk_credits_ = disk;
+    }
     // Charges `bytes` to this VM (waits for credit) and counts them as moved by `op`. The
     // one call every data path makes per window.
     void charge(uint8_t op, uint64_t bytes) {
-        reserve(bytes);
+        reserve(op, bytes);
         count(op, bytes);
     }
     // Only the credit part: charged ahead of a window whose bytes are counted when they land.
-    void reserve(uint64_t bytes) {
-        if (credits_ && bytes) credits_->charge(cfg_.id, bytes);  // false only on shutdown
+    void reserve(uint8_t op, uint64_t bytes) {
+        CreditScheduler* s = op == VPIPE_OP_FILE_TO_FILE && disk_credits_ ? disk_credits_ : credits_;
+        if (s && bytes) s->charge(cfg_.id, bytes);  // false only on shutdown
     }
     // Only the counting part.
     void count(uint8_t op, uint64_t bytes) {
@@ -85,6 +91,7 @@ private:
     std::atomic<bool> connected_{false};
     UniqueFd cancel_fd_;                   // eventfd, written by cancel()
     CreditScheduler* credits_ = nullptr;
+    CreditScheduler* disk_credits_ = nullptr;
     std::unique_ptr<WorkerPool> workers_;  // last: joins before the disks close
 };
 

@@ -232,7 +232,7 @@ protected:
     static void SetUpTestSuite() {
         if (!bring_up({.up = {"--vms", "3", "--weights", "1,1,2", "--link-mbit", std::to_string(kLinkMbit), "--disks",
                               "1", "--disk-mib", "768"},
-                       .binaries = {"vpipectl", "vpipe-httpd"},
+                       .binaries = {"vpipectl", "vpipe-httpd", "cp-vpipe"},
                        .name = "fairness"}))
             return;
         // the files (not sparse, not in the page cache: the agent's cache rule would serve
@@ -250,6 +250,14 @@ protected:
                          &error_);
             if (!error_.empty()) return;
         }
+    }
+
+    static json stats() {
+        auto st = ctl({"stats", "--json"});
+        EXPECT_EQ(st.status, 0) << st.all();
+        json j = json::parse(st.out, nullptr, false);
+        EXPECT_FALSE(j.is_discarded()) << st.out;
+        return j;
     }
 
     static Res ctl(std::vector<std::string> args) {
@@ -370,4 +378,28 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
         auto g = run({"gnuplot", "-e", gp});
         EXPECT_EQ(g.status, 0) << g.all();
     }
+}
+
+TEST_F(FairnessLab, FileToFileIsCreditedApartFromTheLink) {
+    // total_rate_mbps is the shaped link here; file -> file never crosses it, so it is charged
+    // to the disk's own scheduler (calibrated), and the link's credit is left to the sockets
+    const std::string src = mount(1) + "/f2f-src", dst = mount(1) + "/f2f-dst";
+    const uint64_t len = 64 * kMiB;
+    ASSERT_EQ(write_pattern_file(src, 7, len, /*drop_cache=*/true), "");
+    json before = stats();
+    ASSERT_TRUE(before["vms"][0].contains("disk_credits")) << before.dump();
+    EXPECT_EQ(before["fairness"]["disk_rate_source"], "calibration");
+    EXPECT_GT(before["fairness"]["disk_rate"].get<uint64_t>(), 0u);
+    auto r = run({kLab, "exec", "vm1", "--", kBin + "/cp-vpipe", "--no-fallback", src, dst});
+    ASSERT_EQ(r.status, 0) << r.all();
+    json after = stats();
+    const auto charged = [](const json& j, const char* which) { return j["vms"][0][which]["charged"].get<uint64_t>(); };
+    EXPECT_GE(charged(after, "disk_credits") - charged(before, "disk_credits"), len);
+    EXPECT_EQ(charged(after, "credits"), charged(before, "credits")) << "file -> file charged to the link";
+    std::vector<char> got(len);
+    std::ifstream in(dst, std::ios::binary);
+    ASSERT_TRUE(in.read(got.data(), static_cast<std::streamsize>(len)));
+    EXPECT_EQ(got, pattern(7, len));
+    unlink(src.c_str());
+    unlink(dst.c_str());
 }

@@ -10,6 +10,8 @@ TEST(EngineConfig, ParsesTheLabFormat) {
 control_socket = "/run/x.ctl"
 pool_pages = 1024
 queue_depth = 16
+total_rate_mbps = 900
+disk_rate_mbps = 4000
 [[vm]]
 name = "vm1"
 id = 1
@@ -28,6 +30,8 @@ cache = "host"
 )");
     EXPECT_EQ(c.control_socket, "/run/x.ctl");
     EXPECT_EQ(c.pool_pages, 1024u);
+    EXPECT_EQ(c.total_rate_mbps, 900u);
+    EXPECT_EQ(c.disk_rate_mbps, 4000u);
     ASSERT_EQ(c.vms.size(), 1u);
     EXPECT_EQ(c.vms[0].weight, 2u);
     EXPECT_EQ(c.vms[0].threads, 3u);
@@ -53,6 +57,7 @@ TEST(EngineConfig, ErrorsNameTheProblem) {
                  "duplicate name");
     expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\nweight = 0\n", "weight");
     expect_error("[engine]\nqueue_depth = 0\n", "queue_depth");
+    expect_error("[engine]\ndisk_rate_mbps = 20000000\n", "disk_rate_mbps");
     expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm.disk]]\nvdev = 1\nimage = \"x\"\n[[vm.disk]]\nvdev = 1\nimage = \"y\"\n",
                  "duplicate vdev");
     expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm.disk]]\nvdev = 1\nimage = \"x\"\ncache = \"writeback\"\n",

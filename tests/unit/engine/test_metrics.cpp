@@ -29,7 +29,7 @@ nlohmann::json sample_stats() {
          "credits": {"weight": 1, "credit": 500, "charged": 0, "waits": 0, "active": false}}
       ],
       "fairness": {"mode": "work-conserving", "tick_ms": 10, "total_rate": 47500000,
-                   "total_rate_source": "config",
+                   "total_rate_source": "config", "disk_rate": 900000000, "disk_rate_source": "calibration",
                    "calibration": {"disk_bytes_per_second": 1000, "memory_bytes_per_second": 2000,
                                    "measured_bytes_per_second": 1000, "seconds": 0.5, "disk": "/x"}},
       "pool": {"buffers": 64, "in_use": 3, "buffer_bytes": 1048576, "high_water": 4}
@@ -73,6 +73,7 @@ TEST(Metrics, FormatsPerVmAndEngineNumbers) {
     EXPECT_TRUE(has_line(m, "vpipe_vm_credit_active{vm=\"vm1\"} 1")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_vm_active_operations{vm=\"vm1\"} 2")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_engine_total_rate_bytes_per_second 47500000")) << m;
+    EXPECT_TRUE(has_line(m, "vpipe_engine_disk_rate_bytes_per_second 900000000")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_engine_calibrated_rate_bytes_per_second{path=\"memory\"} 2000")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_engine_tick_seconds 0.01")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_engine_fairness_strict 0")) << m;
