@@ -122,6 +122,11 @@ ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements
 # what the last full run was like (SUMMARY.md quotes it also after partial re-runs)
 [ "$what" = all ] && echo "$ELAPSED|$START_LOAD|$QUICK|$(date -u +%Y-%m-%dT%H:%MZ)" > "$R/run_info.txt"
+# and of each part run since (a part's tables are from its newest run): one line per part
+if [ "$what" != summary ]; then
+  { grep -v "^$what|" "$R/runs.txt" 2>/dev/null || true; echo "$what|$(date -u +%Y-%m-%dT%H:%MZ)|$ELAPSED|$START_LOAD|$QUICK"; } > "$TMPD/runs.txt"
+  sort "$TMPD/runs.txt" > "$R/runs.txt"
+fi
 plots
 summary
 echo "bench: results in $R/ (SUMMARY.md), $ELAPSED s"

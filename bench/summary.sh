@@ -183,6 +183,15 @@ summary() {
     echo "Last full run: $dt, took $el s$([ "$qk" = 1 ] && echo ", **--quick run**" || true); load average at its start: $ld (the host"
     echo "is shared with other builds and QEMU runs, so absolute numbers are noisy: compare the ratios,"
     echo "each taken within one lab with the paths run back to back). This file written $(date -u +%Y-%m-%dT%H:%MZ)."
+    if [ -s "$R/runs.txt" ]; then
+      echo
+      echo "Parts re-run on their own since (\`bench/run.sh PART\`; their tables are from that run):"
+      local part pdt pel pld pqk
+      while IFS='|' read -r part pdt pel pld pqk; do
+        [ "$part" = all ] && continue
+        echo "- \`$part\`: $pdt, $pel s, load $pld$([ "$pqk" = 1 ] && echo ", --quick" || true)"
+      done < "$R/runs.txt"
+    fi
     echo
     echo "## What the lab models and what it does not"
     echo
@@ -202,9 +211,12 @@ summary() {
     echo "  /proc/PID/stat. All per GiB moved."
     echo "- The client namespace is not pinned: it shares the host's two cores with everything else, so busy"
     echo "  neighbours slow even the native dom0 paths (the native column); hence the engine / native ratio."
-    echo "- With \`--link-mbit\` the lab sets the engine's total credit rate to 90 % of the link (fairness"
-    echo "  configuration, docs/operations.md), so on the 1 Gbit/s link vPipe is capped a little below what"
-    echo "  the classic paths may use."
+    echo "- With \`--link-mbit\` the lab sets the engine's credit rate for socket operations to 90 % of the link"
+    echo "  (fairness configuration, docs/operations.md), so on the 1 Gbit/s link vPipe's socket paths are"
+    echo "  capped a little below what the classic paths may use; file → file is credited at the disk's rate."
+    echo "- The engine reads the images for file → socket through dom0's page cache (\`cache = \"host\"\`,"
+    echo "  coherent because the images are on loop devices; docs/protocol.md §6); one unmeasured vPipe GET"
+    echo "  warms it before each Fig 4 condition, as the guest's cache is warm from copying the file in."
     if [ "$QUICK" = 1 ]; then
       echo "- **Quick run**: 0 and 2 neighbours only, one repetition, fewer sizes."
     else

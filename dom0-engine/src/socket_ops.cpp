@@ -271,10 +271,21 @@ int send_from_page_cache(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedReque
     const int fd = dst.fd();
     const int flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -EIO;
+    // Readahead one window ahead: the image's own readahead window (128 KiB by default) would
+    // leave a cold read at a fraction of what 1 MiB direct reads two at a time get.
+    auto prefetch = [&](uint64_t from) {
+        if (from >= req.length) return;
+        for (const Extent& e : slice_extents(req.src_file.extents, from, std::min<uint64_t>(window, req.length - from)))
+            if (!e.zero)
+                posix_fadvise(disk.cached_fd(), static_cast<off_t>(e.disk_offset), static_cast<off_t>(e.length),
+                              POSIX_FADV_WILLNEED);
+    };
     uint64_t pos = 0;
     int status = 0;
+    prefetch(0);
     while (pos < req.length && status == 0) {
         const uint64_t n = std::min<uint64_t>(window, req.length - pos);
+        prefetch(pos + n);
         vm.reserve(req.op, n);  // credit before the bytes move, not after
         uint64_t counted = 0;
         for (const Extent& e : slice_extents(req.src_file.extents, pos, n)) {
