@@ -100,25 +100,28 @@ int recv_window(int fd, uint8_t* buf, uint64_t want, int cancel_fd, int stop_fd,
     return 0;
 }
 
-// Sends all of buf on a destination shadow without letting its send queue (acknowledged bytes
-// leave it) hold more than `limit` bytes, so that what is handed back always fits the room.
-// *done grows by every byte the socket accepted, also when it fails midway (moved and the
+// Writes n bytes to a destination shadow with `put(pos, max)` (send() or sendfile(): > 0 bytes
+// written, 0 if the source ended, -1 and errno) without letting its send queue (acknowledged
+// bytes leave it) hold more than `limit` bytes, so that what is handed back always fits the
+// room. *done grows by every byte the socket accepted, also when it fails midway (moved and the
 // carried tail are computed from it).
-int send_limited(int fd, const uint8_t* buf, size_t n, uint32_t limit, uint64_t* done, int cancel_fd) {
-    size_t off = 0;
-    while (off < n) {
+template <class Put>
+int put_limited(int fd, uint64_t n, uint32_t limit, uint64_t* done, int cancel_fd, Put put) {
+    uint64_t pos = 0;
+    while (pos < n) {
         int outq = 0;
         if (ioctl(fd, SIOCOUTQ, &outq) < 0) return -EIO;
         const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
         if (allow > 0) {
-            ssize_t w = ::send(fd, buf + off, std::min<uint64_t>(n - off, allow), MSG_NOSIGNAL | MSG_DONTWAIT);
+            ssize_t w = put(pos, std::min<uint64_t>(n - pos, allow));
             if (w > 0) {
-                off += static_cast<size_t>(w);
+                pos += static_cast<uint64_t>(w);
                 *done += static_cast<uint64_t>(w);
                 continue;
             }
-            if (w < 0 && errno == EINTR) continue;
-            if (w < 0 && errno != EAGAIN) return map_sock_err(errno);
+            if (w == 0) return -EIO;  // sendfile: the image ended before the extent (never for a valid one)
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) return map_sock_err(errno);  // a socket error, else -EIO
         }
         // the send buffer is sized to the limit: writable again once acknowledgements freed it
         short revents = 0;
@@ -134,38 +137,19 @@ int send_limited(int fd, const uint8_t* buf, size_t n, uint32_t limit, uint64_t*
     return 0;
 }
 
-// send_limited() for bytes of a file: sendfile() from `file` at `off`, zero-copy out of dom0's
-// page cache. The socket must be non-blocking.
+int send_limited(int fd, const uint8_t* buf, size_t n, uint32_t limit, uint64_t* done, int cancel_fd) {
+    return put_limited(fd, n, limit, done, cancel_fd, [&](uint64_t pos, uint64_t max) {
+        return ::send(fd, buf + pos, max, MSG_NOSIGNAL | MSG_DONTWAIT);
+    });
+}
+
+// The bytes of a file at `off`: sendfile(), zero-copy out of dom0's page cache. The socket must
+// be non-blocking.
 int sendfile_limited(int fd, int file, uint64_t off, uint64_t n, uint32_t limit, uint64_t* done, int cancel_fd) {
-    uint64_t left = n;
-    while (left > 0) {
-        int outq = 0;
-        if (ioctl(fd, SIOCOUTQ, &outq) < 0) return -EIO;
-        const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
-        if (allow > 0) {
-            off_t o = static_cast<off_t>(off);
-            ssize_t w = ::sendfile(fd, file, &o, std::min<uint64_t>(left, allow));
-            if (w > 0) {
-                off += static_cast<uint64_t>(w);
-                left -= static_cast<uint64_t>(w);
-                *done += static_cast<uint64_t>(w);
-                continue;
-            }
-            if (w == 0) return -EIO;  // the image ended before the extent: never for a valid one
-            if (errno == EINTR) continue;
-            if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) return map_sock_err(errno);
-            if (errno != EAGAIN) return -EIO;  // a read error on the image
-        }
-        short revents = 0;
-        int pr = wait_fd(fd, POLLOUT, cancel_fd, &revents);
-        if (pr == 0) return -ETIMEDOUT;
-        if (pr < 0) return pr;
-        if (revents & (POLLERR | POLLHUP) && !(revents & POLLOUT)) return sock_error(fd);
-        if (allow > 0 || !(revents & POLLOUT)) continue;
-        pr = wait_fd(fd, POLLIN | POLLPRI, cancel_fd, &revents, 1);
-        if (pr < 0) return pr;
-    }
-    return 0;
+    return put_limited(fd, n, limit, done, cancel_fd, [&](uint64_t pos, uint64_t max) {
+        off_t o = static_cast<off_t>(off + pos);
+        return ::sendfile(fd, file, &o, max);
+    });
 }
 
 // After the last byte is queued: waits (on an event, not by polling the queue) until the

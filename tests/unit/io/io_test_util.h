@@ -196,4 +196,14 @@ private:
     int fd_ = -1;
 };
 
+// A loop device over `backing`, or nullptr with *why set (no loop device here: tests skip).
+inline std::unique_ptr<LoopDevice> try_loop(const std::string& backing, bool direct_io, std::string* why) {
+    try {
+        return std::make_unique<LoopDevice>(backing, direct_io);
+    } catch (const std::system_error& e) {
+        *why = std::string("no loop device available: ") + e.what();
+        return nullptr;
+    }
+}
+
 }  // namespace vpipe::engine::test

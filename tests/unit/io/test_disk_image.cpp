@@ -74,12 +74,9 @@ TEST(DiskImage, BlockLockStripes) {
 
 TEST(DiskImage, OpensLoopBlockDevice) {
     TempImage file(3 << 20, 4);
-    std::unique_ptr<test::LoopDevice> loop;
-    try {
-        loop = std::make_unique<test::LoopDevice>(file.path);
-    } catch (const std::system_error& e) {
-        GTEST_SKIP() << "no loop device available: " << e.what();
-    }
+    std::string why;
+    auto loop = test::try_loop(file.path, false, &why);
+    if (!loop) GTEST_SKIP() << why;
     auto d = DiskImage::open(loop->path, false);
     EXPECT_EQ(d->size(), 3u << 20);
     int logical_block = 0;
@@ -89,12 +86,9 @@ TEST(DiskImage, OpensLoopBlockDevice) {
 
 TEST(DiskImage, HostCacheIsRefusedForABlockDevice) {
     TempImage file(1 << 20, 5);
-    std::unique_ptr<test::LoopDevice> loop;
-    try {
-        loop = std::make_unique<test::LoopDevice>(file.path);
-    } catch (const std::system_error& e) {
-        GTEST_SKIP() << "no loop device available: " << e.what();
-    }
+    std::string why;
+    auto loop = test::try_loop(file.path, false, &why);
+    if (!loop) GTEST_SKIP() << why;
     try {
         DiskImage::open(loop->path, false, true);
         FAIL() << "a block device was opened for reads through the page cache";
@@ -120,12 +114,8 @@ TEST_P(HostCache, SeesEveryWriteOfTheVmAndOfTheEngine) {
     TempImage file(1 << 20, 6);
     std::string why;
     if (!test::open_direct(file.path, true, &why)) GTEST_SKIP() << why;
-    std::unique_ptr<test::LoopDevice> loop;
-    try {
-        loop = std::make_unique<test::LoopDevice>(file.path, GetParam());
-    } catch (const std::system_error& e) {
-        GTEST_SKIP() << "no loop device available: " << e.what();
-    }
+    auto loop = test::try_loop(file.path, GetParam(), &why);
+    if (!loop) GTEST_SKIP() << why;
     auto d = DiskImage::open(file.path, true, true);
     ASSERT_GE(d->cached_fd(), 0);
     EXPECT_FALSE(::fcntl(d->cached_fd(), F_GETFL) & O_DIRECT);
