@@ -30,8 +30,9 @@ DESCRIPTION
            bytes per operation type, and per disk image the bytes the engine read and wrote;
            plus the buffer pool; and the sharing of dom0: the fairness mode, tick, total credit
            rate (and where it came from), and per VM its live weight, credit (bytes; negative
-           = debt), bytes charged, waits for credit, and whether it is active (asked for credit
-           in the last tick). With the Xen backend (vpiped --xen): per guest domain its xenbus
+           = debt), bytes charged, waits for credit, bytes admitted uncapped while it was the only
+           VM asking (work-conserving mode: the link or disk paces a lone VM, not the credit
+           rate), and whether it is active (asked for credit in the last tick). With the Xen backend (vpiped --xen): per guest domain its xenbus
            states (backend/frontend), ring-ref and event channel when connected, connects and
            refused handshakes with the last error; and the backend's counters (domains seen and
            released, connects, disconnects, handshake failures by cause: bad_version, bad_keys,
@@ -121,10 +122,11 @@ void print_stats(const nlohmann::json& s) {
         if (vm.contains("credits")) {
             const auto& c = vm["credits"];
             const int64_t credit = c["credit"].get<int64_t>();
-            std::printf("  credits: weight %u  credit %s%s  charged %s  waits %lu  %s\n", c["weight"].get<unsigned>(),
-                        credit < 0 ? "-" : "", human(static_cast<uint64_t>(credit < 0 ? -credit : credit)).c_str(),
+            std::printf("  credits: weight %u  credit %s%s  charged %s  waits %lu  sole %s  %s\n",
+                        c["weight"].get<unsigned>(), credit < 0 ? "-" : "",
+                        human(static_cast<uint64_t>(credit < 0 ? -credit : credit)).c_str(),
                         human(c["charged"].get<uint64_t>()).c_str(), c["waits"].get<unsigned long>(),
-                        c["active"].get<bool>() ? "active" : "idle");
+                        human(c.value("sole", 0ul)).c_str(), c["active"].get<bool>() ? "active" : "idle");
         }
         for (const auto& [op, n] : vm["ops"].items())
             std::printf("  %-17s %8lu ops  %12s\n", op.c_str(), n.get<unsigned long>(),

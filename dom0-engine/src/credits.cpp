@@ -66,6 +66,12 @@ bool CreditScheduler::charge(uint32_t id, uint64_t bytes) {
         if (it == vms_.end()) return false;
         Vm& vm = it->second;
         vm.quiet = 0;
+        if (opt_.mode == Mode::kWorkConserving && opt_.uncap_sole_demand && sole_demand_locked(id)) {
+            vm.credit = std::max<int64_t>(vm.credit - static_cast<int64_t>(bytes), std::min<int64_t>(vm.credit, 0));
+            vm.charged += bytes;
+            vm.sole += bytes;
+            return true;
+        }
         // Any positive credit admits a window (debt covers the rest), so a window larger than
         // one tick's share still moves, and pays for itself over the next ticks.
         if (vm.credit > 0) {
@@ -113,6 +119,12 @@ bool CreditScheduler::all_demand_starved_locked() const {
     return any;
 }
 
+bool CreditScheduler::sole_demand_locked(uint32_t id) const {
+    for (const auto& [other, vm] : vms_)
+        if (other != id && (recently_wanted(vm) || vm.waiting > 0)) return false;
+    return true;
+}
+
 void CreditScheduler::tick() {
     std::lock_guard lk(mu_);
     tick_locked();
@@ -150,7 +162,7 @@ std::vector<CreditScheduler::VmShare> CreditScheduler::snapshot() const {
     std::lock_guard lk(mu_);
     std::vector<VmShare> out;
     for (const auto& [id, vm] : vms_)
-        out.push_back({id, vm.weight, vm.credit, vm.charged, vm.waits,
+        out.push_back({id, vm.weight, vm.credit, vm.charged, vm.waits, vm.sole,
                        recently_wanted(vm)});
     return out;
 }

@@ -47,6 +47,14 @@ public:
         // current and the last period. Longer bridges short pauses of a busy VM (the hand-over
         // between two ring requests) so its share is not handed to the others meanwhile.
         unsigned active_periods = 2;
+        // Work-conserving only: a VM that is the only one asking for credit is admitted at
+        // once, whatever its credit. Credit exists to split a capacity between VMs; with nobody
+        // to split it with, the real bottleneck (the link, the disk) paces the VM, and a
+        // total_rate set a little below that bottleneck (so that the engine, not the link,
+        // decides the shares under contention) would otherwise cap a lone VM at ~90 % of it.
+        // Its credit is spent down to zero, never into debt, so a VM that arrives next meets
+        // an equal start. Strict mode always caps (hard isolation).
+        bool uncap_sole_demand = true;
     };
 
     struct VmShare {
@@ -55,6 +63,7 @@ public:
         int64_t credit;          // bytes it may move now (negative: debt from a large window)
         uint64_t charged;        // bytes charged since it was added
         uint64_t waits;          // times a worker had to wait for credit
+        uint64_t sole;           // bytes admitted uncapped as the only VM asking (uncap_sole_demand)
         bool active;             // asked for credit within the last active_periods ticks
     };
 
@@ -91,6 +100,7 @@ private:
         int64_t credit = 0;
         uint64_t charged = 0;
         uint64_t waits = 0;
+        uint64_t sole = 0;
         unsigned quiet = ~0u / 2;          // ticks since it last asked for credit (0: this period)
         unsigned waiting = 0;              // workers blocked on credit now
     };
@@ -98,6 +108,7 @@ private:
     void tick_locked();
     bool recently_wanted(const Vm& vm) const { return vm.quiet < opt_.active_periods; }
     bool all_demand_starved_locked() const;
+    bool sole_demand_locked(uint32_t id) const;
 
     mutable std::mutex mu_;
     std::condition_variable cv_;

@@ -301,11 +301,13 @@ nlohmann::json Engine::stats() const {
                             {"credit", s.credit},
                             {"charged", s.charged},
                             {"waits", s.waits},
+                            {"sole", s.sole},
                             {"active", s.active}};
         }
         for (const auto& s : disk_shares)
             if (s.id == vm->config().id)
-                j["disk_credits"] = {{"credit", s.credit}, {"charged", s.charged}, {"waits", s.waits}, {"active", s.active}};
+                j["disk_credits"] = {{"credit", s.credit}, {"charged", s.charged}, {"waits", s.waits},
+                                     {"sole", s.sole}, {"active", s.active}};
         vms.push_back(std::move(j));
     }
     vms_lk.unlock();

@@ -155,6 +155,7 @@ TEST(Credits, StrictChargeWaitsForTheTick) {
 TEST(Credits, WorkConservingNeverIdlesWhileThereIsDemand) {
     CreditScheduler::Options o = opts(Mode::kWorkConserving);
     o.period = 1h;  // the timer would never come: starved demand must refill by itself
+    o.uncap_sole_demand = false;  // (or VM 1, the only one asking, would not need credit at all)
     CreditScheduler s(o);
     s.add_vm(1, 1);
     s.add_vm(2, 5);
@@ -184,4 +185,56 @@ TEST(Credits, StopAndRemoveReleaseWaiters) {
     EXPECT_FALSE(b.get());
     EXPECT_FALSE(s.charge(2, 1));
     EXPECT_FALSE(s.charge(42, 1));
+}
+
+// A lone VM is paced by the real bottleneck, not by a total rate set below it; as soon as a
+// second VM asks for credit, the shares apply again, and the lone VM's run left it no debt.
+TEST(Credits, WorkConservingDoesNotCapTheOnlyVmAsking) {
+    CreditScheduler::Options o = opts(Mode::kWorkConserving);
+    o.period = 1h;          // no tick, no early refill: only the sole-demand rule can admit
+    o.early_refill = false;
+    CreditScheduler s(o);
+    s.add_vm(1, 1);
+    s.add_vm(2, 1);
+    for (int i = 0; i < 1024; ++i) ASSERT_TRUE(s.charge(1, kWindow));  // 64 MiB, no credit ever handed out
+    auto v = s.snapshot();
+    EXPECT_EQ(v[0].charged, 1024 * kWindow);
+    EXPECT_EQ(v[0].sole, 1024 * kWindow);
+    EXPECT_EQ(v[0].waits, 0u);
+    EXPECT_EQ(v[0].credit, 0);  // spent down to zero, never into debt
+    // VM 2 asks: from now on VM 1 needs credit like everybody else.
+    EXPECT_FALSE(s.try_charge(2, kWindow));
+    auto blocked = std::async(std::launch::async, [&] { return s.charge(1, kWindow); });
+    EXPECT_EQ(blocked.wait_for(100ms), std::future_status::timeout);
+    s.tick();
+    ASSERT_EQ(blocked.wait_for(2s), std::future_status::ready);
+    EXPECT_TRUE(blocked.get());
+    EXPECT_EQ(s.snapshot()[0].sole, 1024 * kWindow);
+}
+
+TEST(Credits, StrictCapsTheOnlyVmAsking) {
+    CreditScheduler::Options o = opts(Mode::kStrict);
+    o.period = 1h;
+    CreditScheduler s(o);
+    s.add_vm(1, 1);
+    auto blocked = std::async(std::launch::async, [&] { return s.charge(1, kWindow); });
+    EXPECT_EQ(blocked.wait_for(100ms), std::future_status::timeout);
+    s.tick();
+    ASSERT_EQ(blocked.wait_for(2s), std::future_status::ready);
+    EXPECT_TRUE(blocked.get());
+    EXPECT_EQ(s.snapshot()[0].sole, 0u);
+}
+
+TEST(Credits, SoleDemandCanBeTurnedOff) {
+    CreditScheduler::Options o = opts(Mode::kWorkConserving);
+    o.period = 1h;
+    o.early_refill = false;
+    o.uncap_sole_demand = false;
+    CreditScheduler s(o);
+    s.add_vm(1, 1);
+    auto blocked = std::async(std::launch::async, [&] { return s.charge(1, kWindow); });
+    EXPECT_EQ(blocked.wait_for(100ms), std::future_status::timeout);
+    s.stop();
+    ASSERT_EQ(blocked.wait_for(2s), std::future_status::ready);
+    EXPECT_FALSE(blocked.get());
 }
