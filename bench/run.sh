@@ -15,7 +15,9 @@
 #   bench/run.sh summary           only re-plot and rewrite SUMMARY.md from the CSVs
 # --quick: fewer conditions, sizes and repetitions (a smoke run of every code path, ~6 min).
 # Environment: BUILD_DIR (default build, built with scripts/build.sh; any other dir is built
-# with cmake --build), FIG4_MIB (512), REPS (2: repetitions with the unlimited link), REPS_LINK (1).
+# with cmake --build), FIG4_MIB (512), REPS (2: repetitions with the unlimited link), REPS_LINK (1);
+# FIG4_NEIGHBOURS ("0 1 2 3"), FIG4_LINKS ("0 1000": unlimited, 1 Gbit/s), FIG4_EXTRA (1: the size
+# sweeps and profiles of the 0- and 2-neighbour labs) select a part of Fig 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0

@@ -193,16 +193,20 @@ run_fig4() {
   echo "size_mib,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$SIZES_CSV"
   echo "op_bytes,path,ops,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$OPS_CSV"
   rm -rf "$PROF"; mkdir -p "$PROF"
-  local ks="0 1 2 3" reps0=${REPS:-2} reps1=${REPS_LINK:-1}
+  local ks="0 1 2 3" reps0=${REPS:-2} reps1=${REPS_LINK:-1} links=${FIG4_LINKS:-"0 1000"}
   if [ "$QUICK" = 1 ]; then ks="0 2"; reps0=1; fi
+  ks=${FIG4_NEIGHBOURS:-$ks}   # (a developer's partial run: FIG4_NEIGHBOURS=0 FIG4_LINKS=0 FIG4_EXTRA=0)
   local k extra
   for k in $ks; do
+    case " $links " in *" 0 "*) ;; *) break ;; esac
     extra=""
     [ "$k" = 0 ] && extra="run_opsize_and_profile"
     [ "$k" = 2 ] && extra="run_sizes"
+    [ "${FIG4_EXTRA:-1}" = 0 ] && extra=""
     echo "bench: Fig 4, unlimited link, $k busy neighbour(s)" >&2
     fig4_condition 0 "$k" "$reps0" "$extra"
   done
+  case " $links " in *" 1000 "*) ;; *) ks="" ;; esac
   for k in $ks; do
     echo "bench: Fig 4, link 1 Gbit/s, $k busy neighbour(s)" >&2
     fig4_condition 1000 "$k" "$reps1"
@@ -264,7 +268,7 @@ ss_sample() {  # OUT: at 0.8, 1.6 and 2.4 s, the TCP sockets of dom0, vm1 and th
 perf_engine() {  # OUT [PID]: perf profile of vpiped (or PID) for 3 s (at most 1.5 s for file->socket,
   # which is short), starting 0.3 s from now; top symbols
   local pid=${2:-$EPID} secs=3
-  case $1 in *file_to_socket*) secs=1 ;; esac
+  case $1 in *file_to_socket*) secs=1 ;; *socket_to_socket*) secs=1.5 ;; esac
   sleep 0.3
   perf record -q -g -o "$TMPD/perf.data" -p "$pid" -- sleep $secs >/dev/null 2>&1 || return 0
   # inclusive ("children") shares: which calls the time is spent under
@@ -292,8 +296,12 @@ run_profile() {
     perf_engine "$PROF/perf_engine_socket_to_file.txt" & sp=$!
     put_check "http://$VM1:8083/put" "$SHM/src" "$bytes"; wait $sp || true
     rm -f "$M/put"; sync
+    # (a 512 MiB relay takes ~0.4 s: four back to back fill the sampling window)
     perf_engine "$PROF/perf_engine_socket_to_socket.txt" & sp=$!
-    get_check "http://$VM1:9003/src" "$bytes"; wait $sp || true
+    for _ in 1 2 3 4 5 6; do get_check "http://$VM1:9003/src" "$bytes"; done; wait $sp || true
+    # the same relay natively in dom0 (splice proxy), for comparison
+    perf_engine "$PROF/perf_native_socket_to_socket.txt" "$(pgrep -f 'vpipe-proxy --mode splice --listen 7002' | head -1)" & sp=$!
+    for _ in 1 2 3 4 5 6; do get_check "http://$DOM0:7002/src" "$bytes"; done; wait $sp || true
     cold
     perf_engine "$PROF/perf_engine_file_to_socket.txt" & sp=$!
     get_check "http://$VM1:8083/src" "$bytes"; wait $sp || true
