@@ -151,7 +151,7 @@ build_domU() {
 
 DOM0_MODS=(xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback xen-netback
            loop bridge veth virtio_pci virtio_blk crc32c_generic crc32c-intel ext4
-           nfnetlink nf_tables nft_meta_bridge)
+           nfnetlink nf_tables nft_meta_bridge sch_netem)
 base_dom0() {
   local D=$1 b
   copy_mods "$D" "$KV" "${DOM0_MODS[@]}"
@@ -172,7 +172,7 @@ base_dom0() {
   mkdir -p "$D/etc/xen"
   cp -a /etc/xen/scripts /etc/xen/xl.conf "$D/etc/xen/"
   # checks and the client: nft (ruleset check), curl, sha256sum, jq (stats --json)
-  for b in /usr/sbin/nft /usr/bin/curl /usr/bin/sha256sum /usr/bin/jq /usr/bin/timeout; do
+  for b in /usr/sbin/nft /usr/sbin/tc /usr/bin/curl /usr/bin/sha256sum /usr/bin/jq /usr/bin/timeout; do
     copy_bin "$D" "$b"
   done
 }

@@ -27,7 +27,7 @@ quit() {  # quit 0|1: isa-debug-exit at 0xf4, QEMU exits with (v << 1) | 1
 }
 
 for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback xen-netback loop bridge veth \
-         virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 nfnetlink nf_tables nft_meta_bridge; do
+         virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 nfnetlink nf_tables nft_meta_bridge sch_netem; do
   modprobe $m 2>/dev/null || echo "VPIPE-XEN: modprobe $m FAILED"
 done
 mount -t xenfs xenfs /proc/xen

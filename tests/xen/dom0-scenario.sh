@@ -115,6 +115,49 @@ start_client_server() {
   CLIENT_HTTPD=$!
 }
 
+# The three socket operations byte-exact with netem on the client's link, both ways: delay,
+# jitter, 1 % loss, 10 % reordering (the lab's host kernel has no sch_netem; this dom0 has).
+# 8 MiB each (TCG is slow and the link lossy). f2s: a range of the file the earlier PUT wrote;
+# s2s: a range of relay.bin through vpipe-proxy; s2f: a PUT of a new file, checked on the disk
+# by dom0 after the domU is gone (dom0-disk-put-netem.bin).
+TC=/usr/sbin/tc
+NETEM="delay 2ms 1ms loss 1% reorder 10% 50%"
+netem_phase() {
+  local t0 out w
+  if ! { client $TC qdisc add dev eth0 root netem $NETEM && $TC qdisc add dev vclient root netem $NETEM; } 2>/tmp/tc.err; then
+    ck netem-on FAIL "tc qdisc add ... netem: $(cat /tmp/tc.err)"; return
+  fi
+  ck netem-on OK "client link both ways: $NETEM"
+  local b0 b1 op d
+  b0=$(vmstat | jq -c .bytes)
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -r 0-8388607 -o - http://$DOMU_IP:8080/put.bin 2>/tmp/curl-n1.err | sha256sum | cut -d' ' -f1)
+  w=$(head -c 8388608 /data/put.bin | sha256sum | cut -d' ' -f1)
+  if [ "$out" = "$w" ]; then ck netem-file-to-socket OK "8 MiB range GET byte-exact in $(since "$t0")s"
+  else ck netem-file-to-socket FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(cat /tmp/curl-n1.err)"; fi
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -r 0-8388607 -o - http://$DOMU_IP:9003/relay.bin 2>/tmp/curl-n2.err | sha256sum | cut -d' ' -f1)
+  w=$(head -c 8388608 /data/relay.bin | sha256sum | cut -d' ' -f1)
+  if [ "$out" = "$w" ]; then ck netem-socket-to-socket OK "8 MiB range through vpipe-proxy byte-exact in $(since "$t0")s"
+  else ck netem-socket-to-socket FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(cat /tmp/curl-n2.err)"; fi
+  tail -c 8388608 /data/relay.bin > /tmp/put-netem.bin
+  [ "$(stat -c %s /tmp/put-netem.bin)" = 8388608 ] || ck netem-put-source FAIL "/tmp/put-netem.bin is $(stat -c %s /tmp/put-netem.bin) bytes"
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 -T /tmp/put-netem.bin -o /dev/null -w '%{http_code}' http://$DOMU_IP:8080/put-netem.bin 2>&1)
+  case $out in 201|204) ck netem-socket-to-file OK "8 MiB PUT: HTTP $out in $(since "$t0")s (content checked on the disk below)" ;;
+               *) ck netem-socket-to-file FAIL "HTTP '$out'" ;; esac
+  client $TC qdisc del dev eth0 root; $TC qdisc del dev vclient root
+  # dom0 moved them (not the guest): the engine's byte counters grew by the transfers (a
+  # relay's few KiB that were already in the guest's queue are delivered by the guest)
+  b1=$(vmstat | jq -c .bytes)
+  for op in file_to_socket socket_to_file socket_to_socket; do
+    d=$(( $(echo "$b1" | jq ".$op // 0") - $(echo "$b0" | jq ".$op // 0") ))
+    if [ "$d" -le 8388608 ] && [ "$d" -ge $((8388608 - 262144)) ]; then ck "netem-engine-$op" OK "$d bytes by dom0"
+    else ck "netem-engine-$op" FAIL "the engine's $op bytes grew by $d, not ~8388608"; fi
+  done
+  phase d1-netem-done
+}
+
 # ---------------------------------------------------------------- engine
 stats() { vpipectl --control $CTL stats --json 2>/dev/null; }
 vmstat() { stats | jq -c ".vms[] | select(.id == $D)" 2>/dev/null; }
@@ -253,6 +296,7 @@ if wait_xsd ready 300; then
   if [ "$out" = "$w" ]; then ck relay-48MiB OK "through vpipe-proxy byte-exact in $(since "$t0")s"
   else ck relay-48MiB FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(cat /tmp/curl-relay.err)"; fi
   phase d1-relay-done
+  netem_phase
 else
   ck d1-ready FAIL "the domU's servers did not come up"
   cmd put-done skip
@@ -283,9 +327,14 @@ backend_gone_check d1 "$D1"
 phase d1-gone
 # what the engine wrote, seen from dom0 on the disk itself
 if mount -t ext4 -o ro /dev/vda /mnt 2>/tmp/mnt.err; then
-  for f in copy-big.bin:big.bin put.bin:put.bin; do
+  for f in copy-big.bin:big.bin put.bin:put.bin put-netem.bin:put-netem.bin; do
     file=${f%%:*}; ref=${f#*:}
-    if [ "$ref" = put.bin ]; then w=$(want /data/MANIFEST put.bin); else w=$(want /etc/vpipe/xvda.MANIFEST "$ref"); fi
+    case $ref in
+      put.bin) w=$(want /data/MANIFEST put.bin) ;;
+      put-netem.bin) w=$(sha256sum /tmp/put-netem.bin 2>/dev/null | cut -d' ' -f1)
+                     [ "$(stat -c %s "/mnt/$file" 2>/dev/null)" = 8388608 ] || w="8388608 bytes" ;;
+      *) w=$(want /etc/vpipe/xvda.MANIFEST "$ref") ;;
+    esac
     got=$(sha256sum "/mnt/$file" 2>/dev/null | cut -d' ' -f1)
     if [ ! -f "/mnt/$file" ]; then ck "dom0-disk-$file" FAIL "no $file on /dev/vda"
     elif [ "$got" = "$w" ]; then ck "dom0-disk-$file" OK "byte-exact on /dev/vda"
