@@ -132,6 +132,21 @@ int BlockIo::write(DiskImage& d, std::span<const Extent> ext, const uint8_t* buf
     return job.status;
 }
 
+int BlockIo::write_many(DiskImage& d, std::span<const WriteJob> writes) noexcept {
+    std::vector<Job> jobs;
+    try {
+        jobs.reserve(writes.size());
+    } catch (...) {
+        return -ENOMEM;
+    }
+    for (const WriteJob& w : writes)
+        jobs.push_back({true, &d, w.ext, const_cast<uint8_t*>(w.buf), validate(d, w.ext, true)});
+    run(jobs);
+    for (const Job& j : jobs)
+        if (j.status != 0) return j.status;
+    return 0;
+}
+
 BlockIo::Statuses BlockIo::read_and_write(DiskImage& rd, std::span<const Extent> rext,
                                           uint8_t* rbuf, DiskImage& wd,
                                           std::span<const Extent> wext,

