@@ -27,7 +27,8 @@ DESCRIPTION
     /run/vpipe/vpiped.ctl, else the lab's /run/vpipe-lab/vpiped.ctl.
     ping   checks that the engine answers.
     stats  per VM: connection, requests (received, rejected, failed, active), operations and
-           bytes per operation type, and per disk image the bytes the engine read and wrote;
+           bytes per operation type, and per disk image how the engine reads it (host: through
+           dom0's page cache; direct: O_DIRECT) and the bytes it read and wrote;
            plus the buffer pool; and the sharing of dom0: the fairness mode, tick, total credit
            rate (and where it came from), and per VM its live weight, credit (bytes; negative
            = debt), bytes charged, waits for credit, bytes admitted uncapped while it was the only
@@ -132,8 +133,8 @@ void print_stats(const nlohmann::json& s) {
             std::printf("  %-17s %8lu ops  %12s\n", op.c_str(), n.get<unsigned long>(),
                         human(vm["bytes"][op].get<uint64_t>()).c_str());
         for (const auto& d : vm["disks"])
-            std::printf("  disk %u %s  read %s  written %s\n", d["vdev"].get<unsigned>(),
-                        d["image"].get<std::string>().c_str(),
+            std::printf("  disk %u %s (%s)  read %s  written %s\n", d["vdev"].get<unsigned>(),
+                        d["image"].get<std::string>().c_str(), d.value("cache", "direct").c_str(),
                         human(d["bytes_read"].get<uint64_t>()).c_str(),
                         human(d["bytes_written"].get<uint64_t>()).c_str());
     }

@@ -141,6 +141,21 @@ int BlockIo::write_many(DiskImage& d, std::span<const WriteJob> writes) noexcept
     }
     for (const WriteJob& w : writes)
         jobs.push_back({true, &d, w.ext, const_cast<uint8_t*>(w.buf), validate(d, w.ext, true)});
+    return run_all(jobs);
+}
+
+int BlockIo::read_many(DiskImage& d, std::span<const ReadJob> reads) noexcept {
+    std::vector<Job> jobs;
+    try {
+        jobs.reserve(reads.size());
+    } catch (...) {
+        return -ENOMEM;
+    }
+    for (const ReadJob& r : reads) jobs.push_back({false, &d, r.ext, r.buf, validate(d, r.ext, false)});
+    return run_all(jobs);
+}
+
+int BlockIo::run_all(std::span<Job> jobs) {
     run(jobs);
     for (const Job& j : jobs)
         if (j.status != 0) return j.status;

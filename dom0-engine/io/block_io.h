@@ -47,6 +47,12 @@ public:
         const uint8_t* buf;
     };
     int write_many(DiskImage& d, std::span<const WriteJob> writes) noexcept;
+    // The same for reads (file -> socket's windows read ahead).
+    struct ReadJob {
+        std::span<const Extent> ext;
+        uint8_t* buf;
+    };
+    int read_many(DiskImage& d, std::span<const ReadJob> reads) noexcept;
     // fdatasync: makes completed writes to d durable.
     int flush(DiskImage& d) noexcept;
 
@@ -66,6 +72,7 @@ private:
     enum class Issue { queued, blocked, finished };
 
     void run(std::span<Job> jobs);
+    int run_all(std::span<Job> jobs);  // run(); the first job's error, or 0
     Issue issue_next(Job& job, Request& req);
     int read_modify_write(DiskImage& d, uint64_t disk_offset, const uint8_t* src, uint64_t n);
     void submit_pending();

@@ -16,13 +16,11 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
-#include <future>
-#include <optional>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
-#include "receive_ahead.h"
+#include "buffer_ring.h"
 
 namespace vpipe::engine {
 
@@ -45,9 +43,26 @@ std::chrono::milliseconds socket_timeout() {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-// socket -> file: buffers received ahead of the image writes (8 x the pool's 1 MiB: a few ms of
-// a fast link, the depth at which this host's direct writes stop getting faster)
+// socket -> file: buffers received ahead of the image writes; file -> socket from O_DIRECT
+// reads: windows read ahead of the sends. 8 x the pool's 1 MiB: a few ms of a fast link, the
+// depth at which this host's direct I/O stops getting faster.
 constexpr uint64_t kReceiveAheadBuffers = 8;
+constexpr uint64_t kReadAheadBuffers = 8;
+
+// Pool buffers for an operation of `length` bytes: one (waiting up to 100 ms), then as many more
+// as the pool has right now, up to `most` and the windows the operation needs (never waiting
+// for depth: other operations need buffers too). Empty if the pool had none.
+std::vector<PagePool::Buffer> take_buffers(PagePool& pool, uint64_t length, uint64_t most) {
+    std::vector<PagePool::Buffer> bufs;
+    if (auto b = pool.get(std::chrono::milliseconds(100))) bufs.push_back(std::move(*b));
+    const uint64_t windows = (length + pool.buffer_bytes() - 1) / pool.buffer_bytes();
+    while (!bufs.empty() && bufs.size() < std::min(most, std::max<uint64_t>(windows, 1))) {
+        auto b = pool.try_get();
+        if (!b) break;
+        bufs.push_back(std::move(*b));
+    }
+    return bufs;
+}
 
 int map_sock_err(int e) {
     switch (e) {
@@ -315,63 +330,65 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     if (disk->cached_fd() >= 0) {
         status = send_from_page_cache(vm, *disk, dst, req, pool.buffer_bytes(), &sent);
     } else {
-        // Double-buffered: window k+1 is read from the image (this thread: BlockIo is not
-        // thread-safe) while window k is being sent (a helper thread). With one buffer only
-        // (pool short), strictly alternating.
-        std::optional<PagePool::Buffer> bufs[2];
-        bufs[0] = pool.get(std::chrono::milliseconds(100));
-        if (bufs[0] && req.length > bufs[0]->size()) bufs[1] = pool.get(std::chrono::milliseconds(0));
-        if (!bufs[0]) status = -ENOSPC;
-        struct Sending {
-            std::future<int> done;
-            uint64_t n = 0, counted = 0;
-        };
-        std::optional<Sending> inflight;
-        auto finish_send = [&] {
-            if (!inflight) return 0;
-            int r = inflight->done.get();
-            sent += inflight->counted;
-            vm.count(req.op, inflight->counted);  // its credit was reserved before it was sent
-            inflight.reset();
-            return r;
-        };
-        uint64_t read_pos = 0;
-        unsigned k = 0;
-        while (bufs[0] && read_pos < req.length && status == 0) {
-            PagePool::Buffer& b = bufs[1] ? *bufs[k % 2] : *bufs[0];
-            if (!bufs[1] && (status = finish_send()) != 0) break;  // one buffer: wait first
-            const uint64_t n = std::min<uint64_t>(b.size(), req.length - read_pos);
-            const std::vector<Extent> w = slice_extents(req.src_file.extents, read_pos, n);
-            int rr = io.read(*disk, w, b.data());
-            int sr = finish_send();  // window k-1 (two buffers: it was sent while we read)
-            if (rr != 0 || sr != 0) {
-                status = sr != 0 ? sr : rr;
-                break;
+        // Read ahead: this thread reads every free window of the ring at once (BlockIo is not
+        // thread-safe: only this thread reads) while a helper thread sends the filled ones in
+        // order (buffer_ring.h). Up to kReadAheadBuffers windows; fewer if the pool is short.
+        std::vector<PagePool::Buffer> bufs = take_buffers(pool, req.length, kReadAheadBuffers);
+        if (bufs.empty()) status = -ENOSPC;
+        std::vector<uint8_t*> data;
+        for (auto& b : bufs) data.push_back(b.data());
+        const uint64_t per = pool.buffer_bytes();
+        const int fd = dst.fd(), cancel = vm.cancel_fd();
+        const uint32_t limit = dst.snd_limit();
+        if (status == 0 && req.length <= per) {
+            // the whole operation in one window (small ones: the hand-over's latency counts):
+            // no helper thread
+            const std::vector<Extent> w = slice_extents(req.src_file.extents, 0, req.length);
+            status = io.read(*disk, w, data[0]);
+            if (status == 0) {
+                vm.reserve(req.op, req.length);
+                status = send_limited(fd, data[0], req.length, limit, &sent, cancel);
+                vm.count(req.op, sent);
             }
-            vm.reserve(req.op, n);  // credit before the bytes move, not after
-            uint8_t* data = b.data();
-            const int fd = dst.fd();
-            const uint32_t limit = dst.snd_limit();
-            const int cancel = vm.cancel_fd();
-            if (n == req.length) {
-                // the whole operation in one window: no helper thread
-                uint64_t counted = 0;
-                status = send_limited(fd, data, n, limit, &counted, cancel);
-                sent += counted;
-                vm.count(req.op, counted);
-                read_pos += n;
-                break;
-            }
-            inflight.emplace();
-            inflight->n = n;
-            uint64_t* counted = &inflight->counted;
-            inflight->done = std::async(std::launch::async, [fd, data, n, limit, counted, cancel] {
-                return send_limited(fd, data, n, limit, counted, cancel);
-            });
-            read_pos += n;
-            ++k;
+            data.clear();  // (nothing for the read-ahead below)
         }
-        if (int r = finish_send(); status == 0) status = r;
+        SendBehind sender(data, [fd, limit, cancel](const uint8_t* buf, uint64_t n, uint64_t* done) {
+            return send_limited(fd, buf, n, limit, done, cancel);
+        });
+        if (status == 0 && !data.empty()) status = sender.start();
+        std::vector<std::vector<Extent>> slices;  // (jobs' spans point into these)
+        slices.reserve(data.size());
+        std::vector<BlockIo::ReadJob> jobs;
+        for (uint64_t read_pos = 0; status == 0 && !data.empty() && read_pos < req.length;) {
+            // every free buffer, waiting only for the first
+            jobs.clear();
+            slices.clear();
+            for (uint64_t at = read_pos; at < req.length && jobs.size() < data.size();) {
+                uint8_t* b = sender.acquire(jobs.empty());
+                if (!b) break;
+                const uint64_t n = std::min<uint64_t>(per, req.length - at);
+                slices.push_back(slice_extents(req.src_file.extents, at, n));
+                jobs.push_back({slices.back(), b});
+                at += n;
+            }
+            if (jobs.empty()) break;  // the sender failed: its status says why
+            if (int rr = io.read_many(*disk, jobs); rr != 0) {
+                status = rr;
+                break;
+            }
+            for (const auto& j : jobs) {
+                const uint64_t n = total_length(j.ext);
+                vm.reserve(req.op, n);  // credit before the bytes move, not after
+                sender.publish(n);
+                read_pos += n;
+            }
+        }
+        if (!data.empty()) {
+            const int sr = sender.finish();
+            if (status == 0) status = sr;
+            sent = sender.sent();
+            vm.count(req.op, sent);  // their credit was reserved before they were sent
+        }
     }
     bool tail_sent = false;
     if (status == 0 && sent == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
@@ -400,16 +417,9 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
         // Pipelined: a receiving thread fills up to kReceiveAheadBuffers pool buffers ahead
         // (receive_ahead.h) while this thread writes the filled ones, all of them at once
         // (BlockIo is not thread-safe: only this thread writes).
-        std::vector<PagePool::Buffer> bufs;
-        if (auto b = pool.get(std::chrono::milliseconds(100))) bufs.push_back(std::move(*b));
+        std::vector<PagePool::Buffer> bufs = take_buffers(pool, req.length, kReceiveAheadBuffers);
         if (bufs.empty()) status = -ENOSPC;
-        const uint64_t per = bufs.empty() ? 1 : bufs[0].size();
-        const uint64_t windows = (req.length + per - 1) / per;
-        while (!bufs.empty() && bufs.size() < std::min<uint64_t>(kReceiveAheadBuffers, windows)) {
-            auto b = pool.try_get();  // more only if the pool has them now: never wait for depth
-            if (!b) break;
-            bufs.push_back(std::move(*b));
-        }
+        const uint64_t per = pool.buffer_bytes();
         std::vector<uint8_t*> data;
         for (auto& b : bufs) data.push_back(b.data());
         const int fd = src.fd(), cancel = vm.cancel_fd();
@@ -421,7 +431,7 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
         std::vector<std::vector<Extent>> slices;
         std::vector<BlockIo::WriteJob> jobs;
         while (status == 0) {
-            const std::vector<ReceiveAhead::Filled> filled = ahead.take();
+            const std::vector<BufferRing::Slot> filled = ahead.take();
             if (filled.empty()) break;
             slices.clear();
             jobs.clear();
@@ -429,16 +439,16 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
             int rr = 0;
             bool eof = false;
             for (const auto& f : filled) {
-                if (f.got > 0) {
-                    slices.push_back(slice_extents(req.dst_file.extents, at, f.got));
-                    at += f.got;
-                    bytes += f.got;
+                if (f.len > 0) {
+                    slices.push_back(slice_extents(req.dst_file.extents, at, f.len));
+                    at += f.len;
+                    bytes += f.len;
                 }
                 if (f.status != 0 && rr == 0) rr = f.status;
                 eof = eof || f.eof;
             }
             for (size_t i = 0, j = 0; i < filled.size(); ++i)
-                if (filled[i].got > 0) jobs.push_back({slices[j++], filled[i].data});
+                if (filled[i].len > 0) jobs.push_back({slices[j++], filled[i].data});
             if (!jobs.empty()) {
                 if (int wr = io.write_many(*disk, jobs); wr != 0) {
                     // these bytes were taken from the connection but could not be stored

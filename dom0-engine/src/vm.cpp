@@ -76,6 +76,7 @@ nlohmann::json Vm::stats_json() const {
                          {"image", d->path()},
                          {"size", d->size()},
                          {"writable", d->writable()},
+                         {"cache", d->cached_fd() >= 0 ? "host" : "direct"},
                          {"bytes_read", d->bytes_read.load()},
                          {"bytes_written", d->bytes_written.load()}});
     }

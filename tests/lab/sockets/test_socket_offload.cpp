@@ -583,8 +583,11 @@ std::map<std::string, std::string> fields(const std::string& line) {
 class Sockets : public LabFixture {
 protected:
     static void SetUpTestSuite() {
-        if (!bring_up({.up = {"--vms", "2", "--disk-mib", "3072"}, .binaries = {"vpipectl"}, .name = "sockets"}))
-            return;
+        // VPIPE_TEST_DISK_CACHE=direct: the engine reads the images with O_DIRECT (blkback's
+        // path) instead of through dom0's page cache (ctest runs the file -> socket tests so too)
+        std::vector<std::string> up = {"--vms", "2", "--disk-mib", "3072"};
+        if (const char* c = getenv("VPIPE_TEST_DISK_CACHE")) up.insert(up.end(), {"--disk-cache", c});
+        if (!bring_up({.up = up, .binaries = {"vpipectl"}, .name = "sockets"})) return;
         disk_ = mount(1);
         // the files the VM serves
         for (auto [name, size] : std::vector<std::pair<std::string, uint64_t>>{
@@ -691,6 +694,18 @@ protected:
     static inline std::string disk_;
     static inline int next_port_ = 20000;
 };
+
+// (the suite runs twice: ctest's Sockets.FileToSocketWithDirectDiskReads brings the lab up
+// with --disk-cache direct; the engine's stats say which path it used)
+TEST_F(Sockets, TheEngineReadsTheImagesAsTheLabWasAsked) {
+    const char* want = getenv("VPIPE_TEST_DISK_CACHE");
+    auto r = engine({"stats", "--json"});
+    ASSERT_EQ(r.status, 0) << r.all();
+    const auto j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.out;
+    for (const auto& vm : j["vms"])
+        for (const auto& d : vm["disks"]) EXPECT_EQ(d.value("cache", ""), want ? want : "host") << d.dump();
+}
 
 TEST_F(Sockets, FileToSocketSizes) {
     struct Case {
