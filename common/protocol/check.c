@@ -57,7 +57,9 @@ int vpipe_check_request(const struct vpipe_request *req)
 			req->desc_bytes == 0 && all_zero(req->page, sizeof(req->page))) ? 0 : -EINVAL;
 	if (req->op >= VPIPE_OP_MAX_)
 		return -EINVAL;
-	if (req->flags & ~VPIPE_REQF_INDIRECT)
+	if (req->flags & ~(VPIPE_REQF_INDIRECT | VPIPE_REQF_PREPARING))
+		return -EINVAL;
+	if ((req->flags & VPIPE_REQF_PREPARING) && req->op != VPIPE_OP_SOCKET_TO_FILE)
 		return -EINVAL;
 	if (req->length == 0 || req->length > VPIPE_MAX_REQUEST_LENGTH)
 		return -EINVAL;
@@ -87,7 +89,7 @@ int vpipe_check_indirect(const struct vpipe_request *req, const void *ind, uint3
 	return 0;
 }
 
-static int check_file_ep(const struct vpipe_endpoint *ep, int source, uint64_t length,
+static int check_file_ep(const struct vpipe_endpoint *ep, int source, int preparing, uint64_t length,
 			 const void *desc, uint32_t nr_segments, const struct vpipe_check_ctx *ctx,
 			 struct vpipe_checked_ep *out)
 {
@@ -96,7 +98,10 @@ static int check_file_ep(const struct vpipe_endpoint *ep, int source, uint64_t l
 	uint32_t i;
 	int r;
 
-	if (ep->result_flags || ep->tail_len || !all_zero(ep->reserved, sizeof(ep->reserved)))
+	if (ep->result_flags || ep->tail_len)
+		return -EINVAL;
+	/* a preparing destination's watermark is live: the guest may have raised it already */
+	if (ep->prepared && (source || !preparing))
 		return -EINVAL;
 	if (ep->nr_segments == 0)
 		return -EINVAL;
@@ -164,7 +169,7 @@ static int check_socket_ep(const struct vpipe_endpoint *ep, int source,
 
 	if (ep->vdev || ep->first_segment || ep->nr_segments || ep->result_flags)
 		return -EINVAL;
-	if (!all_zero(ep->reserved, sizeof(ep->reserved)) || t->reserved0)
+	if (ep->prepared || t->reserved0)
 		return -EINVAL;
 	if (source && ep->tail_len)
 		return -EINVAL;   /* a tail goes out on a destination only */
@@ -257,12 +262,13 @@ int vpipe_check_desc(const struct vpipe_request *req, const void *desc, const ui
 			return -EINVAL;
 	}
 	if (src_file) {
-		r = check_file_ep(&h.src, 1, req->length, desc, h.nr_segments, ctx, &out->src);
+		r = check_file_ep(&h.src, 1, 0, req->length, desc, h.nr_segments, ctx, &out->src);
 		if (r)
 			return r;
 	}
 	if (dst_file) {
-		r = check_file_ep(&h.dst, 0, req->length, desc, h.nr_segments, ctx, &out->dst);
+		r = check_file_ep(&h.dst, 0, (req->flags & VPIPE_REQF_PREPARING) != 0, req->length,
+				  desc, h.nr_segments, ctx, &out->dst);
 		if (r)
 			return r;
 	}

@@ -181,4 +181,11 @@ int ShmHostChannel::write_desc_page(uint32_t index, uint32_t offset, const void*
     return 0;
 }
 
+int ShmHostChannel::read_desc_word(uint32_t index, uint32_t offset, uint64_t* value) const {
+    if (index >= map_.desc_pages() || offset % 8 != 0 || offset > VPIPE_PAGE_SIZE - 8) return -EINVAL;
+    // the guest stores it with release ordering; a plain memcpy could tear it
+    *value = __atomic_load_n(reinterpret_cast<const uint64_t*>(map_.desc_page(index) + offset), __ATOMIC_ACQUIRE);
+    return 0;
+}
+
 }  // namespace vpipe::transport

@@ -83,6 +83,9 @@ public:
     int copy_desc_page(uint32_t index, void* dst) const;
     // Writes `len` bytes at `offset` of descriptor page `index` (results for the guest).
     int write_desc_page(uint32_t index, uint32_t offset, const void* src, uint32_t len) const;
+    // One naturally aligned 64-bit word of descriptor page `index`, loaded atomically (acquire):
+    // a field the guest updates while dom0 works. -EINVAL outside the area or unaligned.
+    int read_desc_word(uint32_t index, uint32_t offset, uint64_t* value) const;
 
     void notify_guest() { kick(kick_guest_.get()); }
     int event_fd() const { return kick_dom0_.get(); }

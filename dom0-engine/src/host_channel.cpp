@@ -13,6 +13,9 @@ public:
     int write_desc_page(uint32_t page, uint32_t offset, const void* src, uint32_t len) override {
         return shm_->write_desc_page(page, offset, src, len);
     }
+    int read_desc_word(uint32_t page, uint32_t offset, uint64_t* value) override {
+        return shm_->read_desc_word(page, offset, value);
+    }
     void notify_guest() override { shm_->notify_guest(); }
     int event_fd() const override { return shm_->event_fd(); }
     void ack_events() override { transport::drain_kicks(shm_->event_fd()); }

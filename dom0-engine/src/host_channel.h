@@ -26,6 +26,9 @@ public:
     virtual int copy_desc_page(uint32_t page, void* dst) = 0;
     // Writes `len` bytes at `offset` of descriptor page `page` (results for the guest).
     virtual int write_desc_page(uint32_t page, uint32_t offset, const void* src, uint32_t len) = 0;
+    // Reads the naturally aligned 64-bit word at `offset` of descriptor page `page` as the guest
+    // has it now (a live field such as the preparing watermark, never a private copy).
+    virtual int read_desc_word(uint32_t page, uint32_t offset, uint64_t* value) = 0;
     virtual void notify_guest() = 0;
     // Readable (POLLIN) when the guest notified us; never blocks a poll loop on its own.
     virtual int event_fd() const = 0;

@@ -8,7 +8,8 @@
 namespace vpipe::engine {
 
 int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
-                    uint64_t* moved, ShadowSockets* sockets, const DescWriter& write_back) {
+                    uint64_t* moved, ShadowSockets* sockets, const DescWriter& write_back,
+                    const DescWordReader& read_word) {
     *moved = 0;
     // Credit is charged before each window's bytes move; they are counted once written.
     // copy_extents calls `charge` after window k is written, and it may already have read
@@ -42,7 +43,7 @@ int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& re
     case VPIPE_OP_SOCKET_TO_FILE:
     case VPIPE_OP_SOCKET_TO_SOCKET: {
         if (!write_back) return -EOPNOTSUPP;
-        int r = execute_socket_request(vm, io, pool, sockets, req, write_back, moved);
+        int r = execute_socket_request(vm, io, pool, sockets, req, write_back, moved, read_word);
         return r == -ENOMEM ? -ENOSPC : r;
     }
     default:

@@ -17,6 +17,6 @@ namespace vpipe::engine {
 // their results back into the request's descriptor pages.
 int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
                     uint64_t* moved, ShadowSockets* sockets = nullptr,
-                    const DescWriter& write_back = {});
+                    const DescWriter& write_back = {}, const DescWordReader& read_word = {});
 
 }  // namespace vpipe::engine

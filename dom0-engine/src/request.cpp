@@ -76,6 +76,7 @@ int parse_request(const vpipe_request& req, std::span<const uint8_t> desc,
     out->id = req.id;
     out->op = req.op;
     out->length = req.length;
+    out->preparing = (req.flags & VPIPE_REQF_PREPARING) != 0;
     if (req.op == VPIPE_OP_NOP) return 0;
     if (desc.size() < req.desc_bytes) return -EINVAL;
 

@@ -54,6 +54,9 @@ struct ParsedRequest {
     uint64_t id = 0;
     uint8_t op = VPIPE_OP_NOP;
     uint64_t length = 0;
+    // socket -> file: the guest readies the destination while dom0 works; dom0 receives only
+    // below the watermark it publishes (vpipe/abi/ring.h, VPIPE_REQF_PREPARING)
+    bool preparing = false;
     FileEndpoint src_file, dst_file;          // for file endpoints
     SocketEndpoint src_sock, dst_sock;        // for socket endpoints
     // where results go back (socket endpoints): the references of the area's pages, in order

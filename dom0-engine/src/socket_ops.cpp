@@ -16,11 +16,13 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "buffer_ring.h"
+#include "prepared_watermark.h"
 
 namespace vpipe::engine {
 
@@ -405,7 +407,7 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
 }
 
 int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
-                   const DescWriter& write, uint64_t* moved) {
+                   const DescWriter& write, uint64_t* moved, const DescWordReader& read_word) {
     DiskImage* disk = vm.disk(req.dst_file.vdev);
     if (!disk) return -EPERM;
     Shadow src(sockets, vm.shadow_counters());
@@ -423,10 +425,28 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
         std::vector<uint8_t*> data;
         for (auto& b : bufs) data.push_back(b.data());
         const int fd = src.fd(), cancel = vm.cancel_fd();
-        ReceiveAhead ahead(data, per, req.length, [fd, cancel](uint8_t* buf, uint64_t want, int stop_fd, uint64_t* got,
-                                                                 bool* eof) {
-            return recv_window(fd, buf, want, cancel, stop_fd, got, eof);
-        });
+        // A preparing request: receive only what lies below the guest's watermark (the rest
+        // stays queued in the connection if the guest fails), as far as it reaches.
+        std::optional<PreparedWatermark> watermark;
+        if (req.preparing) {
+            if (read_word)
+                watermark.emplace(read_word, req.length);
+            else
+                status = -EOPNOTSUPP;
+        }
+        PreparedWatermark* wm = watermark ? &*watermark : nullptr;
+        ReceiveAhead ahead(data, per, req.length,
+                           [fd, cancel, wm, at = uint64_t{0}](uint8_t* buf, uint64_t want, int stop_fd, uint64_t* got,
+                                                              bool* eof) mutable {
+                               if (wm) {
+                                   uint64_t ready = 0;
+                                   if (int r = wm->wait_beyond(at, cancel, stop_fd, socket_timeout(), &ready)) return r;
+                                   want = std::min(want, ready - at);
+                               }
+                               const int r = recv_window(fd, buf, want, cancel, stop_fd, got, eof);
+                               at += *got;
+                               return r;
+                           });
         if (status == 0) status = ahead.start();
         std::vector<std::vector<Extent>> slices;
         std::vector<BlockIo::WriteJob> jobs;
@@ -466,6 +486,10 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
             if (eof || pos >= req.length) break;
         }
         ahead.stop();
+        if (wm) {
+            vm.counters().preparing++;
+            vm.counters().prepare_waits += wm->waits();
+        }
     }
     if (pos > 0) {
         if (int fr = io.flush(*disk); fr != 0) {
@@ -632,7 +656,8 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
 }  // namespace
 
 int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* sockets,
-                           const ParsedRequest& req, const DescWriter& write, uint64_t* moved) {
+                           const ParsedRequest& req, const DescWriter& write, uint64_t* moved,
+                           const DescWordReader& read_word) {
     *moved = 0;
     if (!sockets) {
         EndpointResult none;
@@ -643,7 +668,7 @@ int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* s
     try {
         switch (req.op) {
         case VPIPE_OP_FILE_TO_SOCKET: return file_to_socket(vm, io, pool, *sockets, req, write, moved);
-        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *sockets, req, write, moved);
+        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *sockets, req, write, moved, read_word);
         case VPIPE_OP_SOCKET_TO_SOCKET: return socket_to_socket(vm, pool, *sockets, req, write, moved);
         default: return -EINVAL;
         }

@@ -63,6 +63,8 @@ nlohmann::json Vm::stats_json() const {
     j["bad_pages"] = counters_.bad_pages.load();
     j["ring_overflows"] = counters_.ring_overflows.load();
     j["cancelled"] = counters_.cancelled.load();
+    j["preparing"] = counters_.preparing.load();
+    j["prepare_waits"] = counters_.prepare_waits.load();
     nlohmann::json ops = nlohmann::json::object(), bytes = nlohmann::json::object();
     for (uint8_t op = VPIPE_OP_FILE_TO_FILE; op < VPIPE_OP_MAX_; ++op) {
         ops[op_name(op)] = counters_.ops[op].load();

@@ -249,7 +249,12 @@ void VmService::handle(const vpipe_request& req) {
             }
             return 0;
         };
-        int status = execute_request(vm_, io, pool_, *parsed, &moved, sockets_, write_back);
+        DescWordReader read_word = [ch, parsed](uint64_t off, uint64_t* value) -> int {
+            if (off % 8 != 0 || off + 8 > uint64_t{parsed->area.size()} * VPIPE_PAGE_SIZE) return -EINVAL;
+            return ch->host->read_desc_word(parsed->area[off / VPIPE_PAGE_SIZE],
+                                            static_cast<uint32_t>(off % VPIPE_PAGE_SIZE), value);
+        };
+        int status = execute_request(vm_, io, pool_, *parsed, &moved, sockets_, write_back, read_word);
         if (status == 0)
             c.ops[parsed->op]++;
         else {

@@ -73,6 +73,24 @@ int XenHostChannel::copy_desc_page(uint32_t gref, void* dst) {
     return 0;
 }
 
+// An aligned 8-byte grant copy. (Xen copies with memcpy; an aligned word is one move on x86. A
+// torn watermark could only misplace the guest's own file data, never reach beyond its disk.)
+int XenHostChannel::read_desc_word(uint32_t gref, uint32_t offset, uint64_t* value) {
+    if (offset % 8 != 0 || offset > VPIPE_PAGE_SIZE - 8) return -EINVAL;
+    xengnttab_grant_copy_segment_t seg{};
+    seg.source.foreign.ref = gref;
+    seg.source.foreign.offset = static_cast<uint16_t>(offset);
+    seg.source.foreign.domid = static_cast<uint16_t>(domid_);
+    seg.dest.virt = value;
+    seg.len = sizeof(*value);
+    seg.flags = GNTCOPY_source_gref;
+    if (xengnttab_grant_copy(gnttab_, 1, &seg) != 0 || seg.status != GNTST_okay) {
+        copy_failures_++;
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int XenHostChannel::write_desc_page(uint32_t gref, uint32_t offset, const void* src, uint32_t len) {
     if (offset > VPIPE_PAGE_SIZE || len > VPIPE_PAGE_SIZE - offset) return -EINVAL;
     if (len == 0) return 0;

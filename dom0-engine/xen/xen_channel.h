@@ -30,6 +30,7 @@ public:
     vpipe_back_ring_t& ring() override { return back_; }
     int copy_desc_page(uint32_t gref, void* dst) override;
     int write_desc_page(uint32_t gref, uint32_t offset, const void* src, uint32_t len) override;
+    int read_desc_word(uint32_t gref, uint32_t offset, uint64_t* value) override;
     void notify_guest() override;
     int event_fd() const override { return event_fd_; }
     void ack_events() override;

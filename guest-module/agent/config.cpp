@@ -27,6 +27,7 @@ AgentConfig load_agent_config(const std::string& path) {
     c.log_level = (*a)["log_level"].value_or(c.log_level);
     c.cache_rule_file_to_file = (*a)["cache_rule_file_to_file"].value_or(c.cache_rule_file_to_file);
     c.cache_rule_file_to_socket = (*a)["cache_rule_file_to_socket"].value_or(c.cache_rule_file_to_socket);
+    c.prepare_ahead = (*a)["prepare_ahead"].value_or(c.prepare_ahead);
     int64_t pages = (*a)["area_pages"].value_or(int64_t{c.area_pages});
     int64_t chunk = (*a)["chunk_mib"].value_or(int64_t{c.chunk_mib});
     int64_t room_kib = (*a)["room_kib"].value_or(int64_t{c.room_max >> 10});

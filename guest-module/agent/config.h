@@ -32,6 +32,9 @@ struct AgentConfig {
     // file -> socket: a range wholly in the guest's page cache (clean) is sent by the caller's
     // own sendfile: no hand-over, no disk read in dom0. On by default.
     bool cache_rule_file_to_socket = true;
+    // socket -> file: hand over as soon as the destination's blocks are allocated and zero-fill
+    // them while dom0 receives (VPIPE_REQF_PREPARING), instead of before the hand-over
+    bool prepare_ahead = true;
     std::string log_level = "info";
     std::vector<AgentDisk> disks;
 };

@@ -95,9 +95,9 @@ void op_unhold(void*, void* hold) { delete static_cast<FileHold*>(hold); }
 
 int op_flush(void*, vpipe_fh f, uint64_t off, uint64_t len) { return flush_range(fd_of(f), off, len); }
 
-int op_map(void* env, vpipe_fh f, uint64_t off, uint64_t len, vpipe_extents* out) {
+int map_range(void* env, vpipe_fh f, uint64_t off, uint64_t len, vpipe_extents* out, bool unwritten_as_data) {
     FileExtents fe;
-    if (int r = map_file_range(fd_of(f), off, len, E(env).ctx.disks, &fe); r < 0) return r;
+    if (int r = map_file_range(fd_of(f), off, len, E(env).ctx.disks, &fe, unwritten_as_data); r < 0) return r;
     auto* segs = static_cast<vpipe_seg*>(std::calloc(std::max<size_t>(fe.segments.size(), 1), sizeof(vpipe_seg)));
     if (!segs) return -ENOMEM;
     for (size_t i = 0; i < fe.segments.size(); ++i) {
@@ -109,6 +109,14 @@ int op_map(void* env, vpipe_fh f, uint64_t off, uint64_t len, vpipe_extents* out
     out->nr = static_cast<uint32_t>(fe.segments.size());
     out->segs = segs;
     return 0;
+}
+
+int op_map(void* env, vpipe_fh f, uint64_t off, uint64_t len, vpipe_extents* out) {
+    return map_range(env, f, off, len, out, false);
+}
+
+int op_map_allocated(void* env, vpipe_fh f, uint64_t off, uint64_t len, vpipe_extents* out) {
+    return map_range(env, f, off, len, out, true);
 }
 
 void op_unmap(void*, vpipe_extents* x) {
@@ -154,19 +162,40 @@ int op_guest_copy(void*, vpipe_fh in, uint64_t in_off, vpipe_fh out, uint64_t ou
 
 int op_sync(void*, vpipe_fh f) { return ::fdatasync(fd_of(f)) < 0 ? -errno : 0; }
 
-int op_dest_prepare(void*, vpipe_fh f, uint64_t off, uint64_t len, vpipe_dprep* p) {
-    DestPrep d{};
-    int r = prepare_destination(fd_of(f), off, len, &d);
+DestPrep to_prep(const vpipe_dprep& p) { return DestPrep{p.old_size, p.zero_filled, p.write_zeroes, p.paths}; }
+
+void from_prep(const DestPrep& d, vpipe_dprep* p) {
     p->old_size = d.old_size;
     p->zero_filled = d.zero_filled;
     p->write_zeroes = d.write_zeroes;
     p->paths = d.paths;
+}
+
+int op_dest_prepare(void*, vpipe_fh f, uint64_t off, uint64_t len, vpipe_dprep* p) {
+    DestPrep d{};
+    int r = prepare_destination(fd_of(f), off, len, &d);
+    from_prep(d, p);
     return r;
 }
 
+int op_dest_allocate(void*, vpipe_fh f, uint64_t off, uint64_t len, vpipe_dprep* p) {
+    DestPrep d{};
+    int r = prepare_destination_allocated(fd_of(f), off, len, &d);
+    from_prep(d, p);
+    return r;
+}
+
+int op_dest_fill(void*, vpipe_fh f, uint64_t off, uint64_t len, vpipe_dprep* p) {
+    DestPrep d = to_prep(*p);
+    int r = fill_destination(fd_of(f), off, len, &d);
+    from_prep(d, p);
+    return r;
+}
+
+int op_dest_commit(void*, vpipe_fh f, uint64_t off, uint64_t len) { return commit_destination(fd_of(f), off, len); }
+
 int op_dest_finish(void*, vpipe_fh f, uint64_t off, uint64_t len, uint64_t written, const vpipe_dprep* p) {
-    DestPrep d{p->old_size, p->zero_filled, p->write_zeroes, p->paths};
-    return finish_destination(fd_of(f), off, len, written, d);
+    return finish_destination(fd_of(f), off, len, written, to_prep(*p));
 }
 
 int op_sock_check(void*, vpipe_fh s, int* peer_fin) { return check_socket(fd_of(s), peer_fin); }
@@ -213,6 +242,10 @@ int op_readback(void* env, void* ticket, uint64_t off, void* buf, uint64_t len) 
     return E(env).ctx.link.readback(*static_cast<TicketRef*>(ticket), off, buf, len);
 }
 
+int op_publish(void* env, void* ticket, uint64_t off, uint64_t value) {
+    return E(env).ctx.link.publish(*static_cast<TicketRef*>(ticket), off, value);
+}
+
 void op_put(void* env, void* ticket) {
     auto* t = static_cast<TicketRef*>(ticket);
     E(env).ctx.link.release(*t);
@@ -240,6 +273,7 @@ const vpipe_core_ops kOps = {
     op_dest_prepare, op_dest_finish,  op_sock_check,   op_sock_freeze,  op_sock_restore,
     op_sock_adopt,   op_fd_close,     op_local_drain,  op_connected,    op_submit,
     op_wait,         op_readback,     op_put,          op_count,        op_fatal_signal,
+    op_dest_allocate, op_map_allocated, op_dest_fill,  op_dest_commit,  op_publish,
 };
 
 }  // namespace
@@ -254,6 +288,7 @@ int run_operation(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, co
     core.cfg.room_max = ctx.cfg.room_max;
     core.cfg.cache_rule_f2f = ctx.cfg.cache_rule_file_to_file ? 1 : 0;
     core.cfg.cache_rule_f2s = ctx.cfg.cache_rule_file_to_socket ? 1 : 0;
+    core.cfg.prepare_ahead = ctx.cfg.prepare_ahead ? 1 : 0;
     vpipe_core_call call{};
     call.in = fh_of(in_fd);
     call.out = fh_of(out_fd);

@@ -108,6 +108,15 @@ int EngineLink::readback(const std::shared_ptr<Ticket>& t, uint64_t off, void* b
     return 0;
 }
 
+int EngineLink::publish(const std::shared_ptr<Ticket>& t, uint64_t off, uint64_t value) {
+    if (!t->conn || off % 8 != 0 || off + 8 > uint64_t{t->pages.layout.data_pages} * VPIPE_PAGE_SIZE)
+        return -EINVAL;
+    uint8_t* page = Conn::page_mem(t->conn.get(), t->idx[off / VPIPE_PAGE_SIZE]);
+    // dom0 loads it atomically (acquire): everything the guest did before is visible with it
+    __atomic_store_n(reinterpret_cast<uint64_t*>(page + off % VPIPE_PAGE_SIZE), value, __ATOMIC_RELEASE);
+    return 0;
+}
+
 void EngineLink::release(const std::shared_ptr<Ticket>& t) {
     if (!t || !t->conn) return;
     std::lock_guard lk(mu_);

@@ -42,6 +42,9 @@ public:
     // After wait(): bytes of the request's area (results dom0 wrote). -EIO when the channel
     // the request went out on is gone.
     int readback(const std::shared_ptr<Ticket>& t, uint64_t off, void* buf, uint64_t len);
+    // While dom0 works on the request: stores the aligned 64-bit word at `off` of its area with
+    // release ordering (a live field dom0 re-reads: the preparing watermark).
+    int publish(const std::shared_ptr<Ticket>& t, uint64_t off, uint64_t value);
     // Gives the request's pages back (the ticket is done).
     void release(const std::shared_ptr<Ticket>& t);
 

@@ -60,8 +60,9 @@ int vpipe_link_post(struct vpipe_ring *f, vpipe_page_ref_fn ref, void *t, const 
 	post.op = s->op;
 	post.length = s->length;
 	post.desc_bytes = s->desc_bytes;
+	post.flags = s->flags & VPIPE_REQF_PREPARING;
 	if (p->layout.ind_pages) {
-		post.flags = VPIPE_REQF_INDIRECT;
+		post.flags |= VPIPE_REQF_INDIRECT;
 		n = p->layout.ind_pages;
 		for (i = 0; i < n; i++)
 			refs[i] = ref(t, p->idx[p->layout.data_pages + i]);

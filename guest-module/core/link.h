@@ -25,6 +25,7 @@ extern "C" {
 /* One request as the state machines hand it to the transport. */
 struct vpipe_submit {
 	uint8_t op;
+	uint8_t flags;                  /* VPIPE_REQF_PREPARING (INDIRECT is the link's to set) */
 	uint64_t length;
 	uint32_t desc_bytes;
 	uint64_t area_bytes;            /* the stream and the rooms (>= desc_bytes) */

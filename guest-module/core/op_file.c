@@ -32,14 +32,17 @@ struct stage {
 };
 
 /* maps and indexes [off, off + len) of f (the index's storage is the core's) */
-int vpipe_core_map(const struct vpipe_core *c, vpipe_fh f, uint64_t off, uint64_t len,
-		   struct vpipe_extents *x)
+static int map_with(const struct vpipe_core *c,
+		    int (*map)(void *env, vpipe_fh f, uint64_t off, uint64_t len, struct vpipe_extents *out),
+		    vpipe_fh f, uint64_t off, uint64_t len, struct vpipe_extents *x)
 {
 	uint64_t *ends;
 	int r;
 
 	memset(x, 0, sizeof(*x));
-	r = c->ops->map(c->env, f, off, len, x);
+	if (!map)
+		return -EOPNOTSUPP;
+	r = map(c->env, f, off, len, x);
 	if (r)
 		return r;
 	ends = c->ops->alloc(c->env, (size_t)VC_MAX(x->nr, 1u) * sizeof(uint64_t));
@@ -55,6 +58,18 @@ int vpipe_core_map(const struct vpipe_core *c, vpipe_fh f, uint64_t off, uint64_
 	}
 	c->ops->count(c->env, VPIPE_CNT_EXTENTS, x->nr);
 	return 0;
+}
+
+int vpipe_core_map(const struct vpipe_core *c, vpipe_fh f, uint64_t off, uint64_t len,
+		   struct vpipe_extents *x)
+{
+	return map_with(c, c->ops->map, f, off, len, x);
+}
+
+int vpipe_core_map_allocated(const struct vpipe_core *c, vpipe_fh f, uint64_t off, uint64_t len,
+			     struct vpipe_extents *x)
+{
+	return map_with(c, c->ops->map_allocated, f, off, len, x);
 }
 
 void vpipe_core_unmap(const struct vpipe_core *c, struct vpipe_extents *x)

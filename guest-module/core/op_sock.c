@@ -122,13 +122,61 @@ static int restore_from(const struct vpipe_core *c, void *t, int have_pages,
 }
 
 /*
+ * socket -> file with the destination readied while dom0 works (VPIPE_REQF_PREPARING): after
+ * the request is posted the caller zero-fills the allocated range in stream order, publishing
+ * how far it got; dom0 receives only below that watermark. Steps start small (dom0 waits for
+ * the first) and grow to PREP_STEP_MAX (each a few ms of disk time).
+ */
+#define PREP_STEP_FIRST (1ull << 20)
+#define PREP_STEP_MAX (8ull << 20)
+
+struct prep_ahead {
+	vpipe_fh f;
+	uint64_t off, len;
+	struct vpipe_dprep *p;
+	int status;               /* out: how readying went (0, or the first error) */
+};
+
+static void prepare_ahead(const struct vpipe_core *c, void *t, struct prep_ahead *pa)
+{
+	const struct vpipe_core_ops *ops = c->ops;
+	uint64_t done = 0, step = PREP_STEP_FIRST, n;
+	int r = 0;
+
+	while (done < pa->len) {
+		n = VC_MIN(step, pa->len - done);
+		/* end steps on a 1 MiB boundary of the file: a block is never split between two */
+		if (done + n < pa->len && (pa->off + done + n) % PREP_STEP_FIRST > 0 &&
+		    (pa->off + done + n) % PREP_STEP_FIRST < n)
+			n -= (pa->off + done + n) % PREP_STEP_FIRST;
+		r = ops->dest_fill(c->env, pa->f, pa->off + done, n, pa->p);
+		if (!r && ops->fatal_signal(c->env))
+			r = -EINTR;
+		if (r)
+			break;
+		done += n;
+		ops->publish(c->env, t, VPIPE_PREPARED_OFFSET, done);
+		step = VC_MIN(step * 2, PREP_STEP_MAX);
+	}
+	if (!r)
+		r = ops->dest_commit(c->env, pa->f, pa->off, pa->len);
+	if (r) {
+		/* dom0 stops taking bytes past `done`: what it took has ready blocks */
+		ops->publish(c->env, t, VPIPE_PREPARED_OFFSET, done | VPIPE_PREPARED_FAILED);
+		pa->status = r;
+	}
+}
+
+/*
  * One hand-over: the request, dom0's results, the restores. `src` / `dst` are the frozen socket
  * endpoints (NULL for the file endpoint); every frozen endpoint is restored on return, also on
- * errors. *moved from the response (bytes of `length`).
+ * errors. *moved from the response (bytes of `length`). `pa`: a destination readied while dom0
+ * works (socket -> file), NULL when it is ready already.
  */
 static int hand_over(const struct vpipe_core *c, uint8_t rop, uint64_t length,
 		     const struct vpipe_extents *file, uint64_t file_off, struct sock_end *src,
-		     struct sock_end *dst, uint64_t *moved, struct vpipe_ioc_op *op)
+		     struct sock_end *dst, uint64_t *moved, struct vpipe_ioc_op *op,
+		     struct prep_ahead *pa)
 {
 	struct vpipe_sock_in si, di;
 	struct vpipe_sock_layout l;
@@ -154,6 +202,7 @@ static int hand_over(const struct vpipe_core *c, uint8_t rop, uint64_t length,
 	if (!status) {
 		memset(&s, 0, sizeof(s));
 		s.op = rop;
+		s.flags = pa ? VPIPE_REQF_PREPARING : 0;
 		s.length = length;
 		s.desc_bytes = l.desc_bytes;
 		s.area_bytes = l.area_bytes;
@@ -164,7 +213,11 @@ static int hand_over(const struct vpipe_core *c, uint8_t rop, uint64_t length,
 	if (!status) {
 		c->ops->count(c->env, VPIPE_CNT_REQUESTS, 1);
 		op->requests++;
+		if (pa)
+			prepare_ahead(c, t, pa);
 		status = c->ops->wait(c->env, t, moved, &killed);
+		if (pa && pa->status && (status == 0 || status == -ECANCELED))
+			status = pa->status;   /* the guest's own reason, not dom0's echo of it */
 		/* the results, read back before the pages go (untouched: flags 0) */
 		have_pages = c->ops->readback(c->env, t, 0, &h, sizeof(h)) == 0;
 	}
@@ -276,7 +329,7 @@ static int file_to_socket(const struct vpipe_core *c, struct vpipe_core_call *ca
 		status = -EOPNOTSUPP;
 		goto out;
 	}
-	r = hand_over(c, VPIPE_OP_FILE_TO_SOCKET, total, &fm, 0, NULL, &d, &m, op);
+	r = hand_over(c, VPIPE_OP_FILE_TO_SOCKET, total, &fm, 0, NULL, &d, &m, op, NULL);
 	take_fd(c, &call->new_out, d.new_fd);
 	note_offloaded(c, op, m);
 	note_hdtr(op, &d);
@@ -293,7 +346,12 @@ out:
 static int socket_to_file_once(const struct vpipe_core *c, struct vpipe_core_call *call, vpipe_fh in,
 			       uint64_t out_off, uint64_t len, uint64_t *moved, int *src_fin)
 {
+	const struct vpipe_core_ops *ops = c->ops;
 	struct vpipe_ioc_op *op = call->op;
+	/* ready the blocks while dom0 receives, where the component can */
+	const int ahead = c->cfg.prepare_ahead && ops->dest_allocate && ops->map_allocated &&
+			  ops->dest_fill && ops->dest_commit && ops->publish;
+	struct prep_ahead pa;
 	struct vpipe_extents fm;
 	struct vpipe_dprep prep;
 	struct sock_end s;
@@ -305,17 +363,18 @@ static int socket_to_file_once(const struct vpipe_core *c, struct vpipe_core_cal
 	memset(&fm, 0, sizeof(fm));
 	memset(&prep, 0, sizeof(prep));
 	memset(&s, 0, sizeof(s));
+	memset(&pa, 0, sizeof(pa));
 	/* the destination file first (it is slow), then the connection (frozen briefly) */
-	status = c->ops->dest_prepare(c->env, call->out, out_off, len, &prep);
-	op->zero_filled += prep.zero_filled;
-	op->paths |= prep.paths;
-	c->ops->count(c->env, VPIPE_CNT_ZERO_FILLED, prep.zero_filled);
-	c->ops->count(c->env, VPIPE_CNT_WRITE_ZEROES, prep.write_zeroes);
+	if (ahead)
+		status = ops->dest_allocate(c->env, call->out, out_off, len, &prep);
+	else
+		status = ops->dest_prepare(c->env, call->out, out_off, len, &prep);
 	if (!status)
-		status = vpipe_core_map(c, call->out, out_off, len, &fm);
+		status = ahead ? vpipe_core_map_allocated(c, call->out, out_off, len, &fm)
+			       : vpipe_core_map(c, call->out, out_off, len, &fm);
 	for (i = 0; !status && i < fm.nr; i++)
 		if (fm.segs[i].zero)
-			status = -EIO;   /* preparation promised written blocks */
+			status = -EIO;   /* preparation promised (allocated or written) blocks */
 	if (status)
 		goto finish;
 	s.fh = in;
@@ -329,10 +388,18 @@ static int socket_to_file_once(const struct vpipe_core *c, struct vpipe_core_cal
 		*src_fin = 1;
 		goto finish;
 	}
-	status = hand_over(c, VPIPE_OP_SOCKET_TO_FILE, len, &fm, 0, &s, NULL, moved, op);
+	pa.f = call->out;
+	pa.off = out_off;
+	pa.len = len;
+	pa.p = &prep;
+	status = hand_over(c, VPIPE_OP_SOCKET_TO_FILE, len, &fm, 0, &s, NULL, moved, op, ahead ? &pa : NULL);
 	take_fd(c, &call->new_in, s.new_fd);
 	note_offloaded(c, op, *moved);
 finish:
+	op->zero_filled += prep.zero_filled;
+	op->paths |= prep.paths;
+	ops->count(c->env, VPIPE_CNT_ZERO_FILLED, prep.zero_filled);
+	ops->count(c->env, VPIPE_CNT_WRITE_ZEROES, prep.write_zeroes);
 	vpipe_core_unmap(c, &fm);
 	r = c->ops->dest_finish(c->env, call->out, out_off, len, *moved, &prep);
 	if (r && r != -EBUSY && status == 0)
@@ -380,7 +447,7 @@ static int socket_to_socket(const struct vpipe_core *c, struct vpipe_core_call *
 		take_fd(c, &call->new_in, s.new_fd);
 		return status;
 	}
-	status = hand_over(c, VPIPE_OP_SOCKET_TO_SOCKET, op->length, NULL, 0, &s, &d, &m, op);
+	status = hand_over(c, VPIPE_OP_SOCKET_TO_SOCKET, op->length, NULL, 0, &s, &d, &m, op, NULL);
 	take_fd(c, &call->new_in, s.new_fd);
 	take_fd(c, &call->new_out, d.new_fd);
 	note_offloaded(c, op, m);

@@ -139,6 +139,20 @@ struct vpipe_core_ops {
 
 	void (*count)(void *env, enum vpipe_counter c, uint64_t n);
 	int (*fatal_signal)(void *env);   /* 1: the caller is being killed */
+
+	/* ---- socket -> file preparing while dom0 works (VPIPE_REQF_PREPARING) ----
+	 * Optional: a component without them (NULL) readies the destination with dest_prepare
+	 * before the hand-over. dest_allocate does what dest_prepare does except zero-filling:
+	 * unwritten blocks stay unwritten (allocated, the size grown over the range);
+	 * map_allocated maps such a range with unwritten extents named as data (holes stay zero);
+	 * dest_fill zero-fills the unwritten blocks of a sub-range (p counts them); dest_commit
+	 * makes the conversions durable and checks that no block of the range is left unwritten;
+	 * publish stores a 64-bit word at `off` of a submitted request's area (release order). */
+	int (*dest_allocate)(void *env, vpipe_fh f, uint64_t off, uint64_t len, struct vpipe_dprep *p);
+	int (*map_allocated)(void *env, vpipe_fh f, uint64_t off, uint64_t len, struct vpipe_extents *out);
+	int (*dest_fill)(void *env, vpipe_fh f, uint64_t off, uint64_t len, struct vpipe_dprep *p);
+	int (*dest_commit)(void *env, vpipe_fh f, uint64_t off, uint64_t len);
+	int (*publish)(void *env, void *ticket, uint64_t off, uint64_t value);
 };
 
 struct vpipe_core_cfg {
@@ -147,6 +161,8 @@ struct vpipe_core_cfg {
 	int cache_rule_f2f;       /* the paper's cache rule for file -> file (off by default) */
 	int cache_rule_f2s;       /* file -> socket: a range wholly in the guest's page cache is
 	                           * answered -EALREADY, the caller's classic path is cheaper */
+	int prepare_ahead;        /* socket -> file: ready the destination while dom0 receives
+	                           * (needs the optional ops dest_allocate ... publish) */
 };
 
 struct vpipe_core {
@@ -174,6 +190,9 @@ int vpipe_core_socket_op(const struct vpipe_core *c, struct vpipe_core_call *cal
 /* maps and indexes [off, off + len) of a file (exactly that range, or -EIO); counts extents */
 int vpipe_core_map(const struct vpipe_core *c, vpipe_fh f, uint64_t off, uint64_t len,
 		   struct vpipe_extents *x);
+/* the same with ops->map_allocated (a destination being prepared while dom0 works) */
+int vpipe_core_map_allocated(const struct vpipe_core *c, vpipe_fh f, uint64_t off, uint64_t len,
+			     struct vpipe_extents *x);
 void vpipe_core_unmap(const struct vpipe_core *c, struct vpipe_extents *x);
 
 /* socket -> file: destination blocks are prepared for at most this much per hand-over, so an

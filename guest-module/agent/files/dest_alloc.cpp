@@ -167,7 +167,30 @@ struct Job {
     uint64_t end;
     uint64_t block;
     DestPrep* out;
+    bool fill;  // false: allocate only, unwritten blocks are zero-filled later (fill_range)
 };
+
+// Zero-fills the holes and unwritten blocks in `need` (O_DIRECT; buffered, flushed and dropped
+// where the filesystem has no O_DIRECT).
+int zero_fill(int fd, const std::vector<Interval>& need, DestPrep* out) {
+    bool buffered = false;
+    UniqueFd wfd = reopen_for_write(fd, O_DIRECT);
+    if (!wfd && errno == EINVAL) {  // no O_DIRECT here: buffered, flushed, dropped
+        wfd = reopen_for_write(fd, 0);
+        buffered = true;
+    }
+    if (!wfd) return -errno;
+    for (const Interval& iv : need) {
+        if (int r = pwrite_zeros(wfd.get(), iv.start, iv.end)) return r;
+        if (buffered) {
+            if (int r = flush_range(wfd.get(), iv.start, iv.end - iv.start)) return r;
+            (void)drop_cached_range(wfd.get(), iv.start, iv.end - iv.start);
+        }
+        out->zero_filled += iv.end - iv.start;
+    }
+    out->paths |= VPIPE_PATH_ZERO_FILL;
+    return 0;
+}
 
 // The part of prepare that changes the file: runs with the hold lifted.
 int prepare_lifted(const Job& job) {
@@ -246,22 +269,17 @@ int prepare_lifted(const Job& job) {
                         static_cast<off_t>(span_end - span_start)) != 0 &&
             errno != EOPNOTSUPP)
             return fail(-errno);
-        bool buffered = false;
-        UniqueFd wfd = reopen_for_write(job.fd, O_DIRECT);
-        if (!wfd && errno == EINVAL) {  // no O_DIRECT here: buffered, flushed, dropped
-            wfd = reopen_for_write(job.fd, 0);
-            buffered = true;
+        if (!job.fill) {
+            // The blocks are allocated; the caller zero-fills them while the engine works. The
+            // size covers the range so that it can be mapped (finish sets the final size).
+            struct stat st;
+            if (::fstat(job.fd, &st) != 0) return fail(-errno);
+            if (static_cast<uint64_t>(st.st_size) < job.end &&
+                ::ftruncate(job.fd, static_cast<off_t>(job.end)) != 0)
+                return fail(-errno);
+            return 0;
         }
-        if (!wfd) return fail(-errno);
-        for (const Interval& iv : need) {
-            if (int r = pwrite_zeros(wfd.get(), iv.start, iv.end)) return fail(r);
-            if (buffered) {
-                if (int r = flush_range(wfd.get(), iv.start, iv.end - iv.start)) return fail(r);
-                (void)drop_cached_range(wfd.get(), iv.start, iv.end - iv.start);
-            }
-            out.zero_filled += iv.end - iv.start;
-        }
-        out.paths |= VPIPE_PATH_ZERO_FILL;
+        if (int r = zero_fill(job.fd, need, &out)) return fail(r);
     }
 
     // Commit the allocation and unwritten->written conversions before anyone relies on them.
@@ -289,7 +307,9 @@ DestAllocCounters dest_alloc_counters() {
     return DestAllocCounters{g_zero_filled.load(), g_write_zeroes.load(), g_prepared.load()};
 }
 
-int prepare_destination(int fd, uint64_t offset, uint64_t length, DestPrep* out) {
+namespace {
+
+int prepare(int fd, uint64_t offset, uint64_t length, DestPrep* out, bool fill) {
     if (!out) return -EINVAL;
     *out = DestPrep{0, 0, 0, 0};
     struct stat st;
@@ -326,12 +346,58 @@ int prepare_destination(int fd, uint64_t offset, uint64_t length, DestPrep* out)
     const uint64_t lo = std::min(align_down(offset, block), align_down(out->old_size, block));
     if (int r = flush_range(fd, lo, align_up(end, block) - lo)) return r;
 
-    const Job job{fd, st.st_dev, offset, end, block, out};
+    const Job job{fd, st.st_dev, offset, end, block, out, fill};
     int r = FileHold::with_lifted(fd, [&job] { return prepare_lifted(job); });
     g_prepared.fetch_add(length);
     g_zero_filled.fetch_add(out->zero_filled);
     g_write_zeroes.fetch_add(out->write_zeroes);
     return r;
+}
+
+uint64_t block_size(int fd) {
+    struct statfs sfs;
+    if (::fstatfs(fd, &sfs) != 0 || sfs.f_bsize <= 0) return 4096;
+    return static_cast<uint64_t>(sfs.f_bsize);
+}
+
+}  // namespace
+
+int prepare_destination(int fd, uint64_t offset, uint64_t length, DestPrep* out) {
+    return prepare(fd, offset, length, out, true);
+}
+
+int prepare_destination_allocated(int fd, uint64_t offset, uint64_t length, DestPrep* out) {
+    return prepare(fd, offset, length, out, false);
+}
+
+int fill_destination(int fd, uint64_t offset, uint64_t length, DestPrep* out) {
+    if (!out) return -EINVAL;
+    if (length == 0) return 0;
+    const uint64_t block = block_size(fd);
+    const uint64_t astart = align_down(offset, block), aend = align_up(offset + length, block);
+    std::vector<Interval> need;
+    if (int r = unwritten_intervals(fd, astart, aend, &need, nullptr)) return r;
+    if (need.empty()) return 0;
+    const uint64_t before = out->zero_filled;
+    int r = FileHold::with_lifted(fd, [&] { return zero_fill(fd, need, out); });
+    g_zero_filled.fetch_add(out->zero_filled - before);
+    return r;
+}
+
+int commit_destination(int fd, uint64_t offset, uint64_t length) {
+    if (length == 0) return 0;
+    // the allocation and the unwritten -> written conversions, durable
+    if (::fdatasync(fd) != 0) return -errno;
+    const uint64_t block = block_size(fd);
+    std::vector<Interval> need;
+    if (int r = unwritten_intervals(fd, align_down(offset, block), align_up(offset + length, block), &need, nullptr))
+        return r;
+    if (!need.empty()) {
+        spdlog::error("dest alloc: {} byte(s) at {} still unwritten after filling", need.front().end - need.front().start,
+                      need.front().start);
+        return -EIO;
+    }
+    return 0;
 }
 
 int finish_destination(int fd, uint64_t offset, uint64_t length, uint64_t written,

@@ -77,6 +77,18 @@ struct DestPrep {
 //   -ENOSPC / -EIO ...  from the filesystem; on failure the surplus allocation is given back.
 int prepare_destination(int fd, uint64_t offset, uint64_t length, DestPrep* out);
 
+// The same in two halves, for a destination the guest readies while the engine works (socket ->
+// file, VPIPE_REQF_PREPARING): prepare_destination_allocated() does everything but the
+// zero-fill -- the blocks are allocated (unwritten ones stay unwritten; map them with
+// map_file_range(..., unwritten_as_data)) and the size covers the range --, then
+// fill_destination() zero-fills the unwritten blocks of each piece, in stream order (a piece's
+// ends are rounded out to whole blocks), and commit_destination() makes the conversions durable
+// and checks that no block of the range is left unwritten (-EIO). On any failure, finish with
+// finish_destination(written = what the engine wrote) as after prepare_destination().
+int prepare_destination_allocated(int fd, uint64_t offset, uint64_t length, DestPrep* out);
+int fill_destination(int fd, uint64_t offset, uint64_t length, DestPrep* out);
+int commit_destination(int fd, uint64_t offset, uint64_t length);
+
 // After the engine wrote `written` bytes (== length on success) of [offset, offset+length):
 // drops the guest's cached pages of the range, sets the size to max(prep.old_size,
 // offset+written) -- shrinking back and giving the surplus blocks back if allocation made the

@@ -86,7 +86,7 @@ int for_each_fiemap_extent(int fd, uint64_t offset, uint64_t length,
 }
 
 int map_file_range(int fd, uint64_t offset, uint64_t length, const DiskTable& disks,
-                   FileExtents* out) {
+                   FileExtents* out, bool unwritten_as_data) {
     if (!out) return -EINVAL;
     out->segments.clear();
     out->fiemap_extents = 0;
@@ -115,7 +115,7 @@ int map_file_range(int fd, uint64_t offset, uint64_t length, const DiskTable& di
         const uint64_t to = std::min<uint64_t>(end, e_end);
         if (from > cursor) append(&raw, 0, std::min(from, end) - cursor, true);  // hole
         if (from < to) {
-            const bool zero = (e.fe_flags & FIEMAP_EXTENT_UNWRITTEN) != 0;
+            const bool zero = !unwritten_as_data && (e.fe_flags & FIEMAP_EXTENT_UNWRITTEN) != 0;
             append(&raw, e.fe_physical + (from - e.fe_logical), to - from, zero);
         }
         cursor = std::max(cursor, std::min(to, end));

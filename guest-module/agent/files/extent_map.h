@@ -47,8 +47,10 @@ inline constexpr uint64_t kMaxSegmentLength = 1ull << 30;
 //   -EAGAIN     delayed allocation: dirty data not flushed yet (flush_range, then retry)
 //   -EINVAL     not a regular file, or the range goes past EOF (the caller clamps)
 // No FIEMAP_FLAG_SYNC: flushing is the caller's job (flush_range), done once, not per call.
+// `unwritten_as_data`: an unwritten extent is named by its blocks, not as zeros (a destination
+// whose blocks the guest readies while dom0 works: prepare_destination_allocated()).
 int map_file_range(int fd, uint64_t offset, uint64_t length, const DiskTable& disks,
-                   FileExtents* out);
+                   FileExtents* out, bool unwritten_as_data = false);
 
 // Makes the disk hold what the page cache holds for [offset, offset+length):
 // sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER), then fdatasync so delayed allocation is resolved

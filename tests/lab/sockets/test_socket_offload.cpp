@@ -831,7 +831,14 @@ TEST_F(Sockets, FileToSocketLengthBeyondFileIsShort) {
     EXPECT_EQ(r[0]["err"], "0");
 }
 
+// (the agent readies the destination while dom0 receives: VPIPE_REQF_PREPARING, counted)
 TEST_F(Sockets, SocketToFile) {
+    auto preparing = [] {
+        uint64_t n = 0;
+        for (const auto& vm : engine_stats()["vms"]) n += vm.value("preparing", uint64_t{0});
+        return n;
+    };
+    const uint64_t preparing0 = preparing();
     for (uint64_t len : {uint64_t{1}, uint64_t{4096}, (uint64_t{1} << 20) + 1, uint64_t{64} << 20}) {
         // bytes already unread in the receive queue when the call comes: part of the stream
         const uint64_t unread = std::min<uint64_t>(len, 3000);
@@ -842,6 +849,10 @@ TEST_F(Sockets, SocketToFile) {
         printf("[ info ] socket->file %llu B: offloaded %s in %s call(s)\n", static_cast<unsigned long long>(len),
                res["offloaded"].c_str(), res["calls"].c_str());
     }
+    // TODO: the engine counts these (a lab PUT through vpipe-httpd shows preparing 1), but this
+    // suite's stats read 0 here: not asserted until that is understood.
+    printf("[ info ] socket->file hand-overs readied while dom0 received: %llu\n",
+           static_cast<unsigned long long>(preparing() - preparing0));
 }
 
 TEST_F(Sockets, SocketToSocketRelay) {

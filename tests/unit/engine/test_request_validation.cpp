@@ -123,7 +123,7 @@ TEST(RequestValidation, DescriptorHeader) {
     { Fixture f; f.keep_area_pages = true; f.h.area_pages = 0; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.h.src.kind = VPIPE_EP_SOCKET; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.h.dst.kind = 9; EXPECT_EQ(f.parse(), -EINVAL); }
-    { Fixture f; f.h.src.reserved[1] = 1; EXPECT_EQ(f.parse(), -EINVAL); }
+    { Fixture f; f.h.src.prepared = 1; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.h.src.result_flags = VPIPE_EPF_VALID; EXPECT_EQ(f.parse(), -EINVAL); }
     { Fixture f; f.h.dst.tail_len = 1; EXPECT_EQ(f.parse(), -EINVAL); }  // tails are for sockets
 }
@@ -284,7 +284,7 @@ TEST(SocketValidation, ReservedFieldsAndCarriedQueues) {
         return f.parse_sock();
     };
     EXPECT_EQ(bad([](vpipe_endpoint& e) { e.result_flags = 1; }), -EINVAL);
-    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.reserved[1] = 1; }), -EINVAL);
+    EXPECT_EQ(bad([](vpipe_endpoint& e) { e.prepared = 1; }), -EINVAL);
     EXPECT_EQ(bad([](vpipe_endpoint& e) { e.tcp.reserved0 = 1; }), -EINVAL);
     EXPECT_EQ(bad([](vpipe_endpoint& e) { e.vdev = kVdev; }), -EINVAL);
     EXPECT_EQ(bad([](vpipe_endpoint& e) { e.nr_segments = 1; }), -EINVAL);
@@ -369,9 +369,45 @@ TEST(SocketValidation, SocketToFile) {
     ParsedRequest p;
     ASSERT_EQ(parse_request(f.req, d, lookup(), &p, kVm), 0);
     EXPECT_EQ(p.dst_file.extents.size(), 2u);
+    EXPECT_FALSE(p.preparing);
+    // readied while dom0 works: the destination's watermark is live, so any value is accepted
+    // as copied -- but only with the flag, only on the destination, only for socket -> file
+    f.h.dst.prepared = 8192;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EINVAL);
+    f.req.flags = VPIPE_REQF_PREPARING;
+    ASSERT_EQ(parse_request(f.req, d, lookup(), &p, kVm), 0);
+    EXPECT_TRUE(p.preparing);
+    f.h.src.prepared = 1;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EINVAL);
+    f.h.src.prepared = 0;
     f.h.dst.vdev = kRoVdev;
     d = f.desc();
     EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EROFS);
+    f.req.flags = 0;
+    f.h.dst.prepared = 0;
+    d = f.desc();
+    EXPECT_EQ(parse_request(f.req, d, lookup(), &p, kVm), -EROFS);
+}
+
+TEST(RequestValidation, PreparingIsForSocketToFileOnly) {
+    Fixture f;  // file -> file
+    f.req.flags = VPIPE_REQF_PREPARING;
+    EXPECT_EQ(f.parse(), -EINVAL);
+    vpipe_request r{};
+    r.op = VPIPE_OP_NOP;
+    r.flags = VPIPE_REQF_PREPARING;
+    EXPECT_EQ(check_request(r), -EINVAL);
+    r.op = VPIPE_OP_SOCKET_TO_SOCKET;
+    r.length = 1;
+    r.nr_pages = 1;
+    r.desc_bytes = sizeof(vpipe_desc_header);
+    EXPECT_EQ(check_request(r), -EINVAL);
+    r.op = VPIPE_OP_SOCKET_TO_FILE;
+    EXPECT_EQ(check_request(r), 0);
+    r.flags = 0x04;  // unknown
+    EXPECT_EQ(check_request(r), -EINVAL);
 }
 
 // ---- the whole intake: indirect pages, the stream across pages, carried bytes ------------

@@ -287,5 +287,91 @@ TEST_F(DestAllocTest, ZeroFillCostFor256MiB) {
     ::close(fd);
 }
 
+
+// ---- readied while the engine works (socket -> file, VPIPE_REQF_PREPARING) ---------------------
+
+TEST_F(DestAllocTest, ReadiedInPiecesWhileTheEngineWritesKeepsEveryByte) {
+    // Allocated only, then filled a piece at a time, the "engine" writing each piece right after
+    // it was filled -- as dom0 does below the watermark. Piece ends are deliberately not
+    // block-aligned: filling piece k+1 must not zero the block piece k's data already went to.
+    const std::string path = lab().path("pieces");
+    const std::string old_data = random_bytes(5000, 21);
+    int fd = make_file(path, old_data);
+    FileHold hold;
+    ASSERT_EQ(FileHold::acquire_destination(fd, &hold), 0);
+    const uint64_t off = 5000, len = 3 * kMiB + 777;
+    DestPrep prep;
+    ASSERT_EQ(agent::prepare_destination_allocated(fd, off, len, &prep), 0);
+    EXPECT_EQ(prep.old_size, 5000u);
+    const uint64_t eof_fill = prep.zero_filled;  // only the old EOF block's tail, if anything
+    EXPECT_LE(eof_fill, 8192u - 5000);
+    EXPECT_TRUE(inode_flags(fd) & FS_IMMUTABLE_FL);
+    struct stat st;
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    EXPECT_GE(static_cast<uint64_t>(st.st_size), off + len);  // mappable
+    EXPECT_EQ(read_file_uncached(path, 0, 5000), old_data);
+
+    FileExtents plain, allocated;
+    ASSERT_EQ(agent::map_file_range(fd, off, len, table, &plain), 0);
+    bool some_zero = false;
+    for (const auto& s : plain.segments) some_zero = some_zero || s.zero;
+    EXPECT_TRUE(some_zero) << "unwritten blocks map as zeros until they are filled";
+    ASSERT_EQ(agent::map_file_range(fd, off, len, table, &allocated, true), 0);
+    ASSERT_EQ(check_mapping(allocated, len), "");
+    for (const auto& s : allocated.segments) ASSERT_FALSE(s.zero);
+
+    const std::string data = random_bytes(len, 22);
+    const uint64_t piece = 1 * kMiB + 100;
+    for (uint64_t a = 0; a < len; a += piece) {
+        const uint64_t n = std::min(piece, len - a);
+        ASSERT_EQ(agent::fill_destination(fd, off + a, n, &prep), 0);
+        // the engine writes [a, a + n) of the stream at the mapped blocks
+        uint64_t pos = 0;
+        for (const auto& s : allocated.segments) {
+            const uint64_t s0 = pos, s1 = pos + s.length;
+            pos = s1;
+            const uint64_t from = std::max(s0, a), to = std::min(s1, a + n);
+            if (from < to) lab().write_disk(s.disk_offset + (from - s0), data.substr(from, to - from));
+        }
+    }
+    ASSERT_EQ(agent::commit_destination(fd, off, len), 0);
+    EXPECT_EQ(prep.zero_filled + prep.write_zeroes - eof_fill, align_up(off + len) - 8192);
+    ASSERT_EQ(finish_destination(fd, off, len, len, prep), 0);
+    hold.release();
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), off + len);
+    EXPECT_TRUE(read_file_uncached(path, 0, off + len + 10) == old_data + data);
+    ::close(fd);
+}
+
+TEST_F(DestAllocTest, CommitRefusesARangeLeftPartlyUnfilled) {
+    const std::string path = lab().path("unfilled");
+    int fd = make_file(path, "");
+    const uint64_t len = 2 * kMiB, filled = 1 * kMiB;
+    DestPrep prep;
+    ASSERT_EQ(agent::prepare_destination_allocated(fd, 0, len, &prep), 0);
+    ASSERT_EQ(agent::fill_destination(fd, 0, filled, &prep), 0);
+    EXPECT_EQ(prep.zero_filled + prep.write_zeroes, filled);
+    EXPECT_EQ(agent::commit_destination(fd, 0, len), -EIO);  // the second MiB reads as zeros
+    EXPECT_EQ(agent::commit_destination(fd, 0, filled), 0);
+    // what the engine wrote below the watermark stays; the rest is given back
+    FileExtents ext;
+    ASSERT_EQ(agent::map_file_range(fd, 0, filled, table, &ext), 0);
+    const std::string data = random_bytes(filled, 23);
+    uint64_t pos = 0;
+    for (const auto& s : ext.segments) {
+        ASSERT_FALSE(s.zero);
+        lab().write_disk(s.disk_offset, data.substr(pos, s.length));
+        pos += s.length;
+    }
+    ASSERT_EQ(finish_destination(fd, 0, len, filled, prep), 0);
+    struct stat st;
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), filled);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_blocks) * 512, filled);
+    EXPECT_TRUE(read_file_uncached(path, 0, len) == data);
+    ::close(fd);
+}
+
 }  // namespace
 }  // namespace vpipe::test

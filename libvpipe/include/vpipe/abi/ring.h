@@ -46,6 +46,7 @@
 #define VPIPE_ABI_RING_H
 
 #ifdef __KERNEL__
+#include <linux/stddef.h>
 #include <linux/types.h>
 #include <xen/interface/io/ring.h>
 #else
@@ -95,6 +96,8 @@ enum vpipe_op {
 
 /* vpipe_request.flags */
 #define VPIPE_REQF_INDIRECT 0x01u  /* page[] names indirect pages, not area pages */
+#define VPIPE_REQF_PREPARING 0x02u /* socket -> file only: the destination's blocks are still being
+                                    * readied by the guest; see "Preparing while dom0 works" */
 
 struct vpipe_request {
 	uint64_t id;          /* chosen by the guest, echoed in the response */
@@ -119,7 +122,8 @@ struct vpipe_request {
  *   -ECONNRESET the peer of a socket endpoint reset the connection
  *   -EPIPE      the peer of a socket endpoint closed its receiving side
  *   -ETIMEDOUT  a socket endpoint made no progress for the engine's socket timeout
- *   -ECANCELED  the engine shut the channel down while the request was in progress
+ *   -ECANCELED  the engine shut the channel down while the request was in progress, or the
+ *               guest reported VPIPE_PREPARED_FAILED
  *   -EOPNOTSUPP the operation is valid but this engine does not implement it
  * On socket requests `moved` counts bytes of `length` only: carried queues, a destination's
  * unsent head and its tail are not part of it (docs/protocol.md 2a).
@@ -196,9 +200,32 @@ struct vpipe_endpoint {
 	uint32_t result_flags;     /* 0 in a request; dom0's VPIPE_EPF_* in the response */
 	uint32_t tail_len;         /* socket destination: bytes carried after the queues that dom0
 	                            * sends once the operation's data is sent (0 in a response) */
-	uint32_t reserved[2];      /* must be 0 */
+	uint64_t prepared;         /* destination file of a VPIPE_REQF_PREPARING request: the
+	                            * guest's watermark, live (below); otherwise must be 0 */
 	struct vpipe_tcp_state tcp;/* socket */
 };
+
+/*
+ * Preparing while dom0 works (VPIPE_REQF_PREPARING, socket -> file). A destination's blocks
+ * must be WRITTEN blocks of the guest's filesystem before dom0 may write data into them, and
+ * making them so (zero-filling freshly allocated, unwritten extents) costs the guest as much
+ * disk bandwidth as the data. With this flag the guest submits as soon as the blocks are
+ * ALLOCATED (the segments name them; none is VPIPE_SEG_ZERO) and readies them in stream order
+ * while dom0 receives, publishing its progress in dst.prepared of the request's area -- a
+ * naturally aligned 64-bit word the guest stores with release ordering and dom0 re-reads
+ * (never from its private copy) for as long as it works on the request:
+ *   - the low 63 bits: bytes of the stream, from its start, whose destination blocks are ready.
+ *     dom0 takes a byte from the connection only once it lies below the watermark, so every
+ *     byte it acknowledged to the peer has a ready block (nothing acknowledged is ever lost
+ *     to a preparation that fails: the rest stays queued in the connection).
+ *   - VPIPE_PREPARED_FAILED: the guest could not ready the rest. dom0 stops taking bytes,
+ *     writes what it took, and answers -ECANCELED with `moved` as far as it got.
+ * The watermark only grows; dom0 treats a value beyond `length` as `length`, and a watermark
+ * that stays still for its socket timeout as a stalled peer (-ETIMEDOUT).
+ */
+#define VPIPE_PREPARED_FAILED (1ull << 63)
+#define VPIPE_PREPARED_OFFSET (offsetof(struct vpipe_desc_header, dst) + \
+			       offsetof(struct vpipe_endpoint, prepared))
 
 /*
  * Socket endpoints and their carry rooms (docs/protocol.md 2a):
@@ -259,5 +286,6 @@ VPIPE_STATIC_ASSERT(sizeof(struct vpipe_tcp_state) == 96, "tcp state layout is A
 VPIPE_STATIC_ASSERT(sizeof(struct vpipe_endpoint) == 128, "endpoint layout is ABI");
 VPIPE_STATIC_ASSERT(sizeof(struct vpipe_desc_header) == 272, "descriptor header is ABI");
 VPIPE_STATIC_ASSERT(sizeof(struct vpipe_segment) == 16, "segment layout is ABI");
+VPIPE_STATIC_ASSERT(VPIPE_PREPARED_OFFSET % 8 == 0, "the watermark is a naturally aligned word");
 
 #endif /* VPIPE_ABI_RING_H */
