@@ -285,12 +285,18 @@ static void ep_put_back(int fd, const struct ep_taken *t) {
 
 /* ---- descriptor checks ----------------------------------------------------------------------- */
 
-/* 1: a TCP socket; 0: something else; -1: not open */
+/* 1: a TCP socket vPipe may take; 0: something else; -1: not open. A socket with an upper-layer
+ * protocol (kTLS: the kernel encrypts what sendfile sends) is something else: dom0 would send
+ * the file in the clear. */
 static int is_tcp(int fd) {
 	int proto = 0;
 	socklen_t len = sizeof(proto);
-	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0) return proto == IPPROTO_TCP;
-	return errno == EBADF ? -1 : 0;
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0) return errno == EBADF ? -1 : 0;
+	if (proto != IPPROTO_TCP) return 0;
+	char ulp[16] = "";
+	len = sizeof(ulp);
+	if (getsockopt(fd, IPPROTO_TCP, TCP_ULP, ulp, &len) == 0 && len > 0 && ulp[0]) return 0;
+	return 1;
 }
 
 /* A connection that can send (anything else: libc tells the program what is wrong). */
