@@ -13,6 +13,7 @@ pkgs=(
   iproute2 e2fsprogs util-linux kmod procps psmisc   # the lab: netns, veth, loop, mkfs
   iputils-ping                                       # lab connectivity checks
   curl socat iperf3 gnuplot-nox wrk httperf          # lab clients, benchmarks, plots
+  lighttpd nginx                                     # stock servers under libvpipe-preload.so (tests/lab/preload)
   # xen suite (tests/xen): Xen + Debian's kernel under QEMU, initramfs built from packages
   qemu-system-x86 xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils
   linux-image-amd64 linux-headers-amd64 busybox-static bridge-utils
@@ -26,5 +27,14 @@ if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # lighttpd and nginx are only run by the tests, on ports of their own: their packages would
+  # start both as services on port 80, where the second cannot start (and its postinst may fail).
+  # Keep services from starting while they are installed (policy-rc.d, only if there is none).
+  policy=""
+  if [[ " ${missing[*]} " =~ \ (lighttpd|nginx)\  ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
