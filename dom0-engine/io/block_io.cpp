@@ -133,29 +133,24 @@ int BlockIo::write(DiskImage& d, std::span<const Extent> ext, const uint8_t* buf
 }
 
 int BlockIo::write_many(DiskImage& d, std::span<const WriteJob> writes) noexcept {
-    std::vector<Job> jobs;
-    try {
-        jobs.reserve(writes.size());
-    } catch (...) {
-        return -ENOMEM;
-    }
-    for (const WriteJob& w : writes)
-        jobs.push_back({true, &d, w.ext, const_cast<uint8_t*>(w.buf), validate(d, w.ext, true)});
-    return run_all(jobs);
+    return run_batch(d, writes, true);
 }
 
 int BlockIo::read_many(DiskImage& d, std::span<const ReadJob> reads) noexcept {
+    return run_batch(d, reads, false);
+}
+
+template <class Batch>
+int BlockIo::run_batch(DiskImage& d, std::span<const Batch> batch, bool write) noexcept {
     std::vector<Job> jobs;
     try {
-        jobs.reserve(reads.size());
+        jobs.reserve(batch.size());
     } catch (...) {
         return -ENOMEM;
     }
-    for (const ReadJob& r : reads) jobs.push_back({false, &d, r.ext, r.buf, validate(d, r.ext, false)});
-    return run_all(jobs);
-}
-
-int BlockIo::run_all(std::span<Job> jobs) {
+    // (a write job never stores through its buffer)
+    for (const Batch& b : batch)
+        jobs.push_back({write, &d, b.ext, const_cast<uint8_t*>(b.buf), validate(d, b.ext, write)});
     run(jobs);
     for (const Job& j : jobs)
         if (j.status != 0) return j.status;

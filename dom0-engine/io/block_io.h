@@ -72,7 +72,9 @@ private:
     enum class Issue { queued, blocked, finished };
 
     void run(std::span<Job> jobs);
-    int run_all(std::span<Job> jobs);  // run(); the first job's error, or 0
+    // write_many / read_many: one job per element, run together; the first job's error, or 0
+    template <class Batch>
+    int run_batch(DiskImage& d, std::span<const Batch> batch, bool write) noexcept;
     Issue issue_next(Job& job, Request& req);
     int read_modify_write(DiskImage& d, uint64_t disk_offset, const uint8_t* src, uint64_t n);
     void submit_pending();
