@@ -436,7 +436,9 @@ protected:
                 // somebody else won the race: wait like for any other running lab
             }
             if (std::chrono::steady_clock::now() >= deadline) {
-                skip_ = "a lab is up (someone else's) and stayed up for 10 minutes; not touching it";
+                // not a skip: a lab that never goes away is a leftover the suite must report
+                error_ = "a lab has been up for 10 minutes (a leftover, or someone else's): not touching it; "
+                         "`vpipe-lab info` tells whose, `vpipe-lab down` removes it";
                 return false;
             }
             std::fprintf(stderr, "[ lab busy ] another lab is up; retrying in 10 s\n");

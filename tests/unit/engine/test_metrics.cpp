@@ -5,6 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -58,6 +62,77 @@ std::string http_get(uint16_t port, const std::string& request) {
     return out;
 }
 
+// Checks text against Prometheus' text exposition format (version 0.0.4): "" when it conforms,
+// else what is wrong and on which line. Every sample's family is announced by one # TYPE line
+// before it, names and label names are legal, label values are quoted with \\, \" and \n the only
+// escapes, values are numbers, and no series appears twice.
+std::string exposition_error(const std::string& text) {
+    auto legal_name = [](const std::string& n, bool colon) {
+        if (n.empty() || std::isdigit(static_cast<unsigned char>(n[0]))) return false;
+        for (char c : n)
+            if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || (colon && c == ':'))) return false;
+        return true;
+    };
+    static const std::set<std::string> kTypes{"counter", "gauge", "histogram", "summary", "untyped"};
+    std::map<std::string, std::string> types;
+    std::set<std::string> series;
+    std::istringstream in(text);
+    int no = 0;
+    for (std::string line; std::getline(in, line);) {
+        ++no;
+        const std::string at = "line " + std::to_string(no) + " \"" + line + "\": ";
+        if (line.empty()) return at + "empty line";
+        if (line[0] == '#') {
+            std::istringstream w(line);
+            std::string hash, kind, name, type;
+            w >> hash >> kind >> name;
+            if (kind == "TYPE") {
+                w >> type;
+                if (!legal_name(name, true) || !kTypes.count(type)) return at + "bad TYPE";
+                if (!types.emplace(name, type).second) return at + "family announced twice";
+            } else if (kind == "HELP") {
+                if (!legal_name(name, true)) return at + "bad HELP";
+            }
+            continue;
+        }
+        size_t i = 0;
+        while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+        const std::string name = line.substr(0, i);
+        if (!legal_name(name, true)) return at + "bad metric name";
+        if (!types.count(name)) return at + "sample before its family's # TYPE";
+        std::string labels;
+        if (i < line.size() && line[i] == '{') {
+            const size_t open = i++;
+            for (;;) {
+                size_t eq = line.find('=', i);
+                if (eq == std::string::npos || !legal_name(line.substr(i, eq - i), false)) return at + "bad label name";
+                if (eq + 1 >= line.size() || line[eq + 1] != '"') return at + "label value not quoted";
+                size_t k = eq + 2;
+                for (; k < line.size() && line[k] != '"'; ++k)
+                    if (line[k] == '\\') {
+                        if (k + 1 >= line.size() || std::string("\\\"n").find(line[k + 1]) == std::string::npos)
+                            return at + "bad escape in a label value";
+                        ++k;
+                    }
+                if (k >= line.size()) return at + "unterminated label value";
+                i = k + 1;
+                if (i < line.size() && line[i] == ',') { ++i; continue; }
+                if (i < line.size() && line[i] == '}') { ++i; break; }
+                return at + "bad label list";
+            }
+            labels = line.substr(open, i - open);
+        }
+        if (i >= line.size() || line[i] != ' ') return at + "no value";
+        const std::string value = line.substr(i + 1);
+        char* end = nullptr;
+        std::strtod(value.c_str(), &end);
+        if (value.empty() || *end != '\0') return at + "value is not a number";
+        if (!series.insert(name + labels).second) return at + "series appears twice";
+    }
+    if (!text.empty() && text.back() != '\n') return "the text does not end with a newline";
+    return "";
+}
+
 }  // namespace
 
 TEST(Metrics, FormatsPerVmAndEngineNumbers) {
@@ -78,13 +153,26 @@ TEST(Metrics, FormatsPerVmAndEngineNumbers) {
     EXPECT_TRUE(has_line(m, "vpipe_engine_tick_seconds 0.01")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_engine_fairness_strict 0")) << m;
     EXPECT_TRUE(has_line(m, "vpipe_engine_pool_buffers_in_use 3")) << m;
-    // every sample line belongs to a family announced before it
-    EXPECT_EQ(m.back(), '\n');
+    // every sample line belongs to a family announced before it, and the rest of the format
+    EXPECT_EQ(exposition_error(m), "") << m;
+}
+
+// The checker itself catches what it is there to catch.
+TEST(Metrics, ExpositionCheckerRejectsMalformedText) {
+    EXPECT_EQ(exposition_error("# TYPE a counter\na{x=\"1\"} 2\n"), "");
+    EXPECT_NE(exposition_error("a 1\n"), "");                                         // no # TYPE
+    EXPECT_NE(exposition_error("# TYPE a counter\na 1\na 2\n"), "");                  // twice
+    EXPECT_NE(exposition_error("# TYPE a counter\na{x=1} 2\n"), "");                   // unquoted
+    EXPECT_NE(exposition_error("# TYPE a counter\na{x=\"\\q\"} 2\n"), "");            // bad escape
+    EXPECT_NE(exposition_error("# TYPE a counter\na two\n"), "");                      // not a number
+    EXPECT_NE(exposition_error("# TYPE a counter\na 1"), "");                           // no newline
+    EXPECT_NE(exposition_error("# TYPE a counter\n# TYPE a gauge\na 1\n"), "");        // announced twice
 }
 
 TEST(Metrics, EmptyStatsStillWellFormed) {
     const std::string m = format_metrics(nlohmann::json::object());
     EXPECT_TRUE(has_line(m, "vpipe_engine_total_rate_bytes_per_second 0")) << m;
+    EXPECT_EQ(exposition_error(m), "") << m;
 }
 
 TEST(Metrics, ServesOnlyGetMetrics) {
