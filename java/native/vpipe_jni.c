@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <vpipe/vpipe.h>
 
@@ -124,6 +125,19 @@ JNIEXPORT jint JNICALL Java_org_vpipe_VPipe_nAccessMode(JNIEnv *env, jclass cls,
 		return 0;
 	int fl = fcntl(fd, F_GETFL);
 	return fl < 0 ? -errno : (fl & O_ACCMODE);
+}
+
+JNIEXPORT jboolean JNICALL Java_org_vpipe_VPipe_nIsInet6(JNIEnv *env, jclass cls, jobject ch)
+{
+	(void)cls;
+	int fd = channel_fd(env, ch);
+	if (fd < 0) {
+		(*env)->ExceptionClear(env);
+		return JNI_FALSE;
+	}
+	int domain = 0;
+	socklen_t l = sizeof(domain);
+	return getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) == 0 && domain == AF_INET6 ? JNI_TRUE : JNI_FALSE;
 }
 
 JNIEXPORT jstring JNICALL Java_org_vpipe_VPipe_nLastResult(JNIEnv *env, jclass cls, jlongArray out)

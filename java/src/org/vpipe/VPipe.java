@@ -34,6 +34,9 @@ import java.util.Objects;
  *     a channel non-blocking for its own selector (Hadoop's {@code SocketOutputStream}) passes
  *     {@link #ALLOW_NONBLOCKING}: the call then still completes synchronously (libvpipe blocks on
  *     non-blocking descriptors too). During the call the channel's {@code blockingLock()} is held.
+ * <li>vPipe moves IPv4 TCP connections. The JDK makes AF_INET6 (dual-stack) sockets by default,
+ *     also for IPv4 peers: run the JVM with {@code -Djava.net.preferIPv4Stack=true}, else socket
+ *     operations fail with EOPNOTSUPP (or fall back) and the exception says so.
  * <li>A socket operation hands the connection to dom0 and back: afterwards the same descriptor
  *     number holds the (restored) connection. Nothing else may use the channel meanwhile.
  * <li>Errors: {@link VPipeException} (an {@link IOException}) with the errno's name, its text and
@@ -77,7 +80,7 @@ public final class VPipe {
         Object lock = socketLock(dst, "dst", flags);
         synchronized (lock) {
             checkSocket(dst, flags);
-            return result(nFileToSocket(src, position, count, dst), "vpipe_file_to_socket_fd");
+            return result(nFileToSocket(src, position, count, dst), "vpipe_file_to_socket_fd", dst);
         }
     }
 
@@ -94,7 +97,7 @@ public final class VPipe {
         Object lock = socketLock(src, "src", flags);
         synchronized (lock) {
             checkSocket(src, flags);
-            return result(nSocketToFile(src, dst, position, count), "vpipe_socket_to_file_fd");
+            return result(nSocketToFile(src, dst, position, count), "vpipe_socket_to_file_fd", src);
         }
     }
 
@@ -115,7 +118,7 @@ public final class VPipe {
             synchronized (inFirst ? lockOut : lockIn) {
                 checkSocket(src, flags);
                 checkSocket(dst, flags);
-                return result(nSocketToSocket(src, dst, count), "vpipe_socket_to_socket_fd");
+                return result(nSocketToSocket(src, dst, count), "vpipe_socket_to_socket_fd", src, dst);
             }
         }
     }
@@ -270,13 +273,22 @@ public final class VPipe {
         if (!ch.isBlocking() && (flags & ALLOW_NONBLOCKING) == 0) throw new IllegalBlockingModeException();
     }
 
-    private static long result(long r, String op) throws IOException {
+    private static long result(long r, String op, SocketChannel... sockets) throws IOException {
         if (r >= 0) return r;
-        throw exception((int) -r, op);
+        String hint = "";
+        for (SocketChannel s : sockets)
+            if (nErrnoName((int) -r).equals("EOPNOTSUPP") && nIsInet6(s))
+                hint = " (an AF_INET6 socket: vPipe moves IPv4 connections; Java makes AF_INET6 sockets unless "
+                        + "the JVM runs with -Djava.net.preferIPv4Stack=true)";
+        throw exception((int) -r, op, hint);
     }
 
     private static VPipeException exception(int errno, String op) {
-        String reason = nLastReason();
+        return exception(errno, op, "");
+    }
+
+    private static VPipeException exception(int errno, String op, String hint) {
+        String reason = nLastReason() + hint;
         String name = nErrnoName(errno), text = nStrerror(errno);
         String msg = op + ": " + name + " (" + text + ")" + (reason == null || reason.isEmpty() ? "" : ": " + reason);
         if (OffloadUnavailableException.isUnavailable(errno))
@@ -292,6 +304,7 @@ public final class VPipe {
     private static native long nFileToFile(FileChannel src, long srcPosition, long count, FileChannel dst,
                                            long dstPosition);
     private static native int nAccessMode(FileChannel ch);
+    private static native boolean nIsInet6(SocketChannel ch);
     private static native String nLastResult(long[] out);
     private static native String nLastReason();
     private static native boolean nSetFallback(boolean enabled);
