@@ -45,17 +45,18 @@ protected:
     }
 
     static std::vector<std::string> java(const std::string& cls, const std::string& jar,
-                                         std::vector<std::string> args) {
+                                         std::vector<std::string> args, bool ipv4 = true) {
         const std::string dir = VPIPE_JAVA_DIR;
         std::vector<std::string> av{VPIPE_JAVA, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                                    "-Djava.net.preferIPv4Stack=true",  // vPipe moves IPv4 connections
                                     std::string("-Dorg.vpipe.library=") + VPIPE_JNI_LIB, "-cp",
                                     dir + "/vpipe.jar:" + dir + "/" + jar, cls};
+        // vPipe moves IPv4 connections; the JDK's sockets are AF_INET6 without this
+        if (ipv4) av.insert(av.begin() + 1, "-Djava.net.preferIPv4Stack=true");
         av.insert(av.end(), args.begin(), args.end());
         return av;
     }
-    static std::vector<std::string> driver(std::vector<std::string> args) {
-        return java("org.vpipe.lab.LabDriver", "vpipe-lab-driver.jar", std::move(args));
+    static std::vector<std::string> driver(std::vector<std::string> args, bool ipv4 = true) {
+        return java("org.vpipe.lab.LabDriver", "vpipe-lab-driver.jar", std::move(args), ipv4);
     }
     static std::vector<std::string> harness(std::vector<std::string> args) {
         return java("org.vpipe.hadoop.BlockSenderHarness", "vpipe-hdfs-harness.jar", std::move(args));
@@ -216,6 +217,68 @@ TEST_F(JavaLab, FileToFile) {
                 (unsigned long long)(bytes1 - bytes0));
     ::unlink(src.c_str());
     ::unlink(dst.c_str());
+}
+
+// The fallback, visible to the caller: a file that is not on a VM disk (the host's /tmp) is sent
+// by libvpipe in the guest when fallback is on (lastResult says so and why, dom0 moves nothing),
+// and is an OffloadUnavailableException (ENXIO) when it is off.
+TEST_F(JavaLab, FallbackIsVisibleForAFileOffTheVmDisks) {
+    const std::string file = tmp_ + "/not-on-a-vm-disk.bin";
+    const uint64_t size = 3ull << 20, len = (2ull << 20) + 1;
+    const auto [ops0, bytes0] = engine_op("file_to_socket");
+    {
+        LabProc vm("vm1", driver({"f2s", file, std::to_string(size), "16", "0", std::to_string(len), "9107", "fallback"}));
+        ASSERT_FALSE(vm.line("READY").empty()) << vm.all;
+        const Res c = on_client(driver({"recv", kVm1Ip, "9107"}));
+        const std::string result = vm.line("RESULT");
+        EXPECT_EQ(vm.wait(), 0) << vm.all;
+        std::printf("[ vm, fallback on ] %s\n", result.c_str());
+        EXPECT_EQ(field(result, "path"), "FALLBACK") << result;
+        // the file was just written, so libvpipe's cache rule (the guest's own sendfile) comes
+        // first; otherwise the file's not being on a VM disk: either way a visible fallback
+        const std::string err = field(result, "error");
+        EXPECT_TRUE((err == "EALREADY" &&
+                     result.find("reason=\"the range is in the guest's page cache (cache rule)\"") != std::string::npos) ||
+                    (err == "ENXIO" &&
+                     result.find("reason=\"a file is not on one of this VM's virtual disks\"") != std::string::npos))
+            << result;
+        EXPECT_EQ(num(result, "guest"), len) << result;
+        EXPECT_EQ(num(result, "offloaded"), 0u) << result;
+        const std::string recv = c.out.substr(c.out.find("RECV"));
+        EXPECT_EQ(field(recv, "sha"), field(result, "want_sha"));
+    }
+    {
+        LabProc vm("vm1", driver({"f2s", file, std::to_string(size), "16", "0", std::to_string(len), "9108"}));
+        ASSERT_FALSE(vm.line("READY").empty()) << vm.all;
+        const Res c = on_client(driver({"recv", kVm1Ip, "9108"}));
+        const std::string error = vm.line("ERROR");
+        EXPECT_EQ(vm.wait(), 3) << vm.all;
+        std::printf("[ vm, fallback off ] %s\n", error.c_str());
+        EXPECT_EQ(field(error, "class"), "OffloadUnavailableException") << error;
+        EXPECT_EQ(field(error, "errno"), "ENXIO") << error;
+        EXPECT_NE(error.find("path=FAILED"), std::string::npos) << error;
+        EXPECT_EQ(num(c.out.substr(c.out.find("RECV")), "n"), 0u) << c.out;
+    }
+    const auto [ops1, bytes1] = engine_op("file_to_socket");
+    EXPECT_EQ(bytes1 - bytes0, 0u) << "dom0 moved bytes of a file that is not on a VM disk";
+    ::unlink(file.c_str());
+}
+
+// Without -Djava.net.preferIPv4Stack=true the JDK's socket is AF_INET6 (IPv4-mapped), which the
+// guest component does not move: EOPNOTSUPP, and the exception names the flag.
+TEST_F(JavaLab, Inet6SocketIsRefusedWithAHint) {
+    const std::string file = mount(1, 0) + "/java-v6.bin";
+    LabProc vm("vm1", driver({"f2s", file, std::to_string(1 << 20), "17", "0", std::to_string(1 << 20), "9109"},
+                             /*ipv4=*/false));
+    ASSERT_FALSE(vm.line("READY").empty()) << vm.all;
+    const Res c = on_client(driver({"recv", kVm1Ip, "9109"}));
+    const std::string error = vm.line("ERROR");
+    EXPECT_EQ(vm.wait(), 3) << vm.all;
+    std::printf("[ vm, AF_INET6 ] %s\n", error.c_str());
+    EXPECT_EQ(field(error, "class"), "OffloadUnavailableException") << error;
+    EXPECT_EQ(field(error, "errno"), "EOPNOTSUPP") << error;
+    EXPECT_NE(error.find("-Djava.net.preferIPv4Stack=true"), std::string::npos) << error;
+    ::unlink(file.c_str());
 }
 
 TEST_F(JavaLab, HdfsBlockSenderHarnessWithVPipe) {

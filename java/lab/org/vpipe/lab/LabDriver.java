@@ -14,14 +14,16 @@ import java.util.HexFormat;
 import java.util.Random;
 
 import org.vpipe.VPipe;
+import org.vpipe.VPipeException;
 
 /**
  * The Java side of tests/lab/java: one mode per run, in a lab VM (the vPipe calls, fallback off)
- * or on the client host (the peers). Every side prints one line the test parses: the byte count
+ * (fallback on only where asked) or on the client host (the peers). A VPipeException is printed
+ * as one "ERROR class=… errno=… | message | lastResult" line, exit status 3. Every side prints one line the test parses: the byte count
  * and the SHA-256 of the bytes it sent, received or wrote.
  *
  * <pre>
- *   vm:     f2s FILE SIZE SEED OFF LEN PORT      write FILE, serve [OFF, OFF+LEN) with fileToSocket
+ *   vm:     f2s FILE SIZE SEED OFF LEN PORT [fallback]  write FILE, serve [OFF, OFF+LEN) with fileToSocket
  *           s2f FILE POS LEN PORT                receive LEN bytes into FILE at POS with socketToFile
  *           s2s INPORT OUTHOST OUTPORT LEN       relay LEN bytes with socketToSocket
  *           f2f SRC DST SIZE SEED INOFF LEN OUTOFF  write SRC, copy with fileToFile
@@ -34,8 +36,20 @@ public final class LabDriver {
     private static final int CHUNK = 1 << 20;
 
     public static void main(String[] a) throws Exception {
+        try {
+            run(a);
+        } catch (VPipeException e) {
+            // what a caller sees: the class, the errno's name, the message with libvpipe's reason
+            System.out.println("ERROR class=" + e.getClass().getSimpleName() + " errno=" + e.errnoName() + " | "
+                    + e.getMessage() + " | " + VPipe.lastResult());
+            System.exit(3);
+        }
+    }
+
+    static void run(String[] a) throws Exception {
         switch (a[0]) {
-        case "f2s" -> f2s(a[1], l(a[2]), l(a[3]), l(a[4]), l(a[5]), (int) l(a[6]));
+        case "f2s" -> f2s(a[1], l(a[2]), l(a[3]), l(a[4]), l(a[5]), (int) l(a[6]),
+                a.length > 7 && a[7].equals("fallback"));
         case "s2f" -> s2f(a[1], l(a[2]), l(a[3]), (int) l(a[4]));
         case "s2s" -> s2s((int) l(a[1]), a[2], (int) l(a[3]), l(a[4]));
         case "f2f" -> f2f(a[1], a[2], l(a[3]), l(a[4]), l(a[5]), l(a[6]), l(a[7]));
@@ -169,9 +183,15 @@ public final class LabDriver {
         System.out.flush();
     }
 
-    static void f2s(String file, long size, long seed, long off, long len, int port) throws Exception {
+    static void f2s(String file, long size, long seed, long off, long len, int port, boolean fallback)
+            throws Exception {
         String want = writeFile(file, size, seed, off, len);
-        offloadOnly();
+        if (fallback) {
+            VPipe.setFallback(true);
+            VPipe.setMinOffload(0);
+        } else {
+            offloadOnly();
+        }
         try (ServerSocketChannel ss = listen(port); SocketChannel s = ss.accept();
              FileChannel f = FileChannel.open(Path.of(file), StandardOpenOption.READ)) {
             long n = VPipe.fileToSocket(f, off, len, s);
