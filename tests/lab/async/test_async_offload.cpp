@@ -160,7 +160,7 @@ int vm_fan_out(const std::map<std::string, std::string>& a) {
     }
     // what the application sees on its own socket while it is handed over (once frozen)
     // (the first call reports the error the silent disconnect left pending, later ones the state)
-    int raw_recv = EAGAIN, raw_recv2 = 0, raw_send = 0;
+    int raw_recv = EAGAIN, raw_recv2 = 0, raw_send = 0, raw_hup = -1;
     char c1;
     for (int i = 0; i < 2000 && raw_recv == EAGAIN; ++i) {
         if (recv(s[kConns - 1], &c1, 1, MSG_DONTWAIT | MSG_PEEK) < 0) raw_recv = errno; else raw_recv = 0;
@@ -169,6 +169,8 @@ int vm_fan_out(const std::map<std::string, std::string>& a) {
     if (raw_recv == ECONNABORTED) {
         if (recv(s[kConns - 1], &c1, 1, MSG_DONTWAIT | MSG_PEEK) < 0) raw_recv2 = errno;
         if (send(s[kConns - 1], "", 0, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) raw_send = errno;
+        pollfd pf{s[kConns - 1], POLLIN | POLLOUT, 0};
+        if (poll(&pf, 1, 0) == 1) raw_hup = (pf.revents & POLLHUP) ? 1 : 0;
     }
     int done = 0, echoes = 0, bad = 0;
     uint64_t offloaded = 0;
@@ -214,9 +216,9 @@ int vm_fan_out(const std::map<std::string, std::string>& a) {
     char line[512];
     snprintf(line, sizeof(line),
              "RESULT done=%d bad=%d offloaded=%llu echoes=%d busy_submit=%d busy_blocking=%d full=%d "
-             "raw_recv=%d raw_recv2=%d raw_send=%d fallbacks=%d submit_ms=%.1f",
+             "raw_recv=%d raw_recv2=%d raw_send=%d raw_hup=%d fallbacks=%d submit_ms=%.1f",
              done, bad, static_cast<unsigned long long>(offloaded), echoes, busy_submit, busy_blocking, full, raw_recv,
-             raw_recv2, raw_send, fallbacks, submit_ms);
+             raw_recv2, raw_send, raw_hup, fallbacks, submit_ms);
     say(line);
     for (int i = 0; i < kConns; ++i) read_line(s[i]);   // the client's BYE
     vpipe_queue_destroy(q);
@@ -387,6 +389,7 @@ TEST_F(Async, SeveralOperationsInFlightFromOneThreadWithEpoll) {
     EXPECT_EQ(r["raw_recv"], std::to_string(ECONNABORTED)) << vm.all;
     EXPECT_EQ(r["raw_recv2"], std::to_string(ENOTCONN)) << vm.all;
     EXPECT_EQ(r["raw_send"], std::to_string(EPIPE)) << vm.all;
+    EXPECT_EQ(r["raw_hup"], "1") << vm.all;
     EXPECT_EQ(r["fallbacks"], std::to_string(kConns));
     EXPECT_EQ(c["bad"], "0") << cl.all;
     // the event loop kept serving while dom0 moved the bytes
