@@ -380,7 +380,8 @@ int claim(const Args& a) {
         if (it == g_busy.end()) return false;
         return it->second.exclusive || (ex && it->second.readers > 0);
     };
-    if (conflict(a.in_fd, ex_in) || conflict(a.out_fd, true) || a.in_fd == a.out_fd) return -EBUSY;
+    // (one descriptor as both ends is the component's to refuse, as before)
+    if (conflict(a.in_fd, ex_in) || conflict(a.out_fd, true)) return -EBUSY;
     Use& i = g_busy[a.in_fd];
     if (ex_in) i.exclusive = true; else i.readers++;
     g_busy[a.out_fd].exclusive = true;

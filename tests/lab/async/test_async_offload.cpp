@@ -309,6 +309,40 @@ int vm_cancel(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// vm: file -> file of `len` bytes submitted and cancelled after delay_ms; the destination's
+// prefix checked.
+int vm_cancel_copy(const std::map<std::string, std::string>& a) {
+    const uint64_t len = num(a, "len");
+    int in = open(a.at("src").c_str(), O_RDONLY | O_CLOEXEC);
+    int out = open(a.at("dst").c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int q = vpipe_queue_create(0, 0);
+    if (vpipe_submit_file_to_file(q, in, out, 0, len, 0, 9) != 0) {
+        say("SUBMIT-FAILED " + std::to_string(errno));
+        return 1;
+    }
+    usleep(static_cast<useconds_t>(num(a, "delay_ms", 20) * 1000));
+    int cr = vpipe_cancel(q, 9);
+    vpipe_completion c{};
+    bool got = wait_completion(q, &c, 120000);
+    const uint64_t moved = c.result.moved;
+    long long bad = -1;
+    std::vector<uint8_t> buf(1 << 20);
+    for (uint64_t off = 0; off < moved && bad < 0; off += buf.size()) {
+        size_t k = static_cast<size_t>(std::min<uint64_t>(buf.size(), moved - off));
+        if (pread(out, buf.data(), k, static_cast<off_t>(off)) != static_cast<ssize_t>(k)) bad = static_cast<long long>(off);
+        else if (long long b = check_pattern(kSeed, off, buf.data(), k); b >= 0) bad = static_cast<long long>(off) + b;
+    }
+    char line[256];
+    snprintf(line, sizeof(line), "RESULT got=%d cancel=%d res=%lld moved=%llu offloaded=%llu bad=%lld", got ? 1 : 0, cr,
+             static_cast<long long>(c.res), static_cast<unsigned long long>(moved),
+             static_cast<unsigned long long>(c.result.offloaded), bad);
+    say(line);
+    vpipe_queue_destroy(q);
+    close(out);
+    unlink(a.at("dst").c_str());
+    return 0;
+}
+
 int client_send(const std::map<std::string, std::string>& a) {
     int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
     const uint64_t len = num(a, "len");
@@ -332,6 +366,7 @@ int helper_main(int argc, char** argv) {
     if (mode == "client-fan-out") return client_fan_out(a);
     if (mode == "vm-cancel") return vm_cancel(a);
     if (mode == "client-send") return client_send(a);
+    if (mode == "vm-cancel-copy") return vm_cancel_copy(a);
     return 2;
 }
 
@@ -421,6 +456,26 @@ TEST_F(Async, CancelledSocketToFileKeepsAnExactPrefixAndTheRestOnTheSocket) {
     EXPECT_EQ(c["sent"], "1");
     EXPECT_EQ(c["reply"], "OK");
     printf("[ info ] cancelled after %llu of %llu bytes\n", static_cast<unsigned long long>(moved),
+           static_cast<unsigned long long>(len));
+}
+
+TEST_F(Async, CancelledFileToFileStopsBetweenStagesWithAnExactPrefix) {
+    const uint64_t len = 512 * kMiB;
+    ASSERT_EQ(write_pattern_file(disk_ + "/big", kSeed, len, true), "");
+    Proc vm("vm1", "vm-cancel-copy", {"src=" + disk_ + "/big", "dst=" + disk_ + "/big.copy", "len=" + std::to_string(len)});
+    auto r = fields(vm.line("RESULT"));
+    vm.wait();
+    unlink((disk_ + "/big").c_str());
+    ASSERT_FALSE(r.empty()) << vm.all;
+    EXPECT_EQ(r["got"], "1");
+    EXPECT_EQ(r["cancel"], "0") << vm.all;
+    EXPECT_EQ(r["res"], std::to_string(-ECANCELED)) << vm.all;
+    const uint64_t moved = std::stoull(r["moved"]);
+    EXPECT_LT(moved, len);
+    EXPECT_EQ(moved % (64 * kMiB), 0u) << "whole stages (chunk_mib 64) or nothing";
+    EXPECT_EQ(r["offloaded"], r["moved"]);
+    EXPECT_EQ(r["bad"], "-1") << vm.all;
+    printf("[ info ] file->file cancelled after %llu of %llu bytes\n", static_cast<unsigned long long>(moved),
            static_cast<unsigned long long>(len));
 }
 
