@@ -38,6 +38,7 @@ GuestFlowBlock* flow_block() {
 struct Env {
     AgentContext& ctx;
     std::vector<int> restored;   // sockets restored for the caller during this call
+    const std::atomic<bool>* cancel = nullptr;  // an asynchronous operation's cancel request
 };
 
 Env& E(void* env) { return *static_cast<Env*>(env); }
@@ -264,7 +265,12 @@ void op_count(void* env, vpipe_counter c, uint64_t n) {
     }
 }
 
-int op_fatal_signal(void*) { return 0; }  // the agent serves a socket, not the caller's process
+// The agent serves a socket, not the caller's process: no signal ends a call; a cancelled
+// asynchronous operation stops where the kernel would stop for a dying caller.
+int op_fatal_signal(void* env) {
+    const std::atomic<bool>* c = E(env).cancel;
+    return c && c->load(std::memory_order_acquire) ? 1 : 0;
+}
 
 const vpipe_core_ops kOps = {
     op_alloc,        op_free,         op_file_regular, op_file_access,  op_file_disk,
@@ -279,8 +285,8 @@ const vpipe_core_ops kOps = {
 }  // namespace
 
 int run_operation(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, const uint8_t* head,
-                  const uint8_t* tail, int* new_in, int* new_out) {
-    Env env{ctx, {}};
+                  const uint8_t* tail, int* new_in, int* new_out, const std::atomic<bool>* cancel) {
+    Env env{ctx, {}, cancel};
     vpipe_core core{};
     core.ops = &kOps;
     core.env = &env;

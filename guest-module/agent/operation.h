@@ -2,6 +2,7 @@
 // the operation; this file gives it the agent's OS steps (core_ops.cpp).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include <vpipe/abi/ioctl.h>
@@ -14,8 +15,11 @@ namespace vpipe::agent {
 // op->tail_len bytes. Fills the result fields of `op`. *new_in / *new_out: restored sockets
 // (descriptors of the agent's the caller sends back and closes) or -1.
 // 0 (op->moved may be short) or -errno, the errors of docs/protocol.md section 1.
+// `cancel` (asynchronous operations): when it turns true the core stops at its next safe point
+// (the checks it makes for a dying caller in the kernel) and the operation ends short or -EINTR.
 int run_operation(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, const uint8_t* head,
-                  const uint8_t* tail, int* new_in, int* new_out);
+                  const uint8_t* tail, int* new_in, int* new_out,
+                  const std::atomic<bool>* cancel = nullptr);
 
 // Flows blocked in the VM's netns right now (tests, stats).
 int blocked_flows();

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -27,17 +29,44 @@ size_t payload_size(uint32_t cmd) {
     case VPIPE_IOC_DESTROY: return sizeof(int32_t);
     case VPIPE_IOC_OP: return sizeof(vpipe_ioc_op);
     case VPIPE_IOC_STATS: return 0;
+    case VPIPE_AGENT_SUBMIT: return sizeof(vpipe_ioc_submit);
+    case VPIPE_AGENT_CANCEL: return sizeof(uint64_t);
     default: return SIZE_MAX;
     }
 }
 
 bool length_ok(const vpipe_agent_msg& hdr, size_t want) {
-    if (hdr.cmd == VPIPE_IOC_OP)
+    if (hdr.cmd == VPIPE_IOC_OP || hdr.cmd == VPIPE_AGENT_SUBMIT)
         return hdr.length >= want && hdr.length <= want + 2 * size_t{VPIPE_HDTR_MAX};
     return hdr.length == want;
 }
 
+// EINVAL for what the agent refuses in any operation structure before looking at descriptors
+int op_header_ok(const vpipe_ioc_op& op) {
+    if (op.handle != VPIPE_NO_HANDLE || op.reserved0 != 0 || (op.flags & ~uint32_t{VPIPE_OPF_NO_CACHE_RULE}))
+        return -EINVAL;
+    return 0;
+}
+
 }  // namespace
+
+// A client connection, shared by its serving thread and its asynchronous operations: whoever
+// sends holds send_mu (a completion must not interleave with a reply).
+struct Server::Conn {
+    UniqueFd fd;
+    pid_t pid = 0;
+    std::mutex send_mu;
+    std::mutex mu;                                                   // ops
+    std::map<uint64_t, std::shared_ptr<std::atomic<bool>>> ops;     // tag -> its cancel flag
+
+    // header (+ descriptors) + body in one locked send. 0 or -errno.
+    int send(const vpipe_agent_msg& h, const void* body, size_t len, const std::vector<int>& fds) {
+        std::lock_guard lk(send_mu);
+        int r = send_msg_fds(fd.get(), &h, sizeof(h), fds.empty() ? nullptr : fds.data(), fds.size());
+        if (r == 0 && len) r = send_msg_fds(fd.get(), body, len, nullptr, 0);
+        return r;
+    }
+};
 
 Server::Server(AgentContext& ctx, std::string path) : ctx_(ctx), path_(std::move(path)) {}
 
@@ -80,18 +109,22 @@ void Server::accept_loop() {
     }
 }
 
-void Server::serve(UniqueFd conn) {
+void Server::serve(UniqueFd conn_fd) {
+    auto c = std::make_shared<Conn>();
+    c->fd = std::move(conn_fd);
+    const int cfd = c->fd.get();
     {
         std::lock_guard lk(mu_);
-        client_fds_.insert(conn.get());
+        client_fds_.insert(cfd);
     }
     PeerCred cred{};
-    peer_cred(conn.get(), &cred);
+    peer_cred(cfd, &cred);
+    c->pid = cred.pid;
     spdlog::debug("client pid {} uid {} connected", cred.pid, cred.uid);
     for (;;) {
         vpipe_agent_msg hdr{};
         std::vector<UniqueFd> fds;
-        if (recv_msg_fds(conn.get(), &hdr, sizeof(hdr), &fds, 2) < 0) break;
+        if (recv_msg_fds(cfd, &hdr, sizeof(hdr), &fds, 2) < 0) break;
         const size_t want = payload_size(hdr.cmd);
         if (hdr.magic != VPIPE_AGENT_MAGIC || want == SIZE_MAX || !length_ok(hdr, want)) {
             spdlog::warn("client pid {}: malformed message; closing", cred.pid);
@@ -99,22 +132,24 @@ void Server::serve(UniqueFd conn) {
         }
         union {
             vpipe_ioc_op op;
+            vpipe_ioc_submit submit;
             vpipe_ioc_create create;
             int32_t handle;
+            uint64_t tag;
             vpipe_ioc_stats stats;
         } body{};
-        if (want && recv_msg_fds(conn.get(), &body, want, &fds, 2) < 0) break;
+        if (want && recv_msg_fds(cfd, &body, want, &fds, 2) < 0) break;
         // an operation's head and tail (socket destinations) follow the structure
         std::vector<uint8_t> hdtr;
-        if (hdr.cmd == VPIPE_IOC_OP) {
-            const vpipe_ioc_op& op = body.op;
+        if (hdr.cmd == VPIPE_IOC_OP || hdr.cmd == VPIPE_AGENT_SUBMIT) {
+            const vpipe_ioc_op& op = hdr.cmd == VPIPE_IOC_OP ? body.op : body.submit.op;
             if (op.head_len > VPIPE_HDTR_MAX || op.tail_len > VPIPE_HDTR_MAX ||
                 hdr.length != want + op.head_len + op.tail_len) {
                 spdlog::warn("client pid {}: malformed head/tail lengths; closing", cred.pid);
                 break;
             }
             hdtr.resize(size_t{op.head_len} + op.tail_len);
-            if (!hdtr.empty() && recv_msg_fds(conn.get(), hdtr.data(), hdtr.size(), &fds, 2) < 0) break;
+            if (!hdtr.empty() && recv_msg_fds(cfd, hdtr.data(), hdtr.size(), &fds, 2) < 0) break;
         }
 
         vpipe_agent_msg reply{VPIPE_AGENT_MAGIC, hdr.cmd, 0, 0};
@@ -126,8 +161,7 @@ void Server::serve(UniqueFd conn) {
             vpipe_ioc_op& op = body.op;
             reply_len = sizeof(op);
             op.new_in_fd = op.new_out_fd = -1;
-            if (op.handle != VPIPE_NO_HANDLE || op.reserved0 != 0 ||
-                (op.flags & ~uint32_t{VPIPE_OPF_NO_CACHE_RULE})) {
+            if (op_header_ok(op) < 0) {
                 reply.result = -EINVAL;
             } else if (fds.size() != 2) {
                 reply.result = -EBADF;
@@ -148,6 +182,50 @@ void Server::serve(UniqueFd conn) {
             if (reply.result < 0) ctx_.stats.ops_failed++;
             break;
         }
+        case VPIPE_AGENT_SUBMIT: {
+            // accepted or refused now; the operation runs in a thread of its own and its
+            // completion follows on this connection
+            vpipe_ioc_op op = body.submit.op;
+            const uint64_t tag = body.submit.tag;
+            if (op_header_ok(op) < 0 || op.op < VPIPE_IOC_FILE_TO_FILE || op.op > VPIPE_IOC_SOCKET_TO_SOCKET) {
+                reply.result = -EINVAL;
+            } else if (fds.size() != 2) {
+                reply.result = -EBADF;
+            } else {
+                std::lock_guard lk(c->mu);
+                if (c->ops.size() >= VPIPE_ASYNC_MAX)
+                    reply.result = -EAGAIN;
+                else if (c->ops.count(tag))
+                    reply.result = -EEXIST;
+                else
+                    c->ops[tag] = std::make_shared<std::atomic<bool>>(false);
+            }
+            if (reply.result < 0) {
+                ctx_.stats.ops_failed++;
+                break;
+            }
+            // the accept goes out before the completion can (same lock, sent first)
+            if (c->send(reply, nullptr, 0, {}) < 0) {
+                std::lock_guard lk(c->mu);
+                c->ops.erase(tag);
+                goto out;
+            }
+            clients_++;   // stop() waits for operations too
+            std::thread([this, c, tag, op, h = std::move(hdtr), f = std::move(fds)]() mutable {
+                run_async(c, tag, op, std::move(h), std::move(f));
+                clients_--;
+            }).detach();
+            continue;
+        }
+        case VPIPE_AGENT_CANCEL: {
+            std::lock_guard lk(c->mu);
+            auto it = c->ops.find(body.tag);
+            if (it == c->ops.end())
+                reply.result = -ENOENT;
+            else
+                it->second->store(true, std::memory_order_release);
+            break;
+        }
         case VPIPE_IOC_STATS:
             ctx_.stats.fill(&body.stats, ctx_.link.connected());
             reply_len = sizeof(body.stats);
@@ -159,18 +237,71 @@ void Server::serve(UniqueFd conn) {
             break;
         }
         reply.length = static_cast<uint32_t>(reply_len);
-        int sent = send_msg_fds(conn.get(), &reply, sizeof(reply), reply_fds.empty() ? nullptr : reply_fds.data(),
-                                reply_fds.size());
+        int sent = c->send(reply, &body, reply_len, reply_fds);
         // the application holds its own copies now (or the connection is gone)
         for (int fd : reply_fds) ::close(fd);
         if (sent < 0) break;
-        if (reply_len && send_msg_fds(conn.get(), &body, reply_len, nullptr, 0) < 0) break;
     }
+out:
     {
         std::lock_guard lk(mu_);
-        client_fds_.erase(conn.get());
+        client_fds_.erase(cfd);
     }
+    // operations still running cancel: nobody will reap them (their threads hold the connection)
+    {
+        std::lock_guard lk(c->mu);
+        for (auto& [tag, flag] : c->ops) flag->store(true, std::memory_order_release);
+    }
+    ::shutdown(cfd, SHUT_RD);
     clients_--;
+}
+
+void Server::run_async(std::shared_ptr<Conn> c, uint64_t tag, vpipe_ioc_op op, std::vector<uint8_t> hdtr,
+                       std::vector<UniqueFd> fds) {
+    std::shared_ptr<std::atomic<bool>> cancel;
+    {
+        std::lock_guard lk(c->mu);
+        cancel = c->ops[tag];
+    }
+    vpipe_ioc_completion done{};
+    int new_in = -1, new_out = -1;
+    op.new_in_fd = op.new_out_fd = -1;
+    if (cancel->load(std::memory_order_acquire)) {
+        // cancelled before it started: nothing touched
+        op.moved = op.offloaded = op.guest_copied = op.zero_filled = op.hdtr_moved = 0;
+        op.paths = op.requests = 0;
+        done.result = -ECANCELED;
+    } else {
+        done.result = run_operation(ctx_, fds[0].get(), fds[1].get(), &op, hdtr.data(),
+                                    hdtr.data() + op.head_len, &new_in, &new_out, cancel.get());
+        // stopped at a safe point because of the cancel: say so, with what moved before it
+        if (cancel->load(std::memory_order_acquire) &&
+            (done.result == -EINTR || (done.result == 0 && op.moved < op.length)))
+            done.result = -ECANCELED;
+    }
+    fds.clear();   // our copies of the application's descriptors
+    std::vector<int> reply_fds;
+    if (new_in >= 0) {
+        op.new_in_fd = static_cast<int32_t>(reply_fds.size());
+        reply_fds.push_back(new_in);
+    }
+    if (new_out >= 0) {
+        op.new_out_fd = static_cast<int32_t>(reply_fds.size());
+        reply_fds.push_back(new_out);
+    }
+    if (op.op < ctx_.stats.ops.size() && done.result == 0) ctx_.stats.ops[op.op]++;
+    if (done.result < 0) ctx_.stats.ops_failed++;
+    done.tag = tag;
+    done.op = op;
+    vpipe_agent_msg h{VPIPE_AGENT_MAGIC, VPIPE_AGENT_COMPLETE, done.result, sizeof(done)};
+    {
+        // off the in-flight list first: a cancel after this point answers ENOENT
+        std::lock_guard lk(c->mu);
+        c->ops.erase(tag);
+    }
+    if (c->send(h, &done, sizeof(done), reply_fds) < 0)
+        spdlog::warn("client pid {}: gone before operation {} completed", c->pid, tag);
+    for (int fd : reply_fds) ::close(fd);
 }
 
 }  // namespace vpipe::agent

@@ -3,13 +3,20 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -192,102 +199,241 @@ int64_t classic(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_
     return moved;
 }
 
-ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off,
-               size_t length, const struct vpipe_hdtr* hdtr = nullptr) {
-    g_counters.ops++;
+// An operation's arguments, checked, with its head and tail gathered.
+struct Args {
+    uint32_t opcode = 0;
+    int in_fd = -1, out_fd = -1;
+    uint64_t in_off = 0, out_off = 0;
+    size_t length = 0;
+    Bytes head, tail;
+    bool hdtr = false;
+};
+
+// What a call returns and what vpipe_last_result / a completion says about it.
+struct Outcome {
+    ssize_t ret = 0;
+    int err = 0;
+    vpipe_result res{};
+    int64_t value() const { return ret >= 0 ? ret : -static_cast<int64_t>(err); }
+};
+
+Outcome failed(int err, const char* why) {
+    Outcome o;
+    o.ret = -1;
+    o.err = err;
+    o.res.path = VPIPE_RESULT_FAILED;
+    o.res.error = err;
+    o.res.reason = why;
+    g_counters.ops_failed++;
+    return o;
+}
+
+void account(vpipe_result* r, const vpipe_ioc_op& op) {
+    r->moved = op.moved;
+    r->offloaded = op.offloaded;
+    r->guest_copied = op.guest_copied;
+    r->zero_filled = op.zero_filled;
+    r->requests = op.requests;
+    r->paths = op.paths;
+    r->hdtr_moved = op.hdtr_moved;
+}
+
+// The checks every operation gets before any path is chosen. 0, or the failed outcome in *o.
+bool check_args(Args* a, const struct vpipe_hdtr* hdtr, Outcome* o) {
     Kind ik, ok;
+    const uint32_t opcode = a->opcode;
     const Kind want_in = (opcode == VPIPE_IOC_FILE_TO_FILE || opcode == VPIPE_IOC_FILE_TO_SOCKET) ? Kind::kFile : Kind::kTcp;
     const Kind want_out = (opcode == VPIPE_IOC_FILE_TO_FILE || opcode == VPIPE_IOC_SOCKET_TO_FILE) ? Kind::kFile : Kind::kTcp;
-    if (classify(in_fd, &ik, want_in == Kind::kTcp) < 0 || classify(out_fd, &ok, want_out == Kind::kTcp) < 0)
-        return fail(EBADF, "bad descriptor");
-    if (ik != want_in || ok != want_out)
-        return fail(EINVAL, "descriptor types do not match the operation");
-    if (in_off > static_cast<uint64_t>(LLONG_MAX) || out_off > static_cast<uint64_t>(LLONG_MAX))
-        return fail(EINVAL, "negative offset");
-    if (int r = check_modes(opcode, in_fd, out_fd, in_off, out_off, length); r < 0)
-        return fail(-r, "a descriptor's access mode or the ranges do not allow the operation");
-    Bytes head, tail;
-    if (hdtr && (gather(hdtr->headers, hdtr->hdr_cnt, &head) < 0 || gather(hdtr->trailers, hdtr->trl_cnt, &tail) < 0))
-        return fail(EINVAL, "head or tail longer than VPIPE_HDTR_MAX, or a bad iovec");
-    if (length > static_cast<size_t>(SSIZE_MAX)) length = SSIZE_MAX;
-    const uint64_t hdtr_len = uint64_t{head.size()} + tail.size();
-    if (length == 0 && hdtr_len == 0) {
-        t_last = {};
-        t_last.path = VPIPE_RESULT_OFFLOADED;
-        t_last.reason = "";
-        return 0;
+    if (classify(a->in_fd, &ik, want_in == Kind::kTcp) < 0 || classify(a->out_fd, &ok, want_out == Kind::kTcp) < 0) {
+        *o = failed(EBADF, "bad descriptor");
+        return false;
     }
-
-    int err = 0;
-    // the cache rule (file -> socket), checked before asking the guest component
-    if (opcode == VPIPE_IOC_FILE_TO_SOCKET && fallback_enabled() && length >= vpipe::lib::min_offload() &&
-        vpipe::lib::range_cached(in_fd, in_off, length))
-        err = EALREADY;
-    else if (length > 0 && (!fallback_enabled() || length >= vpipe::lib::min_offload())) {
-        vpipe_ioc_op op{};
-        op.op = opcode;
-        op.handle = VPIPE_NO_HANDLE;
-        op.in_offset = in_off;
-        op.out_offset = out_off;
-        op.length = length;
-        op.head_len = head.size();
-        op.tail_len = tail.size();
-        // a forced offload is forced past the cache rule too
-        if (!fallback_enabled()) op.flags |= VPIPE_OPF_NO_CACHE_RULE;
-        int r = vpipe::lib::component_op(&op, in_fd, out_fd, head.ptr(), tail.ptr());
-        if (r == 0) {
-            t_last = {};
-            t_last.path = VPIPE_RESULT_OFFLOADED;
-            t_last.reason = "";
-            t_last.moved = op.moved;
-            t_last.offloaded = op.offloaded;
-            t_last.guest_copied = op.guest_copied;
-            t_last.zero_filled = op.zero_filled;
-            t_last.requests = op.requests;
-            t_last.paths = op.paths;
-            t_last.hdtr_moved = op.hdtr_moved;
-            g_counters.ops_offloaded++;
-            g_counters.bytes_offloaded += op.offloaded;
-            g_counters.bytes_guest += op.guest_copied;
-            g_counters.bytes_zero_filled += op.zero_filled;
-            return static_cast<ssize_t>(op.moved + (hdtr ? op.hdtr_moved : 0));
-        }
-        err = -r;
-        if (!may_fall_back(err) || !fallback_enabled()) {
-            // the component's account of what it did (a request posted, bytes moved before the
-            // error, head and tail) stays visible with the error
-            fail(err, may_fall_back(err) ? fallback_reason(err) : "the offload failed");
-            t_last.moved = op.moved;
-            t_last.offloaded = op.offloaded;
-            t_last.guest_copied = op.guest_copied;
-            t_last.zero_filled = op.zero_filled;
-            t_last.requests = op.requests;
-            t_last.paths = op.paths;
-            t_last.hdtr_moved = op.hdtr_moved;
-            return -1;
-        }
+    if (ik != want_in || ok != want_out) {
+        *o = failed(EINVAL, "descriptor types do not match the operation");
+        return false;
     }
+    if (a->in_off > static_cast<uint64_t>(LLONG_MAX) || a->out_off > static_cast<uint64_t>(LLONG_MAX)) {
+        *o = failed(EINVAL, "negative offset");
+        return false;
+    }
+    if (int r = check_modes(opcode, a->in_fd, a->out_fd, a->in_off, a->out_off, a->length); r < 0) {
+        *o = failed(-r, "a descriptor's access mode or the ranges do not allow the operation");
+        return false;
+    }
+    a->hdtr = hdtr != nullptr;
+    if (hdtr && (gather(hdtr->headers, hdtr->hdr_cnt, &a->head) < 0 || gather(hdtr->trailers, hdtr->trl_cnt, &a->tail) < 0)) {
+        *o = failed(EINVAL, "head or tail longer than VPIPE_HDTR_MAX, or a bad iovec");
+        return false;
+    }
+    if (a->length > static_cast<size_t>(SSIZE_MAX)) a->length = SSIZE_MAX;
+    return true;
+}
 
-    // the classic path: below the threshold (err 0), or vPipe could not offload here
+bool nothing_to_move(const Args& a) { return a.length == 0 && a.head.size() == 0 && a.tail.size() == 0; }
+
+Outcome empty_outcome() {
+    Outcome o;
+    o.res.path = VPIPE_RESULT_OFFLOADED;
+    o.res.reason = "";
+    return o;
+}
+
+// -1: ask the guest component; otherwise the classic path's reason (0: below the threshold,
+// EALREADY: the cache rule).
+int decide(const Args& a) {
+    if (a.opcode == VPIPE_IOC_FILE_TO_SOCKET && fallback_enabled() && a.length >= vpipe::lib::min_offload() &&
+        vpipe::lib::range_cached(a.in_fd, a.in_off, a.length))
+        return EALREADY;
+    if (a.length > 0 && (!fallback_enabled() || a.length >= vpipe::lib::min_offload())) return -1;
+    return 0;
+}
+
+vpipe_ioc_op make_op(const Args& a) {
+    vpipe_ioc_op op{};
+    op.op = a.opcode;
+    op.handle = VPIPE_NO_HANDLE;
+    op.in_offset = a.in_off;
+    op.out_offset = a.out_off;
+    op.length = a.length;
+    op.head_len = a.head.size();
+    op.tail_len = a.tail.size();
+    // a forced offload is forced past the cache rule too
+    if (!fallback_enabled()) op.flags |= VPIPE_OPF_NO_CACHE_RULE;
+    return op;
+}
+
+// the classic path (below the threshold: err 0, or vPipe could not offload here)
+Outcome classic_outcome(const Args& a, int err) {
     uint64_t hd = 0;
-    int64_t moved = classic(opcode, in_fd, out_fd, in_off, out_off, length, head, tail, &hd);
-    if (moved < 0) return fail(static_cast<int>(-moved), "the fallback copy failed");
-    t_last = {};
-    t_last.hdtr_moved = hd;
-    t_last.path = VPIPE_RESULT_FALLBACK;
-    t_last.error = err;
-    t_last.reason = fallback_reason(err);
-    t_last.moved = static_cast<uint64_t>(moved);
-    t_last.guest_copied = static_cast<uint64_t>(moved);
+    int64_t moved = classic(a.opcode, a.in_fd, a.out_fd, a.in_off, a.out_off, a.length, a.head, a.tail, &hd);
+    if (moved < 0) return failed(static_cast<int>(-moved), "the fallback copy failed");
+    Outcome o;
+    o.res.hdtr_moved = hd;
+    o.res.path = VPIPE_RESULT_FALLBACK;
+    o.res.error = err;
+    o.res.reason = fallback_reason(err);
+    o.res.moved = static_cast<uint64_t>(moved);
+    o.res.guest_copied = static_cast<uint64_t>(moved);
     g_counters.ops_fallback++;
     if (err == 0) g_counters.ops_below++;
     if (err == EALREADY) {
         g_counters.ops_cached++;
-        t_last.paths = VPIPE_PATH_GUEST_CACHE;
+        o.res.paths = VPIPE_PATH_GUEST_CACHE;
     }
     g_counters.bytes_guest += static_cast<uint64_t>(moved);
-    return static_cast<ssize_t>(static_cast<uint64_t>(moved) + hd);
+    o.ret = static_cast<ssize_t>(static_cast<uint64_t>(moved) + hd);
+    return o;
 }
+
+// The guest component's answer r (0 or -errno) for `op`: offloaded, fallen back or failed.
+Outcome component_outcome(const Args& a, const vpipe_ioc_op& op, int r) {
+    if (r == 0) {
+        Outcome o;
+        o.res.path = VPIPE_RESULT_OFFLOADED;
+        o.res.reason = "";
+        account(&o.res, op);
+        g_counters.ops_offloaded++;
+        g_counters.bytes_offloaded += op.offloaded;
+        g_counters.bytes_guest += op.guest_copied;
+        g_counters.bytes_zero_filled += op.zero_filled;
+        o.ret = static_cast<ssize_t>(op.moved + (a.hdtr ? op.hdtr_moved : 0));
+        return o;
+    }
+    const int err = -r;
+    if (!may_fall_back(err) || !fallback_enabled()) {
+        // the component's account of what it did (a request posted, bytes moved before the
+        // error, head and tail) stays visible with the error
+        Outcome o = failed(err, err == ECANCELED   ? "cancelled"
+                                : may_fall_back(err) ? fallback_reason(err)
+                                                     : "the offload failed");
+        account(&o.res, op);
+        if (err == ECANCELED) {   // what moved before the cancel did move
+            g_counters.bytes_offloaded += op.offloaded;
+            g_counters.bytes_guest += op.guest_copied;
+            g_counters.bytes_zero_filled += op.zero_filled;
+        }
+        return o;
+    }
+    return classic_outcome(a, err);
+}
+
+// ---- descriptors in flight: a socket or a destination file is the operation's alone --------
+
+struct Use {
+    int readers = 0;       // source files
+    bool exclusive = false;
+};
+std::mutex g_busy_mu;
+std::map<int, Use> g_busy;
+
+bool exclusive_use(uint32_t opcode, bool out) {
+    if (out) return true;   // a socket or a destination file
+    return opcode == VPIPE_IOC_SOCKET_TO_FILE || opcode == VPIPE_IOC_SOCKET_TO_SOCKET;
+}
+
+// 0, or -EBUSY when a descriptor is in another operation's hands
+int claim(const Args& a) {
+    std::lock_guard lk(g_busy_mu);
+    const bool ex_in = exclusive_use(a.opcode, false);
+    auto conflict = [&](int fd, bool ex) {
+        auto it = g_busy.find(fd);
+        if (it == g_busy.end()) return false;
+        return it->second.exclusive || (ex && it->second.readers > 0);
+    };
+    // (one descriptor as both ends is the component's to refuse, as before)
+    if (conflict(a.in_fd, ex_in) || conflict(a.out_fd, true)) return -EBUSY;
+    Use& i = g_busy[a.in_fd];
+    if (ex_in) i.exclusive = true; else i.readers++;
+    g_busy[a.out_fd].exclusive = true;
+    return 0;
+}
+
+void release(const Args& a) {
+    std::lock_guard lk(g_busy_mu);
+    auto drop = [&](int fd, bool ex) {
+        auto it = g_busy.find(fd);
+        if (it == g_busy.end()) return;
+        if (ex) it->second.exclusive = false; else it->second.readers--;
+        if (!it->second.exclusive && it->second.readers <= 0) g_busy.erase(it);
+    };
+    drop(a.in_fd, exclusive_use(a.opcode, false));
+    drop(a.out_fd, true);
+}
+
+Outcome run_outcome(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off, size_t length,
+                    const struct vpipe_hdtr* hdtr) {
+    g_counters.ops++;
+    Args a;
+    a.opcode = opcode;
+    a.in_fd = in_fd;
+    a.out_fd = out_fd;
+    a.in_off = in_off;
+    a.out_off = out_off;
+    a.length = length;
+    Outcome o;
+    if (!check_args(&a, hdtr, &o)) return o;
+    if (nothing_to_move(a)) return empty_outcome();
+    if (claim(a) < 0) return failed(EBUSY, "a descriptor has an operation in flight");
+    int err = decide(a);
+    if (err < 0) {
+        vpipe_ioc_op op = make_op(a);
+        int r = vpipe::lib::component_op(&op, in_fd, out_fd, a.head.ptr(), a.tail.ptr());
+        o = component_outcome(a, op, r);
+    } else {
+        o = classic_outcome(a, err);
+    }
+    release(a);
+    return o;
+}
+
+ssize_t run_op(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off,
+               size_t length, const struct vpipe_hdtr* hdtr = nullptr) {
+    Outcome o = run_outcome(opcode, in_fd, out_fd, in_off, out_off, length, hdtr);
+    t_last = o.res;
+    if (o.ret < 0) errno = o.err;
+    return o.ret;
+}
+
 
 // Looks up a handle and checks it fits the operation.
 bool lookup(int handle, Handle* out) {
@@ -306,6 +452,173 @@ ssize_t run_handle(int handle, uint32_t opcode, uint64_t in_off, uint64_t out_of
         return fail(EBADF, "unknown vPipe handle");
     }
     return run_op(opcode, h.in_fd, h.out_fd, in_off, out_off, length, hdtr);
+}
+
+// ---- queues: the non-blocking form -------------------------------------------------------
+
+struct Pending {
+    uint64_t user = 0;
+    Args args;
+};
+
+struct Queue {
+    std::mutex mu;
+    int epfd = -1;     // the completion descriptor: the agent connection + evfd
+    int evfd = -1;     // readable while `ready` is not empty
+    int conn = -1;     // the agent connection of this queue, -1 until the first offload
+    unsigned depth = VPIPE_QUEUE_DEPTH_DEFAULT;
+    uint64_t next_tag = 1;
+    std::map<uint64_t, Pending> inflight;   // tag -> operation
+    std::deque<vpipe_completion> ready;
+    ~Queue() {
+        if (conn >= 0) ::close(conn);
+        if (evfd >= 0) ::close(evfd);
+        if (epfd >= 0) ::close(epfd);
+    }
+};
+
+std::mutex g_queues_mu;
+std::vector<std::shared_ptr<Queue>> g_queues;
+
+std::shared_ptr<Queue> queue_of(int id) {
+    std::lock_guard lk(g_queues_mu);
+    if (id < 0 || static_cast<size_t>(id) >= g_queues.size()) return nullptr;
+    return g_queues[id];
+}
+
+void post(Queue& q, uint64_t user, const Outcome& o) {
+    vpipe_completion c{};
+    c.user_data = user;
+    c.res = o.value();
+    c.result = o.res;
+    if (!c.result.reason) c.result.reason = "";
+    q.ready.push_back(c);
+    const uint64_t one = 1;
+    (void)!::write(q.evfd, &one, sizeof(one));
+}
+
+// A completion from the agent (q.mu held): restored sockets in place, descriptors released,
+// the outcome as the blocking call would have it.
+void on_agent_completion(Queue& q, vpipe::lib::AgentCompletion& ac) {
+    auto it = q.inflight.find(ac.c.tag);
+    if (it == q.inflight.end()) {   // not ours: nothing to restore onto
+        for (size_t i = 0; i < ac.nfds; ++i) ::close(ac.fds[i]);
+        return;
+    }
+    Pending p = std::move(it->second);
+    q.inflight.erase(it);
+    int r = vpipe::lib::install_restored(ac.c.op, p.args.in_fd, p.args.out_fd, ac.fds, ac.nfds);
+    int result = ac.c.result;
+    if (result == 0 && r < 0) result = r;
+    release(p.args);
+    post(q, p.user, component_outcome(p.args, ac.c.op, result));
+}
+
+vpipe::lib::CompletionSink sink_of(Queue& q) {
+    return [&q](vpipe::lib::AgentCompletion& ac) { on_agent_completion(q, ac); };
+}
+
+// The agent connection broke: what was in flight is lost with it (q.mu held).
+void conn_broken(Queue& q) {
+    if (q.conn >= 0) {
+        ::epoll_ctl(q.epfd, EPOLL_CTL_DEL, q.conn, nullptr);
+        ::close(q.conn);
+        q.conn = -1;
+    }
+    for (auto& [tag, p] : q.inflight) {
+        release(p.args);
+        post(q, p.user, failed(ECONNABORTED, "the guest component went away during the operation"));
+    }
+    q.inflight.clear();
+}
+
+int ensure_conn(Queue& q) {
+    if (q.conn >= 0) return 0;
+    int fd = vpipe::lib::agent_connect_queue();
+    if (fd < 0) return fd;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(q.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        ::close(fd);
+        return -e;
+    }
+    q.conn = fd;
+    return 0;
+}
+
+int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off, size_t length,
+           const struct vpipe_hdtr* hdtr, uint64_t user) {
+    auto qp = queue_of(qid);
+    if (!qp) {
+        errno = EBADF;
+        return -1;
+    }
+    Queue& q = *qp;
+    std::lock_guard lk(q.mu);
+    if (q.conn >= 0 && vpipe::lib::agent_drain(q.conn, sink_of(q)) < 0) conn_broken(q);
+    if (q.inflight.size() + q.ready.size() >= q.depth) {
+        errno = EAGAIN;
+        return -1;
+    }
+    g_counters.ops++;
+    Pending p;
+    p.user = user;
+    Args& a = p.args;
+    a.opcode = opcode;
+    a.in_fd = in_fd;
+    a.out_fd = out_fd;
+    a.in_off = in_off;
+    a.out_off = out_off;
+    a.length = length;
+    Outcome o;
+    auto refuse = [&](const Outcome& f) {
+        t_last = f.res;
+        errno = f.err;
+        return -1;
+    };
+    if (!check_args(&a, hdtr, &o)) return refuse(o);
+    if (nothing_to_move(a)) {
+        post(q, user, empty_outcome());
+        return 0;
+    }
+    if (claim(a) < 0) return refuse(failed(EBUSY, "a descriptor has an operation in flight"));
+    int err = decide(a);
+    if (err < 0) {
+        vpipe_ioc_op op = make_op(a);
+        if (vpipe::lib::module_present()) {
+            // vpipe.ko has no asynchronous path yet (docs/protocol.md 1b): the operation runs here
+            int r = vpipe::lib::component_op(&op, in_fd, out_fd, a.head.ptr(), a.tail.ptr());
+            o = component_outcome(a, op, r);
+            release(a);
+            post(q, user, o);
+            return 0;
+        }
+        int r = ensure_conn(q);
+        const uint64_t tag = q.next_tag++;
+        int refusal = 0;
+        for (int attempt = 0; r == 0 && attempt < 2; ++attempt) {
+            r = vpipe::lib::agent_submit(q.conn, tag, op, in_fd, out_fd, a.head.ptr(), a.tail.ptr(), sink_of(q), &refusal);
+            if (r >= 0) break;
+            conn_broken(q);   // the agent restarted since: once more on a new connection
+            if (attempt == 0 && (r == -EPIPE || r == -ECONNRESET)) r = ensure_conn(q);
+        }
+        if (r == 0) {
+            q.inflight.emplace(tag, std::move(p));
+            return 0;
+        }
+        if (r > 0) r = refusal;
+        if (!may_fall_back(-r) || !fallback_enabled()) {
+            release(a);
+            return refuse(failed(-r, may_fall_back(-r) ? fallback_reason(-r) : "the guest component refused the operation"));
+        }
+        err = -r;
+    }
+    o = classic_outcome(a, err);
+    release(a);
+    post(q, user, o);
+    return 0;
 }
 
 }  // namespace
@@ -416,6 +729,140 @@ int vpipe_get_stats(struct vpipe_stats* out) {
     out->bytes_guest = g_counters.bytes_guest;
     out->bytes_zero_filled = g_counters.bytes_zero_filled;
     return 0;
+}
+
+// ---- queues ----
+
+int vpipe_queue_create(unsigned depth, unsigned flags) {
+    if (flags != 0 || depth > VPIPE_ASYNC_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    auto q = std::make_shared<Queue>();
+    q->depth = depth ? depth : VPIPE_QUEUE_DEPTH_DEFAULT;
+    q->epfd = ::epoll_create1(EPOLL_CLOEXEC);
+    q->evfd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (q->epfd < 0 || q->evfd < 0) return -1;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = q->evfd;
+    if (::epoll_ctl(q->epfd, EPOLL_CTL_ADD, q->evfd, &ev) < 0) return -1;
+    std::lock_guard lk(g_queues_mu);
+    size_t i = 0;
+    while (i < g_queues.size() && g_queues[i]) ++i;
+    if (i == g_queues.size()) g_queues.emplace_back();
+    g_queues[i] = std::move(q);
+    return static_cast<int>(i);
+}
+
+int vpipe_queue_fd(int queue) {
+    auto q = queue_of(queue);
+    if (!q) {
+        errno = EBADF;
+        return -1;
+    }
+    return q->epfd;
+}
+
+int vpipe_queue_destroy(int queue) {
+    auto q = queue_of(queue);
+    if (!q) {
+        errno = EBADF;
+        return -1;
+    }
+    {
+        std::lock_guard lk(q->mu);
+        if (q->conn >= 0) {
+            std::vector<uint64_t> tags;
+            for (auto& [tag, p] : q->inflight) tags.push_back(tag);
+            for (uint64_t t : tags) {
+                int res = 0;
+                if (q->conn < 0 || vpipe::lib::agent_cancel(q->conn, t, sink_of(*q), &res) < 0) break;
+            }
+            // wait for every completion: the sockets come back in place
+            while (!q->inflight.empty() && q->conn >= 0) {
+                pollfd pf{q->conn, POLLIN, 0};
+                if (::poll(&pf, 1, 1000) < 0 && errno != EINTR) break;
+                if (vpipe::lib::agent_drain(q->conn, sink_of(*q)) < 0) conn_broken(*q);
+            }
+        }
+        for (auto& [tag, p] : q->inflight) release(p.args);
+        q->inflight.clear();
+    }
+    std::lock_guard lk(g_queues_mu);
+    g_queues[queue].reset();
+    return 0;
+}
+
+int vpipe_submit_file_to_socket(int q, int file_fd, int sock_fd, off_t offset, size_t length, uint64_t user_data) {
+    return submit(q, VPIPE_IOC_FILE_TO_SOCKET, file_fd, sock_fd, static_cast<uint64_t>(offset), 0, length, nullptr, user_data);
+}
+int vpipe_submit_socket_to_file(int q, int sock_fd, int file_fd, off_t offset, size_t length, uint64_t user_data) {
+    return submit(q, VPIPE_IOC_SOCKET_TO_FILE, sock_fd, file_fd, 0, static_cast<uint64_t>(offset), length, nullptr, user_data);
+}
+int vpipe_submit_socket_to_socket(int q, int in_fd, int out_fd, size_t length, uint64_t user_data) {
+    return submit(q, VPIPE_IOC_SOCKET_TO_SOCKET, in_fd, out_fd, 0, 0, length, nullptr, user_data);
+}
+int vpipe_submit_file_to_file(int q, int in_fd, int out_fd, off_t in_offset, size_t length, off_t out_offset,
+                              uint64_t user_data) {
+    return submit(q, VPIPE_IOC_FILE_TO_FILE, in_fd, out_fd, static_cast<uint64_t>(in_offset),
+                  static_cast<uint64_t>(out_offset), length, nullptr, user_data);
+}
+int vpipe_submit_file_to_socket_hdtr(int q, int file_fd, int sock_fd, off_t offset, size_t length,
+                                     const struct vpipe_hdtr* hdtr, uint64_t user_data) {
+    return submit(q, VPIPE_IOC_FILE_TO_SOCKET, file_fd, sock_fd, static_cast<uint64_t>(offset), 0, length,
+                  hdtr, user_data);
+}
+int vpipe_submit_socket_to_socket_hdtr(int q, int in_fd, int out_fd, size_t length, const struct vpipe_hdtr* hdtr,
+                                       uint64_t user_data) {
+    return submit(q, VPIPE_IOC_SOCKET_TO_SOCKET, in_fd, out_fd, 0, 0, length, hdtr, user_data);
+}
+
+int vpipe_reap(int queue, struct vpipe_completion* out, unsigned max) {
+    auto q = queue_of(queue);
+    if (!q) {
+        errno = EBADF;
+        return -1;
+    }
+    if (!out && max) {
+        errno = EINVAL;
+        return -1;
+    }
+    std::lock_guard lk(q->mu);
+    if (q->conn >= 0 && vpipe::lib::agent_drain(q->conn, sink_of(*q)) < 0) conn_broken(*q);
+    unsigned n = 0;
+    while (n < max && !q->ready.empty()) {
+        out[n++] = q->ready.front();
+        q->ready.pop_front();
+    }
+    if (q->ready.empty()) {
+        uint64_t v;
+        (void)!::read(q->evfd, &v, sizeof(v));
+    }
+    return static_cast<int>(n);
+}
+
+int vpipe_cancel(int queue, uint64_t user_data) {
+    auto q = queue_of(queue);
+    if (!q) {
+        errno = EBADF;
+        return -1;
+    }
+    std::lock_guard lk(q->mu);
+    for (auto& [tag, p] : q->inflight) {
+        if (p.user != user_data) continue;
+        int res = 0;
+        const uint64_t t = tag;
+        if (vpipe::lib::agent_cancel(q->conn, t, sink_of(*q), &res) < 0) conn_broken(*q);
+        return 0;   // asked (-ENOENT from the agent: its completion is on the way)
+    }
+    for (const auto& c : q->ready)
+        if (c.user_data == user_data) {
+            errno = EALREADY;
+            return -1;
+        }
+    errno = ENOENT;
+    return -1;
 }
 
 }  // extern "C"

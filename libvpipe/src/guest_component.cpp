@@ -1,6 +1,7 @@
 #include "guest_component.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -171,6 +172,123 @@ int component_op(vpipe_ioc_op* op, int in_fd, int out_fd, const void* head, cons
     if (result == 0 && (ri < 0 || ro < 0)) result = ri < 0 ? ri : ro;
     return result;
 }
+
+int install_restored(const vpipe_ioc_op& op, int in_fd, int out_fd, int* fds, size_t nfds) {
+    bool used[2] = {false, false};
+    auto take = [&](int32_t idx, int target) -> int {
+        if (idx < 0) return 0;
+        if (static_cast<size_t>(idx) >= nfds || used[idx]) return -EPROTO;
+        used[idx] = true;
+        return install(fds[idx], target);
+    };
+    int ri = take(op.new_in_fd, in_fd);
+    int ro = take(op.new_out_fd, out_fd);
+    for (size_t i = 0; i < nfds; ++i)
+        if (!used[i]) ::close(fds[i]);
+    return ri < 0 ? ri : ro;
+}
+
+int agent_connect_queue() {
+    UniqueFd fd = connect_unix(agent_path());
+    if (!fd) return -errno;
+    return fd.release();
+}
+
+namespace {
+
+// One message from the agent: a reply (returned in *rep) or a completion (given to sink).
+// 1: a reply, 0: a completion, -errno.
+int read_message(int conn, vpipe_agent_msg* rep, const CompletionSink& sink) {
+    vpipe_agent_msg h{};
+    int fds[2];
+    size_t nfds = 0;
+    int r = recv_all_fds(conn, &h, sizeof(h), fds, &nfds);
+    if (r < 0) return r;
+    auto close_fds = [&] {
+        for (size_t i = 0; i < nfds; ++i) ::close(fds[i]);
+    };
+    if (h.magic != VPIPE_AGENT_MAGIC) {
+        close_fds();
+        return -EPROTO;
+    }
+    if (h.cmd == VPIPE_AGENT_COMPLETE) {
+        AgentCompletion c;
+        if (h.length != sizeof(c.c) || (r = recv_msg_fds(conn, &c.c, sizeof(c.c), nullptr, 0)) < 0) {
+            close_fds();
+            return r < 0 ? r : -EPROTO;
+        }
+        for (size_t i = 0; i < nfds; ++i) c.fds[i] = fds[i];
+        c.nfds = nfds;
+        sink(c);
+        return 0;
+    }
+    close_fds();
+    if (h.length != 0) return -EPROTO;
+    *rep = h;
+    return 1;
+}
+
+int request(int conn, uint32_t cmd, const void* body, size_t len, const int* fds, size_t nfds,
+            const void* extra, size_t elen, const CompletionSink& sink, int* result) {
+    vpipe_agent_msg hdr{VPIPE_AGENT_MAGIC, cmd, 0, static_cast<uint32_t>(len + elen)};
+    std::vector<char> out(sizeof(hdr) + len + elen);
+    std::memcpy(out.data(), &hdr, sizeof(hdr));
+    std::memcpy(out.data() + sizeof(hdr), body, len);
+    if (elen) std::memcpy(out.data() + sizeof(hdr) + len, extra, elen);
+    if (int r = send_msg_fds(conn, out.data(), out.size(), fds, nfds); r < 0) return r;
+    for (;;) {
+        vpipe_agent_msg rep{};
+        int r = read_message(conn, &rep, sink);
+        if (r < 0) return r;
+        if (r == 0) continue;
+        if (rep.cmd != cmd) return -EPROTO;
+        *result = rep.result;
+        return 0;
+    }
+}
+
+}  // namespace
+
+int agent_submit(int conn, uint64_t tag, const vpipe_ioc_op& op, int in_fd, int out_fd, const void* head,
+                 const void* tail, const CompletionSink& sink, int* refusal) {
+    vpipe_ioc_submit s{};
+    s.tag = tag;
+    s.op = op;
+    s.op.in_fd = 0;
+    s.op.out_fd = 1;
+    s.op.head = s.op.tail = 0;
+    std::vector<uint8_t> hdtr(size_t{op.head_len} + op.tail_len);
+    if (op.head_len) std::memcpy(hdtr.data(), head, op.head_len);
+    if (op.tail_len) std::memcpy(hdtr.data() + op.head_len, tail, op.tail_len);
+    const int fds[2] = {in_fd, out_fd};
+    int result = 0;
+    int r = request(conn, VPIPE_AGENT_SUBMIT, &s, sizeof(s), fds, 2, hdtr.data(), hdtr.size(), sink, &result);
+    if (r < 0) return r;
+    *refusal = result;
+    return result < 0 ? 1 : 0;
+}
+
+int agent_cancel(int conn, uint64_t tag, const CompletionSink& sink, int* result) {
+    return request(conn, VPIPE_AGENT_CANCEL, &tag, sizeof(tag), nullptr, 0, nullptr, 0, sink, result);
+}
+
+int agent_drain(int conn, const CompletionSink& sink) {
+    int n = 0;
+    for (;;) {
+        pollfd p{conn, POLLIN, 0};
+        int pr = ::poll(&p, 1, 0);
+        if (pr < 0) return errno == EINTR ? n : -errno;
+        if (pr == 0) return n;
+        if (p.revents & (POLLERR | POLLHUP) && !(p.revents & POLLIN)) return -ECONNRESET;
+        vpipe_agent_msg rep{};
+        int r = read_message(conn, &rep, sink);
+        if (r < 0) return r;
+        if (r == 1) return -EPROTO;   // a reply nobody asked for
+        ++n;
+    }
+}
+
+bool module_present() { return module_fd() >= 0; }
 
 int component_stats(vpipe_ioc_stats* out) {
     if (int mfd = module_fd(); mfd >= 0) return ::ioctl(mfd, VPIPE_IOC_STATS, out) < 0 ? -errno : 0;

@@ -13,7 +13,8 @@
  * or without a handle: vpipe_file_to_socket_fd(file_fd, sock_fd, offset, length).
  *
  * Conventions
- *   - Every call is thread safe and blocking (also on non-blocking descriptors).
+ *   - Every call is thread safe and blocking (also on non-blocking descriptors), except the
+ *     queue calls at the end (vpipe_submit_*, vpipe_reap, vpipe_cancel): the non-blocking form.
  *   - Errors: -1 with errno set. Operations return the number of bytes moved; a short count
  *     means the source ended (EOF) or the peer went away after some bytes moved; the next call
  *     then reports the error.
@@ -151,6 +152,86 @@ struct vpipe_stats {
 
 /* Counters of this process since it loaded libvpipe. 0, or -1 (EINVAL on NULL). */
 VPIPE_API int vpipe_get_stats(struct vpipe_stats *out);
+
+/* ---- the non-blocking form: queues, submit, reap, cancel ------------------------------------
+ *
+ * For event loops (lighttpd, nginx, Pound): an operation is submitted and the call returns at
+ * once; its completion is reaped later from the queue, whose descriptor (vpipe_queue_fd) is
+ * readable -- poll/epoll/select -- while completions are waiting.
+ *
+ *   int q = vpipe_queue_create(0, 0);
+ *   epoll_ctl(ep, EPOLL_CTL_ADD, vpipe_queue_fd(q), &(struct epoll_event){EPOLLIN, {.u64 = TAG}});
+ *   epoll_ctl(ep, EPOLL_CTL_DEL, sock, NULL);           // the socket is the operation's now
+ *   vpipe_submit_file_to_socket(q, file, sock, off, len, conn_ptr);
+ *   ... on EPOLLIN of the queue:
+ *   struct vpipe_completion c[16];
+ *   int n = vpipe_reap(q, c, 16);                        // c[i].res: bytes, or -errno
+ *   ... epoll_ctl(ep, EPOLL_CTL_ADD, sock, ...) again: the descriptor number is the same, the
+ *       socket behind it is the connection restored after the offload
+ *
+ * Rules
+ *   - A submit checks its arguments like the blocking call (same errno: EBADF, EINVAL, ...) and
+ *     returns -1 with no completion when they are wrong. Otherwise it returns 0 and exactly one
+ *     completion follows, with res = what the blocking call would have returned (bytes; for the
+ *     _hdtr forms head + data + tail) or -errno, and result = what vpipe_last_result() would
+ *     have said (path, fallback reason, offloaded bytes). Threshold, cache rule, fallback and the
+ *     counters of vpipe_get_stats() apply as for the blocking calls; the classic path of a
+ *     fallback runs inside the submit (or the reap that learns the offload is impossible) --
+ *     it is the guest's own copy, as long as sendfile() would take.
+ *   - EAGAIN: the queue holds `depth` operations in flight or unreaped completions.
+ *   - EBUSY: a descriptor of the operation is in another operation's hands (any queue, or a
+ *     blocking call of another thread): a socket or a destination file belongs to one
+ *     operation at a time; a source file may feed several. The blocking calls refuse such a
+ *     descriptor with EBUSY too.
+ *   - While an operation is in flight its sockets belong to the guest component: do not read,
+ *     write or poll them. Once the connection is handed over (frozen), the application's socket
+ *     is an unconnected TCP socket: read()/recv() fail with ENOTCONN, write()/send() with EPIPE
+ *     (and SIGPIPE without MSG_NOSIGNAL), poll reports POLLHUP -- so take it out of epoll before
+ *     submitting. libvpipe's own calls refuse it with EBUSY. After the completion the number is
+ *     the restored connection, at the right byte, also after an error or a cancel.
+ *   - vpipe_cancel asks the operation to stop at its next safe point; the completion then has
+ *     res = -ECANCELED and result.moved the bytes moved before (exact: the destination holds
+ *     exactly that prefix, a socket continues right after it). An operation past its last safe
+ *     point (e.g. a file -> socket once dom0 sends) completes normally.
+ *   - A queue is used by one thread at a time (calls on one queue are serialised).
+ */
+struct vpipe_completion {
+	uint64_t user_data;           /* as given to the submit */
+	int64_t res;                  /* bytes moved, or -errno (-ECANCELED: cancelled) */
+	struct vpipe_result result;   /* how it went (vpipe_last_result's structure) */
+};
+
+#define VPIPE_QUEUE_DEPTH_DEFAULT 64u
+
+/* A queue for up to `depth` operations (0: VPIPE_QUEUE_DEPTH_DEFAULT; at most 1024). `flags`
+ * must be 0. Returns a queue id >= 0, or -1 (EINVAL, EMFILE, ENOMEM). */
+VPIPE_API int vpipe_queue_create(unsigned depth, unsigned flags);
+/* The queue's completion descriptor (readable while completions wait; do not read it). */
+VPIPE_API int vpipe_queue_fd(int queue);
+/* Cancels what is in flight, waits for those completions (sockets are restored) and frees the
+ * queue; unreaped completions are dropped. 0, or -1 (EBADF). */
+VPIPE_API int vpipe_queue_destroy(int queue);
+
+VPIPE_API int vpipe_submit_file_to_socket(int queue, int file_fd, int sock_fd, off_t offset, size_t length,
+                                          uint64_t user_data);
+VPIPE_API int vpipe_submit_socket_to_file(int queue, int sock_fd, int file_fd, off_t offset, size_t length,
+                                          uint64_t user_data);
+VPIPE_API int vpipe_submit_socket_to_socket(int queue, int in_fd, int out_fd, size_t length, uint64_t user_data);
+VPIPE_API int vpipe_submit_file_to_file(int queue, int in_fd, int out_fd, off_t in_offset, size_t length,
+                                        off_t out_offset, uint64_t user_data);
+VPIPE_API int vpipe_submit_file_to_socket_hdtr(int queue, int file_fd, int sock_fd, off_t offset, size_t length,
+                                               const struct vpipe_hdtr *hdtr, uint64_t user_data);
+VPIPE_API int vpipe_submit_socket_to_socket_hdtr(int queue, int in_fd, int out_fd, size_t length,
+                                                 const struct vpipe_hdtr *hdtr, uint64_t user_data);
+
+/* Moves up to `max` completions into out[]; never blocks. The number (0: none yet), or -1
+ * (EBADF unknown queue, EINVAL out NULL with max > 0). */
+VPIPE_API int vpipe_reap(int queue, struct vpipe_completion *out, unsigned max);
+
+/* Asks the in-flight operation submitted with `user_data` to stop (the first one, if several
+ * share it). 0: asked (its completion tells how it ended), or -1: ENOENT none in flight,
+ * EALREADY its completion is waiting to be reaped, EBADF unknown queue. */
+VPIPE_API int vpipe_cancel(int queue, uint64_t user_data);
 
 #ifdef __cplusplus
 }

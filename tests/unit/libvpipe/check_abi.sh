@@ -12,5 +12,5 @@ rc=0
 [ -z "$unversioned" ] || { echo "unversioned exports: $unversioned"; rc=1; }
 [ "$declared" = "$mapped" ] || { echo "vpipe.h vs libvpipe.map:"; diff <(echo "$declared") <(echo "$mapped") || true; rc=1; }
 [ "$declared" = "$names" ] || { echo "vpipe.h vs libvpipe.so's exports:"; diff <(echo "$declared") <(echo "$names") || true; rc=1; }
-[ $rc = 0 ] && echo "libvpipe ABI: $(echo "$declared" | wc -l) functions, all in VPIPE_0, nothing else exported"
+[ $rc = 0 ] && echo "libvpipe ABI: $(echo "$declared" | wc -l) functions, all versioned, nothing else exported"
 exit $rc

@@ -113,6 +113,60 @@ struct vpipe_ioc_stats {
 #define VPIPE_IOC_STATS _IOR(VPIPE_IOC_MAGIC, 4, struct vpipe_ioc_stats)
 
 /*
+ * Asynchronous operations (vpipe_submit_* in vpipe.h). An operation is submitted with a tag of
+ * the caller's, accepted or refused at once, and completes later with a completion record that
+ * names the tag. Only the checks that need no descriptor work are made at submit time (the
+ * structure's reserved fields, flags, handle, the descriptors' presence); everything else
+ * (docs/protocol.md section 1) comes back in the completion, with the sockets untouched when a
+ * check failed. A cancel asks the component to stop the operation at its next safe point: not
+ * started yet (0 bytes, sockets untouched), between the stages of a file -> file copy, while a
+ * socket -> file destination is still being readied (dom0 stops taking bytes, the connection
+ * comes back at the first byte it did not take), between windows of a socket -> file. The
+ * completion's result is then -ECANCELED with op.moved the bytes moved before; an operation that
+ * was past every safe point completes normally.
+ */
+struct vpipe_ioc_submit {
+	uint64_t tag;               /* the caller's, echoed in the completion */
+	struct vpipe_ioc_op op;     /* as for VPIPE_IOC_OP */
+};
+
+struct vpipe_ioc_completion {
+	uint64_t tag;
+	int32_t result;             /* 0 (op.moved may be short) or -errno; -ECANCELED: cancelled */
+	uint32_t reserved;
+	struct vpipe_ioc_op op;     /* the result fields, new_in_fd / new_out_fd as for VPIPE_IOC_OP */
+};
+
+/* at most this many operations in flight per agent connection / per open of /dev/vpipe */
+#define VPIPE_ASYNC_MAX 1024u
+
+/* Module (designed, see docs/protocol.md section 1b): each open of /dev/vpipe is a queue.
+ * SUBMIT queues the operation to the module's workqueue and returns at once (the structure is
+ * copied, head and tail too, the descriptors' files referenced); poll() reports POLLIN while
+ * completions are waiting; read() returns whole struct vpipe_ioc_completion records (EAGAIN
+ * when none with O_NONBLOCK) and installs restored sockets in the reader's descriptor table;
+ * CANCEL takes the tag: 0, or -ENOENT when no such operation is in flight. */
+#define VPIPE_IOC_SUBMIT _IOW(VPIPE_IOC_MAGIC, 5, struct vpipe_ioc_submit)
+#define VPIPE_IOC_CANCEL _IOW(VPIPE_IOC_MAGIC, 6, uint64_t)
+
+/*
+ * Agent framing of asynchronous operations, on the connection that submits them (libvpipe keeps
+ * one per queue):
+ *   VPIPE_AGENT_SUBMIT   request: struct vpipe_ioc_submit + head + tail, the two descriptors as
+ *                        SCM_RIGHTS (in, out). Reply at once: header only, result 0 (accepted)
+ *                        or -errno (refused: -EAGAIN when VPIPE_ASYNC_MAX are in flight,
+ *                        -EEXIST for a tag in flight, -EINVAL/-EBADF as for VPIPE_IOC_OP).
+ *   VPIPE_AGENT_CANCEL   request: uint64_t tag. Reply: header only, result 0 or -ENOENT.
+ *   VPIPE_AGENT_COMPLETE unsolicited, agent -> caller, once per accepted operation: header
+ *                        (result = the operation's) + struct vpipe_ioc_completion, restored
+ *                        sockets as SCM_RIGHTS (new_in_fd / new_out_fd are their indexes).
+ * Replies come in the order of the requests; completions may come between them.
+ */
+#define VPIPE_AGENT_SUBMIT 0x5601u
+#define VPIPE_AGENT_CANCEL 0x5602u
+#define VPIPE_AGENT_COMPLETE 0x5603u
+
+/*
  * Agent socket framing. Request: header + the ioctl's structure (+ SCM_RIGHTS) (+ for
  * VPIPE_IOC_OP the head and tail bytes: length = sizeof(struct vpipe_ioc_op) + head_len +
  * tail_len). Reply: header with result (0 or -errno) + the structure as updated (+ SCM_RIGHTS
