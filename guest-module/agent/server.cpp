@@ -48,6 +48,18 @@ int op_header_ok(const vpipe_ioc_op& op) {
     return 0;
 }
 
+// Restored connections travel back as SCM_RIGHTS, in the order in, out; the op says which is which.
+void attach_restored(vpipe_ioc_op* op, int new_in, int new_out, std::vector<int>* reply_fds) {
+    if (new_in >= 0) {
+        op->new_in_fd = static_cast<int32_t>(reply_fds->size());
+        reply_fds->push_back(new_in);
+    }
+    if (new_out >= 0) {
+        op->new_out_fd = static_cast<int32_t>(reply_fds->size());
+        reply_fds->push_back(new_out);
+    }
+}
+
 }  // namespace
 
 // A client connection, shared by its serving thread and its asynchronous operations: whoever
@@ -168,15 +180,7 @@ void Server::serve(UniqueFd conn_fd) {
             } else {
                 reply.result = run_operation(ctx_, fds[0].get(), fds[1].get(), &op, hdtr.data(),
                                              hdtr.data() + op.head_len, &new_in, &new_out);
-                // restored connections travel back as SCM_RIGHTS, in the order in, out
-                if (new_in >= 0) {
-                    op.new_in_fd = static_cast<int32_t>(reply_fds.size());
-                    reply_fds.push_back(new_in);
-                }
-                if (new_out >= 0) {
-                    op.new_out_fd = static_cast<int32_t>(reply_fds.size());
-                    reply_fds.push_back(new_out);
-                }
+                attach_restored(&op, new_in, new_out, &reply_fds);
             }
             if (op.op < ctx_.stats.ops.size() && reply.result == 0) ctx_.stats.ops[op.op]++;
             if (reply.result < 0) ctx_.stats.ops_failed++;
@@ -281,14 +285,7 @@ void Server::run_async(std::shared_ptr<Conn> c, uint64_t tag, vpipe_ioc_op op, s
     }
     fds.clear();   // our copies of the application's descriptors
     std::vector<int> reply_fds;
-    if (new_in >= 0) {
-        op.new_in_fd = static_cast<int32_t>(reply_fds.size());
-        reply_fds.push_back(new_in);
-    }
-    if (new_out >= 0) {
-        op.new_out_fd = static_cast<int32_t>(reply_fds.size());
-        reply_fds.push_back(new_out);
-    }
+    attach_restored(&op, new_in, new_out, &reply_fds);
     if (op.op < ctx_.stats.ops.size() && done.result == 0) ctx_.stats.ops[op.op]++;
     if (done.result < 0) ctx_.stats.ops_failed++;
     done.tag = tag;

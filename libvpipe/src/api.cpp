@@ -207,6 +207,10 @@ struct Args {
     size_t length = 0;
     Bytes head, tail;
     bool hdtr = false;
+
+    Args() = default;
+    Args(uint32_t op, int in, int out, uint64_t ioff, uint64_t ooff, size_t len)
+        : opcode(op), in_fd(in), out_fd(out), in_off(ioff), out_off(ooff), length(len) {}
 };
 
 // What a call returns and what vpipe_last_result / a completion says about it.
@@ -403,13 +407,7 @@ void release(const Args& a) {
 Outcome run_outcome(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off, size_t length,
                     const struct vpipe_hdtr* hdtr) {
     g_counters.ops++;
-    Args a;
-    a.opcode = opcode;
-    a.in_fd = in_fd;
-    a.out_fd = out_fd;
-    a.in_off = in_off;
-    a.out_off = out_off;
-    a.length = length;
+    Args a(opcode, in_fd, out_fd, in_off, out_off, length);
     Outcome o;
     if (!check_args(&a, hdtr, &o)) return o;
     if (nothing_to_move(a)) return empty_outcome();
@@ -565,13 +563,8 @@ int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uin
     g_counters.ops++;
     Pending p;
     p.user = user;
+    p.args = Args(opcode, in_fd, out_fd, in_off, out_off, length);
     Args& a = p.args;
-    a.opcode = opcode;
-    a.in_fd = in_fd;
-    a.out_fd = out_fd;
-    a.in_off = in_off;
-    a.out_off = out_off;
-    a.length = length;
     Outcome o;
     auto refuse = [&](const Outcome& f) {
         t_last = f.res;
