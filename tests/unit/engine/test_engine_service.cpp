@@ -174,6 +174,17 @@ protected:
         return r;
     }
 
+    // One control request line (`line` without its newline); the reply, or EOF as "EOF".
+    std::string control(const std::string& line) {
+        UniqueFd fd = connect_unix(dir_ + "/ctl");
+        std::string q = line + "\n";
+        EXPECT_EQ(send_msg_fds(fd.get(), q.data(), q.size(), nullptr, 0), 0);
+        std::string buf;
+        char c;
+        while (::read(fd.get(), &c, 1) == 1 && c != '\n') buf += c;
+        return buf.empty() ? "EOF" : buf;
+    }
+
     nlohmann::json stats() {
         UniqueFd fd = connect_unix(dir_ + "/ctl");
         std::string q = "{\"cmd\":\"stats\"}\n";
@@ -339,4 +350,39 @@ TEST_F(EngineProcess, PeerPolicyRefusesDom0AndOtherTenantsWithEacces) {
     // still serving
     auto desc = file_to_file_desc({{0, 4096, 0, 0}}, {{8192, 4096, 0, 0}});
     EXPECT_EQ(call(request(++id, 4096, desc), desc).status, 0);
+}
+
+// The control socket (vpipectl's protocol): every malformed or out-of-range command is answered
+// {"ok": false, "error": ...} naming the problem, changes nothing, and the server keeps going;
+// an over-long line (no newline within 64 KiB) closes that connection only.
+TEST_F(EngineProcess, ControlRequestsAreRefusedWithAReason) {
+    struct Case {
+        const char* line;
+        const char* error;  // a piece of the error text
+    } cases[] = {
+        {"not json", "parse"},
+        {"{\"cmd\":\"reboot\"}", "unknown command 'reboot'"},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\"}", "needs \"vm\""},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":\"3\"}", "integer \"weight\""},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":0}", "weight must be 1..10000"},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":10001}", "weight must be 1..10000"},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"nope\",\"weight\":2}", "no VM \"nope\""},
+        {"{\"cmd\":\"set-weight\",\"vm\":99,\"weight\":2}", "no VM 99"},
+    };
+    for (const auto& c : cases) {
+        auto j = nlohmann::json::parse(control(c.line), nullptr, false);
+        ASSERT_FALSE(j.is_discarded()) << c.line;
+        EXPECT_EQ(j.value("ok", true), false) << c.line;
+        EXPECT_NE(j.value("error", "").find(c.error), std::string::npos) << c.line << " -> " << j.dump();
+    }
+    {
+        UniqueFd fd = connect_unix(dir_ + "/ctl");
+        std::string big(70000, 'x');
+        (void)::send(fd.get(), big.data(), big.size(), MSG_NOSIGNAL);
+        char c;
+        EXPECT_LE(::read(fd.get(), &c, 1), 0);  // closed without an answer
+    }
+    EXPECT_EQ(stats()["weight"], 1);  // vm1's live weight: unchanged
+    auto ok = nlohmann::json::parse(control("{\"cmd\":\"ping\"}"));
+    EXPECT_EQ(ok["ok"], true);
 }
