@@ -115,7 +115,6 @@ struct vpipe_request {
  * Status codes: 0, or a negative Linux errno from this list. dom0 never returns others.
  *   -EINVAL     malformed request (a field failed validation); nothing was moved
  *   -EPERM      the request names something the VM does not own (disk, address)
- *   -EACCES     a socket endpoint's peer is dom0 itself or another tenant's VM (peer policy)
  *   -EROFS      write to a disk the VM may only read
  *   -ERANGE     a segment lies outside its disk
  *   -EIO        the disk image failed a read or write; `moved` says how far it got
