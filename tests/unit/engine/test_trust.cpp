@@ -61,8 +61,7 @@ IpAddr external() {
 
 // vm1 (tenant "blue", 10.199.0.11 + fd00:99::11), vm2 (tenant "red", 10.199.0.12),
 // vm3 (tenant "blue", 10.199.0.13), vm4 (no tenant, 10.199.0.14).
-PeerPolicy policy() {
-    PeerPolicy p;
+void fill(PeerPolicy& p) {
     VmConfig v1;
     v1.id = 1;
     v1.name = "vm1";
@@ -73,13 +72,13 @@ PeerPolicy policy() {
     p.set_vm(2, "vm2", "red", {ip("10.199.0.12")});
     p.set_vm(3, "vm3", "blue", {ip("10.199.0.13")});
     p.set_vm(4, "vm4", "", {ip("10.199.0.14")});
-    return p;
 }
 
 }  // namespace
 
 TEST(PeerPolicy, LoopbackIsRefused) {
-    PeerPolicy p = policy();
+    PeerPolicy p;
+    fill(p);
     std::string why;
     EXPECT_EQ(p.check(1, ip("127.0.0.1"), &why), -EACCES);
     EXPECT_NE(why.find("127.0.0.1"), std::string::npos) << why;
@@ -91,7 +90,8 @@ TEST(PeerPolicy, LoopbackIsRefused) {
 }
 
 TEST(PeerPolicy, EveryAddressOfDom0IsRefused) {
-    PeerPolicy p = policy();
+    PeerPolicy p;
+    fill(p);
     const auto mine = kernel_addresses();
     ASSERT_FALSE(mine.empty()) << "getifaddrs reported no address (not even loopback)";
     const auto listed = local_addresses();
@@ -109,7 +109,8 @@ TEST(PeerPolicy, EveryAddressOfDom0IsRefused) {
 }
 
 TEST(PeerPolicy, AnotherTenantsVmIsRefused) {
-    PeerPolicy p = policy();
+    PeerPolicy p;
+    fill(p);
     std::string why;
     EXPECT_EQ(p.check(1, ip("10.199.0.12"), &why), -EACCES);  // blue -> red
     EXPECT_NE(why.find("vm2"), std::string::npos) << why;
@@ -122,7 +123,8 @@ TEST(PeerPolicy, AnotherTenantsVmIsRefused) {
 }
 
 TEST(PeerPolicy, SameTenantAndExternalPeersAreAllowed) {
-    PeerPolicy p = policy();
+    PeerPolicy p;
+    fill(p);
     EXPECT_EQ(p.check(1, ip("10.199.0.13"), nullptr), 0);  // blue -> blue
     EXPECT_EQ(p.check(3, ip("fd00:99::11"), nullptr), 0);
     const IpAddr out = external();
@@ -131,7 +133,8 @@ TEST(PeerPolicy, SameTenantAndExternalPeersAreAllowed) {
 }
 
 TEST(PeerPolicy, RemovedVmsAddressIsNoLongerAVm) {
-    PeerPolicy p = policy();
+    PeerPolicy p;
+    fill(p);
     EXPECT_EQ(p.check(1, ip("10.199.0.12"), nullptr), -EACCES);
     p.remove_vm(2);
     EXPECT_EQ(p.check(1, ip("10.199.0.12"), nullptr), 0);
@@ -140,7 +143,8 @@ TEST(PeerPolicy, RemovedVmsAddressIsNoLongerAVm) {
 // The request-level check: every socket endpoint of a validated request, both ends of
 // socket -> socket; requests without a socket endpoint are not the policy's.
 TEST(PeerPolicy, ChecksEverySocketEndpointOfARequest) {
-    PeerPolicy p = policy();
+    PeerPolicy p;
+    fill(p);
     auto with_peers = [](uint8_t op, const char* src, const char* dst) {
         ParsedRequest r;
         r.op = op;
