@@ -578,7 +578,10 @@ int vm_to_dom0(const std::map<std::string, std::string>& a) {
     int e1 = n1 < 0 ? errno : 0;
     vpipe_result r1{};
     vpipe_last_result(&r1);
-    vpipe_set_fallback(1);  // a refusal is not "cannot offload here": no fallback either way
+    // with fallbacks on as well: a refusal is not "cannot offload here", it does not fall back
+    // (threshold 0: 64 KiB would otherwise take the classic path without asking dom0)
+    vpipe_set_fallback(1);
+    vpipe_set_min_offload(0);
     errno = 0;
     ssize_t n2 = vpipe_socket_to_file_fd(s, out, 0, len2);
     int e2 = n2 < 0 ? errno : 0;
