@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <arpa/inet.h>
+
 #include <toml++/toml.h>
 
 #include <fstream>
@@ -91,13 +93,14 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
         const std::string w = "[xen] ";
         for (const auto& [k, v] : *xen) {
             const std::string key(k.str());
-            if (key != "enabled" && key != "weight" && key != "threads" && key != "vm")
+            if (key != "enabled" && key != "weight" && key != "threads" && key != "tenant" && key != "vm")
                 fail(origin, w + "unknown key " + key);
         }
         cfg.xen.enabled = get_or(*xen, "enabled", false, origin, w);
         auto vm_settings = [&](const toml::table& t, XenVmDefaults base, const std::string& where) {
             base.weight = get_or(t, "weight", base.weight, origin, where);
             base.threads = get_or(t, "threads", base.threads, origin, where);
+            base.tenant = get_or(t, "tenant", base.tenant, origin, where);
             if (base.weight == 0 || base.weight > kMaxWeight) fail(origin, where + "weight must be 1..10000");
             if (base.threads == 0 || base.threads > 256) fail(origin, where + "threads must be 1..256");
             return base;
@@ -111,7 +114,7 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
                 const toml::table* vt = node.as_table();
                 if (!vt) fail(origin, where + "must be a table");
                 for (const auto& [k, v] : *vt)
-                    if (k.str() != "weight" && k.str() != "threads")
+                    if (k.str() != "weight" && k.str() != "threads" && k.str() != "tenant")
                         fail(origin, where + "unknown key " + std::string(k.str()));
                 cfg.xen.by_name[std::string(name.str())] = vm_settings(*vt, cfg.xen.defaults, where);
             }
@@ -135,6 +138,19 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
             vm.mac = get_or(*t, "mac", std::string(), origin, w);
             vm.vif = get_or(*t, "vif", std::string(), origin, w);
             vm.bridge = get_or(*t, "bridge", std::string(), origin, w);
+            vm.tenant = get_or(*t, "tenant", std::string(), origin, w);
+            if (const toml::node* n = t->get("addresses")) {
+                const toml::array* a = n->as_array();
+                if (!a) fail(origin, w + "addresses must be a list of IP addresses");
+                for (const auto& e : *a) {
+                    auto v = e.value<std::string>();
+                    unsigned char buf[16];
+                    if (!v || (::inet_pton(AF_INET, v->c_str(), buf) != 1 &&
+                               ::inet_pton(AF_INET6, v->c_str(), buf) != 1))
+                        fail(origin, w + "addresses must be a list of IP addresses (\"10.0.0.2\", \"fd00::2\")");
+                    vm.addresses.push_back(*v);
+                }
+            }
             if (vm.weight == 0 || vm.weight > kMaxWeight) fail(origin, w + "weight must be 1..10000");
             if (vm.threads == 0 || vm.threads > 256) fail(origin, w + "threads must be 1..256");
             if (!names.insert(vm.name).second) fail(origin, w + "duplicate name " + vm.name);

@@ -124,6 +124,7 @@ bool vm_config_from_store(StoreReader& store, uint32_t domid, const engine::XenC
     const engine::XenVmDefaults d = xen.for_vm(vm.name);
     vm.weight = d.weight;
     vm.threads = d.threads;
+    vm.tenant = d.tenant;
 
     const std::string vbd = "/local/domain/0/backend/vbd/" + std::to_string(domid);
     for (uint64_t devid : numeric_children(store, vbd, UINT32_MAX)) {
