@@ -3,8 +3,9 @@
 # executions, one after the other on one core, recording what libFuzzer reports at the end into
 # bench/results/fuzz.md: executions, exec/s, coverage (cov: edges, ft: features), corpus growth,
 # crashes (each crash/leak/timeout input is kept in the work directory and listed).
-#   bench/fuzz.sh [--runs N] [--targets "fuzz_request fuzz_ring ..."] [--out FILE]
+#   bench/fuzz.sh [--runs N | --time S] [--targets "fuzz_request fuzz_ring ..."] [--out FILE]
 #     --runs N     executions per target (default 10000000)
+#     --time S     instead: S seconds per target (-max_total_time; scripts/test.sh uses 20)
 #     --out FILE   the table (default bench/results/fuzz.md; "-": stdout only)
 # Environment: BUILD_DIR (default build-fuzz), WORK (default $BUILD_DIR/fuzz-work: the grown
 # corpora and crash inputs; the committed seeds in tests/fuzz/corpus are only read).
@@ -12,14 +13,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=10000000
+TIME=
 TARGETS="fuzz_request fuzz_ring fuzz_xenstore fuzz_control fuzz_engine_config fuzz_agent_config"
 OUT=bench/results/fuzz.md
 while (($#)); do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
+    --time) TIME=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "fuzz.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +44,8 @@ for t in $TARGETS; do
   log="$WORK/$t/run.log"
   start=$(date +%s)
   rc=0
-  "$BUILD_DIR/bin/$t" -runs="$RUNS" -max_len="$(max_len "$t")" -timeout=10 -print_final_stats=1 \
+  if [ -n "$TIME" ]; then limit=(-max_total_time="$TIME"); else limit=(-runs="$RUNS"); fi
+  "$BUILD_DIR/bin/$t" "${limit[@]}" -max_len="$(max_len "$t")" -timeout=10 -print_final_stats=1 \
       -artifact_prefix="$WORK/$t/artifacts/" "$WORK/$t/corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   secs=$(( $(date +%s) - start ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
