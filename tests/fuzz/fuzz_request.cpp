@@ -70,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         uint64_t total = 0;
         for (const auto& e : f.extents) {
             if (e.length == 0) bug("empty extent");
-            if (!e.zero && (e.offset > size || e.length > size - e.offset)) bug("extent outside the disk");
+            if (!e.zero && (e.disk_offset > size || e.length > size - e.disk_offset)) bug("extent outside the disk");
             if (e.zero && dst) bug("zero extent in a destination");
             total += e.length;
         }
