@@ -5,6 +5,7 @@
 # crashes (each crash/leak/timeout input is kept in the work directory and listed).
 #   bench/fuzz.sh [--runs N | --time S] [--targets "fuzz_request fuzz_ring ..."] [--out FILE]
 #     --runs N     executions per target (default 10000000)
+#     --runs-for T=N   N executions for target T only (repeatable; slow targets get fewer)
 #     --time S     instead: S seconds per target (-max_total_time; scripts/test.sh uses 20)
 #     --out FILE   the table (default bench/results/fuzz.md; "-": stdout only)
 # Environment: BUILD_DIR (default build-fuzz), WORK (default $BUILD_DIR/fuzz-work: the grown
@@ -14,15 +15,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=10000000
 TIME=
+declare -A RUNS_FOR=()
 TARGETS="fuzz_request fuzz_ring fuzz_xenstore fuzz_control fuzz_engine_config fuzz_agent_config"
 OUT=bench/results/fuzz.md
 while (($#)); do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
+    --runs-for) RUNS_FOR[${2%%=*}]=${2#*=}; shift 2 ;;
     --time) TIME=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "fuzz.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +47,7 @@ for t in $TARGETS; do
   log="$WORK/$t/run.log"
   start=$(date +%s)
   rc=0
-  if [ -n "$TIME" ]; then limit=(-max_total_time="$TIME"); else limit=(-runs="$RUNS"); fi
+  if [ -n "$TIME" ]; then limit=(-max_total_time="$TIME"); else limit=(-runs="${RUNS_FOR[$t]:-$RUNS}"); fi
   "$BUILD_DIR/bin/$t" "${limit[@]}" -max_len="$(max_len "$t")" -timeout=10 -print_final_stats=1 \
       -artifact_prefix="$WORK/$t/artifacts/" "$WORK/$t/corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   secs=$(( $(date +%s) - start ))
