@@ -29,10 +29,14 @@ T get_or(const toml::table& t, const char* key, T fallback, const std::string& o
         if (auto v = n->value<bool>()) return *v;
         fail(origin, where + key + " must be true or false");
     } else {
-        auto v = n->value<int64_t>();
-        if (!v || *v < 0 || static_cast<uint64_t>(*v) > std::numeric_limits<T>::max())
+        // Integers only: toml++'s value<int64_t>() converts a float node with a cast that is
+        // undefined behaviour when the float is out of int64_t's range (1e300), and "4.0" for a
+        // page count is a mistake worth naming anyway.
+        if (!n->is_integer()) fail(origin, where + key + " must be an integer");
+        const int64_t v = n->as_integer()->get();
+        if (v < 0 || static_cast<uint64_t>(v) > std::numeric_limits<T>::max())
             fail(origin, where + key + " must be a non-negative integer in range");
-        return static_cast<T>(*v);
+        return static_cast<T>(v);
     }
 }
 
