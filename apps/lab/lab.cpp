@@ -540,6 +540,56 @@ int cmd_down(bool quiet) {
     return 0;
 }
 
+int cmd_restart_engine(int signal) {
+    std::optional<LabState> st;
+    try {
+        st = load_state();
+    } catch (const std::exception& e) {
+        std::cerr << "vpipe-lab restart-engine: " << e.what() << "\n";
+        return 1;
+    }
+    if (!st || st->status != "up" || st->engine.binary.empty()) {
+        std::cerr << "vpipe-lab restart-engine: no lab is up with an engine\n";
+        return 1;
+    }
+    // The old engine goes first, by the signal asked for (SIGKILL: a crash, nothing cleaned up;
+    // the new engine must cope with what it left: steering elements, a stale control socket).
+    const pid_t old = st->engine.pid;
+    if (pid_alive(old)) {
+        kill(old, signal);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (pid_alive(old) && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (pid_alive(old)) {
+            kill(old, SIGKILL);
+            while (pid_alive(old)) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+    ::unlink(st->engine.control_socket.c_str());  // a killed engine leaves it; the wait below needs the new one
+    SpawnSpec es;
+    es.binary = st->engine.binary;
+    es.args = {"--config", st->engine.config};
+    es.netns = kDom0Netns;
+    es.cgroup_dirs = st->engine.cgroup_dirs;
+    es.log_path = st->engine.log;
+    try {
+        st->engine.pid = spawn_daemon(es);
+    } catch (const std::exception& e) {
+        st->engine.pid = 0;
+        save_state(*st);
+        std::cerr << "vpipe-lab restart-engine: " << e.what() << "\n";
+        return 1;
+    }
+    save_state(*st);
+    if (auto err = wait_for_socket(st->engine.control_socket, st->engine.pid, 10000); !err.empty()) {
+        std::cerr << "vpipe-lab restart-engine: the engine did not come up: " << err << "\n"
+                  << tail_file(st->engine.log, 15);
+        return 1;
+    }
+    std::printf("engine restarted: pid %d (the old one, %d, got signal %d)\n", st->engine.pid, old, signal);
+    return 0;
+}
+
 int cmd_info(bool json) {
     std::optional<LabState> st;
     try {

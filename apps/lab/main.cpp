@@ -1,5 +1,6 @@
 // vpipe-lab: builds and tears down the lab (VMs modelled with namespaces, loop disks, cgroups) and
 // runs commands inside it. Command-line parsing and help texts only; the work is in lab.cpp & co.
+#include <csignal>
 #include <unistd.h>
 
 #include <cstring>
@@ -167,6 +168,21 @@ int main(int argc, char** argv) {
     info_cmd->footer(std::string("EXIT STATUS\n    0  the lab is up\n    1  it is not (or its state is unreadable)\n") +
                      "\nEXAMPLES\n    vpipe-lab info\n    vpipe-lab info --json | jq -r '.vms[0].disks[0].mount'\n");
 
+    // ---- restart-engine
+    bool restart_kill = false;
+    auto* restart_cmd = app.add_subcommand(
+        "restart-engine", man("vpipe-lab restart-engine - stop the lab's engine and start it again",
+                              "vpipe-lab restart-engine [--kill]",
+                              "    Stops vpiped with SIGTERM (with --kill: SIGKILL, as if it crashed: nothing of its\n"
+                              "    own clean-up runs) and starts it again with the same configuration, in dom0's\n"
+                              "    namespace and cgroup. The agents reconnect by themselves. For fault tests: what\n"
+                              "    the old engine left (steering elements, shadow sockets' flows) the new one must\n"
+                              "    remove.\n"));
+    restart_cmd->add_flag("--kill", restart_kill, "SIGKILL instead of SIGTERM");
+    restart_cmd->footer(std::string("EXIT STATUS\n    0  the new engine is up\n    1  no lab, or it did not come up "
+                                    "(the last lines of its log on stderr)\n") +
+                        "\nEXAMPLES\n    vpipe-lab restart-engine --kill\n");
+
     // ---- exec / client / dom0
     std::string exec_vm;
     std::vector<std::string> extra;
@@ -212,7 +228,7 @@ int main(int argc, char** argv) {
                     "    brought it up.\n"));
     demo_cmd->footer(std::string(kExitCommon) + "\nEXAMPLES\n    vpipe-lab demo\n");
 
-    for (auto* s : {up_cmd, down_cmd, info_cmd, exec_cmd, client_cmd, dom0_cmd, demo_cmd}) {
+    for (auto* s : {up_cmd, down_cmd, info_cmd, restart_cmd, exec_cmd, client_cmd, dom0_cmd, demo_cmd}) {
         s->formatter(fmt);
         s->group("COMMANDS");
         s->set_help_flag();
@@ -241,6 +257,7 @@ int main(int argc, char** argv) {
         }
         if (down_cmd->parsed()) return cmd_down(false);
         if (info_cmd->parsed()) return cmd_info(info_json);
+        if (restart_cmd->parsed()) return cmd_restart_engine(restart_kill ? SIGKILL : SIGTERM);
         if (exec_cmd->parsed()) return cmd_exec(ExecTarget::Vm, exec_vm, full);
         if (client_cmd->parsed()) return cmd_exec(ExecTarget::Client, "", full);
         if (dom0_cmd->parsed()) return cmd_exec(ExecTarget::Dom0, "", full);

@@ -238,7 +238,15 @@ int drain_ms() { return static_cast<int>(std::min<int64_t>(socket_timeout().coun
 
 // Opens a shadow for one endpoint of the request; on failure it is aborted (flags 0 go back:
 // the guest restores the connection it froze).
-int open_shadow(Vm& vm, const ParsedRequest& req, Shadow& sh, const SocketEndpoint& ep, Shadow::Role role) {
+int open_shadow(Vm& vm, const ParsedRequest& req, Shadow& sh, const SocketEndpoint& ep, Shadow::Role role,
+                const DescWriter& write) {
+    // Tell the guest, before the connection can move, that its frozen state goes stale from
+    // here (VPIPE_EPF_TAKEN): if this process dies before it answers, the guest must not
+    // restore it. Every answer (write_result) overwrites the word with the final flags.
+    const size_t ep_off = role == Shadow::Role::kSource ? offsetof(vpipe_desc_header, src)
+                                                        : offsetof(vpipe_desc_header, dst);
+    const uint32_t taken = VPIPE_EPF_TAKEN;
+    if (write(ep_off + offsetof(vpipe_endpoint, result_flags), &taken, sizeof(taken)) < 0) return -EIO;
     int r = sh.open(ep.tcp, ep.sndq, ep.rcvq, ep.room, ep.tail_len, role);
     if (r < 0) {
         spdlog::warn("vm {}: shadow socket for request {:#x}: {}", vm.name(), req.id, std::strerror(-r));
@@ -251,7 +259,8 @@ int open_shadow(Vm& vm, const ParsedRequest& req, Shadow& sh, const SocketEndpoi
 // answers that endpoint with flags 0 (the guest restores what it froze).
 bool open_single(Vm& vm, const ParsedRequest& req, Shadow& sh, bool source, const DescWriter& write) {
     const SocketEndpoint& ep = source ? req.src_sock : req.dst_sock;
-    if (open_shadow(vm, req, sh, ep, source ? Shadow::Role::kSource : Shadow::Role::kDestination) == 0) return true;
+    if (open_shadow(vm, req, sh, ep, source ? Shadow::Role::kSource : Shadow::Role::kDestination, write) == 0)
+        return true;
     EndpointResult none;
     write_result(write, source, ep, none);
     return false;
@@ -628,14 +637,14 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
     (void)pool;
     Shadow src(sockets, vm.shadow_counters()), dst(sockets, vm.shadow_counters());
     EndpointResult sres, dres;
-    if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource) < 0) {
+    if (open_shadow(vm, req, src, req.src_sock, Shadow::Role::kSource, write) < 0) {
         write_result(write, true, req.src_sock, sres);
         write_result(write, false, req.dst_sock, dres);
         return -EIO;
     }
     int status = 0;
     // the source is live in dom0 already (it may have acknowledged bytes): it goes back below
-    if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination) < 0) status = -EIO;
+    if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination, write) < 0) status = -EIO;
     uint64_t fwd = 0;
     if (status == 0) status = splice_sockets(vm, src.fd(), dst.fd(), req.length, dst.snd_limit(), &fwd, req);
     bool tail_sent = false;

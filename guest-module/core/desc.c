@@ -286,6 +286,11 @@ int vpipe_desc_result(const struct vpipe_desc_header *h, int source, const struc
 	const uint32_t flags = ep->result_flags;
 
 	memset(out, 0, sizeof(*out));
+	if ((flags & (VPIPE_EPF_TAKEN | VPIPE_EPF_VALID | VPIPE_EPF_RESET)) == VPIPE_EPF_TAKEN) {
+		/* taken over and never answered for: the frozen state is stale */
+		out->flags = VPIPE_EPF_RESET | VPIPE_EPF_TAKEN;
+		return 0;
+	}
 	if (flags & VPIPE_EPF_RESET) {
 		out->flags = VPIPE_EPF_RESET;
 		return 0;

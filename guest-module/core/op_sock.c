@@ -91,6 +91,11 @@ static int restore_from(const struct vpipe_core *c, void *t, int have_pages,
 		*status = -EIO;   /* dom0 broke the protocol: the connection goes back as frozen */
 	memset(&rs, 0, sizeof(rs));
 	rs.flags = res.flags;
+	if (res.flags & VPIPE_EPF_TAKEN) {
+		/* dom0 died holding the connection (VPIPE_EPF_TAKEN): whatever the transport said */
+		*status = -ECONNABORTED;
+		return restore(c, e, &rs);
+	}
 	if (res.flags & VPIPE_EPF_RESET) {
 		if (*status == 0)
 			*status = -ECONNRESET;

@@ -609,6 +609,70 @@ int vm_to_dom0(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// vm: serves one "GET <off> <len>" with ONE vpipe_file_to_socket_fd call, then tells what the
+// call returned and what the descriptor does next (for a connection that is gone: the errno of
+// a send, not a hang). Prints "RESULT ret=<n> err=<errno> next_send=<n> next_err=<errno>".
+int vm_serve_one_call(const std::map<std::string, std::string>& a) {
+    int l = listen_on(kVm1Ip, static_cast<int>(num(a, "port")));
+    printf("READY\n");
+    fflush(stdout);
+    int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    int f = open(a.at("file").c_str(), O_RDONLY | O_CLOEXEC);
+    unsigned long long off = 0, len = 0;
+    sscanf(read_line(s).c_str(), "GET %llu %llu", &off, &len);
+    errno = 0;
+    ssize_t n = vpipe_file_to_socket_fd(f, s, static_cast<off_t>(off), len);
+    const int err = n < 0 ? errno : 0;
+    ssize_t m = send(s, "x", 1, MSG_NOSIGNAL);
+    const int merr = m < 0 ? errno : 0;
+    printf("RESULT ret=%zd err=%d next_send=%zd next_err=%d\n", n, err, m, merr);
+    fflush(stdout);
+    close(s);
+    close(l);
+    return 0;
+}
+
+// client: asks for `len` bytes at 0 of stream `seed`, reads `pause_at` of them, prints PAUSED
+// and reads nothing until the file `resume` exists (the test does something meanwhile, e.g.
+// kills the engine); then reads until EOF or an error. Every byte is checked against the
+// pattern. Prints "RESULT got=<bytes> mismatch=<pos or -1> end=<0 for EOF, else errno>".
+int client_pause_get(const std::map<std::string, std::string>& a) {
+    const uint64_t seed = num(a, "seed"), len = num(a, "len"), pause_at = num(a, "pause_at");
+    int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
+    const std::string req = "GET 0 " + std::to_string(len) + "\n";
+    write_all(s, req.data(), req.size());
+    std::vector<uint8_t> buf(1 << 20);
+    uint64_t got = 0;
+    long long mismatch = -1;
+    int end = 0;
+    bool paused = false;
+    for (;;) {
+        if (!paused && got >= pause_at) {
+            paused = true;
+            printf("PAUSED got=%llu\n", static_cast<unsigned long long>(got));
+            fflush(stdout);
+            struct stat st{};
+            while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
+        }
+        uint64_t want = buf.size();
+        if (!paused) want = std::min<uint64_t>(want, pause_at - got);
+        ssize_t r = recv(s, buf.data(), want, 0);
+        if (r == 0) break;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            end = errno;
+            break;
+        }
+        long long bad = check_pattern(seed, got, buf.data(), static_cast<size_t>(r));
+        if (bad >= 0 && mismatch < 0) mismatch = static_cast<long long>(got) + bad;
+        got += static_cast<uint64_t>(r);
+    }
+    printf("RESULT got=%llu mismatch=%lld end=%d\n", static_cast<unsigned long long>(got), mismatch, end);
+    fflush(stdout);
+    close(s);
+    return 0;
+}
+
 int helper_main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
     setenv("VPIPE_NO_FALLBACK", "1", 1);
@@ -625,6 +689,8 @@ int helper_main(int argc, char** argv) {
     if (mode == "client-stall") return client_stall(a);
     if (mode == "dom0-peer") return dom0_peer(a);
     if (mode == "vm-to-dom0") return vm_to_dom0(a);
+    if (mode == "vm-serve-one-call") return vm_serve_one_call(a);
+    if (mode == "client-pause-get") return client_pause_get(a);
     fprintf(stderr, "unknown helper mode %s\n", mode.c_str());
     return 2;
 }
@@ -907,7 +973,8 @@ TEST_F(Sockets, FileToSocketLengthBeyondFileIsShort) {
 TEST_F(Sockets, SocketToFile) {
     auto preparing = [] {
         uint64_t n = 0;
-        for (const auto& vm : engine_stats()["vms"]) n += vm.value("preparing", uint64_t{0});
+        const nlohmann::json stats = engine_stats();  // (a range-for over engine_stats()["vms"]
+        for (const auto& vm : stats["vms"]) n += vm.value("preparing", uint64_t{0});  // would dangle)
         return n;
     };
     const uint64_t preparing0 = preparing();
@@ -921,10 +988,11 @@ TEST_F(Sockets, SocketToFile) {
         printf("[ info ] socket->file %llu B: offloaded %s in %s call(s)\n", static_cast<unsigned long long>(len),
                res["offloaded"].c_str(), res["calls"].c_str());
     }
-    // TODO: the engine counts these (a lab PUT through vpipe-httpd shows preparing 1), but this
-    // suite's stats read 0 here: not asserted until that is understood.
+    // (they read 0 while this loop iterated over a destroyed temporary)
+    const uint64_t readied = preparing() - preparing0;
     printf("[ info ] socket->file hand-overs readied while dom0 received: %llu\n",
-           static_cast<unsigned long long>(preparing() - preparing0));
+           static_cast<unsigned long long>(readied));
+    EXPECT_EQ(readied, 4u);  // one hand-over per length, each into a new file
 }
 
 TEST_F(Sockets, SocketToSocketRelay) {
@@ -1012,6 +1080,58 @@ TEST_F(Sockets, PeerResetMidOperation) {
     EXPECT_TRUE(r["err"] == "0" || r["err"] == std::to_string(ECONNRESET) || r["err"] == std::to_string(EPIPE))
         << vm.all;
     printf("[ info ] peer reset: moved %s, errno %s\n", r["moved"].c_str(), r["err"].c_str());
+}
+
+// The engine dies (SIGKILL) while it sends a file to a client: dom0 had taken the connection
+// over (VPIPE_EPF_TAKEN in the request's area), so the guest must not restore the state it froze
+// (dom0 sent bytes since): the call fails with ECONNABORTED (no fallback), the descriptor is a
+// reset socket, the client holds an exact prefix of the file and then sees the end of the
+// connection. The engine started again removes what the dead one left (steering), the agent
+// reconnects, and the next offload works.
+TEST_F(Sockets, EngineKilledMidFileToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-" + std::to_string(::getpid());
+    int p = port();
+    Proc vm("vm1", "vm-serve-one-call", {"port=" + std::to_string(p), "file=" + disk_ + "/f64m"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-get",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED").rfind("PAUSED", 0), 0u) << cl.all;
+    // dom0 is blocked on the client's closed window now, holding the connection
+    ASSERT_GE(engine_stats()["sockets"].value("shadow_sockets", 0), 1) << engine_stats().dump();
+    auto rs = lab({"restart-engine", "--kill"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    // the descriptor is cleanly closed, not a stale connection the client no longer follows
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    std::ofstream(resume).put('1');
+    auto c = fields(cl.line("RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;  // whatever arrived is the file's prefix
+    const uint64_t got = std::stoull(c["got"]);
+    EXPECT_GE(got, pause_at) << cl.all;
+    EXPECT_LT(got, len) << cl.all;  // nobody finished the transfer behind the application's back
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    // the new engine: the VM's agent reconnects (it retries by itself), then an offload works
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    bool connected = false;
+    while (!connected && Clock::now() < deadline) {
+        const nlohmann::json stats = engine_stats();
+        for (const auto& v : stats["vms"])
+            if (v.value("name", "") == "vm1" && v.value("connected", false)) connected = true;
+        if (!connected) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
+    }
+    ASSERT_TRUE(connected) << engine_stats().dump();
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+    // (TearDown: no shadow, no steering element, no guest block left)
 }
 
 // ---- more than one chunk (64 MiB) per call: the agent hands over again and again, and the

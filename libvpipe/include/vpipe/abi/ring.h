@@ -248,6 +248,13 @@ struct vpipe_endpoint {
 #define VPIPE_EPF_PEER_FIN 0x2u    /* the peer closed its sending side (FIN consumed by dom0) */
 #define VPIPE_EPF_RESET 0x4u       /* the connection is dead (RST): nothing to restore */
 #define VPIPE_EPF_TAIL_SENT 0x8u   /* the tail was written to the connection */
+/* Live, not a result: dom0 stores it (only this word) into the request's endpoint just before it
+ * takes the connection over, and every answer replaces it by the final flags. A guest that finds
+ * it still set when it reads the results -- the transport failed the request because dom0 went
+ * away (engine killed, backend gone) -- knows the frozen state is stale: dom0 may have sent and
+ * acknowledged bytes, and its dying process closed the connection. Nothing is restored; the
+ * socket comes back reset and the operation fails with ECONNABORTED (never a fallback). */
+#define VPIPE_EPF_TAKEN 0x10u
 
 struct vpipe_desc_header {
 	uint32_t magic;            /* VPIPE_DESC_MAGIC */
