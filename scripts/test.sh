@@ -10,6 +10,20 @@ patches/lighttpd/build.sh --build-dir build
 # Lab tests share /run/vpipe-lab, so they hold the "lab" resource lock; unit tests run in parallel.
 rc=0
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 1800 -LE xen "$@" || rc=$?
+# Sanitizers (~5 min on 2 cores; SKIP_SANITIZERS=1 skips them). The unit tests under ASan +
+# UBSan in build-san (only what `ctest -L unit` runs is built); any report fails the test. The
+# preload tests LD_PRELOAD libvpipe-preload.so, which puts the sanitizer runtime after it in the
+# library list: verify_asan_link_order=0 lets them run (the preload is instrumented too).
+if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
+  cmake -S . -B build-san -G Ninja -DVPIPE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build-san -j"$(nproc)" --target unit_tests
+  ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    ctest --test-dir build-san --output-on-failure -j"$(nproc)" --timeout 600 -L unit || rc=$?
+  # The libFuzzer targets (clang, build-fuzz), 20 s each over their seed corpora: a crash,
+  # sanitizer report, leak or timeout fails the test (the input is kept in build-fuzz/fuzz-work).
+  bench/fuzz.sh --time 20 --out - || rc=$?
+fi
 # The Xen suite (label "xen", real Xen under QEMU, a few minutes) runs last, on its own.
 ctest --test-dir build --output-on-failure --timeout 1800 -L xen "$@" || rc=$?
 exit $rc

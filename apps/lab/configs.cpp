@@ -61,6 +61,10 @@ std::string engine_config_text(const LabState& s) {
           << "threads = 4\n"
           << "channel = " << q(vm.engine_channel) << "\n"
           << "ip = " << q(vm.ip) << "\n"
+          // the peer policy: the lab's VMs are one tenant (they may reach each other through
+          // the engine); dom0's own addresses (xenbr0's 10.199.0.254, loopback) stay refused
+          << "tenant = \"lab\"\n"
+          << "addresses = [" << q(vm.ip) << "]\n"
           << "mac = " << q(vm.mac) << "\n"
           << "vif = " << q(vm.vif) << "\n"
           << "bridge = " << q(kBridge) << "\n";

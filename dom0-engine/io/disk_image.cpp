@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <system_error>
 
 namespace vpipe::engine {
@@ -47,6 +49,42 @@ uint32_t probe_file_alignment(int fd, uint64_t size) {
     return (n < 0 && err == EINVAL) ? kFallbackFileAlignment : kDefaultFileAlignment;
 }
 
+// The image formats a toolstack may configure that are not raw, by the magic their first
+// sector starts with (or, VDI, holds at 0x40). The engine reads and writes guest sectors at
+// their own offsets, so it must only ever serve raw images: a qcow2's "sector 0" is its header.
+struct Magic {
+    const char* format;
+    size_t offset;
+    const char* bytes;
+    size_t len;
+};
+constexpr Magic kMagics[] = {
+    {"qcow2 (or qcow)", 0, "QFI\xfb", 4},
+    {"vmdk (sparse extent)", 0, "KDMV", 4},
+    {"vmdk (ESX sparse extent)", 0, "COWD", 4},
+    {"vmdk (descriptor)", 0, "# Disk DescriptorFile", 21},
+    {"vdi", 0x40, "\x7f\x10\xda\xbe", 4},
+    {"vhdx", 0, "vhdxfile", 8},
+    {"vhd (dynamic)", 0, "conectix", 8},
+    {"qed", 0, "QED\0", 4},
+};
+
+// The format named by the image's first bytes, nullptr for raw (or too short to tell).
+const char* non_raw_format(int fd, uint64_t size, uint32_t alignment, const std::string& path) {
+    const size_t len = std::max<size_t>(4096, alignment);  // O_DIRECT: whole aligned blocks
+    std::unique_ptr<void, decltype(&std::free)> buf(std::aligned_alloc(len, len), &std::free);
+    if (!buf) throw std::bad_alloc();
+    if (size == 0) return nullptr;
+    // a multiple of the alignment at offset 0; past the end of a short file: a short read
+    const ssize_t n = ::pread(fd, buf.get(), len, 0);
+    if (n < 0) fail(errno, path, "cannot read the first sector (format check)");
+    const auto* p = static_cast<const unsigned char*>(buf.get());
+    for (const Magic& m : kMagics)
+        if (static_cast<size_t>(n) >= m.offset + m.len && std::memcmp(p + m.offset, m.bytes, m.len) == 0)
+            return m.format;
+    return nullptr;
+}
+
 }  // namespace
 
 std::unique_ptr<DiskImage> DiskImage::open(const std::string& path, bool writable, bool host_cache) {
@@ -75,6 +113,11 @@ std::unique_ptr<DiskImage> DiskImage::open(const std::string& path, bool writabl
 
     if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > kMaxAlignment)
         fail(EINVAL, path, "unsupported direct I/O alignment " + std::to_string(alignment));
+
+    // Only raw images: a qcow2 (vmdk, vdi, vhdx, qed, vhd) served as raw would expose its
+    // metadata as guest sectors and let the guest's writes corrupt it.
+    if (const char* format = non_raw_format(fd.get(), size, alignment, path))
+        fail(EMEDIUMTYPE, path, std::string("is a ") + format + " image, not raw: vPipe serves raw images only");
 
     UniqueFd cached;
     if (host_cache) {

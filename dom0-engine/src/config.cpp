@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <arpa/inet.h>
+
 #include <toml++/toml.h>
 
 #include <fstream>
@@ -27,10 +29,14 @@ T get_or(const toml::table& t, const char* key, T fallback, const std::string& o
         if (auto v = n->value<bool>()) return *v;
         fail(origin, where + key + " must be true or false");
     } else {
-        auto v = n->value<int64_t>();
-        if (!v || *v < 0 || static_cast<uint64_t>(*v) > std::numeric_limits<T>::max())
+        // Integers only: toml++'s value<int64_t>() converts a float node with a cast that is
+        // undefined behaviour when the float is out of int64_t's range (1e300), and "4.0" for a
+        // page count is a mistake worth naming anyway.
+        if (!n->is_integer()) fail(origin, where + key + " must be an integer");
+        const int64_t v = n->as_integer()->get();
+        if (v < 0 || static_cast<uint64_t>(v) > std::numeric_limits<T>::max())
             fail(origin, where + key + " must be a non-negative integer in range");
-        return static_cast<T>(*v);
+        return static_cast<T>(v);
     }
 }
 
@@ -91,13 +97,14 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
         const std::string w = "[xen] ";
         for (const auto& [k, v] : *xen) {
             const std::string key(k.str());
-            if (key != "enabled" && key != "weight" && key != "threads" && key != "vm")
+            if (key != "enabled" && key != "weight" && key != "threads" && key != "tenant" && key != "vm")
                 fail(origin, w + "unknown key " + key);
         }
         cfg.xen.enabled = get_or(*xen, "enabled", false, origin, w);
         auto vm_settings = [&](const toml::table& t, XenVmDefaults base, const std::string& where) {
             base.weight = get_or(t, "weight", base.weight, origin, where);
             base.threads = get_or(t, "threads", base.threads, origin, where);
+            base.tenant = get_or(t, "tenant", base.tenant, origin, where);
             if (base.weight == 0 || base.weight > kMaxWeight) fail(origin, where + "weight must be 1..10000");
             if (base.threads == 0 || base.threads > 256) fail(origin, where + "threads must be 1..256");
             return base;
@@ -111,7 +118,7 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
                 const toml::table* vt = node.as_table();
                 if (!vt) fail(origin, where + "must be a table");
                 for (const auto& [k, v] : *vt)
-                    if (k.str() != "weight" && k.str() != "threads")
+                    if (k.str() != "weight" && k.str() != "threads" && k.str() != "tenant")
                         fail(origin, where + "unknown key " + std::string(k.str()));
                 cfg.xen.by_name[std::string(name.str())] = vm_settings(*vt, cfg.xen.defaults, where);
             }
@@ -135,6 +142,19 @@ EngineConfig parse_config(const std::string& text, const std::string& origin) {
             vm.mac = get_or(*t, "mac", std::string(), origin, w);
             vm.vif = get_or(*t, "vif", std::string(), origin, w);
             vm.bridge = get_or(*t, "bridge", std::string(), origin, w);
+            vm.tenant = get_or(*t, "tenant", std::string(), origin, w);
+            if (const toml::node* n = t->get("addresses")) {
+                const toml::array* a = n->as_array();
+                if (!a) fail(origin, w + "addresses must be a list of IP addresses");
+                for (const auto& e : *a) {
+                    auto v = e.value<std::string>();
+                    unsigned char buf[16];
+                    if (!v || (::inet_pton(AF_INET, v->c_str(), buf) != 1 &&
+                               ::inet_pton(AF_INET6, v->c_str(), buf) != 1))
+                        fail(origin, w + "addresses must be a list of IP addresses (\"10.0.0.2\", \"fd00::2\")");
+                    vm.addresses.push_back(*v);
+                }
+            }
             if (vm.weight == 0 || vm.weight > kMaxWeight) fail(origin, w + "weight must be 1..10000");
             if (vm.threads == 0 || vm.threads > 256) fail(origin, w + "threads must be 1..256");
             if (!names.insert(vm.name).second) fail(origin, w + "duplicate name " + vm.name);

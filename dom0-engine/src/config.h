@@ -29,7 +29,12 @@ struct VmConfig {
     uint32_t weight = 1;
     uint32_t threads = 4;     // per-VM worker threads: one operation each at a time
     std::string channel;      // unix socket the VM's guest component connects to
-    std::string ip;           // the VM's own addresses: flows must use these
+    std::string ip;           // the VM's own address: flows must use this one
+    // The peer policy (peer_policy.h): more addresses of this VM (IPv4 or IPv6) that other
+    // tenants' shadow sockets may not reach, and its tenant: VMs that name the same non-empty
+    // tenant may reach each other's addresses through the engine.
+    std::vector<std::string> addresses;
+    std::string tenant;
     std::string mac;
     std::string vif;
     std::string bridge;
@@ -40,11 +45,12 @@ struct VmConfig {
 struct XenVmDefaults {
     uint32_t weight = 1;
     uint32_t threads = 4;
+    std::string tenant;   // the peer policy's tenant ("" = shares with no other VM)
 };
 struct XenConfig {
     bool enabled = false;                          // [xen] enabled, or vpiped --xen
-    XenVmDefaults defaults;                        // [xen] weight / threads
-    std::map<std::string, XenVmDefaults> by_name;  // [xen.vm.<name>] weight / threads
+    XenVmDefaults defaults;                        // [xen] weight / threads / tenant
+    std::map<std::string, XenVmDefaults> by_name;  // [xen.vm.<name>] weight / threads / tenant
     // The settings for the domain called `name`.
     XenVmDefaults for_vm(const std::string& name) const {
         auto it = by_name.find(name);

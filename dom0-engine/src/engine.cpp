@@ -19,7 +19,8 @@ Engine::Engine(EngineConfig cfg) : cfg_(std::move(cfg)) {
     }
     for (const auto& vmc : cfg_.vms) {
         vms_.push_back(std::make_unique<Vm>(vmc, cfg_));
-        services_.push_back(std::make_unique<VmService>(*vms_.back(), *pool_, sockets_.get()));
+        services_.push_back(std::make_unique<VmService>(*vms_.back(), *pool_, sockets_.get(), &policy_));
+        policy_.set_vm(vmc);
     }
 
     // Sharing dom0 (paper 3.4): calibrate the total rate, then one scheduler for all VMs.
@@ -122,7 +123,7 @@ VmService* Engine::add_vm(const VmConfig& vmc, std::string* error) {
         *error = e.what();
         return nullptr;
     }
-    auto service = std::make_unique<VmService>(*vm, *pool_, sockets_.get());
+    auto service = std::make_unique<VmService>(*vm, *pool_, sockets_.get(), &policy_);
     credits_->add_vm(vmc.id, vmc.weight);
     disk_credits_->add_vm(vmc.id, vmc.weight);
     vm->set_credits(credits_.get(), disk_credits_.get());
@@ -140,6 +141,7 @@ VmService* Engine::add_vm(const VmConfig& vmc, std::string* error) {
     }
     vms_.push_back(std::move(vm));
     services_.push_back(std::move(service));
+    policy_.set_vm(vmc);
     spdlog::info("vm {} (id {}): added, {} disk(s), address {}", vmc.name, vmc.id, vmc.disks.size(),
                  vmc.ip.empty() ? "none" : vmc.ip);
     return raw;
@@ -160,6 +162,7 @@ void Engine::remove_vm(uint32_t id) {
         }
     }
     if (!vm) return;
+    policy_.remove_vm(id);
     service->stop();            // drops the channel: in-flight responses go nowhere
     vm->cancel();               // operations waiting on sockets end now (-ECANCELED)
     credits_->remove_vm(id);    // workers waiting for credit return at once

@@ -44,6 +44,7 @@ public:
     // Extra sections of stats() (e.g. "xen"), computed on demand. Set before start().
     void add_stats_section(std::string key, std::function<nlohmann::json()> fn);
     ShadowSockets* sockets() const { return sockets_.get(); }
+    const PeerPolicy& peer_policy() const { return policy_; }
 
     nlohmann::json stats() const;
     const EngineConfig& config() const { return cfg_; }
@@ -67,6 +68,7 @@ private:
     bool ticker_stop_ = false;
     std::unique_ptr<PagePool> pool_;
     std::unique_ptr<ShadowSockets> sockets_;  // shadow sockets + steering (nullptr: none)
+    PeerPolicy policy_;                       // who shadow sockets may talk to (all VMs)
     mutable std::mutex vms_mu_;          // vms_ and services_ (VMs come and go at run time)
     std::vector<std::unique_ptr<Vm>> vms_;
     std::vector<std::unique_ptr<VmService>> services_;

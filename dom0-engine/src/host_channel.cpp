@@ -39,6 +39,12 @@ RingTake take_requests(vpipe_back_ring_t& back, std::vector<vpipe_request>* out)
     xen_rmb();  // read req_prod before the entries it publishes
     if (RING_REQUEST_PROD_OVERFLOW(&back, rp)) return RingTake::kOverflow;
     RING_IDX rc = back.req_cons;
+    // A producer behind our consumer (moved backwards) passes the check above as long as it
+    // stays within a ring of rsp_prod_pvt, and `rc != rp` would then take slots the guest never
+    // published, until the ring wraps. Like vchan's io.c, count what is outstanding from the
+    // indexes we own: rp must lie in [rc, rsp_prod_pvt + RING_SIZE].
+    if (static_cast<RING_IDX>(rp - back.rsp_prod_pvt) < static_cast<RING_IDX>(rc - back.rsp_prod_pvt))
+        return RingTake::kOverflow;
     while (rc != rp) {
         // Every response slot is promised: resume when a worker answers.
         if (RING_REQUEST_CONS_OVERFLOW(&back, rc)) return RingTake::kStalled;

@@ -46,7 +46,7 @@ std::unique_ptr<HostChannel> wrap_shm(std::unique_ptr<transport::ShmHostChannel>
 enum class RingTake {
     kDrained,    // took every request the guest published
     kStalled,    // stopped: every response slot is promised (RING_REQUEST_CONS_OVERFLOW)
-    kOverflow,   // the guest's req_prod claims more requests than the ring holds
+    kOverflow,   // the guest's req_prod claims more requests than the ring holds, or moved back
 };
 
 // Copies the requests the guest published out of the shared ring, each exactly once

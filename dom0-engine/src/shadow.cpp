@@ -18,7 +18,6 @@ namespace vpipe::engine {
 
 namespace {
 
-constexpr uint8_t kStateEstablished = 1;
 constexpr uint8_t kStateCloseWait = 8;
 
 int tcp_state_of(int fd, struct tcp_info* ti) {

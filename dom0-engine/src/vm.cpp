@@ -56,6 +56,7 @@ nlohmann::json Vm::stats_json() const {
     j["channels"] = counters_.channels.load();
     j["requests"] = counters_.requests.load();
     j["rejected"] = counters_.rejected.load();
+    j["peer_refused"] = counters_.peer_refused.load();
     j["failed"] = counters_.failed.load();
     j["active"] = counters_.active.load();
     j["shadow_sockets"] = counters_.shadow_sockets.load();

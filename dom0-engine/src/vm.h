@@ -22,7 +22,8 @@ namespace vpipe::engine {
 
 struct VmCounters {
     std::atomic<uint64_t> requests{0};      // ring requests received
-    std::atomic<uint64_t> rejected{0};      // failed validation
+    std::atomic<uint64_t> rejected{0};      // failed validation (or the peer policy)
+    std::atomic<uint64_t> peer_refused{0};  // of rejected: a peer the policy refuses (-EACCES)
     std::atomic<uint64_t> failed{0};        // valid, but the operation failed
     std::atomic<uint64_t> active{0};        // in progress now
     std::array<std::atomic<uint64_t>, VPIPE_OP_MAX_> ops{};    // completed, by op

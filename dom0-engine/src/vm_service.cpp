@@ -24,8 +24,8 @@ struct VmService::Channel {
     std::atomic<bool> live{true}; // alive, readable without the lock (workers skip dead work)
 };
 
-VmService::VmService(Vm& vm, PagePool& pool, ShadowSockets* sockets)
-    : vm_(vm), pool_(pool), sockets_(sockets) {}
+VmService::VmService(Vm& vm, PagePool& pool, ShadowSockets* sockets, const PeerPolicy* policy)
+    : vm_(vm), pool_(pool), sockets_(sockets), policy_(policy) {}
 
 VmService::~VmService() { stop(); }
 
@@ -221,6 +221,20 @@ void VmService::handle(const vpipe_request& req) {
         }
         respond(ch, req.id, r, 0);
         return;
+    }
+    // The peer policy: a shadow socket never talks to dom0 itself or to another tenant's VM.
+    // Refused here, before a worker takes the request: nothing in dom0 has changed, and the
+    // guest restores its connection from its own frozen state.
+    if (policy_) {
+        std::string why;
+        if (int pr = policy_->check_request(vm_.config().id, *parsed, &why); pr < 0) {
+            counters.rejected++;
+            counters.peer_refused++;
+            spdlog::warn("vm {}: {} request {:#x} refused by the peer policy: {}", vm_.name(),
+                         op_name(req.op), req.id, why);
+            respond(ch, req.id, pr, 0);
+            return;
+        }
     }
     counters.active++;
     vm_.workers().submit([this, ch, parsed](BlockIo& io) {

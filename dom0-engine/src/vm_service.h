@@ -13,6 +13,7 @@
 
 #include "host_channel.h"
 #include "io/page_pool.h"
+#include "peer_policy.h"
 #include "util/poll_thread.h"
 #include "util/unique_fd.h"
 #include "vm.h"
@@ -21,7 +22,9 @@ namespace vpipe::engine {
 
 class VmService {
 public:
-    VmService(Vm& vm, PagePool& pool, ShadowSockets* sockets = nullptr);
+    // `policy`: who shadow sockets may talk to (nullptr: no peer policy, unit tests only).
+    VmService(Vm& vm, PagePool& pool, ShadowSockets* sockets = nullptr,
+              const PeerPolicy* policy = nullptr);
     ~VmService();
     VmService(const VmService&) = delete;
     VmService& operator=(const VmService&) = delete;
@@ -55,6 +58,7 @@ private:
     Vm& vm_;
     PagePool& pool_;
     ShadowSockets* sockets_;
+    const PeerPolicy* policy_;
     LostHandler on_lost_;
     UniqueFd listen_fd_;
     std::shared_ptr<Channel> channel_; // touched by the service thread only

@@ -29,7 +29,7 @@ std::string vbd_dir(uint32_t domid) { return "/local/domain/0/backend/vbd/" + st
 std::string vif_dir(uint32_t domid) { return "/local/domain/0/backend/vif/" + std::to_string(domid); }
 
 bool same_identity(const engine::VmConfig& a, const engine::VmConfig& b) {
-    if (a.name != b.name || a.id != b.id || a.weight != b.weight || a.threads != b.threads ||
+    if (a.name != b.name || a.id != b.id || a.weight != b.weight || a.threads != b.threads || a.tenant != b.tenant ||
         a.ip != b.ip || a.mac != b.mac || a.vif != b.vif || a.bridge != b.bridge ||
         a.disks.size() != b.disks.size())
         return false;

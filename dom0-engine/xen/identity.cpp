@@ -52,12 +52,14 @@ std::string first_ipv4(const std::string& ip) {
     return {};
 }
 
-// Children that are decimal numbers, sorted numerically.
+// Children that are decimal numbers in canonical form, sorted numerically. "07" is not device 7:
+// the caller reads <dir>/<number> back, so a non-canonical name would read another node, and
+// "7" next to "07" would give the VM the same disk twice.
 std::vector<uint64_t> numeric_children(StoreReader& store, const std::string& dir, uint64_t max) {
     std::vector<uint64_t> out;
     if (auto kids = store.list(dir))
         for (const auto& k : *kids)
-            if (auto v = parse_decimal(k, max)) out.push_back(*v);
+            if (auto v = parse_decimal(k, max); v && std::to_string(*v) == k) out.push_back(*v);
     std::sort(out.begin(), out.end());
     return out;
 }
@@ -124,6 +126,7 @@ bool vm_config_from_store(StoreReader& store, uint32_t domid, const engine::XenC
     const engine::XenVmDefaults d = xen.for_vm(vm.name);
     vm.weight = d.weight;
     vm.threads = d.threads;
+    vm.tenant = d.tenant;
 
     const std::string vbd = "/local/domain/0/backend/vbd/" + std::to_string(domid);
     for (uint64_t devid : numeric_children(store, vbd, UINT32_MAX)) {

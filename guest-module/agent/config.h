@@ -41,5 +41,7 @@ struct AgentConfig {
 
 // Throws std::runtime_error naming the file and key.
 AgentConfig load_agent_config(const std::string& path);
+// Same, from text; errors name `origin` (tests, tests/fuzz/fuzz_agent_config).
+AgentConfig parse_agent_config(const std::string& toml_text, const std::string& origin = "<text>");
 
 }  // namespace vpipe::agent

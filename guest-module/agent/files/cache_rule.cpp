@@ -1,5 +1,7 @@
 #include "files/cache_rule.h"
 
+#include "files/page_state.h"
+
 #include <vpipe/abi/ioctl.h>
 
 #include <fcntl.h>
@@ -8,7 +10,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 
 namespace vpipe::agent {
@@ -16,39 +17,7 @@ namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kMapWindow = 1ull << 30;       // mincore mapping window
-constexpr uint64_t kDirtyProbeWindow = 2 * kMiB;  // cachestat granularity for dirtiness
-
-#ifndef SYS_cachestat
-#define SYS_cachestat 451  // same number on every architecture (unified syscall table)
-#endif
-
-// Our own copies of the uapi structs (older headers lack them).
-struct CachestatRange {
-    uint64_t off;
-    uint64_t len;
-};
-struct CachestatResult {
-    uint64_t nr_cache;
-    uint64_t nr_dirty;
-    uint64_t nr_writeback;
-    uint64_t nr_evicted;
-    uint64_t nr_recently_evicted;
-};
-
-// 0 unknown, 1 available, 2 ENOSYS
-std::atomic<int> g_cachestat_state{0};
-
-int cachestat(int fd, uint64_t off, uint64_t len, CachestatResult* cs) {
-    CachestatRange range{off, len};
-    *cs = {};
-    long r = ::syscall(SYS_cachestat, fd, &range, cs, 0u);
-    if (r != 0) {
-        if (errno == ENOSYS) g_cachestat_state.store(2);
-        return -errno;
-    }
-    g_cachestat_state.store(1);
-    return 0;
-}
+constexpr uint64_t kDirtyProbeWindow = 2 * kMiB;  // granularity of the dirtiness probe
 
 uint64_t page_size() {
     static const uint64_t ps = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -91,29 +60,14 @@ int resident_runs(int fd, uint64_t start, uint64_t end, std::vector<Range>* out)
 
 uint64_t cache_rule_threshold(uint64_t file_size) { return std::max(kMiB, file_size / 10); }
 
-bool cachestat_available() {
-    int state = g_cachestat_state.load();
-    if (state == 0) {
-        // Probe on an fd that always exists; EBADF etc. still prove the syscall is there.
-        CachestatResult cs;
-        int fd = ::open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
-        int r = cachestat(fd, 0, 4096, &cs);
-        if (fd >= 0) ::close(fd);
-        if (r == -ENOSYS) return false;
-        g_cachestat_state.store(1);
-        return true;
-    }
-    return state == 1;
-}
-
 bool range_clean_resident(int fd, uint64_t offset, uint64_t length) {
-    if (length == 0 || offset > UINT64_MAX - length || !cachestat_available()) return false;
+    if (length == 0 || offset > UINT64_MAX - length) return false;
     const uint64_t ps = page_size();
     const uint64_t start = offset / ps * ps, end = (offset + length + ps - 1) / ps * ps;
-    CachestatResult cs;
-    if (cachestat(fd, start, end - start, &cs) < 0) return false;
-    return cs.nr_cache * 8 >= (end - start) / ps * VPIPE_CACHE_RULE_EIGHTHS && cs.nr_dirty == 0 &&
-           cs.nr_writeback == 0;
+    PageCounts pc;
+    if (count_pages(fd, start, end - start, &pc) < 0) return false;
+    return pc.cached * 8 >= (end - start) / ps * VPIPE_CACHE_RULE_EIGHTHS && pc.dirty == 0 &&
+           pc.writeback == 0;
 }
 
 std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length,
@@ -123,7 +77,7 @@ std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length
     if (end <= offset) return result;
     const uint64_t threshold = cache_rule_threshold(file_size);
     if (end - offset <= threshold) return result;  // no run inside can be long enough
-    if (!cachestat_available()) return result;     // can't tell clean from dirty: offload
+    if (dirty_probe() == DirtyProbe::none) return result;  // can't tell clean from dirty: offload
 
     const uint64_t ps = page_size();
     std::vector<Range> resident;
@@ -143,9 +97,9 @@ std::vector<Range> cached_runs_to_serve(int fd, uint64_t offset, uint64_t length
         };
         for (uint64_t w = r_start; w < r_end;) {
             const uint64_t w_end = std::min(r_end, (w / kDirtyProbeWindow + 1) * kDirtyProbeWindow);
-            CachestatResult cs;
+            PageCounts pc;
             const bool clean =
-                cachestat(fd, w, w_end - w, &cs) == 0 && cs.nr_dirty == 0 && cs.nr_writeback == 0;
+                count_pages(fd, w, w_end - w, &pc) == 0 && pc.dirty == 0 && pc.writeback == 0;
             if (!clean) {
                 flush_clean(w);
                 clean_start = w_end;
@@ -172,9 +126,9 @@ int drop_cached_range(int fd, uint64_t offset, uint64_t length) {
         int err = ::posix_fadvise(fd, static_cast<off_t>(a.offset), static_cast<off_t>(a.length),
                                   POSIX_FADV_DONTNEED);
         if (err != 0) return -err;
-        CachestatResult cs;
-        if (!cachestat_available() || cachestat(fd, start, end - start, &cs) != 0) return 0;
-        if (cs.nr_cache == 0) return 0;
+        PageCounts pc;
+        if (count_pages(fd, start, end - start, &pc) != 0) return 0;  // cannot tell: done
+        if (pc.cached == 0) return 0;
     }
     return -EBUSY;
 }

@@ -200,6 +200,9 @@ TEST_F(Lab, UpInfoExecDown) {
     EXPECT_NE(cfg.find("control_socket = \"/run/vpipe-lab/vpiped.ctl\""), std::string::npos) << cfg;
     EXPECT_NE(cfg.find("[[vm.disk]]"), std::string::npos) << cfg;
     EXPECT_NE(cfg.find("vdev = 51728"), std::string::npos) << cfg;
+    // the peer policy: the lab's VMs are one tenant, each with its address
+    EXPECT_NE(cfg.find("tenant = \"lab\""), std::string::npos) << cfg;
+    EXPECT_NE(cfg.find("addresses = [\"10.199.0.12\"]"), std::string::npos) << cfg;
     std::string acfg = slurp("/run/vpipe-lab/vm2/agent.toml");
     EXPECT_NE(acfg.find("listen = \"/run/vpipe-lab/vm2/agent.sock\""), std::string::npos) << acfg;
     EXPECT_NE(acfg.find(j["vms"][1]["disks"][0]["device"].get<std::string>()), std::string::npos) << acfg;

@@ -43,6 +43,7 @@ namespace {
 using namespace vpipe::labtest;
 using Clock = std::chrono::steady_clock;
 std::string g_self;  // /proc/self/exe at start
+const std::string kDom0Ip = "10.199.0.254";  // xenbr0 in vpl-dom0: the engine's own address
 
 // the byte streams: fill_pattern / check_pattern (support/lab_fixture.h)
 
@@ -539,6 +540,75 @@ int client_stall(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// dom0 (vpl-dom0, the engine's own namespace): a service on dom0's address that a guest must
+// not reach through the engine. Sends `len2` bytes of stream seed+1 at once, then expects `len`
+// bytes of stream `seed` from the VM, answers "OK", and reports what it received.
+int dom0_peer(const std::map<std::string, std::string>& a) {
+    int l = listen_on(kDom0Ip, static_cast<int>(num(a, "port")));
+    printf("READY\n");
+    fflush(stdout);
+    int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    bool sent = send_stream(s, num(a, "seed") + 1, 0, num(a, "len2"));
+    long long check = recv_check(s, num(a, "seed"), 0, num(a, "len"));
+    write_all(s, "OK\n", 3);
+    std::string bye = read_line(s);
+    printf("RESULT sent=%d check=%lld bye=%s\n", sent, check, bye.c_str());
+    fflush(stdout);
+    close(s);
+    close(l);
+    return 0;
+}
+
+// vm: connects to dom0's address; offloads file -> socket and (with `len2` bytes waiting
+// unread) socket -> file on that connection, which the engine's peer policy refuses; then uses
+// the same socket the classic way both ways and reports everything.
+int vm_to_dom0(const std::map<std::string, std::string>& a) {
+    const uint64_t len = num(a, "len"), len2 = num(a, "len2"), seed = num(a, "seed");
+    int s = connect_to(kDom0Ip, static_cast<int>(num(a, "port")));
+    int f = open(a.at("file").c_str(), O_RDONLY | O_CLOEXEC);
+    int out = open(a.at("out").c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    for (int i = 0; i < 5000; ++i) {  // dom0's bytes wait in the receive queue (carried over)
+        int q = 0;
+        ioctl(s, FIONREAD, &q);
+        if (static_cast<uint64_t>(q) >= len2) break;
+        usleep(1000);
+    }
+    errno = 0;
+    ssize_t n1 = vpipe_file_to_socket_fd(f, s, 0, len);
+    int e1 = n1 < 0 ? errno : 0;
+    vpipe_result r1{};
+    vpipe_last_result(&r1);
+    // with fallbacks on as well: a refusal is not "cannot offload here", it does not fall back
+    // (threshold 0: 64 KiB would otherwise take the classic path without asking dom0)
+    vpipe_set_fallback(1);
+    vpipe_set_min_offload(0);
+    errno = 0;
+    ssize_t n2 = vpipe_socket_to_file_fd(s, out, 0, len2);
+    int e2 = n2 < 0 ? errno : 0;
+    vpipe_result r2{};
+    vpipe_last_result(&r2);
+    // the socket, restored by the guest, carries data both ways
+    long long recv = recv_check(s, seed + 1, 0, len2);
+    uint64_t done = 0;
+    while (done < len) {
+        off_t o = static_cast<off_t>(done);
+        ssize_t w = sendfile(s, f, &o, len - done);
+        if (w <= 0) break;
+        done += static_cast<uint64_t>(w);
+    }
+    std::string reply = read_line(s);
+    write_all(s, "BYE\n", 4);
+    struct stat st {};
+    fstat(out, &st);
+    printf("RESULT f2s=%lld f2s_err=%d f2s_path=%d f2s_error=%d s2f=%lld s2f_err=%d s2f_path=%d recv=%lld "
+           "sent=%llu reply=%s out_size=%lld\n",
+           static_cast<long long>(n1), e1, r1.path, r1.error, static_cast<long long>(n2), e2, r2.path, recv,
+           static_cast<unsigned long long>(done), reply.c_str(), static_cast<long long>(st.st_size));
+    fflush(stdout);
+    close(s);
+    return 0;
+}
+
 int helper_main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
     setenv("VPIPE_NO_FALLBACK", "1", 1);
@@ -553,6 +623,8 @@ int helper_main(int argc, char** argv) {
     if (mode == "client-relay") return client_relay(a);
     if (mode == "vm-serve-once") return vm_serve_once(a);
     if (mode == "client-stall") return client_stall(a);
+    if (mode == "dom0-peer") return dom0_peer(a);
+    if (mode == "vm-to-dom0") return vm_to_dom0(a);
     fprintf(stderr, "unknown helper mode %s\n", mode.c_str());
     return 2;
 }
@@ -877,6 +949,50 @@ TEST_F(Sockets, WrongSocketsGiveExactErrorsAndStayUsable) {
     EXPECT_EQ(r["unix_ok"], "1");
     EXPECT_EQ(r["listen_ok"], "1");
     EXPECT_EQ(r["unconnected_ok"], "1");
+}
+
+// The peer policy end to end: a guest connection whose peer is dom0 itself (a service on
+// xenbr0's address in the engine's namespace) is refused by the engine with EACCES for
+// file -> socket and socket -> file, before anything changes in dom0; the guest gets its socket
+// back as it was (the bytes waiting in its receive queue included) and uses it both ways.
+TEST_F(Sockets, APeerInDom0IsRefusedWithEaccesAndTheSocketStaysUsable) {
+    auto refused = [] {
+        const auto s = engine_stats();
+        for (const auto& vm : s.value("vms", nlohmann::json::array()))
+            if (vm.value("name", "") == "vm1") return vm.value("peer_refused", uint64_t{0});
+        ADD_FAILURE() << "no vm1 in the engine's stats: " << s.dump();
+        return uint64_t{0};
+    };
+    const uint64_t before = refused();
+    const uint64_t len = (1u << 20) + 1, len2 = 65536;
+    int p = port();
+    Proc d0("dom0", "dom0-peer", {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed),
+                                  "len=" + std::to_string(len), "len2=" + std::to_string(len2)});
+    ASSERT_EQ(d0.line("READY"), "READY") << d0.all;
+    Proc vm("vm1", "vm-to-dom0", {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed),
+                                  "len=" + std::to_string(len), "len2=" + std::to_string(len2),
+                                  "file=" + disk_ + "/f1m", "out=" + disk_ + "/from-dom0"});
+    auto r = fields(vm.line("RESULT"));
+    auto d = fields(d0.line("RESULT"));
+    vm.wait();
+    d0.wait();
+    EXPECT_EQ(r["f2s"], "-1") << vm.all;
+    EXPECT_EQ(r["f2s_err"], std::to_string(EACCES)) << vm.all;
+    EXPECT_EQ(r["f2s_path"], std::to_string(VPIPE_RESULT_FAILED)) << vm.all;
+    EXPECT_EQ(r["f2s_error"], std::to_string(EACCES)) << vm.all;
+    EXPECT_EQ(r["s2f"], "-1") << vm.all;
+    EXPECT_EQ(r["s2f_err"], std::to_string(EACCES)) << vm.all;
+    EXPECT_EQ(r["s2f_path"], std::to_string(VPIPE_RESULT_FAILED)) << vm.all;
+    EXPECT_EQ(r["out_size"], "0") << vm.all;               // nothing written for the refused receive
+    EXPECT_EQ(r["recv"], "-1") << vm.all;                  // dom0's 64 KiB intact, in order
+    EXPECT_EQ(r["sent"], std::to_string(len)) << vm.all;
+    EXPECT_EQ(r["reply"], "OK") << vm.all;
+    EXPECT_EQ(d["sent"], "1") << d0.all;
+    EXPECT_EQ(d["check"], "-1") << d0.all;                 // the VM's 1 MiB + 1 checked byte by byte
+    EXPECT_EQ(d["bye"], "BYE") << d0.all;
+    EXPECT_EQ(refused(), before + 2);
+    unlink((disk_ + "/from-dom0").c_str());
+    // TearDown: no shadow socket, steered flow or nft element left anywhere
 }
 
 TEST_F(Sockets, PeerResetMidOperation) {

@@ -63,4 +63,8 @@ TEST(EngineConfig, ErrorsNameTheProblem) {
     expect_error("[[vm]]\nname = \"a\"\nid = 1\nchannel = \"/a\"\n[[vm.disk]]\nvdev = 1\nimage = \"x\"\ncache = \"writeback\"\n",
                  "cache must be");
     expect_error("not toml at all = = =", "cfg.toml");
+    // floats are not integers (toml++ would cast 1e300 to int64_t: undefined behaviour)
+    expect_error("[engine]\npool_pages = 1e300\n", "pool_pages must be an integer");
+    expect_error("[engine]\ntick_ms = 4.0\n", "tick_ms must be an integer");
+    expect_error("[[vm]]\nname = \"a\"\nid = -1e300\nchannel = \"/a\"\n", "id must be an integer");
 }

@@ -1,5 +1,8 @@
 // vpiped as a process, fed by a hostile guest speaking the ring directly: malformed requests
 // are refused with the right status, counted, and the engine keeps serving good ones.
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -44,8 +47,15 @@ protected:
         image_data_ = std::move(data);
         std::ofstream(dir_ + "/vpiped.toml") << "[engine]\ncontrol_socket = \"" << dir_
             << "/ctl\"\npool_pages = 1024\n[[vm]]\nname = \"vm1\"\nid = 1\nthreads = 2\n"
-            << "channel = \"" << dir_ << "/vm1.sock\"\n[[vm.disk]]\nvdev = " << kVdev
-            << "\nimage = \"" << image_ << "\"\n";
+            << "channel = \"" << dir_ << "/vm1.sock\"\n"
+            // network identity without a bridge: no steering, but the validator and the peer
+            // policy see the VM's flows (vm2: another tenant, vm3: the same one)
+            << "ip = \"10.199.0.11\"\ntenant = \"blue\"\n[[vm.disk]]\nvdev = " << kVdev
+            << "\nimage = \"" << image_ << "\"\n"
+            << "[[vm]]\nname = \"vm2\"\nid = 2\nchannel = \"" << dir_ << "/vm2.sock\"\n"
+            << "ip = \"10.199.0.12\"\ntenant = \"red\"\naddresses = [\"10.199.1.12\"]\n"
+            << "[[vm]]\nname = \"vm3\"\nid = 3\nchannel = \"" << dir_ << "/vm3.sock\"\n"
+            << "ip = \"10.199.0.13\"\ntenant = \"blue\"\n";
         pid_ = ::fork();
         if (pid_ == 0) {
             std::string cfg = dir_ + "/vpiped.toml";
@@ -123,6 +133,36 @@ protected:
         return d;
     }
 
+    // file -> socket: `length` bytes at offset 0 of the disk to the connection
+    // 10.199.0.11:5000 -> remote:40000, its carry room in the area's second page.
+    static std::vector<uint8_t> file_to_socket_desc(uint32_t length, const char* remote) {
+        vpipe_desc_header h{};
+        h.magic = VPIPE_DESC_MAGIC;
+        h.version = VPIPE_PROTOCOL_VERSION;
+        h.header_bytes = sizeof(h);
+        h.nr_segments = 1;
+        h.area_pages = 2;
+        h.src = {VPIPE_EP_FILE, kVdev, 0, 1, 0, 0, {}, {}};
+        h.dst = {VPIPE_EP_SOCKET, 0, 0, 0, 0, 0, {}, {}};
+        vpipe_tcp_state& t = h.dst.tcp;
+        t.family = VPIPE_AF_INET;
+        t.options = VPIPE_TCPOPT_SACK;
+        t.local_port = htons(5000);
+        t.remote_port = htons(40000);
+        EXPECT_EQ(::inet_pton(AF_INET, "10.199.0.11", t.local_addr), 1);
+        EXPECT_EQ(::inet_pton(AF_INET, remote, t.remote_addr), 1) << remote;
+        t.snd_seq = 1000;
+        t.rcv_seq = 2000;
+        t.mss = 1448;
+        t.snd_wnd = t.max_window = t.rcv_wnd = 65535;
+        t.carry_offset = VPIPE_PAGE_SIZE;
+        vpipe_segment seg{0, length, 0, 0};
+        std::vector<uint8_t> d(sizeof(h) + sizeof(seg));
+        std::memcpy(d.data(), &h, sizeof(h));
+        std::memcpy(d.data() + sizeof(h), &seg, sizeof(seg));
+        return d;
+    }
+
     static vpipe_request request(uint64_t id, uint64_t length, const std::vector<uint8_t>& desc) {
         vpipe_request r{};
         r.id = id;
@@ -132,6 +172,17 @@ protected:
         r.desc_bytes = static_cast<uint32_t>(desc.size());
         for (unsigned i = 0; i < r.nr_pages; ++i) r.page[i] = i;
         return r;
+    }
+
+    // One control request line (`line` without its newline); the reply, or EOF as "EOF".
+    std::string control(const std::string& line) {
+        UniqueFd fd = connect_unix(dir_ + "/ctl");
+        std::string q = line + "\n";
+        EXPECT_EQ(send_msg_fds(fd.get(), q.data(), q.size(), nullptr, 0), 0);
+        std::string buf;
+        char c;
+        while (::read(fd.get(), &c, 1) == 1 && c != '\n') buf += c;
+        return buf.empty() ? "EOF" : buf;
     }
 
     nlohmann::json stats() {
@@ -242,4 +293,96 @@ TEST_F(EngineProcess, ABogusProducerIndexCostsTheGuestItsChannelOnly) {
 TEST_F(EngineProcess, OneChannelPerVm) {
     std::unique_ptr<transport::ShmGuestChannel> second;
     EXPECT_EQ(transport::ShmGuestChannel::open(dir_ + "/vm1.sock", 16, &second), -EBUSY);
+}
+
+// The peer policy in the running engine: a socket request whose peer is one of dom0's own
+// addresses (this machine's, from getifaddrs) or another tenant's VM is answered -EACCES at
+// intake -- before a worker, a shadow socket or a steering rule -- counted, and the engine
+// keeps serving. A peer the policy allows gets past it (here to the missing steering:
+// -EOPNOTSUPP, the engine was configured without a bridge).
+TEST_F(EngineProcess, PeerPolicyRefusesDom0AndOtherTenantsWithEacces) {
+    // this machine's addresses, read here (not through the engine's code)
+    std::vector<std::string> dom0;
+    ifaddrs* list = nullptr;
+    ASSERT_EQ(::getifaddrs(&list), 0);
+    for (ifaddrs* i = list; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+        char buf[INET_ADDRSTRLEN] = {};
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
+        if (std::string(buf).rfind("127.", 0) != 0) dom0.push_back(buf);  // 127/8: the validator's (EPERM)
+    }
+    ::freeifaddrs(list);
+    ASSERT_FALSE(dom0.empty()) << "this machine has no non-loopback IPv4 address to test with";
+
+    std::vector<std::string> refused = dom0;
+    refused.push_back("10.199.0.12");   // vm2 (tenant red), its ip
+    refused.push_back("10.199.1.12");   // vm2, from its addresses list
+    uint64_t id = 500;
+    for (const auto& peer : refused) {
+        auto desc = file_to_socket_desc(4096, peer.c_str());
+        vpipe_request r = request(++id, 4096, desc);
+        r.op = VPIPE_OP_FILE_TO_SOCKET;
+        r.nr_pages = 2;
+        r.page[1] = 1;
+        std::vector<uint8_t> area(2 * VPIPE_PAGE_SIZE);
+        std::memcpy(area.data(), desc.data(), desc.size());
+        vpipe_response rsp = call(r, area);
+        EXPECT_EQ(rsp.id, id) << peer;
+        EXPECT_EQ(rsp.status, -EACCES) << peer;
+        EXPECT_EQ(rsp.moved, 0u) << peer;
+    }
+    // the same tenant (vm3) and a peer that is nobody's pass the policy
+    for (const char* peer : {"10.199.0.13", "10.199.0.1"}) {
+        auto desc = file_to_socket_desc(4096, peer);
+        vpipe_request r = request(++id, 4096, desc);
+        r.op = VPIPE_OP_FILE_TO_SOCKET;
+        r.nr_pages = 2;
+        r.page[1] = 1;
+        std::vector<uint8_t> area(2 * VPIPE_PAGE_SIZE);
+        std::memcpy(area.data(), desc.data(), desc.size());
+        EXPECT_EQ(call(r, area).status, -EOPNOTSUPP) << peer;
+    }
+    auto s = stats();
+    EXPECT_EQ(s["name"], "vm1");
+    EXPECT_EQ(s["peer_refused"].get<uint64_t>(), refused.size());
+    EXPECT_EQ(s["rejected"].get<uint64_t>(), refused.size());
+    EXPECT_EQ(s["shadow_sockets"], 0);
+    // still serving
+    auto desc = file_to_file_desc({{0, 4096, 0, 0}}, {{8192, 4096, 0, 0}});
+    EXPECT_EQ(call(request(++id, 4096, desc), desc).status, 0);
+}
+
+// The control socket (vpipectl's protocol): every malformed or out-of-range command is answered
+// {"ok": false, "error": ...} naming the problem, changes nothing, and the server keeps going;
+// an over-long line (no newline within 64 KiB) closes that connection only.
+TEST_F(EngineProcess, ControlRequestsAreRefusedWithAReason) {
+    struct Case {
+        const char* line;
+        const char* error;  // a piece of the error text
+    } cases[] = {
+        {"not json", "parse"},
+        {"{\"cmd\":\"reboot\"}", "unknown command 'reboot'"},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\"}", "needs \"vm\""},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":\"3\"}", "integer \"weight\""},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":0}", "weight must be 1..10000"},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":10001}", "weight must be 1..10000"},
+        {"{\"cmd\":\"set-weight\",\"vm\":\"nope\",\"weight\":2}", "no VM \"nope\""},
+        {"{\"cmd\":\"set-weight\",\"vm\":99,\"weight\":2}", "no VM 99"},
+    };
+    for (const auto& c : cases) {
+        auto j = nlohmann::json::parse(control(c.line), nullptr, false);
+        ASSERT_FALSE(j.is_discarded()) << c.line;
+        EXPECT_EQ(j.value("ok", true), false) << c.line;
+        EXPECT_NE(j.value("error", "").find(c.error), std::string::npos) << c.line << " -> " << j.dump();
+    }
+    {
+        UniqueFd fd = connect_unix(dir_ + "/ctl");
+        std::string big(70000, 'x');
+        (void)::send(fd.get(), big.data(), big.size(), MSG_NOSIGNAL);
+        char c;
+        EXPECT_LE(::read(fd.get(), &c, 1), 0);  // closed without an answer
+    }
+    EXPECT_EQ(stats()["weight"], 1);  // vm1's live weight: unchanged
+    auto ok = nlohmann::json::parse(control("{\"cmd\":\"ping\"}"));
+    EXPECT_EQ(ok["ok"], true);
 }

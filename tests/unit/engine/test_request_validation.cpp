@@ -253,6 +253,9 @@ TEST(SocketValidation, AddressesMustBeTheVmsOwn) {
     SockFixture m;
     m.h.dst.tcp.remote_addr[0] = 224;  // multicast peer
     EXPECT_EQ(m.parse_sock(), -EPERM);
+    SockFixture z;
+    z.h.dst.tcp.remote_addr[0] = 0;  // 0.199.0.1: "this network", i.e. the host itself
+    EXPECT_EQ(z.parse_sock(), -EPERM);
     SockFixture v6;
     v6.h.dst.tcp.family = VPIPE_AF_INET6;
     EXPECT_EQ(v6.parse_sock(), -EPERM);

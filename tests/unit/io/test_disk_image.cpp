@@ -145,5 +145,81 @@ TEST_P(HostCache, SeesEveryWriteOfTheVmAndOfTheEngine) {
 INSTANTIATE_TEST_SUITE_P(LoopDevice, HostCache, testing::Values(false, true),
                          [](const auto& p) { return p.param ? "DirectIo" : "Buffered"; });
 
+// ---- only raw images (EMEDIUMTYPE) -------------------------------------------------------------
+
+struct Format {
+    const char* name;
+    size_t offset;
+    std::string magic;
+};
+class NonRawImage : public testing::TestWithParam<Format> {};
+
+// A 1 MiB image whose first sector carries the format's real header magic (the bytes the
+// format's own tools write): opened read-write and read-only, it is refused with EMEDIUMTYPE.
+TEST_P(NonRawImage, IsRefusedWithEmediumtype) {
+    const Format& f = GetParam();
+    TempImage file(1 << 20, 7);
+    {
+        const int fd = ::open(file.path.c_str(), O_WRONLY | O_CLOEXEC);
+        ASSERT_GE(fd, 0);
+        ASSERT_EQ(::pwrite(fd, f.magic.data(), f.magic.size(), static_cast<off_t>(f.offset)),
+                  static_cast<ssize_t>(f.magic.size()));
+        ::fsync(fd);
+        ::close(fd);
+    }
+    for (bool writable : {true, false}) {
+        try {
+            DiskImage::open(file.path, writable);
+            FAIL() << f.name << " image opened (writable " << writable << ")";
+        } catch (const std::system_error& e) {
+            EXPECT_EQ(e.code().value(), EMEDIUMTYPE) << e.what();
+            EXPECT_NE(std::string(e.what()).find(file.path), std::string::npos) << e.what();
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Formats, NonRawImage,
+    testing::Values(Format{"qcow2", 0, std::string("QFI\xfb\0\0\0\3", 8)},
+                    Format{"vmdk", 0, std::string("KDMV\1\0\0\0", 8)},
+                    Format{"vmdk_descriptor", 0, std::string("# Disk DescriptorFile\n")},
+                    Format{"vdi", 0x40, std::string("\x7f\x10\xda\xbe", 4)},
+                    Format{"vhdx", 0, std::string("vhdxfile")},
+                    Format{"vhd", 0, std::string("conectix")},
+                    Format{"qed", 0, std::string("QED\0", 4)}),
+    [](const auto& p) { return std::string(p.param.name); });
+
+// The same magic anywhere but where the format puts it is just data: a raw disk may hold it.
+TEST(DiskImage, RawImageWithAMagicElsewhereOpens) {
+    TempImage file(1 << 20, 8);
+    const int fd = ::open(file.path.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, "\0\0\0\0\0\0\0\0", 8, 0), 8);
+    ASSERT_EQ(::pwrite(fd, "QFI\xfb", 4, 4096), 4);
+    ::fsync(fd);
+    ::close(fd);
+    std::string why;
+    auto d = test::open_direct(file.path, true, &why);
+    ASSERT_TRUE(d) << why;
+    EXPECT_EQ(d->size(), 1u << 20);
+}
+
+// A qcow2 made by qemu-img itself, when qemu-utils is installed (the header-byte cases above
+// run everywhere).
+TEST(DiskImage, QemuImgQcow2IsRefused) {
+    if (std::system("command -v qemu-img >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "qemu-img not installed (the qcow2 header case of NonRawImage still ran)";
+    const std::string path = "/var/tmp/vpipe-io-test-qemu.qcow2";
+    ::unlink(path.c_str());
+    ASSERT_EQ(std::system(("qemu-img create -q -f qcow2 " + path + " 16M").c_str()), 0);
+    try {
+        DiskImage::open(path, true);
+        ADD_FAILURE() << "qcow2 image opened";
+    } catch (const std::system_error& e) {
+        EXPECT_EQ(e.code().value(), EMEDIUMTYPE) << e.what();
+    }
+    ::unlink(path.c_str());
+}
+
 }  // namespace
 }  // namespace vpipe::engine

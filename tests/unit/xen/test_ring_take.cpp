@@ -102,3 +102,18 @@ TEST(RingTake, StallsUntilAResponseFreesASlot) {
     ASSERT_EQ(got.size(), 1u);
     EXPECT_EQ(got[0].id, 32u);
 }
+
+TEST(RingTake, ProducerMovedBackwardsIsRefused) {
+    Ring r;
+    for (uint64_t i = 0; i < 10; ++i) r.post(i);
+    std::vector<vpipe_request> got;
+    ASSERT_EQ(take_requests(r.back, &got), RingTake::kDrained);
+    ASSERT_EQ(r.back.req_cons, 10u);
+    // Behind the consumer but within a ring of rsp_prod_pvt: RING_REQUEST_PROD_OVERFLOW alone
+    // lets this through, and the engine would take slots the guest never published.
+    r.page->req_prod = 5;
+    got.clear();
+    EXPECT_EQ(take_requests(r.back, &got), RingTake::kOverflow);
+    EXPECT_TRUE(got.empty());
+    EXPECT_EQ(r.back.req_cons, 10u);
+}

@@ -121,6 +121,21 @@ TEST(XenIdentity, UnusableDisksAreSkippedWithAReason) {
     EXPECT_EQ(warnings.size(), 3u);
 }
 
+TEST(XenIdentity, NonCanonicalDeviceNumbersAreNotDevices) {
+    // "051712" parses as 51712, but <vbd>/51712 is a different node: it must not add the same
+    // vdev a second time (nor name a disk by another node's params).
+    FakeStore s = toolstack(5, "d1");
+    s.nodes["/local/domain/0/backend/vbd/5/051712/params"] = "/dev/other";
+    s.nodes["/local/domain/0/backend/vbd/5/051712/mode"] = "w";
+    engine::VmConfig vm;
+    std::vector<std::string> warnings;
+    std::string why;
+    ASSERT_TRUE(vm_config_from_store(s, 5, xen_defaults(), &vm, &warnings, &why));
+    ASSERT_EQ(vm.disks.size(), 2u);
+    EXPECT_EQ(vm.disks[0].vdev, 51712u);
+    EXPECT_EQ(vm.disks[0].image, "/dev/vda");
+}
+
 TEST(XenIdentity, NameThatIsNotAPlainTokenIsReplaced) {
     for (const std::string& bad : std::vector<std::string>{"", "a b", "../x", "na\nme", std::string(65, 'a')}) {
         FakeStore s = toolstack(12, bad);
