@@ -85,7 +85,10 @@ if ((force)) || [ ! -e "$tree/.vpipe-patched" ] || [ "$patch" -nt "$tree/.vpipe-
   rm -rf "$tree"
   if ! ls "$src"/lighttpd_"$version"-*.dsc >/dev/null 2>&1; then
     # the Debian revision of $version that the archive has (bookworm: 1.4.69-1)
-    deb="$(apt-cache showsrc lighttpd | sed -n "s/^Version: \($version-.*\)/\1/p" | head -1)"
+    showsrc() { { apt-cache showsrc lighttpd 2>/dev/null || true; } | sed -n "s/^Version: \($version-.*\)/\1/p" | head -1; }
+    deb="$(showsrc)"
+    # a deb-src entry whose index was never fetched (a fresh host): fetch it once
+    if [ -z "$deb" ] && ((deps)); then apt-get update -qq; deb="$(showsrc)"; fi
     [ -n "$deb" ] || { echo "lighttpd/build.sh: no source package lighttpd $version (deb-src for bookworm?)" >&2; exit 1; }
     (cd "$src" && apt-get source --download-only "lighttpd=$deb")
   fi
@@ -101,7 +104,7 @@ cd "$tree"
   --without-openssl --without-lua --without-pcre --with-pcre2 \
   CPPFLAGS="-DLIGHTTPD_VPIPE -I$inc" \
   LIBS="-L$(dirname "$lib") -Wl,-rpath,$(dirname "$lib") -lvpipe"  # (configure drops LDFLAGS in a check)
-make -s -j"${JOBS:-2}"
+make -s -j"${JOBS:-$(nproc)}"  # JOBS=N to share the machine
 make -s install >/dev/null
 "$bin" -V | head -1
 echo "lighttpd/build.sh: built $bin (server.vpipe = \"enable\" turns vPipe on)"
