@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
+# the patched lighttpd of patches/lighttpd (tests/lab/lighttpd): Debian's source, patched, built
+# against build/lib/libvpipe.so; a no-op when it is up to date
+patches/lighttpd/build.sh --build-dir build
 # Lab tests share /run/vpipe-lab, so they hold the "lab" resource lock; unit tests run in parallel.
 rc=0
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 1800 -LE xen "$@" || rc=$?
