@@ -673,6 +673,61 @@ int client_pause_get(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// vm: receives up to `len` bytes into a new `file` with ONE vpipe_socket_to_file_fd call, then
+// tells what the call returned, the file's size and what the descriptor does next.
+// Prints "RESULT ret=<n> err=<errno> size=<bytes> next_send=<n> next_err=<errno>".
+int vm_recv_one_call(const std::map<std::string, std::string>& a) {
+    int l = listen_on(kVm1Ip, static_cast<int>(num(a, "port")));
+    printf("READY\n");
+    fflush(stdout);
+    int s = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    int f = open(a.at("file").c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    errno = 0;
+    ssize_t n = vpipe_socket_to_file_fd(s, f, 0, num(a, "len"));
+    const int err = n < 0 ? errno : 0;
+    struct stat st{};
+    fstat(f, &st);
+    ssize_t m = send(s, "x", 1, MSG_NOSIGNAL);
+    const int merr = m < 0 ? errno : 0;
+    printf("RESULT ret=%zd err=%d size=%lld next_send=%zd next_err=%d\n", n, err, static_cast<long long>(st.st_size),
+           m, merr);
+    fflush(stdout);
+    close(f);
+    close(s);
+    close(l);
+    return 0;
+}
+
+// client: sends `pause_at` bytes of stream `seed`, prints PAUSED, waits for the file `resume`,
+// then sends the rest of `len` until done or an error. Prints "RESULT sent=<bytes> end=<errno>".
+int client_pause_send(const std::map<std::string, std::string>& a) {
+    const uint64_t seed = num(a, "seed"), len = num(a, "len"), pause_at = num(a, "pause_at");
+    int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
+    send_stream(s, seed, 0, pause_at);
+    printf("PAUSED\n");
+    fflush(stdout);
+    struct stat st{};
+    while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
+    std::vector<uint8_t> buf(1 << 20);
+    uint64_t sent = pause_at;
+    int end = 0;
+    while (sent < len) {
+        const size_t k = static_cast<size_t>(std::min<uint64_t>(buf.size(), len - sent));
+        fill_pattern(seed, sent, buf.data(), k);
+        ssize_t r = send(s, buf.data(), k, MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            end = errno;
+            break;
+        }
+        sent += static_cast<uint64_t>(r);
+    }
+    printf("RESULT sent=%llu end=%d\n", static_cast<unsigned long long>(sent), end);
+    fflush(stdout);
+    close(s);
+    return 0;
+}
+
 int helper_main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
     setenv("VPIPE_NO_FALLBACK", "1", 1);
@@ -691,6 +746,8 @@ int helper_main(int argc, char** argv) {
     if (mode == "vm-to-dom0") return vm_to_dom0(a);
     if (mode == "vm-serve-one-call") return vm_serve_one_call(a);
     if (mode == "client-pause-get") return client_pause_get(a);
+    if (mode == "vm-recv-one-call") return vm_recv_one_call(a);
+    if (mode == "client-pause-send") return client_pause_send(a);
     fprintf(stderr, "unknown helper mode %s\n", mode.c_str());
     return 2;
 }
@@ -1132,6 +1189,59 @@ TEST_F(Sockets, EngineKilledMidFileToSocket) {
     ASSERT_EQ(again.size(), 1u);
     EXPECT_EQ(again[0]["offloaded"], "1048577");
     // (TearDown: no shadow, no steering element, no guest block left)
+}
+
+// The same for socket -> file: dom0 acknowledged bytes it may not have written when it died.
+// The call fails with ECONNABORTED, the descriptor is reset (the client's next sends fail),
+// the file holds no byte that is not the stream's at that offset, and nothing is left held.
+TEST_F(Sockets, EngineKilledMidSocketToFile) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-s2f-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/killed-s2f";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    // the client's 8 MiB may sit in buffers before the hand-over: wait until dom0 holds the flow
+    const auto until = Clock::now() + std::chrono::seconds(20);
+    while (engine_stats()["sockets"].value("shadow_sockets", 0) < 1 && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling the engine
+    ASSERT_GE(engine_stats()["sockets"].value("shadow_sockets", 0), 1) << engine_stats().dump();
+    auto rs = lab({"restart-engine", "--kill"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    std::ofstream(resume).put('1');
+    auto c = fields(cl.line("RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    // the client learns the connection is gone: its sends fail before the end of the stream
+    EXPECT_LT(std::stoull(c["sent"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == std::to_string(ECONNRESET) || c["end"] == std::to_string(EPIPE)) << cl.all;
+    // the file: no byte that is not the stream's at its offset, and no more than was sent
+    std::ifstream in(file, std::ios::binary);
+    std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_LE(data.size(), pause_at);
+    EXPECT_EQ(check_pattern(kSeed, 0, data.data(), data.size()), -1) << data.size() << " bytes";
+    printf("[ info ] engine killed mid socket->file: the file kept %zu bytes, the client sent %s\n", data.size(),
+           c["sent"].c_str());
+    unlink(file.c_str());
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    bool connected = false;
+    while (!connected && Clock::now() < deadline) {
+        const nlohmann::json stats = engine_stats();
+        for (const auto& v : stats["vms"])
+            if (v.value("name", "") == "vm1" && v.value("connected", false)) connected = true;
+        if (!connected) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
+    }
+    ASSERT_TRUE(connected) << engine_stats().dump();
 }
 
 // ---- more than one chunk (64 MiB) per call: the agent hands over again and again, and the
