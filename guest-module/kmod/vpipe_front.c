@@ -51,6 +51,11 @@ struct vpipe_req {
 	bool posted;
 	u32 *idx;
 	struct vpipe_link_pages pages;
+	/* the descriptor header as the connection left it when it went away (the area goes with
+	 * it): the core still reads the endpoints' result flags -- VPIPE_EPF_TAKEN says dom0 held
+	 * a connection when it died, and that connection must not be restored as frozen */
+	struct vpipe_desc_header lost_hdr;
+	bool hdr_saved;
 };
 
 struct vpipe_chan {
@@ -117,6 +122,18 @@ static void req_done(void *arg, void *owner, int status, uint64_t moved)
 	r->moved = moved;
 	complete_all(&r->done);
 	kref_put(&r->ref, req_release);  /* the transport's reference */
+}
+
+/* the connection is going away: keep what dom0 wrote into the header, then fail the request */
+static void req_lost(void *arg, void *owner, int status, uint64_t moved)
+{
+	struct vpipe_req *r = owner;
+
+	if (r->posted && r->pages.layout.data_pages && r->gen == chan.gen && chan.ring_up) {
+		vpipe_area_read(page_mem, NULL, r->idx, 0, &r->lost_hdr, sizeof(r->lost_hdr));
+		r->hdr_saved = true;
+	}
+	req_done(arg, owner, status, moved);
 }
 
 void vpipe_front_put(struct vpipe_req *r)
@@ -279,9 +296,13 @@ int vpipe_front_readback(struct vpipe_req *r, u64 off, void *buf, u64 len)
 	if (off + len > (u64)r->pages.layout.data_pages * VPIPE_PAGE_SIZE)
 		return -EINVAL;
 	down_read(&chan.area_rw);
-	if (r->gen != READ_ONCE(chan.gen) || !chan.ring_up)
-		err = -EIO;   /* the area went away with the connection */
-	else
+	if (r->gen != READ_ONCE(chan.gen) || !chan.ring_up) {
+		/* the area went away with the connection: only the header it had is left */
+		if (r->hdr_saved && off + len <= sizeof(r->lost_hdr))
+			memcpy(buf, (const u8 *)&r->lost_hdr + off, len);
+		else
+			err = -EIO;
+	} else
 		vpipe_area_read(page_mem, NULL, r->idx, off, buf, len);
 	up_read(&chan.area_rw);
 	return err;
@@ -378,7 +399,7 @@ static void teardown_locked(void)
 
 	spin_lock_irqsave(&chan.lock, flags);
 	chan.connected = false;
-	vpipe_ring_cancel_all(&chan.front, req_done, NULL);
+	vpipe_ring_cancel_all(&chan.front, req_lost, NULL);
 	chan.gen++;
 	spin_unlock_irqrestore(&chan.lock, flags);
 	wake_up_all(&chan.wq);
