@@ -728,6 +728,89 @@ int client_pause_send(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// vm: relays up to `len` bytes from the client's connection (port) to the client's listener (to)
+// with ONE vpipe_socket_to_socket_fd call, then tells what the call returned and what each
+// descriptor does next. Prints "RESULT ret= err= in_send= in_err= out_send= out_err=".
+int vm_relay_one_call(const std::map<std::string, std::string>& a) {
+    int l = listen_on(kVm1Ip, static_cast<int>(num(a, "port")));
+    printf("READY\n");
+    fflush(stdout);
+    int in = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    int out = connect_to(kClientIp, static_cast<int>(num(a, "to")));
+    errno = 0;
+    ssize_t n = vpipe_socket_to_socket_fd(in, out, num(a, "len"));
+    const int err = n < 0 ? errno : 0;
+    ssize_t mi = send(in, "x", 1, MSG_NOSIGNAL);
+    const int ei = mi < 0 ? errno : 0;
+    ssize_t mo = send(out, "x", 1, MSG_NOSIGNAL);
+    const int eo = mo < 0 ? errno : 0;
+    printf("RESULT ret=%zd err=%d in_send=%zd in_err=%d out_send=%zd out_err=%d\n", n, err, mi, ei, mo, eo);
+    fflush(stdout);
+    close(in);
+    close(out);
+    close(l);
+    return 0;
+}
+
+// client of vm-relay-one-call: sends stream `seed` to the VM (a thread, until `len` or an
+// error) and reads what the VM relays to its listener: `pause_at` bytes, PAUSED, nothing until
+// the file `resume` exists, then until EOF or an error, every byte checked.
+// Prints "RESULT got= mismatch= end= sent= send_end=".
+int client_relay_pause(const std::map<std::string, std::string>& a) {
+    const uint64_t len = num(a, "len"), seed = num(a, "seed"), pause_at = num(a, "pause_at");
+    int l = listen_on(kClientIp, static_cast<int>(num(a, "to")));
+    int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
+    int b = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    uint64_t sent = 0;
+    int send_end = 0;
+    std::thread tx([&] {
+        std::vector<uint8_t> buf(1 << 20);
+        while (sent < len) {
+            const size_t k = static_cast<size_t>(std::min<uint64_t>(buf.size(), len - sent));
+            fill_pattern(seed, sent, buf.data(), k);
+            ssize_t r = send(s, buf.data(), k, MSG_NOSIGNAL);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                send_end = errno;
+                break;
+            }
+            sent += static_cast<uint64_t>(r);
+        }
+    });
+    std::vector<uint8_t> buf(1 << 20);
+    uint64_t got = 0;
+    long long mismatch = -1;
+    int end = 0;
+    bool paused = false;
+    for (;;) {
+        if (!paused && got >= pause_at) {
+            paused = true;
+            printf("PAUSED\n");
+            fflush(stdout);
+            struct stat st{};
+            while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
+        }
+        uint64_t want = buf.size();
+        if (!paused) want = std::min<uint64_t>(want, pause_at - got);
+        ssize_t r = recv(b, buf.data(), want, 0);
+        if (r == 0) break;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            end = errno;
+            break;
+        }
+        long long bad = check_pattern(seed, got, buf.data(), static_cast<size_t>(r));
+        if (bad >= 0 && mismatch < 0) mismatch = static_cast<long long>(got) + bad;
+        got += static_cast<uint64_t>(r);
+    }
+    // the sender stops on its own once the VM's end is gone (RST); SHUT_WR would not wake it
+    tx.join();
+    printf("RESULT got=%llu mismatch=%lld end=%d sent=%llu send_end=%d\n", static_cast<unsigned long long>(got),
+           mismatch, end, static_cast<unsigned long long>(sent), send_end);
+    fflush(stdout);
+    return 0;
+}
+
 int helper_main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
     setenv("VPIPE_NO_FALLBACK", "1", 1);
@@ -748,6 +831,8 @@ int helper_main(int argc, char** argv) {
     if (mode == "client-pause-get") return client_pause_get(a);
     if (mode == "vm-recv-one-call") return vm_recv_one_call(a);
     if (mode == "client-pause-send") return client_pause_send(a);
+    if (mode == "vm-relay-one-call") return vm_relay_one_call(a);
+    if (mode == "client-relay-pause") return client_relay_pause(a);
     fprintf(stderr, "unknown helper mode %s\n", mode.c_str());
     return 2;
 }
@@ -796,6 +881,19 @@ protected:
         if (ready()) expect_nothing_left_behind();
     }
     static int port() { return next_port_++; }
+
+    // After an engine restart: whether vm1's agent is connected to the new engine (it retries
+    // by itself) within 30 s.
+    static bool vm1_reconnected() {
+        const auto deadline = Clock::now() + std::chrono::seconds(30);
+        for (;;) {
+            const nlohmann::json stats = engine_stats();  // (kept: a range-for over a temporary's member dangles)
+            for (const auto& v : stats["vms"])
+                if (v.value("name", "") == "vm1" && v.value("connected", false)) return true;
+            if (Clock::now() >= deadline) return false;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
+        }
+    }
 
     // serve `reqs` from `file` to one client connection; returns the VM's RESULT lines
     std::vector<std::map<std::string, std::string>> serve(const std::string& file, const std::string& reqs,
@@ -1176,15 +1274,7 @@ TEST_F(Sockets, EngineKilledMidFileToSocket) {
     EXPECT_LT(got, len) << cl.all;  // nobody finished the transfer behind the application's back
     EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
     // the new engine: the VM's agent reconnects (it retries by itself), then an offload works
-    const auto deadline = Clock::now() + std::chrono::seconds(30);
-    bool connected = false;
-    while (!connected && Clock::now() < deadline) {
-        const nlohmann::json stats = engine_stats();
-        for (const auto& v : stats["vms"])
-            if (v.value("name", "") == "vm1" && v.value("connected", false)) connected = true;
-        if (!connected) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
-    }
-    ASSERT_TRUE(connected) << engine_stats().dump();
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
     auto again = serve("f1m", "0:1048577:1048577");
     ASSERT_EQ(again.size(), 1u);
     EXPECT_EQ(again[0]["offloaded"], "1048577");
@@ -1233,15 +1323,48 @@ TEST_F(Sockets, EngineKilledMidSocketToFile) {
     printf("[ info ] engine killed mid socket->file: the file kept %zu bytes, the client sent %s\n", data.size(),
            c["sent"].c_str());
     unlink(file.c_str());
-    const auto deadline = Clock::now() + std::chrono::seconds(30);
-    bool connected = false;
-    while (!connected && Clock::now() < deadline) {
-        const nlohmann::json stats = engine_stats();
-        for (const auto& v : stats["vms"])
-            if (v.value("name", "") == "vm1" && v.value("connected", false)) connected = true;
-        if (!connected) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+}
+
+// And socket -> socket: both connections were dom0's. Both descriptors come back reset, the
+// far end holds an exact prefix of what the client sent, and the client's sender learns.
+TEST_F(Sockets, EngineKilledMidSocketToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-pause",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "len=" + std::to_string(len), "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    const auto until = Clock::now() + std::chrono::seconds(20);
+    while (engine_stats()["sockets"].value("shadow_sockets", 0) < 2 && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling the engine
+    ASSERT_EQ(engine_stats()["sockets"].value("shadow_sockets", 0), 2) << engine_stats().dump();
+    auto rs = lab({"restart-engine", "--kill"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    for (const char* side : {"in", "out"}) {
+        EXPECT_EQ(r[std::string(side) + "_send"], "-1") << side << "\n" << vm.all;
+        const std::string e = r[std::string(side) + "_err"];
+        EXPECT_TRUE(e == std::to_string(ECONNRESET) || e == std::to_string(EPIPE)) << side << "\n" << vm.all;
     }
-    ASSERT_TRUE(connected) << engine_stats().dump();
+    std::ofstream(resume).put('1');
+    auto c = fields(cl.line("RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LT(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    EXPECT_LT(std::stoull(c["sent"]), len) << cl.all;
+    EXPECT_TRUE(c["send_end"] == std::to_string(ECONNRESET) || c["send_end"] == std::to_string(EPIPE)) << cl.all;
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
 }
 
 // ---- more than one chunk (64 MiB) per call: the agent hands over again and again, and the
