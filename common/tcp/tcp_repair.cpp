@@ -532,6 +532,8 @@ int copy_socket_options(int from_fd, int to_fd, unsigned flags) {
         }
     }
     note(copy_opt<int>(from_fd, to_fd, SOL_SOCKET, SO_MARK));
+    // (SO_REUSEADDR is not copied: repair mode overwrites it on `from`; the caller keeps it)
+    note(copy_opt<int>(from_fd, to_fd, SOL_SOCKET, SO_REUSEPORT));
     return first;
 }
 

@@ -169,6 +169,8 @@ int freeze_socket(GuestFlowBlock* fb, int fd, vpipe_frozen* fz) {
         fz->st = f->key;
         return 0;
     }
+    socklen_t rl = sizeof(f->reuseaddr);
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &f->reuseaddr, &rl) < 0) f->reuseaddr = 0;
     int r = tcp::freeze(fd, &fz->st, &f->sndq, &f->rcvq);
     if (r < 0) {
         fb->unblock(f->key);
@@ -239,6 +241,10 @@ int restore_socket(GuestFlowBlock* fb, vpipe_frozen* fz, const vpipe_restore& r,
         }
     }
     window_probe(fresh.get());
+    if (f->reuseaddr) {  // after the last repair-mode toggle (the probe's), which clears it
+        const int one = 1;
+        ::setsockopt(fresh.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    }
     *new_fd = fresh.release();
     return 0;
 }

@@ -19,6 +19,10 @@ struct FrozenSocket {
     std::vector<uint8_t> sndq, rcvq;  // as captured (vpipe_frozen.sndq / rcvq point here)
     bool blocked = false;
     vpipe_tcp_state key{};            // the block's 4-tuple
+    // SO_REUSEADDR as the application had it: repair mode overwrites it (on: "force reuse",
+    // off: "no reuse"), and a restored connection without it keeps a restarted server from
+    // binding its port while the connection lingers
+    int reuseaddr = 0;
 };
 
 // 0 (ESTABLISHED, or CLOSE_WAIT with *peer_fin), -EINVAL not a TCP socket, -ENOTCONN

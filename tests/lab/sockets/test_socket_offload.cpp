@@ -243,8 +243,12 @@ int vm_serve_file(const std::map<std::string, std::string>& a) {
         total += done;
         vpipe_result res{};
         vpipe_last_result(&res);
-        printf("RESULT moved=%llu err=%d path=%d offloaded=%llu calls=%d\n", static_cast<unsigned long long>(done),
-               err, res.path, static_cast<unsigned long long>(res.offloaded), calls);
+        int reuse = -1;  // inherited from the listener; a restored connection must keep it
+        socklen_t rl = sizeof(reuse);
+        getsockopt(s, SOL_SOCKET, SO_REUSEADDR, &reuse, &rl);
+        printf("RESULT moved=%llu err=%d path=%d offloaded=%llu calls=%d reuseaddr=%d\n",
+               static_cast<unsigned long long>(done), err, res.path, static_cast<unsigned long long>(res.offloaded),
+               calls, reuse);
         fflush(stdout);
         if (err) break;
         if (!bare) write_all(s, "T\n", 2);
@@ -1015,6 +1019,8 @@ TEST_F(Sockets, FileToSocketSizes) {
         if (c.size) {
             EXPECT_EQ(r[0]["offloaded"], std::to_string(c.size)) << c.file;
         }
+        // the listener's SO_REUSEADDR survives the hand-over (repair mode clears it)
+        EXPECT_EQ(r[0]["reuseaddr"], "1") << c.file;
         printf("[ info ] file->socket %s (%llu B): %.3f s incl. process start-up\n", c.file,
                static_cast<unsigned long long>(c.size), secs);
     }

@@ -469,6 +469,7 @@ TEST(FdHelpers, CopySocketOptions) {
     int buf = 96 * 1024, mark = 0x42;
     setsockopt(from, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
     setsockopt(from, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+    ASSERT_EQ(setsockopt(from, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
     const char* cc = "cubic";
     ASSERT_EQ(setsockopt(from, IPPROTO_TCP, TCP_CONGESTION, cc, strlen(cc)), 0);
     fcntl(from, F_SETFL, fcntl(from, F_GETFL) | O_NONBLOCK);
@@ -492,6 +493,7 @@ TEST(FdHelpers, CopySocketOptions) {
     EXPECT_EQ(geti(IPPROTO_IP, IP_TOS), tos);
     EXPECT_EQ(geti(SOL_SOCKET, SO_SNDBUF), 2 * buf);
     EXPECT_EQ(geti(SOL_SOCKET, SO_MARK), mark);
+    EXPECT_EQ(geti(SOL_SOCKET, SO_REUSEPORT), 1);
     linger lg2{};
     socklen_t ll = sizeof(lg2);
     getsockopt(to, SOL_SOCKET, SO_LINGER, &lg2, &ll);
