@@ -497,10 +497,14 @@ protected:
         EXPECT_EQ(u.code, 201) << u.err;
         EXPECT_EQ(sha256_of(dst), sha(m1));
         fs::remove(dst);
-        // one log line per connection, with the byte counts
-        std::this_thread::sleep_for(200ms);  // the relay logs after both directions closed
-        std::string log = server_log(key);
-        auto lines = log_lines(log, "down=" + std::to_string(64 * kMiB + 0));
+        // one log line per connection, with the byte counts; the relay logs after both
+        // directions closed, so wait for the 4th line (with a deadline), not a fixed time
+        std::string log;
+        for (auto deadline = std::chrono::steady_clock::now() + 10s;;) {
+            log = server_log(key);
+            if (log_lines(log, " up=").size() >= 4 || std::chrono::steady_clock::now() > deadline) break;
+            std::this_thread::sleep_for(20ms);  // polling the log for the line, with a deadline
+        }
         auto all = log_lines(log, " up=");
         EXPECT_EQ(all.size(), 4u) << log;
         bool found = false;
@@ -557,7 +561,9 @@ TEST_F(AppsLab, ServersExitZeroOnSigterm) {
         start_server("sigterm-proxy", "vm1", {kProxy, "--mode", "vpipe", "--listen", "9090", "--to", kVm1Ip + ":8090"});
     Curl r = curl_sha("http://" + kVm1Ip + ":9090/b1");
     EXPECT_EQ(r.code, 200);
-    // an idle keep-alive connection through the proxy, held open by socat for a while
+    // an idle keep-alive connection through the proxy, held open by socat for a while (the
+    // `sleep 20` is the idle client under test: it keeps the connection open, doing nothing)
+    const size_t gets0 = log_lines(slurp(h.log), "\"GET /b1 HTTP/1.1\" 200").size();
     pid_t idle = fork();
     if (idle == 0) {
         int devnull = open("/dev/null", O_RDWR);
@@ -569,7 +575,13 @@ TEST_F(AppsLab, ServersExitZeroOnSigterm) {
               static_cast<char*>(nullptr));
         _exit(127);
     }
-    std::this_thread::sleep_for(500ms);
+    // the connection is up and idle once its request was answered: the httpd logged it
+    for (auto deadline = std::chrono::steady_clock::now() + 10s;
+         log_lines(slurp(h.log), "\"GET /b1 HTTP/1.1\" 200").size() < gets0 + 1;) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the idle connection's request never came\n"
+                                                              << slurp(h.log);
+        std::this_thread::sleep_for(20ms);  // polling the log for the line, with a deadline
+    }
     auto t0 = std::chrono::steady_clock::now();
     EXPECT_EQ(stop_server(&p), 0) << slurp(p.log);
     EXPECT_EQ(stop_server(&h), 0) << slurp(h.log);
@@ -622,7 +634,9 @@ TEST(AppsCli, BadArgumentsExitNonZeroWithAMessage) {
     }
     // a port that can't be bound is a runtime failure (1), not a usage error
     auto busy = run({"bash", "-c",
-                     "socat TCP-LISTEN:18089,bind=127.0.0.1,reuseaddr - </dev/null & sleep 0.5; " + kHttpd +
+                     "socat TCP-LISTEN:18089,bind=127.0.0.1,reuseaddr - </dev/null & "
+                     "for i in $(seq 200); do ss -Hltn 'sport = :18089' | grep -q . && break; sleep 0.01; done; " +
+                         kHttpd +
                          " --mode rw --port 18089 --bind 127.0.0.1 --root /tmp; rc=$?; kill %1; exit $rc"});
     EXPECT_EQ(busy.status, 1) << busy.err;
     EXPECT_NE(busy.err.find("cannot listen"), std::string::npos) << busy.err;

@@ -479,7 +479,7 @@ int client_relay(const std::map<std::string, std::string>& a) {
     long long e;
     if (pause_ms) {  // the far end stops reading half-way, then resumes
         e = recv_check(b, seed, 0, len / 2);
-        usleep(static_cast<useconds_t>(pause_ms * 1000));
+        usleep(static_cast<useconds_t>(pause_ms * 1000));  // the stall under test, not a synchronisation
         const long long e2 = recv_check(b, seed, len / 2, len - len / 2);
         if (e == -1 && e2 != -1) e = e2;
     } else {
@@ -523,7 +523,7 @@ int client_stall(const std::map<std::string, std::string>& a) {
     int small = 256 << 10;  // a small receive buffer: the sender blocks early
     setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     write_all(s, "GET\n", 4);
-    usleep(static_cast<useconds_t>(num(a, "stall_ms") * 1000));
+    usleep(static_cast<useconds_t>(num(a, "stall_ms") * 1000));  // the stall under test, not a synchronisation
     std::vector<uint8_t> buf(1 << 20);
     uint64_t got = 0;
     long long bad = -1;
