@@ -121,6 +121,7 @@ private:
                     name.swap(pending_start_[i]);
                 }
                 if (!name.empty()) {
+                    resp_[i] = Response{};
                     fd[i] = connect_and_get(i, name);
                     running_[i] = fd[i] >= 0;
                     finished_[i] = false;
@@ -138,12 +139,20 @@ private:
                 if (fd[i] < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
                 ssize_t n = recv(fd[i], buf.data(), buf.size(), MSG_DONTWAIT);
                 if (n > 0) {
-                    acc[i] += static_cast<uint64_t>(n);
+                    acc[i] += body_bytes(i, buf.data(), static_cast<size_t>(n));
                 } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    const int err = n == 0 ? 0 : errno;
                     close(fd[i]);
                     fd[i] = -1;
                     running_[i] = false;
                     finished_[i] = true;
+                    // a transfer that ended (not cancelled) got the whole body, no more, no less
+                    if (!resp_[i].in_body)
+                        fail("vm" + std::to_string(i + 1) + ": connection ended before the response head" +
+                             (err ? std::string(": ") + strerror(err) : ""));
+                    else if (resp_[i].body != resp_[i].length)
+                        fail("vm" + std::to_string(i + 1) + ": " + std::to_string(resp_[i].body) + " body bytes of " +
+                             std::to_string(resp_[i].length) + (err ? std::string(": ") + strerror(err) : ""));
                 }
             }
             if (Clock::now() >= next_sample) {
@@ -158,6 +167,41 @@ private:
         for (int f : fd)
             if (f >= 0) close(f);
     }
+    // The response of one connection: its head is parsed (status 200 and a Content-Length, or
+    // the transfer fails) and only body bytes are counted, so an error page or a short answer
+    // can't pass for a share of the link.
+    struct Response {
+        std::string head;
+        bool in_body = false;
+        uint64_t length = 0, body = 0;
+    };
+    uint64_t body_bytes(int i, const char* data, size_t n) {
+        Response& r = resp_[i];
+        if (r.in_body) {
+            r.body += n;
+            return n;
+        }
+        r.head.append(data, n);
+        const size_t end = r.head.find("\r\n\r\n");
+        if (end == std::string::npos) {
+            if (r.head.size() > 16384) fail("vm" + std::to_string(i + 1) + ": no end of the response head");
+            return 0;
+        }
+        const std::string vm = "vm" + std::to_string(i + 1);
+        int code = 0;
+        if (std::sscanf(r.head.c_str(), "HTTP/1.%*d %d", &code) != 1 || code != 200)
+            fail(vm + ": status " + std::to_string(code) + ", want 200: " + r.head.substr(0, r.head.find("\r\n")));
+        const size_t cl = r.head.find("\r\nContent-Length: ");
+        if (cl == std::string::npos || cl > end)
+            fail(vm + ": no Content-Length in " + r.head.substr(0, end));
+        else
+            r.length = std::strtoull(r.head.c_str() + cl + 18, nullptr, 10);
+        r.in_body = true;
+        r.body = r.head.size() - end - 4;
+        r.head.resize(end + 4);
+        return r.body;
+    }
+
     int connect_and_get(int vm, const std::string& name) {
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in sa{};
@@ -184,6 +228,7 @@ private:
     bool ready_ = false;
     std::string error_;
     std::array<std::string, kVms> pending_start_;
+    std::array<Response, kVms> resp_;  // the fetcher thread's only
     std::array<std::atomic<bool>, kVms> cancel_{};
     std::array<std::atomic<bool>, kVms> running_{};
     std::array<std::atomic<bool>, kVms> finished_{};
