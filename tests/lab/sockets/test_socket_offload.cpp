@@ -1186,9 +1186,12 @@ TEST_F(SocketsShortTimeout, PeerStopsReading) {
     EXPECT_GT(moved, 0) << vm.all;
     EXPECT_LT(moved, 64ll << 20) << vm.all;
     EXPECT_EQ(r["err"], "0") << vm.all;
+    // the call waited for the 2 s timeout before handing back (a lower bound: load can only make
+    // it later). No upper bound: that would be a timing figure on a shared box; a call that did
+    // not hand back at the timeout would have moved everything once the client read again,
+    // which `moved < 64 MiB` above already refuses.
     const double secs = std::stod(r["secs"]);
     EXPECT_GE(secs, 1.9) << vm.all;
-    EXPECT_LT(secs, 10.0) << vm.all;
     EXPECT_EQ(c["got"], r["moved"]) << cl.all << vm.all;
     EXPECT_EQ(c["check"], "-1") << cl.all;
     printf("[ info ] peer stopped reading: the call returned %lld bytes after %.2f s\n", moved, secs);
