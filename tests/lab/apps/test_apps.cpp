@@ -171,6 +171,57 @@ protected:
         return lines.back().substr(pos + 6, end == std::string::npos ? std::string::npos : end - pos - 6);
     }
 
+    // The engine's counters of VM `vm` for `op` (file_to_socket, socket_to_file, ...): requests
+    // done and bytes moved.
+    struct OpCount {
+        uint64_t ops = 0, bytes = 0;
+    };
+    static OpCount engine_op(int vm, const std::string& op) {
+        const json st = engine_stats();
+        OpCount c;
+        if (!st.contains("vms")) return c;
+        for (const auto& v : st["vms"])
+            if (v.value("name", "") == "vm" + std::to_string(vm)) {
+                c.ops = v["ops"].value(op, uint64_t{0});
+                c.bytes = v["bytes"].value(op, uint64_t{0});
+            }
+        return c;
+    }
+
+    // Takes a file out of the page cache, so that libvpipe's cache rule (a range the guest holds
+    // in its page cache is sent by the guest) does not apply: the next GET of it must be offloaded.
+    static void drop_cache(const std::string& path) {
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        ASSERT_GE(fd, 0) << path;
+        ::fsync(fd);
+        EXPECT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        ::close(fd);
+    }
+
+    // vpipe mode: `transfer` (which moves `bytes` body bytes of `op` in VM `vm` with `requests`
+    // calls of the server) was done by the engine: the server's log line(s) for `needle` say
+    // "vpipe=offloaded", and the engine's counters grew by exactly those bytes. The server logs
+    // after the transfer; the engine counts before it answers the ring request.
+    template <class F>
+    void expect_engine_moved(const std::string& server, int vm, const std::string& op, const std::string& needle,
+                             uint64_t bytes, size_t requests, F&& transfer) {
+        const size_t lines0 = log_lines(server_log(server), needle).size();
+        const OpCount c0 = engine_op(vm, op);
+        transfer();
+        const OpCount c1 = engine_op(vm, op);
+        EXPECT_EQ(c1.bytes - c0.bytes, bytes) << "engine's " << op << " bytes of vm" << vm;
+        EXPECT_GE(c1.ops - c0.ops, requests) << "engine's " << op << " requests of vm" << vm;
+        std::vector<std::string> lines;
+        for (auto deadline = std::chrono::steady_clock::now() + 10s;;) {
+            lines = log_lines(server_log(server), needle);
+            if (lines.size() >= lines0 + requests || std::chrono::steady_clock::now() > deadline) break;
+            std::this_thread::sleep_for(20ms);  // polling the log file for the line, with a deadline
+        }
+        ASSERT_EQ(lines.size(), lines0 + requests) << server_log(server);
+        for (size_t i = lines0; i < lines.size(); ++i)
+            EXPECT_NE(lines[i].find(" vpipe=offloaded "), std::string::npos) << lines[i];
+    }
+
     // ---- the checks, one function per test, run for each mode
 
     void HttpdGet(const std::string& mode) {
@@ -229,6 +280,20 @@ protected:
                 << lines[0];
             auto z = log_lines(log, "\"GET /z0 HTTP/1.1\" 200 bytes=0 mode=vpipe vpipe=-");
             EXPECT_EQ(z.size(), 1u) << log;
+            // out of the page cache, the 64 MiB and the 1 MiB + 1 GETs are the engine's work
+            for (const Case& c : std::vector<Case>{{"m64", 64 * kMiB}, {"m1", kMiB + 1}}) {
+                SCOPED_TRACE(c.name + " offloaded");
+                const std::string path = file(1, c.name, c.size);
+                const std::string want = sha(path);
+                drop_cache(path);
+                expect_engine_moved("httpd-vpipe-vm1", 1, "file_to_socket", "\"GET /" + c.name + " HTTP/1.1\" 200",
+                                    c.size, 1, [&] {
+                                        Curl r = curl_sha(base + "/" + c.name);
+                                        EXPECT_EQ(r.code, 200) << r.err;
+                                        EXPECT_EQ(r.size, c.size);
+                                        EXPECT_EQ(r.sha, want);
+                                    });
+            }
         }
     }
 
@@ -258,11 +323,20 @@ protected:
         }
         // a range in the middle of the 64 MiB file, hashed against the same bytes on disk
         std::string big = file(1, "m64", 64 * kMiB);
-        Curl m = curl_sha(base + "/m64", "-r 10000000-30000000");
-        EXPECT_EQ(m.code, 206);
-        EXPECT_EQ(m.size, 20000001u);
         auto want = run({"bash", "-c", "tail -c +10000001 " + big + " | head -c 20000001 | sha256sum"});
-        EXPECT_EQ(m.sha, want.out.substr(0, 64));
+        auto get_mid = [&] {
+            Curl m = curl_sha(base + "/m64", "-r 10000000-30000000");
+            EXPECT_EQ(m.code, 206);
+            EXPECT_EQ(m.size, 20000001u);
+            EXPECT_EQ(m.sha, want.out.substr(0, 64));
+        };
+        if (mode == "vpipe") {
+            drop_cache(big);  // (else the cache rule has the guest send it)
+            expect_engine_moved("httpd-vpipe-vm1", 1, "file_to_socket", "\"GET /m64 HTTP/1.1\" 206", 20000001u, 1,
+                                get_mid);
+        } else {
+            get_mid();
+        }
         // unsatisfiable: past the end, and any range of an empty file
         CurlFile u = curl_file(tmp_, base + "/m1", "-H 'Range: bytes=1048577-'");
         EXPECT_EQ(u.c.code, 416);
@@ -270,11 +344,15 @@ protected:
         file(1, "z0", 0);
         CurlFile u0 = curl_file(tmp_, base + "/z0", "-H 'Range: bytes=-1'");
         EXPECT_EQ(u0.c.code, 416);
-        // multiple ranges and malformed ranges are ignored: the whole file
+        // multiple ranges and malformed ranges are ignored: the whole file, byte for byte (a
+        // multipart answer or the first range alone would have other bytes, maybe the same size)
         for (std::string r : {"0-1,5-6", "bytes=x-y", "5-3"}) {
             CurlFile w = curl_file(tmp_, base + "/m1", "-H 'Range: bytes=" + r + "'");
             EXPECT_EQ(w.c.code, 200) << r;
             EXPECT_EQ(w.c.size, kMiB + 1) << r;
+            EXPECT_EQ(header_value(w.head, "Content-Range"), "") << r;
+            EXPECT_EQ(w.body.size(), data.size()) << r;
+            EXPECT_TRUE(w.body == data) << r << ": body differs from the file";
         }
     }
 
@@ -330,9 +408,20 @@ protected:
                 return parse_curl(client("curl -sS --max-time 300 -T " + src + " -w '" + kCurlW + "' " + base + "/" +
                                          name + " | sha256sum"));
             };
+            const OpCount w0 = engine_op(1, "socket_to_file");
             Curl r = put();
             EXPECT_EQ(r.rc, 0) << r.err;
             EXPECT_EQ(r.code, 201) << r.err;
+            if (mode == "vpipe" && c.size == 64 * kMiB) {
+                // the engine wrote the body into the file, all but what arrived with the head
+                // (pwrite()n by the server; at most its head buffer)
+                const OpCount w1 = engine_op(1, "socket_to_file");
+                std::printf("[ PUT 64 MiB ] engine socket_to_file of vm1: +%lu requests, +%lu bytes\n",
+                            (unsigned long)(w1.ops - w0.ops), (unsigned long)(w1.bytes - w0.bytes));
+                EXPECT_GE(w1.ops - w0.ops, 1u);
+                EXPECT_LE(w1.bytes - w0.bytes, c.size);
+                EXPECT_GE(w1.bytes - w0.bytes, c.size - 64 * 1024);
+            }
             ASSERT_TRUE(fs::exists(dst));
             EXPECT_EQ(fs::file_size(dst), c.size);
             EXPECT_EQ(sha256_of(dst), sha(src));
@@ -345,16 +434,30 @@ protected:
                                    "\"PUT /" + name + " HTTP/1.1\" 201 bytes=" + std::to_string(c.size) + " mode=" + mode);
             EXPECT_EQ(lines.size(), 1u);
             if (c.src == "m64" && !lines.empty()) std::printf("[ PUT 64 MiB ] %s\n", lines[0].c_str());
+            if (mode == "vpipe" && c.src == "m64" && !lines.empty()) {
+                EXPECT_NE(lines[0].find(" vpipe=offloaded "), std::string::npos) << lines[0];
+            }
             fs::remove(dst);
         }
-        // a shorter body replaces a longer file completely
+        // a shorter body replaces a longer file completely: the file is the body, nothing of the
+        // old content before or after it (a size check alone would pass with the old first byte)
         std::string dst = mount(1) + "/up-" + mode + "-shrink";
         file(1, "m1", kMiB + 1);
-        client("curl -sS -T " + mount(1) + "/m1 " + base + "/up-" + mode + "-shrink");
-        Curl s = parse_curl(client("curl -sS -T " + mount(1) + "/b1 -w '" + kCurlW + "' " + base + "/up-" + mode +
+        const std::string shortb = tmp_ + "/short-body";
+        const std::string body = "vPipe short PUT body\n";
+        {
+            std::ofstream(shortb, std::ios::binary) << body;
+        }
+        Curl big = parse_curl(client("curl -sS -T " + mount(1) + "/m1 -w '" + kCurlW + "' " + base + "/up-" + mode +
+                                     "-shrink | sha256sum"));
+        EXPECT_EQ(big.code, 201) << big.err;
+        ASSERT_EQ(slurp(dst).size(), kMiB + 1);
+        ASSERT_NE(slurp(dst).substr(0, body.size()), body) << "the old content must differ from the new";
+        Curl s = parse_curl(client("curl -sS -T " + shortb + " -w '" + kCurlW + "' " + base + "/up-" + mode +
                                    "-shrink | sha256sum"));
-        EXPECT_EQ(s.code, 204);
-        EXPECT_EQ(fs::file_size(dst), 1u);
+        EXPECT_EQ(s.code, 204) << s.err;
+        EXPECT_EQ(fs::file_size(dst), body.size());
+        EXPECT_EQ(slurp(dst), body);
         fs::remove(dst);
         // PUT can't escape the root, write a directory, or create parents
         CurlFile t = curl_file(tmp_, base + "/../up-escape", "--path-as-is -T " + mount(1) + "/b1");
@@ -425,10 +528,37 @@ protected:
             }
         }
         script += "wait";
+        // vpipe mode: every GET is offloaded (the files out of the page cache), the engine moved
+        // all the bytes of each VM
+        std::map<int, OpCount> c0;
+        std::map<int, size_t> lines0;
+        if (mode == "vpipe")
+            for (int vm : vms) {
+                for (int i = 0; i < n; ++i) drop_cache(mount(vm) + "/c16-" + std::to_string(i));
+                c0[vm] = engine_op(vm, "file_to_socket");
+                lines0[vm] = log_lines(server_log("httpd-vpipe-vm" + std::to_string(vm)), "\"GET /c16-").size();
+            }
         auto t0 = std::chrono::steady_clock::now();
         auto r = client(script);
         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         EXPECT_EQ(r.status, 0) << r.err;
+        if (mode == "vpipe")
+            for (int vm : vms) {
+                SCOPED_TRACE("vm" + std::to_string(vm));
+                const OpCount c1 = engine_op(vm, "file_to_socket");
+                EXPECT_EQ(c1.bytes - c0[vm].bytes, uint64_t(n) * 16 * kMiB);
+                EXPECT_GE(c1.ops - c0[vm].ops, uint64_t(n));
+                const std::string key = "httpd-vpipe-vm" + std::to_string(vm);
+                std::vector<std::string> lines;
+                for (auto deadline = std::chrono::steady_clock::now() + 10s;;) {
+                    lines = log_lines(server_log(key), "\"GET /c16-");
+                    if (lines.size() >= lines0[vm] + n || std::chrono::steady_clock::now() > deadline) break;
+                    std::this_thread::sleep_for(20ms);  // polling the log file for the lines, with a deadline
+                }
+                ASSERT_EQ(lines.size(), lines0[vm] + n) << server_log(key);
+                for (size_t i = lines0[vm]; i < lines.size(); ++i)
+                    EXPECT_NE(lines[i].find(" vpipe=offloaded "), std::string::npos) << lines[i];
+            }
         for (const auto& [res, want] : expect) {
             SCOPED_TRACE(res);
             Res fake;
@@ -458,11 +588,23 @@ protected:
             start_server(key, "vm1", {kProxy, "--mode", mode, "--listen", std::to_string(port), "--to", kVm2Ip + ":8080"});
         std::string base = "http://" + kVm1Ip + ":" + std::to_string(port);
         std::string src = file(2, "m64", 64 * kMiB);
+        const std::string want = sha(src);
+        const OpCount p0 = engine_op(1, "socket_to_socket");
         Curl r = curl_sha(base + "/m64");
         EXPECT_EQ(r.rc, 0) << r.err;
         EXPECT_EQ(r.code, 200) << r.err;
         EXPECT_EQ(r.size, 64 * kMiB);
-        EXPECT_EQ(r.sha, sha(src));
+        EXPECT_EQ(r.sha, want);
+        if (mode == "vpipe") {
+            // the proxy in vm1 handed the body to the engine: it moved it socket -> socket, all
+            // but what the relay read together with the response head (at most one read buffer)
+            const OpCount p1 = engine_op(1, "socket_to_socket");
+            std::printf("[ PROXY ] engine socket_to_socket of vm1: +%lu requests, +%lu bytes\n",
+                        (unsigned long)(p1.ops - p0.ops), (unsigned long)(p1.bytes - p0.bytes));
+            EXPECT_GE(p1.ops - p0.ops, 1u);
+            EXPECT_LE(p1.bytes - p0.bytes, 64 * kMiB);
+            EXPECT_GE(p1.bytes - p0.bytes, 64 * kMiB - 256 * 1024);
+        }
         // small responses on a kept-alive connection must not wait for a full chunk
         std::string b1 = file(2, "b1", 1);
         auto k = client("curl -sS --max-time 20 -o /dev/null -o /dev/null -w '%{http_code} %{size_download}\\n' " +
@@ -482,10 +624,14 @@ protected:
         EXPECT_EQ(u.code, 201) << u.err;
         EXPECT_EQ(sha256_of(dst), sha(m1));
         fs::remove(dst);
-        // one log line per connection, with the byte counts
-        std::this_thread::sleep_for(200ms);  // the relay logs after both directions closed
-        std::string log = server_log(key);
-        auto lines = log_lines(log, "down=" + std::to_string(64 * kMiB + 0));
+        // one log line per connection, with the byte counts; the relay logs after both
+        // directions closed, so wait for the 4th line (with a deadline), not a fixed time
+        std::string log;
+        for (auto deadline = std::chrono::steady_clock::now() + 10s;;) {
+            log = server_log(key);
+            if (log_lines(log, " up=").size() >= 4 || std::chrono::steady_clock::now() > deadline) break;
+            std::this_thread::sleep_for(20ms);  // polling the log for the line, with a deadline
+        }
         auto all = log_lines(log, " up=");
         EXPECT_EQ(all.size(), 4u) << log;
         bool found = false;
@@ -524,11 +670,16 @@ TEST_F(AppsLab, ProxyGet64MiB_vpipe) { ProxyGet64MiB("vpipe"); }
 TEST_F(AppsLab, Large_Get512MiB_vpipe) {
     std::string base = httpd("vpipe");
     std::string path = file(1, "g512", 512 * kMiB);
-    Curl r = curl_sha(base + "/g512");
-    EXPECT_EQ(r.rc, 0) << r.err;
-    EXPECT_EQ(r.code, 200) << r.err;
-    EXPECT_EQ(r.size, 512 * kMiB);
-    EXPECT_EQ(r.sha, sha(path));
+    const std::string want = sha(path);
+    drop_cache(path);  // (else the cache rule has the guest send what it holds)
+    Curl r;
+    expect_engine_moved("httpd-vpipe-vm1", 1, "file_to_socket", "\"GET /g512 HTTP/1.1\" 200", 512 * kMiB, 1, [&] {
+        r = curl_sha(base + "/g512");
+        EXPECT_EQ(r.rc, 0) << r.err;
+        EXPECT_EQ(r.code, 200) << r.err;
+        EXPECT_EQ(r.size, 512 * kMiB);
+        EXPECT_EQ(r.sha, want);
+    });
     std::printf("[ THROUGHPUT ] vpipe-httpd --mode vpipe: 512 MiB GET in %.3f s = %.1f MiB/s (vpipe=%s)\n", r.seconds,
                 r.speed / kMiB, vpipe_path(server_log("httpd-vpipe-vm1"), "GET /g512 ").c_str());
     fs::remove(path);
@@ -542,7 +693,9 @@ TEST_F(AppsLab, ServersExitZeroOnSigterm) {
         start_server("sigterm-proxy", "vm1", {kProxy, "--mode", "vpipe", "--listen", "9090", "--to", kVm1Ip + ":8090"});
     Curl r = curl_sha("http://" + kVm1Ip + ":9090/b1");
     EXPECT_EQ(r.code, 200);
-    // an idle keep-alive connection through the proxy, held open by socat for a while
+    // an idle keep-alive connection through the proxy, held open by socat for a while (the
+    // `sleep 20` is the idle client under test: it keeps the connection open, doing nothing)
+    const size_t gets0 = log_lines(slurp(h.log), "\"GET /b1 HTTP/1.1\" 200").size();
     pid_t idle = fork();
     if (idle == 0) {
         int devnull = open("/dev/null", O_RDWR);
@@ -554,7 +707,13 @@ TEST_F(AppsLab, ServersExitZeroOnSigterm) {
               static_cast<char*>(nullptr));
         _exit(127);
     }
-    std::this_thread::sleep_for(500ms);
+    // the connection is up and idle once its request was answered: the httpd logged it
+    for (auto deadline = std::chrono::steady_clock::now() + 10s;
+         log_lines(slurp(h.log), "\"GET /b1 HTTP/1.1\" 200").size() < gets0 + 1;) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the idle connection's request never came\n"
+                                                              << slurp(h.log);
+        std::this_thread::sleep_for(20ms);  // polling the log for the line, with a deadline
+    }
     auto t0 = std::chrono::steady_clock::now();
     EXPECT_EQ(stop_server(&p), 0) << slurp(p.log);
     EXPECT_EQ(stop_server(&h), 0) << slurp(h.log);
@@ -607,7 +766,9 @@ TEST(AppsCli, BadArgumentsExitNonZeroWithAMessage) {
     }
     // a port that can't be bound is a runtime failure (1), not a usage error
     auto busy = run({"bash", "-c",
-                     "socat TCP-LISTEN:18089,bind=127.0.0.1,reuseaddr - </dev/null & sleep 0.5; " + kHttpd +
+                     "socat TCP-LISTEN:18089,bind=127.0.0.1,reuseaddr - </dev/null & "
+                     "for i in $(seq 200); do ss -Hltn 'sport = :18089' | grep -q . && break; sleep 0.01; done; " +
+                         kHttpd +
                          " --mode rw --port 18089 --bind 127.0.0.1 --root /tmp; rc=$?; kill %1; exit $rc"});
     EXPECT_EQ(busy.status, 1) << busy.err;
     EXPECT_NE(busy.err.find("cannot listen"), std::string::npos) << busy.err;

@@ -7,7 +7,11 @@
 // Timeline: vm1 starts at 0 s, vm2 at 3 s, vm3 (a smaller file) at 6 s and runs to completion;
 // then vm1:vm2 run 1:1; at +3 s `vpipectl set-weight vm1 3`; 3 s later everything stops. Then
 // weights 1,1,8 and vm1 fetches alone (work conservation: it must get the whole link).
-// The table goes to bench/results/fairness.csv (+ fairness.png when gnuplot is installed).
+// Under ctest the test checks what must hold on any box: every VM with demand makes progress,
+// the shares are ordered as the weights are, a lone VM of weight 1 of 10 is not held to its
+// share. The figures (shares within ±5 % of the weights over 2 s windows, the link's use, the
+// table) are a benchmark: bench/run.sh fairness sets VPIPE_BENCH_RESULTS=DIR, and only then
+// are they asserted and the table written to DIR/fairness.csv (+ fairness.png with gnuplot).
 //
 // The lab is shared: when one is up the test waits (up to 10 minutes) and only ever takes down
 // the lab it brought up itself.
@@ -27,6 +31,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -50,7 +55,12 @@ using Clock = std::chrono::steady_clock;
 
 using namespace vpipe::labtest;
 
-const std::string kResults = std::string(VPIPE_SOURCE_DIR) + "/bench/results";
+// Where the benchmark run (bench/run.sh fairness) wants the table; "" under ctest: no figures
+// asserted, nothing written.
+std::string bench_results() {
+    const char* d = std::getenv("VPIPE_BENCH_RESULTS");
+    return d ? d : "";
+}
 constexpr int kLinkMbit = 400;
 constexpr int kPort = 8083;
 constexpr auto kSample = 250ms;
@@ -121,6 +131,7 @@ private:
                     name.swap(pending_start_[i]);
                 }
                 if (!name.empty()) {
+                    resp_[i] = Response{};
                     fd[i] = connect_and_get(i, name);
                     running_[i] = fd[i] >= 0;
                     finished_[i] = false;
@@ -138,12 +149,20 @@ private:
                 if (fd[i] < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
                 ssize_t n = recv(fd[i], buf.data(), buf.size(), MSG_DONTWAIT);
                 if (n > 0) {
-                    acc[i] += static_cast<uint64_t>(n);
+                    acc[i] += body_bytes(i, buf.data(), static_cast<size_t>(n));
                 } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    const int err = n == 0 ? 0 : errno;
                     close(fd[i]);
                     fd[i] = -1;
                     running_[i] = false;
                     finished_[i] = true;
+                    // a transfer that ended (not cancelled) got the whole body, no more, no less
+                    if (!resp_[i].in_body)
+                        fail("vm" + std::to_string(i + 1) + ": connection ended before the response head" +
+                             (err ? std::string(": ") + strerror(err) : ""));
+                    else if (resp_[i].body != resp_[i].length)
+                        fail("vm" + std::to_string(i + 1) + ": " + std::to_string(resp_[i].body) + " body bytes of " +
+                             std::to_string(resp_[i].length) + (err ? std::string(": ") + strerror(err) : ""));
                 }
             }
             if (Clock::now() >= next_sample) {
@@ -158,6 +177,41 @@ private:
         for (int f : fd)
             if (f >= 0) close(f);
     }
+    // The response of one connection: its head is parsed (status 200 and a Content-Length, or
+    // the transfer fails) and only body bytes are counted, so an error page or a short answer
+    // can't pass for a share of the link.
+    struct Response {
+        std::string head;
+        bool in_body = false;
+        uint64_t length = 0, body = 0;
+    };
+    uint64_t body_bytes(int i, const char* data, size_t n) {
+        Response& r = resp_[i];
+        if (r.in_body) {
+            r.body += n;
+            return n;
+        }
+        r.head.append(data, n);
+        const size_t end = r.head.find("\r\n\r\n");
+        if (end == std::string::npos) {
+            if (r.head.size() > 16384) fail("vm" + std::to_string(i + 1) + ": no end of the response head");
+            return 0;
+        }
+        const std::string vm = "vm" + std::to_string(i + 1);
+        int code = 0;
+        if (std::sscanf(r.head.c_str(), "HTTP/1.%*d %d", &code) != 1 || code != 200)
+            fail(vm + ": status " + std::to_string(code) + ", want 200: " + r.head.substr(0, r.head.find("\r\n")));
+        const size_t cl = r.head.find("\r\nContent-Length: ");
+        if (cl == std::string::npos || cl > end)
+            fail(vm + ": no Content-Length in " + r.head.substr(0, end));
+        else
+            r.length = std::strtoull(r.head.c_str() + cl + 18, nullptr, 10);
+        r.in_body = true;
+        r.body = r.head.size() - end - 4;
+        r.head.resize(end + 4);
+        return r.body;
+    }
+
     int connect_and_get(int vm, const std::string& name) {
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in sa{};
@@ -184,6 +238,7 @@ private:
     bool ready_ = false;
     std::string error_;
     std::array<std::string, kVms> pending_start_;
+    std::array<Response, kVms> resp_;  // the fetcher thread's only
     std::array<std::atomic<bool>, kVms> cancel_{};
     std::array<std::atomic<bool>, kVms> running_{};
     std::array<std::atomic<bool>, kVms> finished_{};
@@ -307,9 +362,11 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
     ASSERT_TRUE(f.error().empty()) << f.error();
     const auto ss = f.samples();
 
-    // the table: bench/results/fairness.csv
-    fs::create_directories(kResults);
-    {
+    const std::string kResults = bench_results();
+    const bool bench = !kResults.empty();
+    // the table (benchmark runs only): DIR/fairness.csv
+    if (bench) {
+        fs::create_directories(kResults);
         std::ofstream csv(kResults + "/fairness.csv");
         csv << "t_s,vm1_mib_s,vm2_mib_s,vm3_mib_s,vm1_share,vm2_share,vm3_share,phase\n";
         for (const auto& s : ss) {
@@ -334,8 +391,40 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
         std::printf("[ SHARES ] %5.1f-%5.1f s  MiB/s %6.1f %6.1f %6.1f  shares %s\n", t, t + 1, b[0] / kMiB,
                     b[1] / kMiB, b[2] / kMiB, fmt_shares(shares(b)).c_str());
     }
+    // what holds on any box: each phase's VMs with demand all progress, and the shares are
+    // ordered like the weights (vm3 of weight 2 above vm1 and vm2; vm1 above vm2 after 3:1)
+    {
+        auto progress = [&](const std::string& what, const std::array<double, 3>& s, std::array<bool, 3> busy) {
+            for (int i = 0; i < 3; ++i) {
+                if (busy[i]) {
+                    EXPECT_GT(s[i], 0.05) << what << ": vm" << i + 1 << " starved (" << fmt_shares(s) << ")";
+                }
+            }
+        };
+        const auto one_one = shares(bytes_in(ss, 4, 6));
+        progress("1:1 (vm1+vm2)", one_one, {true, true, false});
+        const auto three = shares(bytes_in(ss, 7, t3_end - 0.25));
+        progress("1:1:2", three, {true, true, true});
+        EXPECT_GT(three[2], three[0]) << "1:1:2: " << fmt_shares(three);
+        EXPECT_GT(three[2], three[1]) << "1:1:2: " << fmt_shares(three);
+        const auto after = shares(bytes_in(ss, t3_end + 1, t_sw));
+        progress("1:1 after vm3", after, {true, true, false});
+        const auto w31 = shares(bytes_in(ss, t_sw + 1, t_end));
+        progress("set-weight 3:1", w31, {true, true, false});
+        EXPECT_GT(w31[0], w31[1]) << "set-weight 3:1: " << fmt_shares(w31);
+        EXPECT_GT(w31[0], after[0]) << "set-weight 3:1 did not raise vm1's share: " << fmt_shares(after) << " -> "
+                                    << fmt_shares(w31);
+    }
     const double link_payload = kLinkMbit * 1e6 / 8;
+    const double alone = bytes_in(ss, 0.5, 3)[0] / 2.5;
+    const double alone_wc = bytes_in(ss, t_wc + 0.5, t_wc + 3)[0] / 2.5;
+    std::printf("[ SHARES ] vm1 alone: %.1f MiB/s (weights 1,1,2, start) vs %.1f MiB/s (weights 1,1,8) = %.1f %%\n",
+                alone / kMiB, alone_wc / kMiB, 100 * alone_wc / alone);
+    // work conserving: far above its 1/10 share of the credit (it is the only VM asking)
+    EXPECT_GT(alone_wc, 0.5 * alone);
 
+    // the figures: benchmark runs only (timing on a shared CI box is not a test's business)
+    if (bench) {
     // steady states (from 1 s after each change): shares within ±5 %
     expect_shares("1:1 (vm1+vm2)", shares(bytes_in(ss, 4, 6)), {0.5, 0.5, 0}, 0.05);
     expect_shares("1:1:2", shares(bytes_in(ss, 7, t3_end - 0.25)), {0.25, 0.25, 0.5}, 0.05);
@@ -350,11 +439,8 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
     const double rate = (all[0] + all[1] + all[2]) / (t3_end - 7.25);
     EXPECT_GT(rate, 0.8 * link_payload) << "aggregate " << rate / kMiB << " MiB/s";
     // work conserving: vm1 alone with weight 1 of 10 gets what it got alone at the start
-    const double alone = bytes_in(ss, 0.5, 3)[0] / 2.5;
-    const double alone_wc = bytes_in(ss, t_wc + 0.5, t_wc + 3)[0] / 2.5;
-    std::printf("[ SHARES ] vm1 alone: %.1f MiB/s (weights 1,1,2, start) vs %.1f MiB/s (weights 1,1,8) = %.1f %%\n",
-                alone / kMiB, alone_wc / kMiB, 100 * alone_wc / alone);
     EXPECT_GE(alone_wc, 0.9 * alone);
+    }
 
     // the engine's view agrees
     auto st = ctl({"stats", "--json"});
@@ -366,7 +452,7 @@ TEST_F(FairnessLab, Fig7SharesFollowWeights) {
     EXPECT_EQ(j["vms"][2]["credits"]["weight"], 2);
     EXPECT_GT(j["vms"][0]["credits"]["charged"].get<uint64_t>(), 0u);
 
-    if (have_tool("gnuplot")) {
+    if (bench && have_tool("gnuplot")) {
         const std::string gp = "set terminal pngcairo size 900,500; set output '" + kResults +
                                "/fairness.png'; set datafile separator ','; set key top right; "
                                "set title 'Sharing dom0: 3 VMs file->socket (vPipe), weights 1:1:2, " +

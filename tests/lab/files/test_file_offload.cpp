@@ -62,18 +62,6 @@ std::vector<char> read_file(const std::string& path) {
     return out;
 }
 
-// Moves `len` bytes with libvpipe; returns the count, checks it was offloaded (not a fallback).
-ssize_t offload(int in, int out, off_t in_off, size_t len, off_t out_off) {
-    ssize_t n = vpipe_file_to_file_fd(in, out, in_off, len, out_off);
-    vpipe_result r{};
-    vpipe_last_result(&r);
-    EXPECT_NE(r.path, VPIPE_RESULT_FALLBACK) << "fell back: " << r.reason;
-    if (n > 0) {
-        EXPECT_EQ(r.offloaded + r.guest_copied, static_cast<uint64_t>(n));
-    }
-    return n;
-}
-
 class FileOffload : public LabFixture {
 protected:
     static void SetUpTestSuite() {
@@ -88,6 +76,38 @@ protected:
     }
     static std::string disk(int k) { return mount(1, k); }
     static nlohmann::json engine_vm() { return engine_stats()["vms"][0]; }
+
+    // Moves `len` bytes with libvpipe; returns the count. Checks that dom0 moved every one of them:
+    // the call's own result (offloaded == n, nothing copied by the guest), libvpipe's process
+    // counters (one more offloaded operation, n more offloaded bytes, no fallback) and the engine's
+    // counters (the file -> file requests the call reported, n bytes).
+    static ssize_t offload(int in, int out, off_t in_off, size_t len, off_t out_off) {
+        vpipe_stats before{}, after{};
+        vpipe_get_stats(&before);
+        const nlohmann::json e0 = engine_vm();
+        ssize_t n = vpipe_file_to_file_fd(in, out, in_off, len, out_off);
+        vpipe_result r{};
+        vpipe_last_result(&r);
+        vpipe_get_stats(&after);
+        const nlohmann::json e1 = engine_vm();
+        EXPECT_NE(r.path, VPIPE_RESULT_FALLBACK) << "fell back: " << r.reason;
+        EXPECT_EQ(after.ops_fallback, before.ops_fallback) << "fell back: " << r.reason;
+        if (n <= 0) return n;  // nothing to move (EOF) or an error: the callers check the count
+        EXPECT_EQ(r.offloaded, static_cast<uint64_t>(n)) << "dom0 did not move all the bytes";
+        EXPECT_EQ(r.guest_copied, 0u) << "the guest copied some of the bytes";
+        EXPECT_GT(r.requests, 0u);
+        EXPECT_EQ(after.ops_offloaded, before.ops_offloaded + 1);
+        EXPECT_EQ(after.bytes_offloaded, before.bytes_offloaded + static_cast<uint64_t>(n));
+        EXPECT_EQ(after.bytes_guest, before.bytes_guest);
+        auto counter = [](const nlohmann::json& vm, const char* kind) -> uint64_t {
+            const auto& v = vm.contains(kind) ? vm[kind] : nlohmann::json();
+            return v.is_object() && v.contains("file_to_file") ? v["file_to_file"].get<uint64_t>() : 0;
+        };
+        EXPECT_EQ(counter(e1, "ops") - counter(e0, "ops"), r.requests) << "the engine's file_to_file requests";
+        EXPECT_EQ(counter(e1, "bytes") - counter(e0, "bytes"), static_cast<uint64_t>(n))
+            << "the engine's file_to_file bytes";
+        return n;
+    }
 
     // Copies a whole new file of `size` random bytes and checks it.
     void copy_new_file(uint64_t size, const std::string& src_dir, const std::string& dst_dir) {

@@ -483,7 +483,7 @@ int client_relay(const std::map<std::string, std::string>& a) {
     long long e;
     if (pause_ms) {  // the far end stops reading half-way, then resumes
         e = recv_check(b, seed, 0, len / 2);
-        usleep(static_cast<useconds_t>(pause_ms * 1000));
+        usleep(static_cast<useconds_t>(pause_ms * 1000));  // the stall under test, not a synchronisation
         const long long e2 = recv_check(b, seed, len / 2, len - len / 2);
         if (e == -1 && e2 != -1) e = e2;
     } else {
@@ -527,7 +527,7 @@ int client_stall(const std::map<std::string, std::string>& a) {
     int small = 256 << 10;  // a small receive buffer: the sender blocks early
     setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     write_all(s, "GET\n", 4);
-    usleep(static_cast<useconds_t>(num(a, "stall_ms") * 1000));
+    usleep(static_cast<useconds_t>(num(a, "stall_ms") * 1000));  // the stall under test, not a synchronisation
     std::vector<uint8_t> buf(1 << 20);
     uint64_t got = 0;
     long long bad = -1;
@@ -1545,9 +1545,12 @@ TEST_F(SocketsShortTimeout, PeerStopsReading) {
     EXPECT_GT(moved, 0) << vm.all;
     EXPECT_LT(moved, 64ll << 20) << vm.all;
     EXPECT_EQ(r["err"], "0") << vm.all;
+    // the call waited for the 2 s timeout before handing back (a lower bound: load can only make
+    // it later). No upper bound: that would be a timing figure on a shared box; a call that did
+    // not hand back at the timeout would have moved everything once the client read again,
+    // which `moved < 64 MiB` above already refuses.
     const double secs = std::stod(r["secs"]);
     EXPECT_GE(secs, 1.9) << vm.all;
-    EXPECT_LT(secs, 10.0) << vm.all;
     EXPECT_EQ(c["got"], r["moved"]) << cl.all << vm.all;
     EXPECT_EQ(c["check"], "-1") << cl.all;
     printf("[ info ] peer stopped reading: the call returned %lld bytes after %.2f s\n", moved, secs);

@@ -4,6 +4,7 @@
 // it, stop() ends a receiver blocked on a silent peer. SendBehind: windows go out whole and in
 // order, and a failed send stops the producer instead of letting it wait for ever.
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -100,8 +101,16 @@ TEST(ReceiveAhead, TheReceiverWaitsForReleasedBuffers) {
     ASSERT_EQ(ra.start(), 0);
     std::vector<uint8_t> v(1000, 7);
     ASSERT_EQ(::send(p.fd[1], v.data(), v.size(), 0), 1000);
-    std::this_thread::sleep_for(100ms);
+    // wait (with a deadline) until both buffers are full, instead of sleeping and hoping the
+    // receiver got there; then the rest must still be in the socket
+    for (auto deadline = std::chrono::steady_clock::now() + 5s; ra.received() < 200u;) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "received " << ra.received();
+        std::this_thread::sleep_for(1ms);  // polling the condition with a deadline
+    }
     EXPECT_EQ(ra.received(), 200u);  // two buffers, none released: the rest stays in the socket
+    int queued = 0;
+    ASSERT_EQ(::ioctl(p.fd[0], FIONREAD, &queued), 0);
+    EXPECT_EQ(queued, 800);
     auto f = ra.take();
     ASSERT_EQ(f.size(), 2u);
     ra.release(1);
@@ -146,6 +155,8 @@ TEST(ReceiveAhead, StopEndsAReceiverBlockedOnASilentPeer) {
     std::vector<uint8_t> a(64);
     ReceiveAhead ra({a.data()}, 64, 1 << 20, receive_from(p.fd[0]));
     ASSERT_EQ(ra.start(), 0);
+    // gives the receiver time to block in recv (not observable from here); stop() must end it
+    // whatever state it is in, so the sleep only makes the interesting case likely
     std::this_thread::sleep_for(50ms);
     const auto t0 = std::chrono::steady_clock::now();
     ra.stop();

@@ -176,7 +176,17 @@ TEST(Credits, StopAndRemoveReleaseWaiters) {
     s.add_vm(2, 1);
     auto a = std::async(std::launch::async, [&] { return s.charge(1, kWindow); });
     auto b = std::async(std::launch::async, [&] { return s.charge(2, kWindow); });
-    std::this_thread::sleep_for(50ms);
+    // both are blocked on credit before the release, not merely started: a worker counts its
+    // wait and goes to sleep under the scheduler's lock, so once snapshot() sees the count the
+    // worker is waiting (a fixed sleep would let the test pass with charges not yet made)
+    auto both_waiting = [&] {
+        auto v = s.snapshot();
+        return v.size() == 2 && v[0].waits == 1 && v[1].waits == 1;
+    };
+    for (auto deadline = std::chrono::steady_clock::now() + 5s; !both_waiting();) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the charges never blocked";
+        std::this_thread::sleep_for(1ms);  // polling the condition with a deadline
+    }
     s.remove_vm(1);
     ASSERT_EQ(a.wait_for(2s), std::future_status::ready);
     EXPECT_FALSE(a.get());
