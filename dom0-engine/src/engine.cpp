@@ -1,5 +1,8 @@
 #include "engine.h"
 
+#include <chrono>
+#include <thread>
+
 #include <spdlog/spdlog.h>
 
 namespace vpipe::engine {
@@ -275,6 +278,30 @@ void Engine::stop() {
     // Workers waiting for credit return at once (and move the rest uncharged) so they join.
     if (credits_) credits_->stop();
     if (disk_credits_) disk_credits_->stop();
+    // A clean stop answers what is in flight before the channels close: operations are
+    // cancelled (each stops at its next safe point, hands its connections back with their final
+    // state and answers -ECANCELED with what it moved), and the services keep posting those
+    // answers for up to kStopGraceMs. Closing the channels first would drop the answers: a
+    // guest would see its request fail although dom0 had moved (and handed back) its bytes.
+    {
+        std::lock_guard lk(vms_mu_);
+        for (auto& vm : vms_) vm->cancel();
+    }
+    constexpr int kStopGraceMs = 5000;
+    const auto grace_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(kStopGraceMs);
+    for (;;) {
+        uint64_t active = 0;
+        {
+            std::lock_guard lk(vms_mu_);
+            for (auto& vm : vms_) active += vm->counters().active.load();
+        }
+        if (active == 0) break;
+        if (std::chrono::steady_clock::now() >= grace_end) {
+            spdlog::warn("stopping with {} operation(s) still running: their answers are lost", active);
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // (no event for "all idle")
+    }
     std::vector<Retiring> retiring;
     {
         std::lock_guard lk(vms_mu_);

@@ -276,8 +276,8 @@ void VmService::handle(const vpipe_request& req) {
             spdlog::warn("vm {}: {} request {:#x} failed after {} bytes: {}", vm_.name(),
                          op_name(parsed->op), parsed->id, moved, std::strerror(-status));
         }
-        c.active--;
         respond(ch, parsed->id, status, moved);
+        c.active--;  // after the answer: a clean stop waits for active == 0 before closing channels
     });
 }
 
