@@ -199,9 +199,13 @@ struct EndpointResult {
 };
 
 // Writes one socket endpoint's result into the guest's area.
-int write_result(const DescWriter& write, bool source, const SocketEndpoint& ep, EndpointResult& res) {
+// `moved`: the operation's, recorded with a VALID state (VPIPE_EP_RESULT_MOVED) for a guest whose
+// response never comes. The flags go last: until they are written the guest sees TAKEN.
+int write_result(const DescWriter& write, bool source, const SocketEndpoint& ep, EndpointResult& res,
+                 uint64_t moved = 0) {
     const size_t ep_off = source ? offsetof(vpipe_desc_header, src) : offsetof(vpipe_desc_header, dst);
     if (res.flags & VPIPE_EPF_VALID) {
+        if (write(ep_off + offsetof(vpipe_endpoint, prepared), &moved, sizeof(moved)) < 0) return -EIO;
         res.st.carry_offset = ep.tcp.carry_offset;
         res.st.sndq_len = static_cast<uint32_t>(res.sndq.size());
         res.st.rcvq_len = static_cast<uint32_t>(res.rcvq.size());
@@ -411,7 +415,7 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     // Lost: only what the peer acknowledged counts.
     *moved = (res.flags & VPIPE_EPF_VALID) ? sent : std::min(acked > before ? acked - before : 0, sent);
     if (tail_sent && (res.flags & VPIPE_EPF_VALID)) res.flags |= VPIPE_EPF_TAIL_SENT;
-    if (write_result(write, false, req.dst_sock, res) < 0 && status == 0) status = -EIO;
+    if (write_result(write, false, req.dst_sock, res, *moved) < 0 && status == 0) status = -EIO;
     return status;
 }
 
@@ -509,7 +513,7 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     int r = finish_endpoint(src, req.src_sock.room, &res);
     if (r < 0 && status == 0) status = r == -EIO ? -EIO : -ECONNRESET;
     *moved = pos;
-    if (write_result(write, true, req.src_sock, res) < 0 && status == 0) status = -EIO;
+    if (write_result(write, true, req.src_sock, res, *moved) < 0 && status == 0) status = -EIO;
     return status;
 }
 
@@ -656,8 +660,8 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
     if (status == -ENOTCONN) status = -ECONNRESET;
     *moved = fwd;
     if (tail_sent && (dres.flags & VPIPE_EPF_VALID)) dres.flags |= VPIPE_EPF_TAIL_SENT;
-    int w1 = write_result(write, true, req.src_sock, sres);
-    int w2 = write_result(write, false, req.dst_sock, dres);
+    int w1 = write_result(write, true, req.src_sock, sres, fwd);
+    int w2 = write_result(write, false, req.dst_sock, dres, fwd);
     if ((w1 < 0 || w2 < 0) && status == 0) status = -EIO;
     return status;
 }

@@ -303,5 +303,6 @@ int vpipe_desc_result(const struct vpipe_desc_header *h, int source, const struc
 	out->flags = flags & (VPIPE_EPF_VALID | VPIPE_EPF_PEER_FIN | VPIPE_EPF_TAIL_SENT);
 	out->st = ep->tcp;
 	out->carry_off = room_off;
+	out->moved = ep->prepared;   /* VPIPE_EP_RESULT_MOVED; the caller clamps it to the length */
 	return 0;
 }

@@ -107,6 +107,8 @@ struct vpipe_sock_result {
 	uint32_t flags;                 /* VPIPE_EPF_*; 0: dom0 never took the connection over */
 	struct vpipe_tcp_state st;      /* the final state (VPIPE_EPF_VALID) */
 	uint64_t carry_off;             /* area offset of its queues: sndq_len, then rcvq_len bytes */
+	uint64_t moved;                 /* VALID: the operation's `moved` as dom0 recorded it with the
+	                                 * state (what counts when its response never came) */
 };
 
 /* Reads one endpoint's result. A VALID result that cannot be right -- another 4-tuple than the

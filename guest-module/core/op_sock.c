@@ -78,7 +78,7 @@ static void sock_in(const struct sock_end *e, struct vpipe_sock_in *in)
 /* Restores one endpoint from the results dom0 wrote into the request's area. */
 static int restore_from(const struct vpipe_core *c, void *t, int have_pages,
 			const struct vpipe_desc_header *h, int source, uint64_t room_off, uint32_t room,
-			struct sock_end *e, int *status)
+			struct sock_end *e, int *status, uint64_t *recorded)
 {
 	struct vpipe_sock_result res;
 	struct vpipe_restore rs;
@@ -116,6 +116,8 @@ static int restore_from(const struct vpipe_core *c, void *t, int have_pages,
 				return r;
 			}
 		}
+		if (res.moved > *recorded)
+			*recorded = res.moved;
 		rs.st = &res.st;
 		rs.sndq = q;
 		rs.rcvq = q ? q + res.st.sndq_len : NULL;
@@ -189,6 +191,7 @@ static int hand_over(const struct vpipe_core *c, uint8_t rop, uint64_t length,
 	struct vpipe_submit s;
 	void *stream = NULL, *t = NULL;
 	uint64_t nseg = file ? vpipe_ext_count(file, file_off, file_off + length) : 0;
+	uint64_t recorded = 0;
 	int status, killed = 0, have_pages = 0, rs = 0, r;
 
 	*moved = 0;
@@ -229,16 +232,23 @@ static int hand_over(const struct vpipe_core *c, uint8_t rop, uint64_t length,
 	/* A process killed meanwhile gets its sockets back too: dom0 is done with them, and the
 	 * exit closes them like any other (the peer sees a FIN, not silence). */
 	if (src) {
-		r = t ? restore_from(c, t, have_pages, &h, 1, l.room_off[0], l.room[0], src, &status)
+		r = t ? restore_from(c, t, have_pages, &h, 1, l.room_off[0], l.room[0], src, &status, &recorded)
 		      : restore(c, src, NULL);
 		if (r < 0 && rs == 0)
 			rs = r;
 	}
 	if (dst) {
-		r = t ? restore_from(c, t, have_pages, &h, 0, l.room_off[1], l.room[1], dst, &status)
+		r = t ? restore_from(c, t, have_pages, &h, 0, l.room_off[1], l.room[1], dst, &status, &recorded)
 		      : restore(c, dst, NULL);
 		if (r < 0 && rs == 0)
 			rs = r;
+	}
+	/* No response (the transport failed it: -ECANCELED, nothing moved) but dom0 had handed
+	 * the connections back with their final state and recorded what moved: that counts. */
+	if (status == -ECANCELED && *moved == 0 && recorded) {
+		*moved = VC_MIN(recorded, length);
+		if (*moved == length)
+			status = 0;
 	}
 	if (t)
 		c->ops->put(c->env, t);

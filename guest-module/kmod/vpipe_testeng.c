@@ -57,7 +57,8 @@ struct test_req {
 /* the conformance corpus's script (enum vc_ans of tests/conformance/corpus.h) and what the
  * engine took since */
 enum { ANS_OK, ANS_STATUS, ANS_SHORT, ANS_BOGUS_STATUS, ANS_BOGUS_MOVED, ANS_BOGUS_ID,
-       ANS_BOGUS_PROD, ANS_ECHO, ANS_RESET, ANS_BAD_TUPLE, ANS_BIG_QUEUES, ANS_DOWN };
+       ANS_BOGUS_PROD, ANS_ECHO, ANS_RESET, ANS_BAD_TUPLE, ANS_BIG_QUEUES, ANS_DOWN,
+       ANS_TAKEN_LOST, ANS_VALID_LOST };
 #define REC_BYTES (4u << 20)
 static DEFINE_MUTEX(rec_lock);
 static struct vpipe_dbg_script script;   /* all zero: ANS_OK */
@@ -232,7 +233,8 @@ static void record(const struct vpipe_request *req, int verdict, const u8 *desc,
 }
 
 /* writes the result fields of one socket endpoint into the area's header (page 0) */
-static void write_ep(const u32 *refs, int source, u32 flags, const struct vpipe_tcp_state *tcp)
+static void write_ep(const u32 *refs, int source, u32 flags, const struct vpipe_tcp_state *tcp,
+		     u64 recorded)
 {
 	u8 *page = vpipe_front_test_page(refs[0]);
 	struct vpipe_desc_header *h = (void *)page;
@@ -240,6 +242,8 @@ static void write_ep(const u32 *refs, int source, u32 flags, const struct vpipe_
 
 	if (!page)
 		return;
+	if (recorded)
+		VPIPE_EP_RESULT_MOVED(ep) = recorded;
 	if (tcp)
 		ep->tcp = *tcp;
 	ep->tail_len = 0;
@@ -264,18 +268,24 @@ static int answer_sockets(const struct vpipe_request *req, const struct vpipe_db
 		switch (sc->ans) {
 		case ANS_OK:
 		case ANS_ECHO:
-			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t);
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t, 0);
 			break;
 		case ANS_RESET:
-			write_ep(refs, i == 0, VPIPE_EPF_RESET, NULL);
+			write_ep(refs, i == 0, VPIPE_EPF_RESET, NULL, 0);
 			break;
 		case ANS_BAD_TUPLE:
 			t.remote_port ^= htons(1);
-			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t);
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t, 0);
 			break;
 		case ANS_BIG_QUEUES:
 			t.rcvq_len = eps[i]->room + 1;
-			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t);
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t, 0);
+			break;
+		case ANS_TAKEN_LOST:
+			write_ep(refs, i == 0, VPIPE_EPF_TAKEN, NULL, 0);
+			break;
+		case ANS_VALID_LOST:
+			write_ep(refs, i == 0, VPIPE_EPF_VALID, &t, sc->moved);
 			break;
 		default:
 			break;
@@ -291,6 +301,8 @@ static int answer_sockets(const struct vpipe_request *req, const struct vpipe_db
 		return -ECONNRESET;
 	case ANS_BAD_TUPLE:
 	case ANS_BIG_QUEUES:
+	case ANS_TAKEN_LOST:   /* execute() forges the id: the channel breaks */
+	case ANS_VALID_LOST:
 		return 0;
 	default:
 		return -EOPNOTSUPP;   /* no shadow sockets here: the guest restores its own */
@@ -370,6 +382,8 @@ static int execute(const struct vpipe_request *req, u64 *moved, u64 *id, int *ex
 	}
 	if (req->op != VPIPE_OP_FILE_TO_FILE) {
 		err = answer_sockets(req, &sc, desc, &ck, refs, moved);
+		if (sc.ans == ANS_TAKEN_LOST || sc.ans == ANS_VALID_LOST)
+			*id ^= 1ull << 20;   /* the results are written; the answer breaks the channel */
 		goto out;
 	}
 	if (ck.src.vdev != ck.dst.vdev) {

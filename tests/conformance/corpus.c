@@ -122,6 +122,11 @@ const struct vc_case vc_corpus[] = {
 	{ "f2s_reset", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_RESET, 0, 0 }, ECONNRESET, 0, OFF, 1, 0, 0, -1, VC_POST_RESET },
 	{ "f2s_bad_tuple", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_BAD_TUPLE, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
 	{ "f2s_queues_beyond_room", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_BIG_QUEUES, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
+	/* dom0 died: holding the connection (nothing can be restored), or after handing it back
+	 * (what it recorded with the final state counts, although no response came) */
+	{ "f2s_engine_died_holding", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_TAKEN_LOST, 0, 0 }, ECONNABORTED, 0, OFF, 1, 0, 0, -1, VC_POST_RESET },
+	{ "f2s_engine_died_after_hand_back", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_VALID_LOST, 0, 4096 }, 0, 4096, OFF, 1, 0, 0, -1, USABLE },
+	{ "f2s_engine_died_after_hand_back_all_moved", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, { VC_ANS_VALID_LOST, 0, 64 * KIB }, 0, 64 * KIB, OFF, 1, 0, 0, -1, USABLE },
 	{ "f2s_engine_timedout", F2S, VC_FILE, VC_SOCK, VC_DENSE, 64 * KIB, 0, 0, 0, 64 * KIB, NCR, 0, 0, 0, ST(ETIMEDOUT), ETIMEDOUT, 0, OFF, 1, 0, 0, -1, USABLE },
 	{ "s2f_refused_unread_back", S2F, VC_SOCK, VC_FILE, 0, 0, 0, 0, 0, 10000, 0, 0, 0, 3000, ST(EOPNOTSUPP), EOPNOTSUPP, 0, OFF | ALLOC, 1, 0, 0, 0, USABLE | VC_POST_UNREAD_BACK },
 	{ "s2f_echo_unread_back", S2F, VC_SOCK, VC_FILE, 0, 0, 0, 0, 0, 10000, 0, 0, 0, 2000, OK_ANS, 0, 0, OFF | ALLOC, 1, 0, 0, 0, USABLE | VC_POST_UNREAD_BACK },
@@ -133,6 +138,7 @@ const struct vc_case vc_corpus[] = {
 	{ "s2s_head_tail_echo", S2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 8192, 0, 99, 3, 0, OK_ANS, 0, 0, OFF, 1, 0, 99, -1, USABLE | VC_POST_HEAD_ONCE },
 	{ "s2s_reset", S2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, { VC_ANS_RESET, 0, 0 }, ECONNRESET, 0, OFF, 1, 0, 0, -1, VC_POST_RESET },
 	{ "s2s_bad_tuple", S2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, { VC_ANS_BAD_TUPLE, 0, 0 }, EIO, 0, OFF, 1, 0, 0, -1, USABLE },
+	{ "s2s_engine_died_holding", S2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, { VC_ANS_TAKEN_LOST, 0, 0 }, ECONNABORTED, 0, OFF, 1, 0, 0, -1, VC_POST_RESET },
 	{ "s2s_rsp_prod_past", S2S, VC_SOCK, VC_SOCK, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, { VC_ANS_BOGUS_PROD, 0, 0 }, ECANCELED, 0, OFF, 1, 0, 0, -1, USABLE },
 };
 

@@ -70,6 +70,11 @@ enum vc_ans {
 	VC_ANS_BAD_TUPLE,     /* sockets: VALID with another remote port */
 	VC_ANS_BIG_QUEUES,    /* sockets: VALID with queues longer than the room */
 	VC_ANS_DOWN,          /* no engine: the channel is down before the call */
+	VC_ANS_TAKEN_LOST,    /* sockets: VPIPE_EPF_TAKEN left on every socket endpoint, then the
+	                       * channel breaks (a forged id): dom0 died holding the connections */
+	VC_ANS_VALID_LOST,    /* sockets: VALID (the request's state) with `moved` recorded in the
+	                       * endpoint (VPIPE_EP_RESULT_MOVED), then the channel breaks: dom0 died
+	                       * after the hand-back, before its response */
 };
 
 struct vc_script {

@@ -193,11 +193,14 @@ private:
     }
 
     // writes one socket endpoint's result fields into the area's header
-    void write_ep(const ParsedRequest& p, bool source, uint32_t flags, const vpipe_tcp_state* tcp) {
+    // (`recorded`: VPIPE_EP_RESULT_MOVED, written when not 0)
+    void write_ep(const ParsedRequest& p, bool source, uint32_t flags, const vpipe_tcp_state* tcp,
+                  uint64_t recorded = 0) {
         const size_t ep = source ? offsetof(vpipe_desc_header, src) : offsetof(vpipe_desc_header, dst);
         auto put = [&](size_t off, const void* d, uint32_t n) {
             ch_->write_desc_page(p.area[0], static_cast<uint32_t>(off), d, n);
         };
+        if (recorded) put(ep + offsetof(vpipe_endpoint, prepared), &recorded, 8);
         if (tcp) put(ep + offsetof(vpipe_endpoint, tcp), tcp, sizeof(*tcp));
         const uint32_t zero = 0;
         put(ep + offsetof(vpipe_endpoint, tail_len), &zero, 4);
@@ -249,16 +252,16 @@ private:
         const bool f2f = req.op == VPIPE_OP_FILE_TO_FILE;
         const bool src_sock = req.op == VPIPE_OP_SOCKET_TO_FILE || req.op == VPIPE_OP_SOCKET_TO_SOCKET;
         const bool dst_sock = req.op == VPIPE_OP_FILE_TO_SOCKET || req.op == VPIPE_OP_SOCKET_TO_SOCKET;
-        auto each_socket = [&](uint32_t flags, auto mutate) {
+        auto each_socket = [&](uint32_t flags, auto mutate, uint64_t recorded = 0) {
             if (src_sock) {
                 vpipe_tcp_state t = p.src_sock.tcp;
                 mutate(t, p.src_sock.room);
-                write_ep(p, true, flags, &t);
+                write_ep(p, true, flags, &t, recorded);
             }
             if (dst_sock) {
                 vpipe_tcp_state t = p.dst_sock.tcp;
                 mutate(t, p.dst_sock.room);
-                write_ep(p, false, flags, &t);
+                write_ep(p, false, flags, &t, recorded);
             }
         };
         auto same = [](vpipe_tcp_state&, uint32_t) {};
@@ -305,6 +308,15 @@ private:
         case VC_ANS_BIG_QUEUES:
             each_socket(VPIPE_EPF_VALID, [](vpipe_tcp_state& t, uint32_t room) { t.rcvq_len = room + 1; });
             respond(req.id, 0, 0);
+            break;
+        case VC_ANS_TAKEN_LOST:
+            if (src_sock) write_ep(p, true, VPIPE_EPF_TAKEN, nullptr);
+            if (dst_sock) write_ep(p, false, VPIPE_EPF_TAKEN, nullptr);
+            respond(req.id ^ (1ull << 20), 0, 0);
+            break;
+        case VC_ANS_VALID_LOST:
+            each_socket(VPIPE_EPF_VALID, same, s.moved);
+            respond(req.id ^ (1ull << 20), 0, 0);
             break;
         default:
             respond(req.id, -EOPNOTSUPP, 0);

@@ -243,6 +243,11 @@ struct vpipe_endpoint {
  *    that what it hands back always fits the room.
  */
 #define VPIPE_CARRY_MIN 4096u
+/* In a VALID socket result, the endpoint's `prepared` word carries the operation's `moved`, the
+ * same number as the response's: written with the state, before the flags. A guest whose
+ * response never came (dom0 died after handing the connection back) takes it from there, so
+ * bytes that moved are never reported as not moved (and sent twice by the application). */
+#define VPIPE_EP_RESULT_MOVED(ep) ((ep)->prepared)
 #define VPIPE_EP_RESULT_FLAGS(ep) ((ep)->result_flags)
 #define VPIPE_EPF_VALID 0x1u       /* dom0 wrote a restorable final state */
 #define VPIPE_EPF_PEER_FIN 0x2u    /* the peer closed its sending side (FIN consumed by dom0) */
