@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <array>
@@ -278,6 +279,58 @@ TEST_F(FileOffload, LengthPastEndOfFileIsAShortCount) {
     ::close(in);
     ::close(out);
     EXPECT_TRUE(read_file(dst) == std::vector<char>(s.begin() + (512 << 10), s.end()));
+}
+
+// A destination disk without room for the copy: a clear ENOSPC before anything is written,
+// not a fallback, the destination file as it was (size and bytes), the source not left held
+// (immutable), the space given back; with room again the same copy goes through.
+TEST_F(FileOffload, DiskFullIsEnospcAndLosesNothing) {
+    const std::string src = disk(0) + "/full.src", dst = disk(1) + "/full.dst", filler = disk(1) + "/filler";
+    const size_t len = 64u << 20;
+    std::vector<char> s(len), d(1 << 20);
+    fill_pattern(51, 0, s.data(), s.size());
+    fill_pattern(52, 0, d.data(), d.size());
+    write_file(src, s);
+    write_file(dst, d);
+    ::sync();
+    auto avail = [&] {
+        struct statvfs v{};
+        ::statvfs(disk(1).c_str(), &v);
+        return static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
+    };
+    // leave 8 MiB: less than the copy needs
+    int ff = ::open(filler.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(ff, 0);
+    ASSERT_GT(avail(), uint64_t{16} << 20);
+    ASSERT_EQ(::fallocate(ff, 0, 0, static_cast<off_t>(avail() - (8u << 20))), 0) << std::strerror(errno);
+    ::close(ff);
+    const uint64_t free0 = avail();
+    ASSERT_LT(free0, uint64_t{len});
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    vpipe_set_fallback(0);  // the guest's own copy would fail the same way, later: not asked here
+    errno = 0;
+    const ssize_t n = vpipe_file_to_file_fd(in, out, 0, len, static_cast<off_t>(d.size()));
+    const int err = errno;
+    vpipe_set_fallback(1);
+    EXPECT_EQ(n, -1);
+    EXPECT_EQ(err, ENOSPC) << std::strerror(err);
+    EXPECT_TRUE(read_file(dst) == d) << "the destination changed";
+    EXPECT_TRUE(read_file(src) == s) << "the source changed";
+    int flags = 0;
+    ASSERT_EQ(::ioctl(in, FS_IOC_GETFLAGS, &flags), 0);
+    EXPECT_EQ(flags & FS_IMMUTABLE_FL, 0) << "the source is still held";
+    EXPECT_GE(avail() + (1u << 20), free0) << "blocks allocated for the failed copy were not given back";
+    // room again: the same copy goes through
+    ASSERT_EQ(::unlink(filler.c_str()), 0);
+    EXPECT_EQ(offload(in, out, 0, len, static_cast<off_t>(d.size())), static_cast<ssize_t>(len));
+    ::close(in);
+    ::close(out);
+    d.insert(d.end(), s.begin(), s.end());
+    EXPECT_TRUE(read_file(dst) == d);
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
 }
 
 TEST_F(FileOffload, WrongDescriptorsAreClearErrors) {
