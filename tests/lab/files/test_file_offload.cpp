@@ -298,11 +298,16 @@ TEST_F(FileOffload, DiskFullIsEnospcAndLosesNothing) {
         ::statvfs(disk(1).c_str(), &v);
         return static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
     };
-    // leave 8 MiB: less than the copy needs
+    // leave 1 MiB to users; the agent is root and may also use ext4's reserve (5 %: ~51 MiB
+    // of this 1 GiB disk), so the copy is larger than both
+    struct Unlink {
+        std::string path;
+        ~Unlink() { ::unlink(path.c_str()); }  // a full disk must not outlive the test
+    } filler_guard{filler};
     int ff = ::open(filler.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ASSERT_GE(ff, 0);
     ASSERT_GT(avail(), uint64_t{16} << 20);
-    ASSERT_EQ(::fallocate(ff, 0, 0, static_cast<off_t>(avail() - (8u << 20))), 0) << std::strerror(errno);
+    ASSERT_EQ(::fallocate(ff, 0, 0, static_cast<off_t>(avail() - (1u << 20))), 0) << std::strerror(errno);
     ::close(ff);
     const uint64_t free0 = avail();
     ASSERT_LT(free0, uint64_t{len});
@@ -324,6 +329,7 @@ TEST_F(FileOffload, DiskFullIsEnospcAndLosesNothing) {
     EXPECT_GE(avail() + (1u << 20), free0) << "blocks allocated for the failed copy were not given back";
     // room again: the same copy goes through
     ASSERT_EQ(::unlink(filler.c_str()), 0);
+    ::sync();
     EXPECT_EQ(offload(in, out, 0, len, static_cast<off_t>(d.size())), static_cast<ssize_t>(len));
     ::close(in);
     ::close(out);

@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sendfile.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -707,8 +708,16 @@ int vm_recv_one_call(const std::map<std::string, std::string>& a) {
     fstat(f, &st);
     ssize_t m = send(s, "x", 1, MSG_NOSIGNAL);
     const int merr = m < 0 ? errno : 0;
-    printf("RESULT ret=%zd err=%d size=%lld next_send=%zd next_err=%d\n", n, err, static_cast<long long>(st.st_size),
-           m, merr);
+    int q = 0;
+    ioctl(s, FIONREAD, &q);
+    printf("RESULT ret=%zd err=%d size=%lld next_send=%zd next_err=%d queued=%d\n", n, err,
+           static_cast<long long>(st.st_size), m, merr, q);
+    fflush(stdout);
+    // unread=N: the N bytes the call did not take must still be readable, byte-exact
+    if (num(a, "unread") && static_cast<uint64_t>(q) >= num(a, "unread"))
+        printf("UNREAD check=%lld\n", recv_check(s, num(a, "seed"), 0, num(a, "unread")));
+    else if (num(a, "unread"))
+        printf("UNREAD short=%d\n", q);
     fflush(stdout);
     close(f);
     close(s);
