@@ -5,6 +5,7 @@ pkgs=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev         # tests, micro benchmarks
   clang libclang-rt-dev                              # libFuzzer + ASan/UBSan runtimes (tests/fuzz)
+  qemu-utils                                         # qemu-img: a real qcow2 image the engine must refuse
   libxen-dev                                         # xen/io/ring.h, libxengnttab/evtchn/store
   libaio-dev                                         # O_DIRECT block I/O on disk images
   libnftables-dev nftables                           # flow steering in dom0
