@@ -106,5 +106,5 @@ cd "$tree"
   LIBS="-L$(dirname "$lib") -Wl,-rpath,$(dirname "$lib") -lvpipe"  # (configure drops LDFLAGS in a check)
 make -s -j"${JOBS:-$(nproc)}"  # JOBS=N to share the machine
 make -s install >/dev/null
-"$bin" -V | head -1
+"$bin" -V | sed -n 1p  # (not head: lighttpd would die of SIGPIPE under pipefail)
 echo "lighttpd/build.sh: built $bin (server.vpipe = \"enable\" turns vPipe on)"
