@@ -85,7 +85,7 @@ if ((force)) || [ ! -e "$tree/.vpipe-patched" ] || [ "$patch" -nt "$tree/.vpipe-
   rm -rf "$tree"
   if ! ls "$src"/lighttpd_"$version"-*.dsc >/dev/null 2>&1; then
     # the Debian revision of $version that the archive has (bookworm: 1.4.69-1)
-    showsrc() { { apt-cache showsrc lighttpd 2>/dev/null || true; } | sed -n "s/^Version: \($version-.*\)/\1/p" | head -1; }
+    showsrc() { { apt-cache showsrc lighttpd 2>/dev/null || true; } | sed -n "s/^Version: \($version-.*\)/\1/p" | sed -n 1p; }
     deb="$(showsrc)"
     # a deb-src entry whose index was never fetched (a fresh host): fetch it once
     if [ -z "$deb" ] && ((deps)); then apt-get update -qq; deb="$(showsrc)"; fi

@@ -52,7 +52,7 @@ build_kernels() {
   # the bzImage payload is xz: decompressing it under emulation costs ~10 s per boot, so dom0
   # boots the ELF and the domU a gzip of it (xl gunzips faster than it un-xzs)
   local off
-  off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "/boot/vmlinuz-$KV" | head -1 | cut -d: -f1)
+  off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "/boot/vmlinuz-$KV" | sed -n 1p | cut -d: -f1)
   [ -n "$off" ] || die "no xz payload in /boot/vmlinuz-$KV"
   tail -c +$((off + 1)) "/boot/vmlinuz-$KV" | xz -dc > "$k/vmlinux" 2>/dev/null || true
   [ "$(head -c 4 "$k/vmlinux" | tail -c 3)" = ELF ] || die "vmlinux extraction failed"
