@@ -201,14 +201,20 @@ protected:
     // vpipe mode: `transfer` (which moves `bytes` body bytes of `op` in VM `vm` with `requests`
     // calls of the server) was done by the engine: the server's log line(s) for `needle` say
     // "vpipe=offloaded", and the engine's counters grew by exactly those bytes. The server logs
-    // after the transfer; the engine counts before it answers the ring request.
+    // after the transfer; the engine counts an operation when it answers its ring request.
     template <class F>
     void expect_engine_moved(const std::string& server, int vm, const std::string& op, const std::string& needle,
                              uint64_t bytes, size_t requests, F&& transfer) {
         const size_t lines0 = log_lines(server_log(server), needle).size();
         const OpCount c0 = engine_op(vm, op);
         transfer();
-        const OpCount c1 = engine_op(vm, op);
+        // The client can hold every byte before the engine has answered the ring request (it
+        // counts the operation then, after the hand-back): wait for the count, with a deadline.
+        OpCount c1 = engine_op(vm, op);
+        for (auto deadline = std::chrono::steady_clock::now() + 10s;
+             (c1.ops - c0.ops < requests || c1.bytes - c0.bytes < bytes) && std::chrono::steady_clock::now() < deadline;
+             c1 = engine_op(vm, op))
+            std::this_thread::sleep_for(20ms);  // polling the engine's counters
         EXPECT_EQ(c1.bytes - c0.bytes, bytes) << "engine's " << op << " bytes of vm" << vm;
         EXPECT_GE(c1.ops - c0.ops, requests) << "engine's " << op << " requests of vm" << vm;
         std::vector<std::string> lines;
