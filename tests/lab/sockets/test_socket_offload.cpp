@@ -651,6 +651,35 @@ int vm_serve_one_call(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// Reads stream `seed` from `fd` until EOF or an error: `pause_at` bytes, then PAUSED and nothing
+// more until the file `resume` exists (the test's event), then the rest; every byte checked.
+void read_pausing(int fd, uint64_t seed, uint64_t pause_at, const std::string& resume, uint64_t* got,
+                  long long* mismatch, int* end) {
+    std::vector<uint8_t> buf(1 << 20);
+    bool paused = false;
+    for (;;) {
+        if (!paused && *got >= pause_at) {
+            paused = true;
+            printf("PAUSED\n");
+            fflush(stdout);
+            struct stat st{};
+            while (stat(resume.c_str(), &st) != 0) usleep(10000);  // the test's event: a file
+        }
+        uint64_t want = buf.size();
+        if (!paused) want = std::min<uint64_t>(want, pause_at - *got);
+        ssize_t r = recv(fd, buf.data(), want, 0);
+        if (r == 0) return;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            *end = errno;
+            return;
+        }
+        long long bad = check_pattern(seed, *got, buf.data(), static_cast<size_t>(r));
+        if (bad >= 0 && *mismatch < 0) *mismatch = static_cast<long long>(*got) + bad;
+        *got += static_cast<uint64_t>(r);
+    }
+}
+
 // client: asks for `len` bytes at 0 of stream `seed`, reads `pause_at` of them, prints PAUSED
 // and reads nothing until the file `resume` exists (the test does something meanwhile, e.g.
 // kills the engine); then reads until EOF or an error. Every byte is checked against the
@@ -660,32 +689,10 @@ int client_pause_get(const std::map<std::string, std::string>& a) {
     int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
     const std::string req = "GET 0 " + std::to_string(len) + "\n";
     write_all(s, req.data(), req.size());
-    std::vector<uint8_t> buf(1 << 20);
     uint64_t got = 0;
     long long mismatch = -1;
     int end = 0;
-    bool paused = false;
-    for (;;) {
-        if (!paused && got >= pause_at) {
-            paused = true;
-            printf("PAUSED got=%llu\n", static_cast<unsigned long long>(got));
-            fflush(stdout);
-            struct stat st{};
-            while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
-        }
-        uint64_t want = buf.size();
-        if (!paused) want = std::min<uint64_t>(want, pause_at - got);
-        ssize_t r = recv(s, buf.data(), want, 0);
-        if (r == 0) break;
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            end = errno;
-            break;
-        }
-        long long bad = check_pattern(seed, got, buf.data(), static_cast<size_t>(r));
-        if (bad >= 0 && mismatch < 0) mismatch = static_cast<long long>(got) + bad;
-        got += static_cast<uint64_t>(r);
-    }
+    read_pausing(s, seed, pause_at, a.at("resume"), &got, &mismatch, &end);
     printf("RESULT got=%llu mismatch=%lld end=%d\n", static_cast<unsigned long long>(got), mismatch, end);
     fflush(stdout);
     close(s);
@@ -804,32 +811,10 @@ int client_relay_pause(const std::map<std::string, std::string>& a) {
             sent += static_cast<uint64_t>(r);
         }
     });
-    std::vector<uint8_t> buf(1 << 20);
     uint64_t got = 0;
     long long mismatch = -1;
     int end = 0;
-    bool paused = false;
-    for (;;) {
-        if (!paused && got >= pause_at) {
-            paused = true;
-            printf("PAUSED\n");
-            fflush(stdout);
-            struct stat st{};
-            while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
-        }
-        uint64_t want = buf.size();
-        if (!paused) want = std::min<uint64_t>(want, pause_at - got);
-        ssize_t r = recv(b, buf.data(), want, 0);
-        if (r == 0) break;
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            end = errno;
-            break;
-        }
-        long long bad = check_pattern(seed, got, buf.data(), static_cast<size_t>(r));
-        if (bad >= 0 && mismatch < 0) mismatch = static_cast<long long>(got) + bad;
-        got += static_cast<uint64_t>(r);
-    }
+    read_pausing(b, seed, pause_at, a.at("resume"), &got, &mismatch, &end);
     // the sender stops on its own once the VM's end is gone (RST); SHUT_WR would not wake it
     tx.join();
     printf("RESULT got=%llu mismatch=%lld end=%d sent=%llu send_end=%d\n", static_cast<unsigned long long>(got),
