@@ -11,6 +11,8 @@
 #   bench/run.sh fairness          only the sharing-dom0 experiment (Fig 7)
 #   bench/run.sh handover          only the hand-over benchmarks (latency sweep, wrk, httperf:
 #                                  latency.csv, wrk.csv, httperf.csv, HANDOVER.md; ~12 min)
+#   bench/run.sh soak              only the overload soak (SOAK.md, soak.csv; SOAK_SECONDS=600,
+#                                  --quick 60): exits non-zero when it did not pass
 #   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
 #   bench/run.sh summary           only re-plot and rewrite SUMMARY.md from the CSVs
 # --quick: fewer conditions, sizes and repetitions (a smoke run of every code path, ~6 min).
@@ -100,6 +102,8 @@ now() { date +%s.%N; }
 . bench/summary.sh
 # shellcheck source=bench/handover.sh
 . bench/handover.sh
+# shellcheck source=bench/soak.sh
+. bench/soak.sh
 
 # Fig 7: 3 VMs (weights 1:1:2) serving files with vpipe-httpd --mode vpipe over a shaped link;
 # shares measured on the client every 250 ms. With VPIPE_BENCH_RESULTS the lab test writes
@@ -117,10 +121,11 @@ case "$what" in
   scale) run_scale ;;
   fairness) run_fairness ;;
   handover) run_handover ;;
+  soak) run_soak ;;
   profile) run_profile_only ;;
   summary) ;;
   all) run_micro; run_handover; run_fig4; run_scale; run_fairness ;;
-  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|handover|profile|summary]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|handover|soak|profile|summary]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements
