@@ -280,8 +280,14 @@ TEST_F(EngineProcess, ABogusProducerIndexCostsTheGuestItsChannelOnly) {
     char c;
     EXPECT_EQ(::read(ch_->control_fd(), &c, 1), 0);
     ch_.reset();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ASSERT_EQ(transport::ShmGuestChannel::open(dir_ + "/vm1.sock", 16, &ch_), 0);
+    // a new channel: refused (-EBUSY) until the engine has finished dropping the old one, then
+    // accepted; retried until a deadline instead of guessing how long the drop takes
+    int rc = -1;
+    for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+         (rc = transport::ShmGuestChannel::open(dir_ + "/vm1.sock", 16, &ch_)) != 0 &&
+         std::chrono::steady_clock::now() < deadline;)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling, with a deadline
+    ASSERT_EQ(rc, 0);
     vpipe_request nop{};
     nop.id = 5;
     vpipe_response r = call(nop, {});

@@ -39,7 +39,7 @@ TEST(PreparedWatermark, WaitsForTheGuestAndReadsTheLiveWord) {
     LiveWord w;
     PreparedWatermark wm(w.reader(), 10 << 20);
     std::thread guest([&] {
-        std::this_thread::sleep_for(20ms);
+        std::this_thread::sleep_for(20ms);  // makes the waiting case likely; the result holds either way
         w.value = 1 << 20;
     });
     uint64_t ready = 0;
@@ -99,7 +99,7 @@ TEST(PreparedWatermark, CancelAndStopEndTheWait) {
         ASSERT_GE(cancel, 0);
         ASSERT_GE(stop, 0);
         std::thread t([&] {
-            std::this_thread::sleep_for(20ms);
+            std::this_thread::sleep_for(20ms);  // makes the waiting case likely; the result holds either way
             const uint64_t one = 1;
             EXPECT_EQ(::write(which == 0 ? cancel : stop, &one, sizeof(one)), 8);
         });

@@ -90,7 +90,7 @@ TEST(PagePool, GetWaitsForAReturn) {
     auto held = pool.try_get();
     ASSERT_TRUE(held);
     std::thread returner([&] {
-        std::this_thread::sleep_for(30ms);
+        std::this_thread::sleep_for(30ms);  // makes get() really wait; it must succeed either way
         held.reset();
     });
     const auto start = std::chrono::steady_clock::now();

@@ -321,7 +321,7 @@ TEST_P(Repair, FrozenSocketBehaviour) {
     ASSERT_EQ(tcp::freeze(p.client.get(), &st, &sq, &rq), 0);
     auto a = pattern(1000, 11);
     write_all(p.server.get(), a);
-    usleep(300000);
+    usleep(300000);  // lets the bytes arrive; the checks below hold for however many did
     int in_frozen = inq(p.client.get());
     int server_unacked = outq(p.server.get());
     printf("[ info ] frozen socket: SIOCINQ after peer sent 1000 bytes = %d, peer's unacked = %d\n",
