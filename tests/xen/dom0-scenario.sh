@@ -161,7 +161,12 @@ netem_phase() {
 # ---------------------------------------------------------------- engine
 stats() { vpipectl --control $CTL stats --json 2>/dev/null; }
 vmstat() { stats | jq -c ".vms[] | select(.id == $D)" 2>/dev/null; }
-flow_elements() { nft list ruleset 2>/dev/null | grep -c 'elements = '; }
+# (a failing nft prints "nft-error", never 0: an unreadable ruleset is not an empty one)
+flow_elements() {
+  local rs
+  rs=$(nft list ruleset 2>&1) || { echo "nft-error: $rs" | head -c 200; return 0; }
+  echo "$rs" | grep -c 'elements = ' || true
+}
 # waits until the engine has no shadow socket and no steered flow, and nft has no element left
 QUIET_AFTER=
 wait_quiet() {  # wait_quiet SECONDS (deadline by the clock: each probe costs ~0.3 s under TCG)
@@ -430,7 +435,8 @@ phase d3-gone
 
 # ---------------------------------------------------------------- engine stops cleanly
 stop_vpiped vpiped-stop
-if nft list tables 2>/dev/null | grep -q .; then ck nft-clean FAIL "$(nft list tables | tr '\n' ' ')"
+if ! TABLES=$(nft list tables 2>&1); then ck nft-clean FAIL "nft failed: $TABLES"
+elif [ -n "$TABLES" ]; then ck nft-clean FAIL "$(echo "$TABLES" | tr '\n' ' ')"
 else ck nft-clean OK "no nft table left"; fi
 kill $CLIENT_HTTPD 2>/dev/null
 phase suite-end
