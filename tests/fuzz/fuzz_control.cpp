@@ -1,15 +1,26 @@
 // fuzz_control: vpiped's control socket protocol (dom0-engine/src/control.cpp) without the
 // socket: bytes arrive in chunks of any size, ControlFramer cuts lines, control_reply answers
-// each with a handler shaped like Engine::handle (which echoes what the client sent in its
-// errors). A reply must always be exactly one line of valid JSON; nothing may throw.
+// each with the real engine's handler (Engine::handle of an engine built once, at start-up, from
+// a configuration with two VMs, one with a 1 MiB raw disk image, in a temporary directory; not
+// started: handle() needs only what the constructor builds). So every command the engine knows
+// (ping, stats, calibration, set-weight with live weight changes) runs on fuzzed arguments. A
+// reply must always be exactly one line of valid JSON; nothing may throw.
 //
 // Input: the first byte picks the chunk size (1..256), the rest is the byte stream.
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
+#include "config.h"
 #include "control.h"
+#include "engine.h"
 
 using namespace vpipe::engine;
 using nlohmann::json;
@@ -17,24 +28,38 @@ using nlohmann::json;
 namespace {
 [[noreturn]] void bug(const char*) { __builtin_trap(); }
 
-// Engine::handle's shape: value("cmd"), set-weight's argument checks, errors quoting input.
-json handle(const json& req) {
-    const std::string cmd = req.value("cmd", "");
-    if (cmd == "ping") return json{{"ok", true}};
-    if (cmd == "stats") return json{{"ok", true}, {"stats", {{"vms", json::array()}}}};
-    if (cmd == "set-weight") {
-        const auto vm_it = req.find("vm");
-        const auto w_it = req.find("weight");
-        if (vm_it == req.end() || w_it == req.end() || !w_it->is_number_integer())
-            return json{{"ok", false}, {"error", "set-weight needs \"vm\" and an integer \"weight\""}};
-        const int64_t w = w_it->get<int64_t>();
-        if (w < 1 || w > 10000) return json{{"ok", false}, {"error", "weight must be 1..10000"}};
-        if (vm_it->is_string() && vm_it->get<std::string>() == "vm1")
-            return json{{"ok", true}, {"vm", "vm1"}, {"weight", w}};
-        return json{{"ok", false}, {"error", "no VM " + vm_it->dump()}};
-    }
-    return json{{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+std::unique_ptr<Engine> g_engine;
+std::string g_dir;
+
+void remove_dir() {
+    g_engine.reset();
+    if (!g_dir.empty()) std::system(("rm -rf '" + g_dir + "'").c_str());
 }
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    spdlog::set_level(spdlog::level::off);  // set-weight logs each change
+    char tmpl[] = "/tmp/fuzz_control.XXXXXX";
+    if (!::mkdtemp(tmpl)) bug("mkdtemp");
+    g_dir = tmpl;
+    {
+        std::ofstream img(g_dir + "/vm1.img", std::ios::binary);
+        img << std::string(1 << 20, '\0');
+    }
+    // a stated total rate: no calibration run at each start of the fuzzer
+    const std::string toml = "[engine]\ncontrol_socket = \"" + g_dir + "/ctl\"\npool_pages = 1024\n"
+                             "total_rate_mbps = 1000\ndisk_rate_mbps = 1000\n"
+                             "[[vm]]\nname = \"vm1\"\nid = 1\nthreads = 1\nchannel = \"" + g_dir +
+                             "/vm1.sock\"\n[[vm.disk]]\nvdev = 51712\nimage = \"" + g_dir + "/vm1.img\"\n"
+                             "[[vm]]\nname = \"vm2\"\nid = 2\nthreads = 1\nweight = 3\nchannel = \"" + g_dir +
+                             "/vm2.sock\"\n";
+    g_engine = std::make_unique<Engine>(parse_config(toml, "fuzz_control.toml"));
+    std::atexit(remove_dir);
+    return 0;
+}
+
+namespace {
+json handle(const json& req) { return g_engine->handle(req); }
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
