@@ -106,11 +106,15 @@ if ((force)) || [ ! -e "$tree/.vpipe-patched" ] || [ "$patch" -nt "$tree/.vpipe-
 fi
 
 cd "$tree"
-# -DPOUND_VPIPE compiles the vPipe path; the rpath finds libvpipe.so in the build tree
+# -DPOUND_VPIPE compiles the vPipe path; the rpath finds libvpipe.so in the build tree. In CFLAGS,
+# not CPPFLAGS: Pound 4.16's configure replaces CPPFLAGS by CFLAGS after its OpenSSL check
+# (saved_CPPFLAGS=$CFLAGS), so a CPPFLAGS define never reaches the compiler.
 ./configure -q --prefix="$out" \
-  CPPFLAGS="-DPOUND_VPIPE -I$inc" \
+  CFLAGS="${CFLAGS:--g -O2} -DPOUND_VPIPE -I$inc" \
   LIBS="-L$(dirname "$lib") -Wl,-rpath,$(dirname "$lib") -lvpipe"
 make -s -j"${JOBS:-$(nproc)}" -C src  # JOBS=N to share the machine; src/ only (doc/ needs makeinfo)
 make -s -C src install >/dev/null
+# the vPipe path must be in the binary (a define lost on the way would build stock Pound silently)
+nm "$bin" | grep -q ' U vpipe_socket_to_socket_fd' || { echo "pound/build.sh: $bin has no vPipe path (-DPOUND_VPIPE lost?)" >&2; exit 1; }
 "$bin" -V 2>&1 | sed -n 1p  # (not head: it would die of SIGPIPE under pipefail)
 echo "pound/build.sh: built $bin (POUND_VPIPE=1 in its environment turns vPipe on)"

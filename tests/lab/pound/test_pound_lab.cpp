@@ -103,7 +103,7 @@ protected:
         const std::string conf = tmp_ + "/" + key + ".cfg";
         std::ofstream(conf) << "Daemon 0\nLogFacility -\nLogLevel 1\n"
                             << "PIDFile \"" << tmp_ << "/" << key << ".pid\"\n"
-                            << "ListenHTTP\n  Address " << kVm1Ip << "\n  Port " << port(vpipe) << "\n"
+                            << "ListenHTTP\n  xHTTP 1\n  Address " << kVm1Ip << "\n  Port " << port(vpipe) << "\n"
                             << "  Service\n    Backend\n      Address " << kVm2Ip << "\n      Port " << kBackendPort
                             << "\n    End\n  End\nEnd\n";
         const std::string env = std::string(vpipe ? "POUND_VPIPE=1 " : "") +
