@@ -1749,6 +1749,9 @@ TEST_F(Sockets, AgentKilledMidFileToSocket) {
     while (engine_stats()["sockets"].value("shadow_sockets", 0) > 0 && Clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the engine
     ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    // the restarted agent removed the dead one's flow block before any new offload
+    auto g = lab({"exec", "vm1", "--", "nft", "-j", "list", "table", "ip", "vpipe_guest"});
+    EXPECT_EQ(g.out.find("\"elem\""), std::string::npos) << "the dead agent's flow block is still there: " << g.out;
     auto again = serve("f1m", "0:1048577:1048577");
     ASSERT_EQ(again.size(), 1u);
     EXPECT_EQ(again[0]["offloaded"], "1048577");
