@@ -590,6 +590,65 @@ int cmd_restart_engine(int signal) {
     return 0;
 }
 
+int cmd_restart_agent(const std::string& vm, int signal) {
+    std::optional<LabState> st;
+    try {
+        st = load_state();
+    } catch (const std::exception& e) {
+        std::cerr << "vpipe-lab restart-agent: " << e.what() << "\n";
+        return 1;
+    }
+    if (!st || st->status != "up") {
+        std::cerr << "vpipe-lab restart-agent: no lab is up\n";
+        return 1;
+    }
+    auto it = std::find_if(st->vms.begin(), st->vms.end(), [&](const auto& v) { return v.name == vm; });
+    if (it == st->vms.end() || it->agent_config.empty()) {
+        std::cerr << "vpipe-lab restart-agent: no VM " << vm << " with an agent\n";
+        return 1;
+    }
+    auto& v = *it;
+    const pid_t old = v.agent_pid;
+    if (old > 0 && pid_alive(old)) {
+        kill(old, signal);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (pid_alive(old) && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (pid_alive(old)) {
+            kill(old, SIGKILL);
+            while (pid_alive(old)) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+    ::unlink(v.agent_socket.c_str());  // a killed agent leaves it; the wait below needs the new one
+    SpawnSpec as;
+    as.binary = find_binary("vpipe-guestd");
+    if (as.binary.empty()) {
+        std::cerr << "vpipe-lab restart-agent: cannot find vpipe-guestd next to " << self_exe() << "\n";
+        return 1;
+    }
+    as.args = {"--config", v.agent_config};
+    as.netns = v.netns;
+    as.cgroup_dirs = v.cgroup_dirs;
+    as.log_path = v.agent_log;
+    as.env = {{"VPIPE_VM", v.name}};
+    try {
+        v.agent_pid = spawn_daemon(as);
+    } catch (const std::exception& e) {
+        v.agent_pid = 0;
+        save_state(*st);
+        std::cerr << "vpipe-lab restart-agent: " << e.what() << "\n";
+        return 1;
+    }
+    save_state(*st);
+    if (auto err = wait_for_socket(v.agent_socket, v.agent_pid, 10000); !err.empty()) {
+        std::cerr << "vpipe-lab restart-agent: the agent did not come up: " << err << "\n" << tail_file(v.agent_log, 15);
+        return 1;
+    }
+    std::printf("agent of %s restarted: pid %d (the old one, %d, got signal %d)\n", v.name.c_str(), v.agent_pid, old,
+                signal);
+    return 0;
+}
+
 int cmd_info(bool json) {
     std::optional<LabState> st;
     try {

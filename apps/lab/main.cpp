@@ -183,6 +183,22 @@ int main(int argc, char** argv) {
                                     "(the last lines of its log on stderr)\n") +
                         "\nEXAMPLES\n    vpipe-lab restart-engine --kill\n");
 
+    // ---- restart-agent
+    bool agent_kill = false;
+    std::string agent_vm;
+    auto* agent_cmd = app.add_subcommand(
+        "restart-agent", man("vpipe-lab restart-agent - stop a VM's agent (vpipe-guestd) and start it again",
+                             "vpipe-lab restart-agent VM [--kill]",
+                             "    Stops the VM's vpipe-guestd with SIGTERM (with --kill: SIGKILL, as if it crashed)\n"
+                             "    and starts it again with the same configuration, in the VM's namespace and\n"
+                             "    cgroup. For fault tests: what the old agent left (flow-block elements, held\n"
+                             "    flows, file holds) the new one and the engine must remove.\n"));
+    agent_cmd->add_option("VM", agent_vm, "the VM (vm1, ...)")->required();
+    agent_cmd->add_flag("--kill", agent_kill, "SIGKILL instead of SIGTERM");
+    agent_cmd->footer(std::string("EXIT STATUS\n    0  the new agent is up\n    1  no lab, no such VM, or it did not "
+                                  "come up\n") +
+                      "\nEXAMPLES\n    vpipe-lab restart-agent vm1 --kill\n");
+
     // ---- exec / client / dom0
     std::string exec_vm;
     std::vector<std::string> extra;
@@ -258,6 +274,7 @@ int main(int argc, char** argv) {
         if (down_cmd->parsed()) return cmd_down(false);
         if (info_cmd->parsed()) return cmd_info(info_json);
         if (restart_cmd->parsed()) return cmd_restart_engine(restart_kill ? SIGKILL : SIGTERM);
+        if (agent_cmd->parsed()) return cmd_restart_agent(agent_vm, agent_kill ? SIGKILL : SIGTERM);
         if (exec_cmd->parsed()) return cmd_exec(ExecTarget::Vm, exec_vm, full);
         if (client_cmd->parsed()) return cmd_exec(ExecTarget::Client, "", full);
         if (dom0_cmd->parsed()) return cmd_exec(ExecTarget::Dom0, "", full);

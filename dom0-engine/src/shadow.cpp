@@ -287,6 +287,22 @@ int Shadow::hand_back(vpipe_tcp_state* final, std::vector<uint8_t>* sndq, std::v
     return 0;
 }
 
+void Shadow::reset_peer() {
+    if (fd_) {
+        // the shadow is a live socket (repair mode only while it is frozen): an abortive close
+        linger lg{1, 0};
+        ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        if (attached_) {
+            sockets_.detach(key_);
+            attached_ = false;
+        }
+        fd_.reset();  // RST, while the steering still brings the peer's answer here
+        vmc_.shadow_sockets->fetch_sub(1);
+        sockets_.shadow_sockets--;
+    }
+    abort();  // the steering and anything else left
+}
+
 void Shadow::abort() {
     if (attached_) {
         sockets_.detach(key_);

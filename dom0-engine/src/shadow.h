@@ -108,6 +108,8 @@ public:
                   uint32_t* flags);
     // Drops the connection silently without reading it (error paths).
     void abort();
+    // Resets the connection towards the peer (RST) and drops it: nobody can take it back.
+    void reset_peer();
 
 private:
     ShadowSockets& sockets_;

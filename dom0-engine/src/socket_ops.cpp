@@ -225,8 +225,19 @@ int write_result(const DescWriter& write, bool source, const SocketEndpoint& ep,
 // Hands the shadow back. The buffers were sized for the room, so the queues fit; if they do
 // not (a peer that sent beyond the window it was given), bytes dom0 acknowledged could not be
 // handed back: the connection is reported dead rather than silently losing them.
-int finish_endpoint(Shadow& sh, uint32_t room, EndpointResult* res) {
+//
+// A request whose guest channel went away meanwhile (the agent killed mid-operation: `write`
+// answers -ESHUTDOWN) has nobody to hand the connection back to: frozen and closed silently, it
+// would leave the peer waiting for ever. It is reset instead (the peer reads an exact prefix,
+// then ECONNRESET).
+int finish_endpoint(Shadow& sh, uint32_t room, EndpointResult* res, const DescWriter& write) {
     if (!sh.open_now()) return 0;  // flags 0: the guest restores what it froze
+    if (write(0, nullptr, 0) == -ESHUTDOWN) {
+        spdlog::warn("request's guest channel is gone: connection reset, not handed back");
+        sh.reset_peer();
+        res->flags = VPIPE_EPF_RESET;
+        return -ECONNRESET;
+    }
     int r = sh.hand_back(&res->st, &res->sndq, &res->rcvq, &res->flags);
     if (r < 0) return r;
     if (res->sndq.size() + res->rcvq.size() <= room) return 0;
@@ -409,7 +420,7 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     if (status == 0 && sent == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
     if (status == 0) drain_unsent(dst.fd(), vm.cancel_fd(), drain_ms());
     const uint64_t acked = dst.bytes_acked();
-    int r = finish_endpoint(dst, req.dst_sock.room, &res);
+    int r = finish_endpoint(dst, req.dst_sock.room, &res, write);
     if (r < 0 && (status == 0 || status == -ETIMEDOUT)) status = r == -EIO ? -EIO : -ECONNRESET;
     // Handed back: every byte written is either acknowledged or in the carried send queue.
     // Lost: only what the peer acknowledged counts.
@@ -510,7 +521,7 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
             if (status == 0) status = fr;
         }
     }
-    int r = finish_endpoint(src, req.src_sock.room, &res);
+    int r = finish_endpoint(src, req.src_sock.room, &res, write);
     if (r < 0 && status == 0) status = r == -EIO ? -EIO : -ECONNRESET;
     *moved = pos;
     if (write_result(write, true, req.src_sock, res, *moved) < 0 && status == 0) status = -EIO;
@@ -654,8 +665,8 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
     bool tail_sent = false;
     if (status == 0 && fwd == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
     if (status == 0) drain_unsent(dst.fd(), vm.cancel_fd(), drain_ms());
-    int r1 = finish_endpoint(src, req.src_sock.room, &sres);
-    int r2 = finish_endpoint(dst, req.dst_sock.room, &dres);
+    int r1 = finish_endpoint(src, req.src_sock.room, &sres, write);
+    int r2 = finish_endpoint(dst, req.dst_sock.room, &dres, write);
     if (status == 0) status = r1 < 0 ? r1 : r2;
     if (status == -ENOTCONN) status = -ECONNRESET;
     *moved = fwd;

@@ -250,6 +250,7 @@ void VmService::handle(const vpipe_request& req) {
         // Results of socket endpoints go back into the request's own descriptor pages (the
         // guest reads them after the response, before it frees the pages).
         DescWriter write_back = [ch, parsed](uint64_t off, const void* data, size_t n) -> int {
+            if (!ch->live) return -ESHUTDOWN;  // nobody reads it (finish_endpoint: the connection is reset)
             const auto* p = static_cast<const uint8_t*>(data);
             if (off + n > uint64_t{parsed->area.size()} * VPIPE_PAGE_SIZE) return -EINVAL;
             while (n > 0) {

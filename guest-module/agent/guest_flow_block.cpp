@@ -114,6 +114,19 @@ int GuestFlowBlock::add_queue_rule(uint16_t queue) {
     return link_->commit(b);
 }
 
+int GuestFlowBlock::remove_leftover(const std::string& table) {
+    nft_ctx* n = nft_ctx_new(NFT_CTX_DEFAULT);
+    if (!n) return -ENOMEM;
+    nft_ctx_buffer_output(n);
+    nft_ctx_buffer_error(n);
+    // "destroy" would need nftables 1.0.8; delete of an absent table fails, which is fine
+    const std::string cmd = "delete table ip " + table;
+    const bool removed = nft_run_cmd_from_buffer(n, cmd.c_str()) == 0;
+    nft_ctx_free(n);
+    if (removed) spdlog::info("guest flow block: removed table ip {} left by a previous agent", table);
+    return 0;
+}
+
 std::unique_ptr<GuestFlowBlock> GuestFlowBlock::create(const std::string& table, int hold_queue) {
     std::unique_ptr<GuestFlowBlock> b(new GuestFlowBlock(table));
     b->nft_ = nft_ctx_new(NFT_CTX_DEFAULT);

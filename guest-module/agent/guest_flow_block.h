@@ -40,6 +40,10 @@ public:
     static std::unique_ptr<GuestFlowBlock> create(const std::string& table = "vpipe_guest",
                                                   int hold_queue = kDefaultHoldQueue);
     static constexpr int kDefaultHoldQueue = 7670;
+    // Removes the table a crashed agent left (its per-flow elements are stale: their
+    // connections died with it), at start, before the first socket offload creates it again.
+    // 0, or -errno if nftables is unusable here; absent is 0.
+    static int remove_leftover(const std::string& table = "vpipe_guest");
     ~GuestFlowBlock();  // destroy()
     GuestFlowBlock(const GuestFlowBlock&) = delete;
     GuestFlowBlock& operator=(const GuestFlowBlock&) = delete;

@@ -13,6 +13,7 @@
 #include "context.h"
 #include "files/disk_table.h"
 #include "files/file_hold.h"
+#include "guest_flow_block.h"
 #include "server.h"
 #include "util/log.h"
 
@@ -68,6 +69,9 @@ int main(int argc, char** argv) {
         vpipe::agent::AgentStats stats;
         vpipe::agent::AgentContext ctx{cfg, disks, link, stats};
         link.start();
+        // a crashed agent's flow block would keep its flows blocked until the first socket
+        // offload created the table again
+        vpipe::agent::GuestFlowBlock::remove_leftover();
         vpipe::agent::Server server(ctx, cfg.listen);
         server.start();
         spdlog::info("vm {}: serving {} with {} disk(s)", cfg.vm, cfg.listen, cfg.disks.size());

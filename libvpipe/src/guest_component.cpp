@@ -1,6 +1,8 @@
 #include "guest_component.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -93,7 +95,13 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
     if (len2) std::memcpy(out + sizeof(hdr) + len + len1, extra2, len2);
     int r = send_msg_fds(t_conn.fd, out, total, fds, nfds);
     vpipe_agent_msg rep{};
-    if (r == 0) r = recv_all_fds(t_conn.fd, &rep, sizeof(rep), rfds, nrfds);
+    if (r == 0) {
+        r = recv_all_fds(t_conn.fd, &rep, sizeof(rep), rfds, nrfds);
+        // The request reached the agent and no reply came: it went away while it had the
+        // request (killed mid-operation). Not "the agent restarted since the last call" (that
+        // fails the send with EPIPE): the caller must not send the request again.
+        if (r == -ECONNRESET || r == -EPIPE) r = -ECONNABORTED;
+    }
     if (r == 0 && (rep.magic != VPIPE_AGENT_MAGIC || rep.cmd != cmd || rep.length > sizeof(buf)))
         r = -EPROTO;
     if (r == 0 && rep.length) {
@@ -112,6 +120,37 @@ int exchange(uint32_t cmd, void* body, size_t len, const int* fds, size_t nfds, 
         for (size_t i = 0; i < dummy_n; ++i) ::close(dummy_fds[i]);
     *result = rep.result;
     return 0;
+}
+
+// A socket that behaves like one whose peer reset the connection (pending ECONNRESET, then
+// EPIPE / EOF), as the agent makes for a dead connection: a loopback pair whose accepted end is
+// closed with RST. -1 when it cannot be made.
+int make_reset_socket(int like_fd) {
+    int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0) return -1;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof(a);
+    int c = -1, acc = -1;
+    if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 && ::listen(l, 1) == 0 &&
+        ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &al) == 0 &&
+        (c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0 &&
+        ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+        (acc = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC)) >= 0) {
+        linger lg{1, 0};
+        ::setsockopt(acc, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        ::close(acc);  // RST
+        pollfd p{c, POLLIN, 0};
+        ::poll(&p, 1, 100);  // the RST crosses loopback at once; bounded wait until c shows it
+        int fl = ::fcntl(like_fd, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK)) ::fcntl(c, F_SETFL, ::fcntl(c, F_GETFL) | O_NONBLOCK);
+    } else if (c >= 0) {
+        ::close(c);
+        c = -1;
+    }
+    ::close(l);
+    return c;
 }
 
 // Puts the restored socket `fresh` on the application's descriptor number `target`, keeping
@@ -154,6 +193,19 @@ int component_op(vpipe_ioc_op* op, int in_fd, int out_fd, const void* head, cons
         *op = sent;
         r = exchange(VPIPE_IOC_OP, op, sizeof(*op), fds, 2, &result, rfds, &nr, head, op->head_len,
                      tail, op->tail_len);
+    }
+    if (r == -ECONNABORTED) {
+        // The agent died holding the operation: it may have frozen the sockets (left in repair
+        // mode, their flow blocked) and dom0 may hold the connections. Their state is unknown,
+        // so, as for a connection dom0 died holding (VPIPE_EPF_TAKEN), the socket descriptors
+        // become reset sockets: never a stale connection the peer no longer follows.
+        const bool in_sock = op->op == VPIPE_IOC_SOCKET_TO_FILE || op->op == VPIPE_IOC_SOCKET_TO_SOCKET;
+        const bool out_sock = op->op == VPIPE_IOC_FILE_TO_SOCKET || op->op == VPIPE_IOC_SOCKET_TO_SOCKET;
+        if (in_sock)
+            if (int d = make_reset_socket(in_fd); d >= 0) install(d, in_fd);
+        if (out_sock)
+            if (int d = make_reset_socket(out_fd); d >= 0) install(d, out_fd);
+        return r;
     }
     if (r < 0) return r;
     // Socket endpoints come back as new sockets (the connection restored from dom0's final

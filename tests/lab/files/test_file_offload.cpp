@@ -339,6 +339,89 @@ TEST_F(FileOffload, DiskFullIsEnospcAndLosesNothing) {
     ::unlink(dst.c_str());
 }
 
+// Fault matrix (docs/faults.md), file -> file x engine SIGKILL: the engine dies while it copies
+// 512 MiB into a new file. The requests dom0 answered before it died are durable; the ones in
+// flight fail (-ECANCELED from the transport). The guest reports the leading run of answered
+// requests as a short count and cuts the destination back to its old size plus that count, so
+// the file holds an exact prefix of the source (or is unchanged: -1 with ECANCELED when no
+// request was answered), the descriptors stay usable, the source is no longer held, and the
+// restarted engine takes the same copy again.
+TEST_F(FileOffload, EngineKilledMidCopyLeavesAPrefix) {
+    const std::string src = disk(0) + "/killed.src", dst = disk(1) + "/killed.dst";
+    const size_t len = 512u << 20;
+    ASSERT_EQ(write_pattern_file(src, 61, len, true), "");
+    ::unlink(dst.c_str());
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    auto f2f_bytes = [] {
+        const nlohmann::json v = engine_vm();
+        return v.contains("bytes") && v["bytes"].contains("file_to_file") ? v["bytes"]["file_to_file"].get<uint64_t>()
+                                                                          : uint64_t{0};
+    };
+    const uint64_t b0 = f2f_bytes();
+    vpipe_set_fallback(0);
+    ssize_t n = 0;
+    int err = 0;
+    vpipe_result res{};
+    std::thread copier([&] {
+        errno = 0;
+        n = vpipe_file_to_file_fd(in, out, 0, len, 0);
+        err = errno;
+        vpipe_last_result(&res);
+    });
+    // kill once dom0 answered some of the copy and still works on the rest
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    bool mid = false;
+    while (std::chrono::steady_clock::now() < until) {
+        const nlohmann::json v = engine_vm();
+        if (v.value("active", 0) > 0 && f2f_bytes() - b0 >= (32u << 20)) {
+            mid = true;
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling the engine
+    }
+    auto rs = lab({"restart-engine", "--kill"});
+    copier.join();
+    vpipe_set_fallback(1);
+    ASSERT_TRUE(mid) << "the copy was never seen in progress";
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    printf("[ info ] engine killed mid file->file: returned %zd (errno %d), offloaded %llu\n", n, err,
+           static_cast<unsigned long long>(res.offloaded));
+    if (n < 0) {
+        EXPECT_EQ(err, ECANCELED) << std::strerror(err);
+    } else {
+        EXPECT_GT(n, 0);
+        EXPECT_LT(static_cast<size_t>(n), len) << "all of it moved: the kill came too late";
+    }
+    const uint64_t valid = n > 0 ? static_cast<uint64_t>(n) : 0;
+    // the destination: exactly the reported prefix, nothing beyond it
+    struct stat st{};
+    ASSERT_EQ(::fstat(out, &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), valid) << "the size does not say what is valid";
+    const std::vector<char> got = read_file(dst);
+    EXPECT_EQ(got.size(), valid);
+    EXPECT_EQ(check_pattern(61, 0, got.data(), got.size()), -1) << "a byte that is not the source's";
+    int flags = 0;
+    ASSERT_EQ(::ioctl(in, FS_IOC_GETFLAGS, &flags), 0);
+    EXPECT_EQ(flags & FS_IMMUTABLE_FL, 0) << "the source is still held";
+    // the agent reconnects to the new engine; the rest of the copy goes through, same descriptors
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!engine_vm().value("connected", false) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
+    ASSERT_TRUE(engine_vm().value("connected", false)) << engine_stats().dump();
+    EXPECT_EQ(offload(in, out, static_cast<off_t>(valid), len - valid, static_cast<off_t>(valid)),
+              static_cast<ssize_t>(len - valid));
+    ::close(in);
+    ::close(out);
+    const std::vector<char> all = read_file(dst);
+    EXPECT_EQ(all.size(), len);
+    EXPECT_EQ(check_pattern(61, 0, all.data(), all.size()), -1);
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
+    expect_nothing_left_behind();
+}
+
 TEST_F(FileOffload, WrongDescriptorsAreClearErrors) {
     const std::string src = disk(0) + "/err.src", dst = disk(0) + "/err.dst";
     write_file(src, std::vector<char>(8192, 'x'));

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -720,9 +721,10 @@ int vm_recv_one_call(const std::map<std::string, std::string>& a) {
     printf("RESULT ret=%zd err=%d size=%lld next_send=%zd next_err=%d queued=%d\n", n, err,
            static_cast<long long>(st.st_size), m, merr, q);
     fflush(stdout);
-    // unread=N: the N bytes the call did not take must still be readable, byte-exact
+    // unread=N: the N bytes after those the call took must still be readable, byte-exact
     if (num(a, "unread") && static_cast<uint64_t>(q) >= num(a, "unread"))
-        printf("UNREAD check=%lld\n", recv_check(s, num(a, "seed"), 0, num(a, "unread")));
+        printf("UNREAD check=%lld\n",
+               recv_check(s, num(a, "seed"), n > 0 ? static_cast<uint64_t>(n) : 0, num(a, "unread")));
     else if (num(a, "unread"))
         printf("UNREAD short=%d\n", q);
     fflush(stdout);
@@ -1563,6 +1565,196 @@ TEST_F(Sockets, OnePercentLossDuringHandOvers) {
     ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/in-loss", 16 << 20, 16 << 20, kSeed + 77, &res));
     // socket -> socket
     ASSERT_NO_FATAL_FAILURE(socket_to_socket(8 << 20, &res));
+}
+
+// Fault matrix (docs/faults.md), 5 % loss on the client link, each way (nft numgen as above:
+// the lab host's kernel has no sch_netem, so no tc netem and no reordering), for the three
+// socket operations: one long hand-over each and many short ones for file -> socket, every
+// byte exact at both ends, nothing left behind (TearDown).
+TEST_F(Sockets, FivePercentLossAllSocketOperations) {
+    ClientNft nft(
+        "add chain inet vpipe_test_net out { type filter hook output priority 0; }; "
+        "add chain inet vpipe_test_net in { type filter hook input priority 0; }; "
+        "add rule inet vpipe_test_net out ip daddr 10.199.0.11 numgen random mod 100 < 5 drop; "
+        "add rule inet vpipe_test_net in ip saddr 10.199.0.11 numgen random mod 100 < 5 drop");
+    ASSERT_TRUE(nft.ok());
+    // file -> socket: 40 hand-overs on one connection, then one of 16 MiB
+    std::string reqs;
+    for (int i = 0; i < 40; ++i) reqs += (i ? "," : "") + std::to_string(i * 65536) + ":65536:65536";
+    reqs += ",1048576:16777216:16777216";
+    auto r = serve("f64m", reqs);
+    ASSERT_EQ(r.size(), 41u);
+    for (size_t i = 0; i < 40; ++i) EXPECT_EQ(r[i].at("moved"), "65536");
+    EXPECT_EQ(r[40].at("moved"), "16777216");
+    for (const auto& x : r) EXPECT_EQ(x.at("err"), "0");
+    // socket -> file
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/in-loss5", 8 << 20, 8 << 20, kSeed + 78, &res));
+    // socket -> socket
+    ASSERT_NO_FATAL_FAILURE(socket_to_socket(4 << 20, &res));
+}
+
+// Fault matrix (docs/faults.md), socket -> file x the disk fills up mid-operation: the VM's
+// disk has room for a little more than one hand-over window (1 GiB, VPIPE_SOCK_FILE_WINDOW) of
+// a 1.5 GiB call. ext4 keeps a reserve the root agent may use (f_bfree, not f_bavail, is what
+// it has), so the filler leaves f_bfree = 1 GiB + 128 MiB. The call returns a short count (or
+// -1 ENOSPC if nothing moved), the file holds exactly that prefix of the stream, the socket
+// stays usable and the next bytes of the stream are still readable from it.
+TEST_F(Sockets, DiskFullMidSocketToFileLeavesAPrefixAndTheRestInTheSocket) {
+    const uint64_t len = 1536ull << 20, unread = 1u << 20, seed = kSeed + 90;
+    const std::string file = disk_ + "/full-s2f", filler = disk_ + "/full-filler";
+    struct Unlink {
+        std::string a, b;
+        ~Unlink() {
+            ::unlink(a.c_str());
+            ::unlink(b.c_str());
+        }  // a full disk must not outlive the test
+    } guard{file, filler};
+    ::sync();
+    struct statvfs v{};
+    ASSERT_EQ(::statvfs(disk_.c_str(), &v), 0);
+    const uint64_t bfree = static_cast<uint64_t>(v.f_bfree) * v.f_frsize, keep = (1ull << 30) + (128u << 20);
+    ASSERT_GT(bfree, keep + (64u << 20)) << "the VM's disk is too small for this test";
+    int ff = ::open(filler.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(ff, 0);
+    ASSERT_EQ(::fallocate(ff, 0, 0, static_cast<off_t>(bfree - keep)), 0) << std::strerror(errno);
+    ::close(ff);
+    ::sync();
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call",
+            {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len),
+             "unread=" + std::to_string(unread), "seed=" + std::to_string(seed)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(seed), "len=" + std::to_string(len)});
+    auto r = fields(vm.line("RESULT"));
+    const std::string u = vm.line("UNREAD");
+    vm.wait();
+    cl.wait();
+    printf("[ info ] disk full mid socket->file: ret %s errno %s, file %s bytes\n", r["ret"].c_str(), r["err"].c_str(),
+           r["size"].c_str());
+    const long long ret = std::stoll(r["ret"]);
+    if (ret < 0) {
+        EXPECT_EQ(r["err"], std::to_string(ENOSPC)) << vm.all;
+    } else {
+        EXPECT_GT(ret, 0) << vm.all;
+        EXPECT_LT(static_cast<uint64_t>(ret), len) << vm.all;
+    }
+    const uint64_t valid = ret > 0 ? static_cast<uint64_t>(ret) : 0;
+    // the socket is usable: a send works, the next stream bytes are there, byte-exact
+    EXPECT_EQ(r["next_send"], "1") << vm.all;
+    EXPECT_EQ(u, "UNREAD check=-1") << vm.all;
+    // the file: exactly the reported prefix
+    EXPECT_EQ(r["size"], std::to_string(valid)) << vm.all;
+    std::ifstream in(file, std::ios::binary);
+    std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(data.size(), valid);
+    EXPECT_EQ(check_pattern(seed, 0, data.data(), data.size()), -1) << data.size() << " bytes";
+    // (TearDown: no shadow, no steering element, no guest block left)
+}
+
+// Fault matrix (docs/faults.md), file -> socket x the application SIGKILLed mid-operation: the
+// VM's process dies while dom0 holds its connection (the client reads 8 MiB and pauses). What
+// the peer must see: an exact prefix of the file, then the end of the connection (FIN or RST),
+// never a byte that is not the file's; and nothing of the flow left anywhere (TearDown).
+TEST_F(Sockets, CallerKilledMidFileToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-caller-" + std::to_string(::getpid());
+    int p = port();
+    Proc vm("vm1", "vm-serve-one-call", {"port=" + std::to_string(p), "file=" + disk_ + "/f64m"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-get",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED").rfind("PAUSED", 0), 0u) << cl.all;
+    ASSERT_GE(engine_stats()["sockets"].value("shadow_sockets", 0), 1) << engine_stats().dump();
+    ASSERT_EQ(::kill(vm.pid, SIGKILL), 0);  // `vpipe-lab exec` execs the helper: this is the caller
+    vm.wait();
+    std::ofstream(resume).put('1');
+    // a peer that is never told the end would wait for ever: bounded, that is a failure too
+    std::atomic<bool> done{false};
+    std::thread watchdog([&done, pid = cl.pid] {
+        for (int i = 0; i < 300 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!done) ::kill(pid, SIGKILL);
+    });
+    auto c = fields(cl.line("RESULT"));
+    done = true;
+    watchdog.join();
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    cl.wait();
+    unlink(resume.c_str());
+    printf("[ info ] caller killed mid file->socket: the client got %s bytes, end %s\n", c["got"].c_str(),
+           c["end"].c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LE(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    // dom0 let go of the flow (no shadow, no steering: TearDown), and the next offload works
+    const auto until = Clock::now() + std::chrono::seconds(20);
+    while (engine_stats()["sockets"].value("shadow_sockets", 0) > 0 && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the engine
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// Fault matrix (docs/faults.md), file -> socket x the guest agent (vpipe-guestd) SIGKILLed
+// mid-operation, while dom0 holds the connection. The application's call fails (its agent
+// connection is gone: ECONNABORTED, the connection stays where dom0 has it and is lost to the
+// application), its descriptor must be usable or cleanly closed, the peer sees an exact prefix
+// then the end; the restarted agent and the engine leave nothing behind (TearDown) and the next
+// offload works.
+TEST_F(Sockets, AgentKilledMidFileToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-agent-" + std::to_string(::getpid());
+    int p = port();
+    Proc vm("vm1", "vm-serve-one-call", {"port=" + std::to_string(p), "file=" + disk_ + "/f64m"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-get",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED").rfind("PAUSED", 0), 0u) << cl.all;
+    ASSERT_GE(engine_stats()["sockets"].value("shadow_sockets", 0), 1) << engine_stats().dump();
+    auto rs = lab({"restart-agent", "vm1", "--kill"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    printf("[ info ] agent killed mid file->socket: the call returned %s errno %s, next send %s errno %s\n",
+           r["ret"].c_str(), r["err"].c_str(), r["next_send"].c_str(), r["next_err"].c_str());
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    // the descriptor: a socket that reports the end, not one that sends into a stale connection
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    std::ofstream(resume).put('1');
+    // a peer that is never told the end would wait for ever: bounded, that is a failure too
+    std::atomic<bool> done{false};
+    std::thread watchdog([&done, pid = cl.pid] {
+        for (int i = 0; i < 300 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!done) ::kill(pid, SIGKILL);
+    });
+    auto c = fields(cl.line("RESULT"));
+    done = true;
+    watchdog.join();
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] agent killed mid file->socket: the client got %s bytes, end %s\n", c["got"].c_str(),
+           c["end"].c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LE(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    const auto until = Clock::now() + std::chrono::seconds(20);
+    while (engine_stats()["sockets"].value("shadow_sockets", 0) > 0 && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the engine
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    // the restarted agent removed the dead one's flow block before any new offload
+    auto g = lab({"exec", "vm1", "--", "nft", "-j", "list", "table", "ip", "vpipe_guest"});
+    EXPECT_EQ(g.out.find("\"elem\""), std::string::npos) << "the dead agent's flow block is still there: " << g.out;
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
 }
 
 class SocketsShortTimeout : public Sockets {
