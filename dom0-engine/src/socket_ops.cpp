@@ -129,15 +129,27 @@ int recv_window(int fd, uint8_t* buf, uint64_t want, int cancel_fd, int stop_fd,
 template <class Put>
 int put_limited(int fd, uint64_t n, uint32_t limit, uint64_t* done, int cancel_fd, Put put) {
     uint64_t pos = 0;
+    // A peer that acknowledges nothing keeps the queue at the limit while the socket stays
+    // writable (its buffer is larger than the limit): the wait below then returns at once, so
+    // the socket timeout is enforced here, from the last time the queue moved.
+    auto last_progress = std::chrono::steady_clock::now();
+    int last_outq = -1;
     while (pos < n) {
         int outq = 0;
         if (ioctl(fd, SIOCOUTQ, &outq) < 0) return -EIO;
+        if (outq != last_outq) {
+            last_outq = outq;
+            last_progress = std::chrono::steady_clock::now();
+        } else if (std::chrono::steady_clock::now() - last_progress > socket_timeout()) {
+            return -ETIMEDOUT;
+        }
         const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
         if (allow > 0) {
             ssize_t w = put(pos, std::min<uint64_t>(n - pos, allow));
             if (w > 0) {
                 pos += static_cast<uint64_t>(w);
                 *done += static_cast<uint64_t>(w);
+                last_progress = std::chrono::steady_clock::now();
                 continue;
             }
             if (w == 0) return -EIO;  // sendfile: the image ended before the extent (never for a valid one)
