@@ -8,7 +8,8 @@
 #     --runs-for T=N   N executions for target T only (repeatable; slow targets get fewer)
 #     --time S     instead: S seconds per target (-max_total_time; scripts/test.sh uses 20)
 #     --out FILE   the table (default bench/results/fuzz.md; "-": stdout only)
-# Environment: BUILD_DIR (default build-fuzz), WORK (default $BUILD_DIR/fuzz-work: the grown
+# Environment: FUZZ_TIMEOUT (s per input before libFuzzer calls it a hang; default 10: raise it
+# on a loaded host, where a starved process is not a hang), BUILD_DIR (default build-fuzz), WORK (default $BUILD_DIR/fuzz-work: the grown
 # corpora and crash inputs; the committed seeds in tests/fuzz/corpus are only read).
 # Exit status: 1 when any target crashed.
 set -euo pipefail
@@ -25,7 +26,7 @@ while (($#)); do
     --time) TIME=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "fuzz.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +49,7 @@ for t in $TARGETS; do
   start=$(date +%s)
   rc=0
   if [ -n "$TIME" ]; then limit=(-max_total_time="$TIME"); else limit=(-runs="${RUNS_FOR[$t]:-$RUNS}"); fi
-  "$BUILD_DIR/bin/$t" "${limit[@]}" -max_len="$(max_len "$t")" -timeout=10 -print_final_stats=1 \
+  "$BUILD_DIR/bin/$t" "${limit[@]}" -max_len="$(max_len "$t")" -timeout="${FUZZ_TIMEOUT:-10}" -print_final_stats=1 \
       -artifact_prefix="$WORK/$t/artifacts/" "$WORK/$t/corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   secs=$(( $(date +%s) - start ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

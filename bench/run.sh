@@ -11,6 +11,8 @@
 #   bench/run.sh fairness          only the sharing-dom0 experiment (Fig 7)
 #   bench/run.sh handover          only the hand-over benchmarks (latency sweep, wrk, httperf:
 #                                  latency.csv, wrk.csv, httperf.csv, HANDOVER.md; ~12 min)
+#   bench/run.sh inplace           only new files vs overwrites in place (inplace.csv: the share of
+#                                  the zero-fill of a new destination; ~5 min)
 #   bench/run.sh soak              only the overload soak (SOAK.md, soak.csv; SOAK_SECONDS=600,
 #                                  --quick 60): exits non-zero when it did not pass
 #   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
@@ -104,6 +106,8 @@ now() { date +%s.%N; }
 . bench/handover.sh
 # shellcheck source=bench/soak.sh
 . bench/soak.sh
+# shellcheck source=bench/inplace.sh
+. bench/inplace.sh
 
 # Fig 7: 3 VMs (weights 1:1:2) serving files with vpipe-httpd --mode vpipe over a shaped link;
 # shares measured on the client every 250 ms. With VPIPE_BENCH_RESULTS the lab test writes
@@ -122,10 +126,11 @@ case "$what" in
   fairness) run_fairness ;;
   handover) run_handover ;;
   soak) run_soak ;;
+  inplace) run_inplace ;;
   profile) run_profile_only ;;
   summary) ;;
-  all) run_micro; run_handover; run_fig4; run_scale; run_fairness ;;
-  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|scale|fairness|handover|soak|profile|summary]" >&2; exit 2 ;;
+  all) run_micro; run_handover; run_fig4; run_inplace; run_scale; run_fairness ;;
+  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|inplace|scale|fairness|handover|soak|profile|summary]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements

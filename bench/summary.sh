@@ -268,6 +268,7 @@ summary() {
         done
       done
     fi
+    inplace_summary
     if [ -s "$SIZES_CSV" ] && [ "$(wc -l < "$SIZES_CSV")" -gt 1 ]; then
       echo
       echo "## Fig 5: file → socket against file size, 2 busy neighbours, unlimited link (fig5_sizes.csv/png)"

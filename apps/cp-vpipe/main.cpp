@@ -17,8 +17,8 @@ static const char* kDescription = R"(NAME
     cp-vpipe - copy a file through vPipe: the driver domain moves the blocks
 
 SYNOPSIS
-    cp-vpipe [--no-fallback] [--stats] [-v] SOURCE DEST
-    cp-vpipe [--no-fallback] [--stats] [-v] SOURCE DIRECTORY
+    cp-vpipe [--no-fallback] [--inplace] [--stats] [-v] SOURCE DEST
+    cp-vpipe [--no-fallback] [--inplace] [--stats] [-v] SOURCE DIRECTORY
 
 DESCRIPTION
     Copies the regular file SOURCE to DEST (or into DIRECTORY) like cp(1), but the data never
@@ -31,6 +31,13 @@ DESCRIPTION
 
 OPTIONS
     --no-fallback   fail rather than copy inside the guest
+    --inplace       overwrite an existing DEST in place (like rsync --inplace, dd conv=notrunc)
+                    instead of truncating it first, then cut it to SOURCE's size. The blocks
+                    DEST already has are reused: a new or truncated file gets blocks ext4 hands
+                    out as unwritten, which the guest must zero-fill before dom0's data counts
+                    (docs/append.md), so where DEST is at least as long as SOURCE nothing is
+                    zero-filled and the disk is written once. A copy cut short (an error, the
+                    engine gone) leaves DEST's old bytes past the copied prefix.
     --stats         print how the bytes moved (offloaded, from the guest cache, zero-filled)
                     and this process's own syscall I/O (/proc/self/io rchar, wchar)
     -v, --verbose   print 'SOURCE' -> 'DEST'
@@ -72,10 +79,11 @@ void syscall_io(unsigned long long* rchar, unsigned long long* wchar) {
 int main(int argc, char** argv) {
     CLI::App app{kDescription, "cp-vpipe"};
     std::string src, dst;
-    bool no_fallback = false, stats = false, verbose = false;
+    bool no_fallback = false, stats = false, verbose = false, inplace = false;
     app.add_option("SOURCE", src, "file to copy")->required();
     app.add_option("DEST", dst, "destination file or directory")->required();
     app.add_flag("--no-fallback", no_fallback, "fail rather than copy inside the guest");
+    app.add_flag("--inplace", inplace, "overwrite DEST in place instead of truncating it first");
     app.add_flag("--stats", stats, "print how the bytes moved");
     app.add_flag("-v,--verbose", verbose, "print what is copied");
     CLI11_PARSE(app, argc, argv);
@@ -101,7 +109,7 @@ int main(int argc, char** argv) {
 
     int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
     if (in < 0) return die("cannot open " + quote(src) + " for reading: " + std::strerror(errno));
-    int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, sst.st_mode & 07777);
+    int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | (inplace ? 0 : O_TRUNC) | O_CLOEXEC, sst.st_mode & 07777);
     if (out < 0) return die("cannot create regular file " + quote(dst) + ": " + std::strerror(errno));
     if (verbose) std::printf("%s -> %s\n", quote(src).c_str(), quote(dst).c_str());
 
@@ -131,6 +139,9 @@ int main(int argc, char** argv) {
             reason = res.reason;
         }
     }
+    // in place: an old DEST longer than SOURCE keeps no tail (the copy is whole or it failed above)
+    if (inplace && ::ftruncate(out, static_cast<off_t>(copied)) < 0)
+        return die("cannot truncate " + quote(dst) + ": " + std::strerror(errno));
     if (::close(out) < 0) return die("error closing " + quote(dst) + ": " + std::strerror(errno));
     ::close(in);
     if (fell_back)

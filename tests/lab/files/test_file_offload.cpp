@@ -174,6 +174,45 @@ TEST_F(FileOffload, JustWrittenQuarterGigabyteWithCpVpipe) {
     ::unlink(dst.c_str());
 }
 
+TEST_F(FileOffload, CpVpipeInplaceReusesTheDestinationsBlocksAndZeroFillsNothing) {
+    // cp-vpipe --inplace over an existing, fully written file: its extents are already written,
+    // so nothing is zero-filled (a new file's unwritten extents are: docs/append.md) and the
+    // disk is written once. A longer old destination loses its tail; a shorter one is extended
+    // and only the extension is zero-filled.
+    const std::string src = disk(0) + "/inplace.src", dst = disk(0) + "/inplace.dst";
+    struct Case { uint64_t dst_bytes; const char* what; };
+    for (const Case c : {Case{64ull << 20, "same size"}, Case{80ull << 20, "longer destination"},
+                         Case{16ull << 20, "shorter destination"}}) {
+        SCOPED_TRACE(c.what);
+        const Res cp = lab({"exec", "vm1", "--", "sh", "-c",
+                            "head -c 67108864 /dev/urandom > " + src + " && head -c " + std::to_string(c.dst_bytes) +
+                                " /dev/urandom > " + dst + " && sync && " + kBin + "/cp-vpipe --no-fallback --inplace --stats " +
+                                src + " " + dst},
+                           {.merge_stderr = true});
+        ASSERT_EQ(cp.status, 0) << cp.out;
+        unsigned long long copied = 0, offloaded = 0, requests = 0, guest = 0, zero = 0;
+        const char* stats = std::strstr(cp.out.c_str(), "copied ");
+        ASSERT_NE(stats, nullptr) << cp.out;
+        ASSERT_EQ(std::sscanf(stats, "copied %llu bytes: offloaded %llu in %llu ring request(s), guest %llu, zero-filled %llu",
+                              &copied, &offloaded, &requests, &guest, &zero),
+                  5)
+            << cp.out;
+        EXPECT_EQ(copied, 64ull << 20);
+        EXPECT_EQ(offloaded, 64ull << 20);
+        EXPECT_EQ(guest, 0u);
+        if (c.dst_bytes >= (64ull << 20))
+            EXPECT_EQ(zero, 0u) << "an overwrite in place zero-filled blocks that were already written";
+        else
+            EXPECT_LE(zero, (64ull << 20) - c.dst_bytes) << "more than the extension was zero-filled";
+        struct stat st{};
+        ASSERT_EQ(::stat(dst.c_str(), &st), 0);
+        EXPECT_EQ(static_cast<uint64_t>(st.st_size), 64ull << 20);
+        EXPECT_EQ(run({"cmp", "-s", src, dst}).status, 0) << "copy differs";
+    }
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
+}
+
 TEST_F(FileOffload, SparseFileKeepsItsHolesAsZeros) {
     const std::string src = disk(0) + "/sparse", dst = disk(0) + "/sparse.copy";
     int fd = ::open(src.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
