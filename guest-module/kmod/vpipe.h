@@ -31,6 +31,7 @@ struct vpipe_counters {
 	atomic64_t ring_requests;
 	atomic64_t extents_mapped;
 	atomic64_t handles_open;
+	atomic64_t engine_timeouts;   /* the engine declared unresponsive (vpipe_front.c) */
 };
 extern struct vpipe_counters vpipe_stats;
 
@@ -38,6 +39,7 @@ extern struct vpipe_counters vpipe_stats;
 extern unsigned int vpipe_chunk_mib;   /* file -> file: MiB per ring request and stage */
 extern unsigned int vpipe_room_kib;    /* largest carry room of a socket endpoint */
 extern unsigned int vpipe_area_pages;  /* pages shared with dom0 for the life of the channel */
+extern unsigned int vpipe_request_timeout_ms; /* the engine must answer within this (vpipe_front.c) */
 
 /* One application operation (VPIPE_IOC_OP): op->op/offsets/length/flags in, result fields out;
  * head / tail: op->head_len / op->tail_len bytes in kernel memory. *new_in / *new_out:

@@ -13,6 +13,18 @@
  * in flight, never more responses than requests, statuses clamped, `moved` clamped to the
  * request's length); a backend that breaks these rules loses the channel.
  *
+ * Nor is it trusted to answer at all. A watchdog runs while requests are in flight: after half
+ * of request_timeout_ms without any answer it posts a NOP (vpiped answers those in its ring
+ * consumer, not behind the workers, so a long socket transfer does not look like a hang); the
+ * backend is declared unresponsive when nothing at all was answered for request_timeout_ms, when
+ * no file -> file request was answered for that long while some are outstanding (each is disk
+ * work of at most chunk_mib: a lost answer or a stuck copy, also while socket transfers keep the
+ * engine busy), or when a killed caller's request is not answered within it. Socket requests
+ * have no age limit of their own: they take as long as their peers, and dom0 ends them after its
+ * socket timeout without progress. Unresponsive = the same teardown
+ * and reconnect as a protocol break (every request in flight fails with -ECANCELED, socket
+ * endpoints dom0 had not handed back count as taken: see req_lost()).
+ *
  * Locks: chan.mu (a mutex) serialises connect and teardown; chan.lock (a spinlock, also taken
  * in the interrupt) guards the ring, the area's free list, `connected` and `gen`; area_rw keeps
  * the area's pages from being freed while a request fills or reads them.
@@ -49,6 +61,7 @@ struct vpipe_req {
 	u64 id;
 	u64 gen;                 /* the connection its pages belong to */
 	bool posted;
+	u8 op;                   /* VPIPE_OP_* */
 	u32 *idx;
 	struct vpipe_link_pages pages;
 	/* the descriptor header as the connection left it when it went away (the area goes with
@@ -80,10 +93,30 @@ struct vpipe_chan {
 	wait_queue_head_t wq;    /* pages, ring slots, connection changes */
 	u64 bad_responses;
 	struct work_struct broken_work;   /* protocol error seen in the interrupt handler */
+	/* the engine answers (see the top): under chan.lock */
+	unsigned long last_heard;         /* jiffies of the last answer, or of the first post */
+	unsigned long last_f2f;           /* the same for file -> file requests */
+	u32 f2f_in_flight;
+	struct vpipe_req *probe;          /* the watchdog's NOP (its reference) */
+	bool hung_pending;                /* declared unresponsive; hung_work tears down hung_gen */
+	bool hung_teardown;               /* the teardown running is for a hang (req_lost) */
+	u64 hung_gen;
+	struct delayed_work watch_work;
+	struct work_struct hung_work;
 };
 
 static struct vpipe_chan chan;
 static bool registered;
+
+unsigned int vpipe_request_timeout_ms = 60000;
+module_param_named(request_timeout_ms, vpipe_request_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(request_timeout_ms,
+		 "the engine is declared unresponsive (channel torn down and reconnected) after this long without an answer; also bounds a killed caller's wait and the wait for ring slots and area pages (100..3600000)");
+
+static unsigned long timeout_jiffies(void)
+{
+	return msecs_to_jiffies(clamp_t(unsigned int, READ_ONCE(vpipe_request_timeout_ms), 100, 3600000));
+}
 
 static uint8_t *page_mem(void *t, uint32_t idx)
 {
@@ -120,6 +153,11 @@ static void req_done(void *arg, void *owner, int status, uint64_t moved)
 
 	r->status = status;
 	r->moved = moved;
+	chan.last_heard = jiffies;
+	if (r->op == VPIPE_OP_FILE_TO_FILE) {
+		chan.f2f_in_flight--;
+		chan.last_f2f = jiffies;
+	}
 	complete_all(&r->done);
 	kref_put(&r->ref, req_release);  /* the transport's reference */
 }
@@ -132,6 +170,17 @@ static void req_lost(void *arg, void *owner, int status, uint64_t moved)
 	if (r->posted && r->pages.layout.data_pages && r->gen == chan.gen && chan.ring_up) {
 		vpipe_area_read(page_mem, NULL, r->idx, 0, &r->lost_hdr, sizeof(r->lost_hdr));
 		r->hdr_saved = true;
+		/* An engine that stopped answering may still be alive: a connection it has not
+		 * handed back (no VALID/RESET result) may be taken over right after this read, so
+		 * its state is unknown -- lost like one dom0 died holding (ECONNABORTED, a reset
+		 * socket), never restored as frozen. A dead or stopped engine never takes one
+		 * (vpiped writes TAKEN first and gives up when that write fails). */
+		if (chan.hung_teardown) {
+			if (r->lost_hdr.src.kind == VPIPE_EP_SOCKET && !r->lost_hdr.src.result_flags)
+				r->lost_hdr.src.result_flags = VPIPE_EPF_TAKEN;
+			if (r->lost_hdr.dst.kind == VPIPE_EP_SOCKET && !r->lost_hdr.dst.result_flags)
+				r->lost_hdr.dst.result_flags = VPIPE_EPF_TAKEN;
+		}
 	}
 	req_done(arg, owner, status, moved);
 }
@@ -164,13 +213,19 @@ static bool has_pages(const struct vpipe_submit *s, struct vpipe_req *r)
 	return ok;
 }
 
+/* a slot for a request; the last one is the watchdog's (chan.lock held) */
+static bool room_for_request(void)
+{
+	return vpipe_ring_has_room(&chan.front) && chan.front.in_flight + 1 < VPIPE_RING_SLOTS;
+}
+
 static bool has_slot(u64 gen)
 {
 	unsigned long flags;
 	bool ok;
 
 	spin_lock_irqsave(&chan.lock, flags);
-	ok = !chan.connected || chan.gen != gen || vpipe_ring_has_room(&chan.front);
+	ok = !chan.connected || chan.gen != gen || room_for_request();
 	spin_unlock_irqrestore(&chan.lock, flags);
 	return ok;
 }
@@ -186,11 +241,115 @@ static void notify_backend(void)
 	notify_remote_via_irq(chan.irq);
 }
 
+/* ---- the engine must answer (see the top) -------------------------------------------------- */
+
+static unsigned long watch_period(void)
+{
+	return max(timeout_jiffies() / 4, 1ul);
+}
+
+/* the watchdog runs while requests are in flight; a post (re)arms it -- sooner when
+ * request_timeout_ms was lowered since it was armed, never later (steady posts must not keep
+ * pushing it away) */
+static void watch_arm(void)
+{
+	const unsigned long p = watch_period();
+
+	if (!schedule_delayed_work(&chan.watch_work, p) &&
+	    time_after(READ_ONCE(chan.watch_work.timer.expires), jiffies + p))
+		mod_delayed_work(system_wq, &chan.watch_work, p);
+}
+
+/* chan.lock held. The teardown itself runs in hung_work (it sleeps). */
+static void declare_hung_locked(u64 gen, const char *why)
+{
+	if (!chan.connected || chan.gen != gen || chan.hung_pending)
+		return;
+	chan.hung_pending = true;
+	chan.hung_gen = gen;
+	atomic64_inc(&vpipe_stats.engine_timeouts);
+	pr_warn("vpipe: the engine is unresponsive (%s within request_timeout_ms=%u); reconnecting\n",
+		why, READ_ONCE(vpipe_request_timeout_ms));
+	schedule_work(&chan.hung_work);
+}
+
+static void declare_hung(u64 gen, const char *why)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&chan.lock, flags);
+	declare_hung_locked(gen, why);
+	spin_unlock_irqrestore(&chan.lock, flags);
+}
+
+static void watch_fn(struct work_struct *w)
+{
+	const unsigned long t = timeout_jiffies(), now = jiffies;
+	struct vpipe_req *probe = NULL, *done_probe = NULL;
+	const char *why = NULL;
+	unsigned long flags;
+	bool again = false;
+	int notify = 0;
+
+	if (!READ_ONCE(chan.connected))
+		return;
+	probe = kzalloc(sizeof(*probe), GFP_KERNEL);   /* used only when a probe is due */
+	if (probe) {
+		kref_init(&probe->ref);
+		init_completion(&probe->done);
+		probe->op = VPIPE_OP_NOP;
+	}
+	down_read(&chan.area_rw);   /* the port stays bound while we notify */
+	spin_lock_irqsave(&chan.lock, flags);
+	if (chan.probe && completion_done(&chan.probe->done)) {
+		done_probe = chan.probe;
+		chan.probe = NULL;
+	}
+	if (!chan.connected || !chan.front.in_flight || chan.hung_pending)
+		goto out;
+	again = true;
+	if (time_after_eq(now, chan.last_heard + t))
+		why = "no answer at all";
+	else if (chan.f2f_in_flight && time_after_eq(now, chan.last_f2f + t))
+		why = "no file -> file request answered";
+	if (why) {
+		declare_hung_locked(chan.gen, why);
+		again = false;
+	} else if (!chan.probe && probe && time_after_eq(now, chan.last_heard + t / 2) &&
+		   vpipe_ring_has_room(&chan.front)) {
+		struct vpipe_post post = { .op = VPIPE_OP_NOP };
+
+		kref_get(&probe->ref);   /* the transport's */
+		probe->gen = chan.gen;
+		notify = vpipe_ring_post(&chan.front, &post, probe, &probe->id);
+		if (notify >= 0) {
+			chan.probe = probe;
+			probe = NULL;
+		} else {
+			kref_put(&probe->ref, req_release);
+			notify = 0;
+		}
+	}
+out:
+	spin_unlock_irqrestore(&chan.lock, flags);
+	if (notify)
+		notify_backend();
+	up_read(&chan.area_rw);
+	if (probe)
+		kref_put(&probe->ref, req_release);
+	if (done_probe)
+		kref_put(&done_probe->ref, req_release);
+	if (again)
+		schedule_delayed_work(&chan.watch_work, watch_period());
+}
+
 int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out)
 {
 	const u32 need = vpipe_link_pages_needed(s->area_bytes);
+	const unsigned long deadline = jiffies + timeout_jiffies();
 	struct vpipe_req *r;
 	unsigned long flags;
+	long left;
 	int err, notify;
 
 	*out = NULL;
@@ -224,7 +383,13 @@ int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out)
 		if (err != -ENOSPC)
 			break;
 		up_read(&chan.area_rw);
-		if (wait_event_killable(chan.wq, has_pages(s, r))) {
+		/* pages come back when other requests end: bounded, still killable */
+		left = (long)(deadline - jiffies);
+		if (left <= 0) {
+			err = -EBUSY;
+			goto fail_free;
+		}
+		if (wait_event_killable_timeout(chan.wq, has_pages(s, r), left) < 0) {
 			err = -EINTR;
 			goto fail_free;
 		}
@@ -245,23 +410,34 @@ int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out)
 			err = -EHOSTDOWN;
 			goto fail_put;
 		}
-		if (vpipe_ring_has_room(&chan.front))
+		if (room_for_request())
 			break;
 		spin_unlock_irqrestore(&chan.lock, flags);
 		up_read(&chan.area_rw);
-		if (wait_event_killable(chan.wq, has_slot(r->gen))) {
+		left = (long)(deadline - jiffies);
+		if (left <= 0) {
+			err = -EBUSY;
+			goto fail_put;
+		}
+		if (wait_event_killable_timeout(chan.wq, has_slot(r->gen), left) < 0) {
 			err = -EINTR;
 			goto fail_put;
 		}
 		down_read(&chan.area_rw);
 	}
 	kref_get(&r->ref);  /* the transport's reference, dropped when the request ends */
+	if (!chan.front.in_flight)
+		chan.last_heard = jiffies;   /* silence counts while something is outstanding */
+	r->op = s->op;
+	if (r->op == VPIPE_OP_FILE_TO_FILE && !chan.f2f_in_flight++)
+		chan.last_f2f = jiffies;
 	notify = vpipe_link_post(&chan.front, page_ref, NULL, &r->pages, s, r, &r->id);
 	r->posted = true;
 	spin_unlock_irqrestore(&chan.lock, flags);
 	up_read(&chan.area_rw);
 	if (notify)
 		notify_backend();
+	watch_arm();
 	atomic64_inc(&vpipe_stats.ring_requests);
 	*out = r;
 	return 0;
@@ -278,10 +454,14 @@ int vpipe_front_wait(struct vpipe_req *r, u64 *moved, bool *killed)
 {
 	if (wait_for_completion_killable(&r->done)) {
 		/* killed: dom0 may still be using what the request names, so the caller's holds
-		 * and frozen sockets must live until the answer; wait without a signal. */
+		 * and frozen sockets must live until the answer; wait without a signal -- but
+		 * not longer than request_timeout_ms: then the engine is declared unresponsive
+		 * and the teardown ends the request (and every other in flight). */
 		if (killed)
 			*killed = true;
-		wait_for_completion_state(&r->done, TASK_IDLE);
+		while (!completion_done(&r->done))
+			if (!wait_event_idle_timeout(chan.wq, completion_done(&r->done), timeout_jiffies()))
+				declare_hung(r->gen, "a killed caller's request was not answered");
 	}
 	*moved = r->moved;
 	return r->status;
@@ -393,15 +573,32 @@ nomem:
 
 /* ---- connect / teardown (process context, chan.mu held) ----------------------------------- */
 
+/*
+ * Ends the connection. Every request in flight completes (-ECANCELED) and its caller lets go of
+ * what the request named: holds, frozen sockets, the request's pages. That is safe even when
+ * dom0 is alive and may still be working (a hang): the area's grants end below, so dom0 can no
+ * longer read or write the pages (gnttab_end_foreign_access frees a page only once dom0 has
+ * let go of it; vpiped grant-copies and never maps area pages), and a socket it had not handed
+ * back is never restored from its frozen state (req_lost). What the guest cannot stop is a dom0
+ * that resumes a file -> file copy it had started: its writes land on the destination's blocks
+ * after the guest cut the file back to the answered prefix (docs/faults.md, "engine hangs").
+ */
 static void teardown_locked(void)
 {
+	struct vpipe_req *probe;
 	unsigned long flags;
 
 	spin_lock_irqsave(&chan.lock, flags);
 	chan.connected = false;
 	vpipe_ring_cancel_all(&chan.front, req_lost, NULL);
 	chan.gen++;
+	chan.hung_teardown = false;
+	chan.hung_pending = false;
+	probe = chan.probe;
+	chan.probe = NULL;
 	spin_unlock_irqrestore(&chan.lock, flags);
+	if (probe)
+		kref_put(&probe->ref, req_release);
 	wake_up_all(&chan.wq);
 	if (!chan.ring_up)
 		return;
@@ -576,15 +773,14 @@ static void vpipe_backend_changed(struct xenbus_device *dev, enum xenbus_state b
 static int test_connect(void);
 #endif
 
-static void broken_work_fn(struct work_struct *w)
+/* drops the connection and starts over (chan.mu held) */
+static void restart_locked(void)
 {
-	mutex_lock(&chan.mu);
 #ifdef VPIPE_TEST
 	if (vpipe_testeng_active()) {
 		/* the stand-in engine broke the ring on purpose: start over, as with a backend */
 		teardown_locked();
 		test_connect();
-		mutex_unlock(&chan.mu);
 		return;
 	}
 #endif
@@ -595,6 +791,29 @@ static void broken_work_fn(struct work_struct *w)
 		if (xenbus_read_driver_state(chan.dev->otherend) == XenbusStateInitWait)
 			backend_initwait(chan.dev);
 	}
+}
+
+static void broken_work_fn(struct work_struct *w)
+{
+	mutex_lock(&chan.mu);
+	restart_locked();
+	mutex_unlock(&chan.mu);
+}
+
+/* the engine was declared unresponsive: the same as a protocol break, for that connection only */
+static void hung_work_fn(struct work_struct *w)
+{
+	unsigned long flags;
+	bool go;
+
+	mutex_lock(&chan.mu);
+	spin_lock_irqsave(&chan.lock, flags);
+	go = chan.hung_pending && chan.hung_gen == chan.gen && chan.connected;
+	chan.hung_pending = go;
+	chan.hung_teardown = go;
+	spin_unlock_irqrestore(&chan.lock, flags);
+	if (go)
+		restart_locked();
 	mutex_unlock(&chan.mu);
 }
 
@@ -621,6 +840,7 @@ static void vpipe_front_remove(struct xenbus_device *dev)
 	}
 	mutex_unlock(&chan.mu);
 	flush_work(&chan.broken_work);
+	flush_work(&chan.hung_work);
 }
 
 static int vpipe_front_resume(struct xenbus_device *dev)
@@ -706,6 +926,8 @@ int vpipe_front_init(void)
 	init_rwsem(&chan.area_rw);
 	init_waitqueue_head(&chan.wq);
 	INIT_WORK(&chan.broken_work, broken_work_fn);
+	INIT_WORK(&chan.hung_work, hung_work_fn);
+	INIT_DELAYED_WORK(&chan.watch_work, watch_fn);
 #ifdef VPIPE_TEST
 	if (vpipe_testeng_active()) {
 		err = vpipe_testeng_start();
@@ -730,7 +952,9 @@ void vpipe_front_exit(void)
 	if (registered)
 		xenbus_unregister_driver(&vpipe_front_driver);
 	registered = false;
+	cancel_delayed_work_sync(&chan.watch_work);
 	flush_work(&chan.broken_work);
+	flush_work(&chan.hung_work);
 #ifdef VPIPE_TEST
 	vpipe_testeng_stop();   /* drains what the stand-in engine is doing */
 #endif

@@ -8,8 +8,8 @@
  * the AREA -- vpipe_area_pages pages granted to the backend once per connection (persistent
  * grants, as blkfront's) from which every request takes the pages of its descriptor stream
  * and socket rooms. A request object is reference counted: a caller that is killed keeps
- * waiting (what the request names must live until dom0 answered); its pages go back when the
- * caller puts it.
+ * waiting (what the request names must live until dom0 answered, or until the channel is
+ * dropped: at most request_timeout_ms); its pages go back when the caller puts it.
  */
 #ifndef VPIPE_KMOD_FRONT_H
 #define VPIPE_KMOD_FRONT_H
@@ -26,14 +26,17 @@ void vpipe_front_exit(void);
 /* 1 when the ring is Connected */
 bool vpipe_front_connected(void);
 
-/* Posts one request: waits (killable) for area pages and a ring slot. 0 and *out, or
- * -EHOSTDOWN (no engine), -E2BIG (larger than the area), -ENOMEM, -EINTR (fatal signal). */
+/* Posts one request: waits (killable, at most request_timeout_ms) for area pages and a ring
+ * slot. 0 and *out, or -EHOSTDOWN (no engine), -E2BIG (larger than the area), -ENOMEM, -EINTR
+ * (fatal signal), -EBUSY (pages or slots stayed taken for request_timeout_ms). */
 int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out);
 
 /* Waits for the response: 0 or the response's negative status; *moved <= length.
- * -ECANCELED when the backend left Connected with the request in flight. A fatal signal does
- * not cut the wait short: the operation's resources (holds, frozen sockets) stay valid until
- * dom0 answered, so the caller continues in TASK_IDLE once killed (*killed is set). */
+ * -ECANCELED when the backend left Connected with the request in flight, or was declared
+ * unresponsive (request_timeout_ms). A fatal signal does not cut the wait short: the
+ * operation's resources (holds, frozen sockets) stay valid until dom0 answered, so the caller
+ * continues in TASK_IDLE once killed (*killed is set) -- for at most request_timeout_ms, then
+ * the engine is declared unresponsive and the channel dropped, which ends the request. */
 int vpipe_front_wait(struct vpipe_req *r, u64 *moved, bool *killed);
 
 /* After wait: bytes of the request's area (what dom0 wrote back). -EIO when the area went

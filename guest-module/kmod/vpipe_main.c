@@ -229,6 +229,7 @@ static long do_stats(void __user *arg)
 	s.extents_mapped = atomic64_read(&vpipe_stats.extents_mapped);
 	s.handles_open = atomic64_read(&vpipe_stats.handles_open);
 	s.engine_connected = vpipe_front_connected() ? 1 : 0;
+	s.engine_timeouts = atomic64_read(&vpipe_stats.engine_timeouts);
 	return copy_to_user(arg, &s, sizeof(s)) ? -EFAULT : 0;
 }
 

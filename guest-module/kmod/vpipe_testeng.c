@@ -41,7 +41,12 @@ MODULE_PARM_DESC(test_engine_ip, "TEST BUILD: the VM's address, as the toolstack
 
 static unsigned int test_engine_delay_ms;
 module_param(test_engine_delay_ms, uint, 0644);
-MODULE_PARM_DESC(test_engine_delay_ms, "TEST BUILD: the stand-in engine answers this much later");
+MODULE_PARM_DESC(test_engine_delay_ms, "TEST BUILD: the stand-in engine answers this much later (NOPs at once, as vpiped)");
+
+static bool test_engine_withhold;
+module_param(test_engine_withhold, bool, 0644);
+MODULE_PARM_DESC(test_engine_withhold,
+		 "TEST BUILD: the stand-in engine hangs: it takes requests (NOPs too) and never executes or answers them");
 
 static struct workqueue_struct *test_wq;
 static DEFINE_SPINLOCK(back_lock);
@@ -439,7 +444,12 @@ static void req_work_fn(struct work_struct *w)
 	u64 moved = 0, id = t->req.id;
 	int st, extra = 0;
 
-	if (READ_ONCE(test_engine_delay_ms))
+	if (READ_ONCE(test_engine_withhold)) {
+		kfree(t);   /* a hung engine: the request stays in flight on the ring */
+		return;
+	}
+	/* vpiped answers NOPs in its ring consumer, never behind a busy worker */
+	if (t->req.op != VPIPE_OP_NOP && READ_ONCE(test_engine_delay_ms))
 		msleep(READ_ONCE(test_engine_delay_ms));
 	st = execute(&t->req, &moved, &id, &extra);
 	respond(id, st, moved, extra);

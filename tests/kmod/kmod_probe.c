@@ -627,6 +627,162 @@ static void async_checks(size_t nb, const char *big)
 	free(c);
 }
 
+/* polls a condition the module reaches on its own (a reconnect, a request posted) */
+static int until(int (*cond)(void *), void *arg, double max_s)
+{
+	double t0 = now_s();
+
+	while (!cond(arg)) {
+		if (now_s() - t0 > max_s)
+			return -1;
+		usleep(5000);
+	}
+	return 0;
+}
+
+static int is_connected(void *arg __attribute__((unused)))
+{
+	struct vpipe_ioc_stats s;
+
+	return stats(&s) == 0 && s.engine_connected == 1;
+}
+
+static int posted_since(void *arg)
+{
+	struct vpipe_ioc_stats s;
+
+	return stats(&s) == 0 && s.ring_requests > *(uint64_t *)arg;
+}
+
+/* file -> socket of [0, len) of path, the cache rule off (the file is cached by now) */
+static int f2s(const char *path, int *sock, uint64_t len, struct vpipe_ioc_op *res)
+{
+	int in = open(path, O_RDONLY | O_CLOEXEC), r;
+	struct vpipe_ioc_op op;
+
+	memset(&op, 0, sizeof(op));
+	op.op = VPIPE_IOC_FILE_TO_SOCKET;
+	op.handle = VPIPE_NO_HANDLE;
+	op.in_fd = in;
+	op.out_fd = *sock;
+	op.length = len;
+	op.flags = VPIPE_OPF_NO_CACHE_RULE;
+	op.new_in_fd = op.new_out_fd = -1;
+	r = ioctl(dev, VPIPE_IOC_OP, &op) < 0 ? -errno : 0;
+	if (op.new_out_fd >= 0) {
+		dup3(op.new_out_fd, *sock, O_CLOEXEC);
+		close(op.new_out_fd);
+	}
+	close(in);
+	printf("     f2s %s len %llu: r=%d moved=%llu requests=%u new_out=%d\n", path,
+	       (unsigned long long)len, r, (unsigned long long)op.moved, op.requests, op.new_out_fd);
+	*res = op;
+	return r;
+}
+
+static long file_size(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* An engine that stops answering (test_engine_withhold: it takes requests, NOPs too, and never
+ * answers) is declared unresponsive after request_timeout_ms: the channel is torn down and
+ * reconnected, what was in flight fails as when the engine dies (docs/faults.md), a killed
+ * caller exits, nothing stays held. An engine that is slow but alive (answers the watchdog's
+ * NOPs) is not cut short. */
+static void timeout_checks(size_t nb, const char *big)
+{
+	const double T = 1.0, slack = 2.0;   /* request_timeout_ms=1000; TCG is slow */
+	struct vpipe_ioc_stats s0, s1;
+	struct vpipe_ioc_op op;
+	uint64_t posted;
+	size_t nc;
+	char *c;
+	int fd, st = 0, cl = -1, sv = -1;
+
+	CHECK(set_param("request_timeout_ms", "1000") == 0 && set_param("test_engine_withhold", "Y") == 0,
+	      "request_timeout_ms=1000, the stand-in engine withholds its answers");
+	CHECK(stats(&s0) == 0, "STATS before");
+
+	/* 1. a caller: the channel's error within the bound, the destination unchanged */
+	double t0 = now_s();
+	int r = f2f("/mnt/big.bin", "/mnt/copy11.bin", 0, 0, nb, 0, &op, 1);
+	double dt = now_s() - t0;
+	CHECK(r == -ECANCELED && op.moved == 0 && dt >= 0.9 * T && dt <= T + slack,
+	      "unanswered file->file: -ECANCELED after %.2f s (bound %.1f s)", dt, T);
+	CHECK(file_size("/mnt/copy11.bin") == 0, "copy11.bin keeps its old size (0)");
+	fd = open("/mnt/big.bin", O_WRONLY);
+	CHECK(fd >= 0 && pwrite(fd, big, 10, 0) == 10, "the source's hold is released");
+	close(fd);
+	CHECK(until(is_connected, NULL, 5) == 0, "the stand-in engine is connected again");
+
+	/* 2. a caller SIGKILLed while its request is unanswered exits within the bound */
+	CHECK(stats(&s1) == 0, "STATS");
+	posted = s1.ring_requests;
+	pid_t pid = fork();
+	if (pid == 0) {
+		f2f("/mnt/big.bin", "/mnt/copy12.bin", 0, 0, nb, 0, &op, 1);
+		_exit(0);
+	}
+	CHECK(until(posted_since, &posted, 10) == 0, "the child's request is posted");
+	t0 = now_s();
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	dt = now_s() - t0;
+	CHECK(WIFSIGNALED(st) && dt <= T + slack, "SIGKILLed caller exited %.2f s after the kill (bound %.1f s)", dt, T);
+	fd = open("/mnt/big.bin", O_WRONLY);
+	CHECK(fd >= 0 && pwrite(fd, big, 10, 0) == 10, "the killed caller's hold is released");
+	close(fd);
+	CHECK(file_size("/mnt/copy12.bin") == 0, "copy12.bin keeps its old size (0)");
+	CHECK(until(is_connected, NULL, 5) == 0, "connected again");
+
+	/* 3. a socket whose state is unknown (dom0 may have taken it): ECONNABORTED, reset */
+	CHECK(tcp_pair("10.9.9.1", &cl, &sv) == 0, "TCP pair on 10.9.9.1");
+	t0 = now_s();
+	r = f2s("/mnt/big.bin", &sv, 100000, &op);
+	dt = now_s() - t0;
+	CHECK(r == -ECONNABORTED && op.new_out_fd >= 0 && dt <= T + slack,
+	      "unanswered file->socket: -ECONNABORTED after %.2f s, the socket replaced", dt);
+	errno = 0;
+	CHECK(send(sv, "x", 1, MSG_NOSIGNAL) < 0 && (errno == ECONNRESET || errno == EPIPE),
+	      "the replaced socket is reset (send: %s)", strerror(errno));
+	CHECK(stats(&s1) == 0 && s1.engine_timeouts - s0.engine_timeouts == 3 &&
+		      s1.ops_failed - s0.ops_failed == 3,
+	      "STATS: engine_timeouts +%llu, failed +%llu (the three unanswered operations)",
+	      (unsigned long long)(s1.engine_timeouts - s0.engine_timeouts),
+	      (unsigned long long)(s1.ops_failed - s0.ops_failed));
+	close(cl);
+	close(sv);
+
+	/* 4. slow but alive: a socket request answered after 2.5 timeouts is not cut short (the
+	 * engine answers the watchdog's NOPs); the refused hand-over gives the socket back intact */
+	struct vpipe_dbg_script refuse = { 1 /* ANS_STATUS */, EOPNOTSUPP, 0 }, ok = { 0, 0, 0 };
+	CHECK(set_param("test_engine_withhold", "N") == 0 && set_param("test_engine_delay_ms", "2500") == 0 &&
+		      ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &refuse) == 0 && until(is_connected, NULL, 5) == 0,
+	      "engine answers again, 2.5 s late, refusing socket requests");
+	CHECK(tcp_pair("10.9.9.1", &cl, &sv) == 0, "TCP pair on 10.9.9.1");
+	t0 = now_s();
+	r = f2s("/mnt/big.bin", &sv, 100000, &op);
+	dt = now_s() - t0;
+	CHECK(r == -EOPNOTSUPP && dt >= 2.4, "slow engine: its own answer (-EOPNOTSUPP) after %.2f s", dt);
+	CHECK(talk(sv, cl, "after a slow answer") == 0, "the socket still carries data both ways");
+	CHECK(stats(&s0) == 0 && s0.engine_timeouts == s1.engine_timeouts, "STATS: no timeout for a slow engine");
+	close(cl);
+	close(sv);
+
+	/* 5. the next operation goes through */
+	CHECK(set_param("test_engine_delay_ms", "0") == 0 && ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &ok) == 0 &&
+		      until(is_connected, NULL, 5) == 0, "engine script: ok");
+	CHECK(f2f("/mnt/big.bin", "/mnt/copy13.bin", 0, 0, nb, 0, &op, 1) == 0 && op.moved == nb,
+	      "file->file after the reconnects");
+	c = slurp("/mnt/copy13.bin", &nc);
+	CHECK(c && nc == nb && !memcmp(c, big, nb), "copy13.bin byte-exact");
+	free(c);
+	set_param("request_timeout_ms", "60000");
+}
+
 static void engine_checks(void)
 {
 	struct vpipe_ioc_stats s0, s1;
@@ -746,6 +902,7 @@ static void engine_checks(void)
 	      (unsigned long long)(s1.ops[1] - s0.ops[1]), (unsigned long long)(s1.ops_failed - s0.ops_failed),
 	      (unsigned long long)s1.bytes_offloaded, (unsigned long long)s1.bytes_guest_cache,
 	      (unsigned long long)s1.ring_requests, (unsigned long long)s1.bytes_zero_filled);
+	timeout_checks(nb, big);
 	free(big);
 	free(pat);
 }

@@ -16,6 +16,10 @@
 # its queued bytes (carried and restored), a source whose peer closed drained locally then EOF; requests answered
 # asynchronously through the slot table (5 in flight together) and a process SIGKILLed while
 # its request is with the engine (it exits only after the answer; its holds are released).
+# Last, an engine that stops answering (test_engine_withhold, request_timeout_ms=1000): a caller
+# gets ECANCELED within the bound, a SIGKILLed caller exits within it, a socket whose state is
+# unknown comes back reset (ECONNABORTED), holds are released, the module reconnects and the
+# next copy is byte-exact; a slow engine that answers the watchdog's NOPs is not cut short.
 #
 # Exit: 0 pass, 1 fail, 77 skipped (no qemu, kernel, headers or tools).
 # Environment: KVER (default: scripts/guest-kver.sh), TIMEOUT (s, default 300), KEEP=1 keeps the work dir.
@@ -190,6 +194,7 @@ need "DEVNODE gone"
 need "RELOAD ok"
 need "KMOD DONE"
 need "ENGINE UNLOAD ok"
+need "vpipe: the engine is unresponsive"
 [ "$(grep -c 'PROBE RESULT: PASS' "$W/console.txt")" = 3 ] || { echo "FAIL: probe"; fail=1; }
 if sed -n '/---- dmesg/,/---- end/p' "$W/console.txt" |
         grep -E "WARNING|BUG|Oops|Call Trace|still active|refcount"; then
