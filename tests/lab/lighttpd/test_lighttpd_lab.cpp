@@ -446,7 +446,6 @@ protected:
     }
 };
 
-
 TEST_F(LighttpdLab, VPipeEnabled_KeepAlive_Ranges_MovedByDom0) {
     double secs = 0;
     const Moved m = serve_and_check(true, &secs);
