@@ -47,10 +47,10 @@ to_mib() {  # wrk's Transfer/sec "1.23GB" / "456.78MB" / "12.00KB" -> MiB
     printf "%.1f", (u == "GB" ? n * 1024 : u == "MB" ? n : u == "KB" ? n / 1024 : n / 1048576) }'
 }
 
-# wrk_run THREADS CONNS URL -> "requests rps mib_s p50_us p99_us errors" (empty on failure)
+# wrk_run THREADS CONNS URL SECONDS -> "requests rps mib_s p50_us p99_us errors" (empty on failure)
 wrk_run() {
   local out req rps tr p50 p99 err
-  out=$(lab client -- wrk --latency -t"$1" -c"$2" -d"${APPS_SECONDS}s" --timeout 30s "$3" 2>&1) || return 1
+  out=$(lab client -- wrk --latency -t"$1" -c"$2" -d"$4s" --timeout 30s "$3" 2>&1) || return 1
   req=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
   rps=$(echo "$out" | sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p')
   tr=$(echo "$out" | sed -n 's/^Transfer\/sec: *\([0-9.]*[A-Z]*\)/\1/p')
@@ -65,7 +65,10 @@ wrk_run() {
 # with BG_URL, 4 curl loops download it during the whole point (they end by themselves).
 apps_point() {
   local ex=$1 mode=$2 bytes=$3 conns=$4 rep=$5 op=$6 url=$7 bg=${8:-} threads=2 e0 e1 r bgpid="" bgm=""
+  local secs=$APPS_SECONDS
   [ "$ex" = latency ] && threads=1
+  # a 256 MiB body takes seconds through Pound's own relay: twice the time, so that requests complete
+  [ "$ex" != latency ] && [ "$bytes" -ge $((256 << 20)) ] && secs=$((2 * APPS_SECONDS))
   cold
   e0=$(eng_bytes "$op")
   if [ -n "$bg" ]; then
@@ -78,7 +81,7 @@ apps_point() {
     bgpid=$!
     sleep 1   # the 4 downloads under way before wrk starts (a benchmark's settling time, not a test's sync)
   fi
-  r=$(wrk_run $threads "$conns" "$url") || { echo "bench: apps $ex $mode $bytes failed" >&2; r=""; }
+  r=$(wrk_run $threads "$conns" "$url" "$secs") || { echo "bench: apps $ex $mode $bytes failed" >&2; r=""; }
   if [ -n "$bgpid" ]; then
     wait "$bgpid" || true
     bgm=$(awk -v d=$((APPS_SECONDS + 3)) '{ s += $1 } END { printf "%.1f", s / 1048576 / d }' "$TMPD/bg.out")
@@ -86,7 +89,7 @@ apps_point() {
   e1=$(eng_bytes "$op")
   [ -n "$r" ] || return 0
   set -- $r
-  echo "$ex,$mode,$bytes,$conns,$rep,$1,$APPS_SECONDS,$2,$3,$4,$5,$6,$((e1 - e0)),$bgm" >> "$APPS_CSV"
+  echo "$ex,$mode,$bytes,$conns,$rep,$1,$secs,$2,$3,$4,$5,$6,$((e1 - e0)),$bgm" >> "$APPS_CSV"
 }
 
 upload_point() {  # MODE REP PORT
@@ -191,7 +194,8 @@ run_apps() {
   done
   # lighttpd's error logs and Pound's vPipe lines: evidence (and failures) for APPS.md
   grep -hv "server started\|server stopped" "$TMPD"/lighttpd-*.err 2>/dev/null | head -5 > "$TMPD/apps_errors" || true
-  grep -h "vpipe:" "$TMPD"/pound-vpipe.log 2>/dev/null | sed 's/^.*vpipe:/vpipe:/' | sort | uniq -c | sort -rn | head -5 > "$TMPD/apps_pound" || true
+  grep -ho "vpipe: [a-z0-9_ ]*\(offloaded\|fallback\|failed\|enabled\)" "$TMPD"/pound-vpipe.log 2>/dev/null |
+    sed 's/[0-9][0-9]*/N/g' | sort | uniq -c | sort -rn | head -5 > "$TMPD/apps_pound" || true
   bench_down
   rm -rf "$APPS_SHM"
   apps_summary
@@ -212,7 +216,7 @@ apps_summary() {
     echo "One lab: 2 VMs, no neighbours, unlimited link; $(machine); load average at the start"
     echo "$START_LOAD (the host is shared: compare the ratios, each taken within one run). Written"
     echo "$(date -u +%Y-%m-%dT%H:%MZ). Medians over $(awk -F, 'NR > 1 {print $5}' "$APPS_CSV" | sort -u | wc -l) interleaved repetitions, [min-max] across them;"
-    echo "caches dropped before every point; wrk ${APPS_SECONDS} s a point. Raw rows: apps.csv."
+    echo "caches dropped before every point; wrk ${APPS_SECONDS} s a point ($((2 * APPS_SECONDS)) s for 256 MiB files). Raw rows: apps.csv."
     echo
     echo "The lab charges the guest no virtualization tax (a VM is a namespace on the host's kernel), so"
     echo "these ratios are what the hand-over costs or saves here, not what a Xen guest would see."
@@ -290,7 +294,7 @@ apps_summary() {
       echo
     fi
     if [ -s "$TMPD/apps_pound" ]; then
-      echo "Pound's vPipe log lines during the run (count, most frequent first):"
+      echo "Pound's vPipe log lines during the run (POUND_VPIPE=1; numbers as N; count):"
       echo
       sed 's/^/    /' "$TMPD/apps_pound"
       echo
