@@ -13,6 +13,11 @@
 #                                  latency.csv, wrk.csv, httperf.csv, HANDOVER.md; ~12 min)
 #   bench/run.sh inplace           only new files vs overwrites in place (inplace.csv: the share of
 #                                  the zero-fill of a new destination; ~5 min)
+#   bench/run.sh apps              only the real applications: wrk against lighttpd stock vs on
+#                                  vPipe, small-request p50/p99 under large downloads, Pound
+#                                  stock vs POUND_VPIPE=1 (apps.csv, APPS.md; ~10 min; builds the
+#                                  patched lighttpd and Pound, POUND_GIT=<clone of pound> if
+#                                  Debian's pool lacks pound 4.16-3)
 #   bench/run.sh soak              only the overload soak (SOAK.md, soak.csv; SOAK_SECONDS=600,
 #                                  --quick 60): exits non-zero when it did not pass
 #   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
@@ -39,7 +44,7 @@ if [ "$what" != summary ]; then
   else
     [ -f "$BUILD_DIR/build.ninja" ] || cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     # only what the benchmarks run (the rest of the tree may be mid-change by others)
-    nice cmake --build "$BUILD_DIR" -j2 --target vpiped vpipectl vpipe-guestd vpipe-lab vpipe-httpd vpipe-proxy \
+    nice cmake --build "$BUILD_DIR" -j2 --target vpipe vpiped vpipectl vpipe-guestd vpipe-lab vpipe-httpd vpipe-proxy \
       cp-vpipe vpipe-bench-tool bench_ring bench_page_pool bench_tcp_repair bench_fiemap bench_steering bench_handover \
       test_fairness >/dev/null
   fi
@@ -108,6 +113,8 @@ now() { date +%s.%N; }
 . bench/soak.sh
 # shellcheck source=bench/inplace.sh
 . bench/inplace.sh
+# shellcheck source=bench/apps.sh
+. bench/apps.sh
 
 # Fig 7: 3 VMs (weights 1:1:2) serving files with vpipe-httpd --mode vpipe over a shaped link;
 # shares measured on the client every 250 ms. With VPIPE_BENCH_RESULTS the lab test writes
@@ -127,10 +134,11 @@ case "$what" in
   handover) run_handover ;;
   soak) run_soak ;;
   inplace) run_inplace ;;
+  apps) run_apps ;;
   profile) run_profile_only ;;
   summary) ;;
   all) run_micro; run_handover; run_fig4; run_inplace; run_scale; run_fairness ;;
-  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|inplace|scale|fairness|handover|soak|profile|summary]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|inplace|scale|fairness|handover|apps|soak|profile|summary]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements

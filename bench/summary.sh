@@ -375,6 +375,13 @@ summary() {
       awk -F, 'NR > 1 { k = int($1 - 0.001); n[k]++; a[k] += $2; b[k] += $3; c[k] += $4; p[k] = $8 }
                END { for (k = 0; k in n; k++) printf "| %d-%d | %.1f | %.1f | %.1f | %s |\n", k, k + 1, a[k] / n[k], b[k] / n[k], c[k] / n[k], p[k] }' "$R/fairness.csv"
     fi
+    if [ -s "$R/APPS.md" ]; then
+      echo
+      echo "## Real applications (APPS.md, apps.csv)"
+      echo
+      echo "lighttpd stock vs on vPipe (wrk, and small-request p50/p99 under large downloads) and Pound stock vs"
+      echo "POUND_VPIPE=1: [APPS.md](APPS.md) (\`bench/run.sh apps\`)."
+    fi
     if [ -s "$R/micro.csv" ]; then
       echo
       echo "## Micro-benchmarks (micro.csv)"
