@@ -22,6 +22,8 @@
 #                                  --quick 60): exits non-zero when it did not pass
 #   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
 #   bench/run.sh summary           only re-plot and rewrite SUMMARY.md from the CSVs
+#   bench/run.sh [--quick] xen     real Xen under QEMU (bench/xen.sh: xen.csv, XEN.md; ~30 min,
+#                                  --quick ~6 min); boots QEMU: run it under the lab lock
 # --quick: fewer conditions, sizes and repetitions (a smoke run of every code path, ~6 min).
 # Environment: BUILD_DIR (default build, built with scripts/build.sh; any other dir is built
 # with cmake --build), FIG4_MIB (512), REPS (2: repetitions with the unlimited link), REPS_LINK (1);
@@ -37,6 +39,8 @@ for a in "$@"; do
     *) what=$a ;;
   esac
 done
+# real Xen has its own driver (it boots the Xen suite's images, no lab)
+if [ "$what" = xen ]; then exec bench/xen.sh "$@"; fi
 BUILD_DIR=${BUILD_DIR:-build}
 if [ "$what" != summary ]; then
   if [ "$BUILD_DIR" = build ]; then
@@ -138,7 +142,7 @@ case "$what" in
   profile) run_profile_only ;;
   summary) ;;
   all) run_micro; run_handover; run_fig4; run_inplace; run_scale; run_fairness ;;
-  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|inplace|scale|fairness|handover|apps|soak|profile|summary]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|inplace|scale|fairness|handover|apps|soak|profile|summary|xen]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))
 set +e   # a plotting or formatting problem must not lose the measurements

@@ -142,6 +142,8 @@ build_domU() {
     finish_mods "$U" "$KV"
   fi
   for b in cp-vpipe vpipe-httpd vpipe-proxy; do copy_bin "$U" "$BUILD/bin/$b" "/usr/bin/$b"; done
+  # the stress role's probe (static: every start sets its TLS up itself)
+  gcc -O2 -static -Wall -Werror -o "$U/usr/bin/tlscheck" "$XEN_DIR/tlscheck.c" || die "tlscheck.c does not build"
   strip_project "$U" "$BUILD" /usr/bin/cp-vpipe /usr/bin/vpipe-httpd /usr/bin/vpipe-proxy
   cp "$XEN_DIR/domU-init.sh" "$U/init"
   cp "$XEN_DIR/domU-scenario.sh" "$U/scenario.sh"

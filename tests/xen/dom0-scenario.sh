@@ -3,9 +3,16 @@
 # namespace are up). Prints `VPIPE-XEN CHECK <name>: OK|FAIL (...)` per check, `VPIPE-XEN PHASE`
 # lines with dom0's uptime, and `VPIPE-XEN RESULT: PASS|FAIL`; exits 0 on PASS.
 #
-# usage: scenario.sh full|plain        the suite (plain: Xen plumbing only, no vPipe)
+# usage: scenario.sh full|plain|stress the suite (plain: Xen plumbing only, no vPipe; stress: the
+#                                      stress check alone)
+#        scenario.sh bench             bench/xen.sh's GETs under contention (see below)
 #        scenario.sh mkcfg NAME ROLE   print an xl config for a domU of that role (shell mode)
 #
+# stress (first step of full): dom0 pinned to physical CPU 0, 2-3 domUs (role stress) pinned
+#        together to the last one, each starting short-lived processes that check their TLS, FS
+#        base and vector registers; any crash or mismatch fails. Proves that a domU's processes
+#        survive being descheduled (issue 14: under TCG with -cpu max they did not).
+#        dom0 command line: vpipe_stress_domus=N (default 3), vpipe_stress_secs=S (default 40).
 # full:  vpiped (Xen backend) starts; domU "d1" (role full) runs cp-vpipe, vpipe-httpd and
 #        vpipe-proxy in vPipe mode while the client in netns "client" GETs/PUTs; dom0 checks the
 #        engine's counters, that nothing stays steered, and the bytes on /dev/vda.
@@ -23,6 +30,8 @@ up() { cut -d' ' -f1 /proc/uptime; }
 phase() { echo "VPIPE-XEN PHASE $1 at dom0 uptime $(up)s"; }
 since() { echo "$(up) $1" | awk '{printf "%.1f", $1-$2}'; }
 
+# the last physical CPU: where stress domUs (and the bench's neighbours) share one CPU, away from dom0
+shared_pcpu() { echo $(( $(xl info | sed -n 's/^nr_cpus *: //p') - 1 )); }
 mkcfg() {  # mkcfg NAME ROLE
   cat <<EOF
 name = "$1"
@@ -30,13 +39,24 @@ type = "pv"
 kernel = "/guests/vmlinuz"
 ramdisk = "/guests/domU.cpio"
 extra = "console=hvc0 loglevel=4 vpipe_role=$2 vpipe_ip=$DOMU_IP vpipe_client=$CLIENT_IP"
-memory = $DOMU_MEM
 vcpus = 1
-disk = [ 'phy:/dev/vda,xvda,w' ]
-vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,ip=$DOMU_IP' ]
 on_poweroff = "destroy"
 on_crash = "destroy"
 EOF
+  case $2 in
+    stress|burn)  # no disk, no network; pinned to the shared physical CPU
+      echo "memory = 128"
+      echo "cpus = \"$(shared_pcpu)\"" ;;
+    bench)  # the VM under test, on the shared physical CPU with its neighbours
+      echo "memory = $DOMU_MEM"
+      echo "cpus = \"$(shared_pcpu)\""
+      echo "disk = [ 'phy:/dev/vda,xvda,w' ]"
+      echo "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,ip=$DOMU_IP' ]" ;;
+    *)
+      echo "memory = $DOMU_MEM"
+      echo "disk = [ 'phy:/dev/vda,xvda,w' ]"
+      echo "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,ip=$DOMU_IP' ]" ;;
+  esac
 }
 if [ "$MODE" = mkcfg ]; then mkcfg "$2" "$3"; exit 0; fi
 
@@ -258,8 +278,131 @@ if [ "$MODE" = plain ]; then
   result
 fi
 
+# ================================================================ stress
+karg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
+# stress_phase N SECS: N domUs pinned to one physical CPU (dom0 on another) start short-lived
+# processes for SECS seconds once all are up; every start must exit 0 with its expected output
+# and no domU kernel may log a user fault. Prints a VPIPE-XEN STRESS line for the record.
+stress_phase() {
+  local n=$1 secs=$2 pcpu i ids="" d v st=0 fl=0 kf=0 ok=1 tgo
+  pcpu=$(shared_pcpu)
+  [ "$pcpu" -gt 0 ] && xl vcpu-pin Domain-0 0 0
+  phase stress-start
+  for i in $(seq 1 "$n"); do
+    NAME=s$i
+    create "s$i" stress || { ok=0; break; }
+    if wait_xsd ready 180; then ids="$ids $i:$D"
+    else ck "s$i-ready" FAIL "the stress domU did not come up"; ok=0; fi
+  done
+  xl vcpu-list
+  for d in $ids; do xenstore-write "/local/domain/${d#*:}/data/cmd/go" "$secs"; done
+  phase stress-go
+  tgo=$(up)
+  for d in $ids; do
+    NAME=s${d%%:*}; D=${d#*:}
+    # by the clock from "go" (a probe costs ~1 s of dom0 under TCG; a crashed shell never reports)
+    while ! xenstore-exists "/local/domain/$D/data/stress" 2>/dev/null && xl domid "$NAME" >/dev/null 2>&1 &&
+          [ "$(echo "$(up) $tgo $secs" | awk '{print ($1 - $2 < $3 + 90)}')" = 1 ]; do sleep 1; done
+    if xenstore-exists "/local/domain/$D/data/stress" 2>/dev/null; then
+      v=$(xsd stress)
+      set -- $v
+      st=$((st + ${1:-0})); fl=$((fl + ${2:-0})); kf=$((kf + ${3:-0}))
+    else
+      ck "$NAME-survived" FAIL "domain $D gone, or silent $((secs + 90))s after go (its shell crashed?)"; ok=0
+    fi
+    wait_xsd end 10
+    collect "$NAME"
+    cmd finish   # it powers off only now: its xenstore data is gone with it
+  done
+  for d in $ids; do
+    NAME=s${d%%:*}
+    wait_gone "$NAME" 30 || { ck "$NAME-poweroff" FAIL "still running"; xl destroy "$NAME"; }
+    stop_tail "$NAME"
+  done
+  [ "$pcpu" -gt 0 ] && xl vcpu-pin Domain-0 0 all
+  echo "VPIPE-XEN STRESS domus=$n secs=$secs pcpu=$pcpu starts=$st failures=$fl kernel_faults=$kf"
+  if [ $ok = 1 ] && [ $fl = 0 ] && [ $kf = 0 ] && [ $st -gt 0 ]; then
+    ck stress-shared-pcpu OK "$n domUs on physical CPU $pcpu, $st process starts in ${secs}s, none failed"
+  else
+    ck stress-shared-pcpu FAIL "$n domUs on physical CPU $pcpu: $fl of $st process starts failed, $kf user faults in the domUs' dmesg"
+  fi
+  phase stress-end
+}
+if [ "$MODE" = stress ]; then
+  stress_phase "$(karg vpipe_stress_domus | grep . || echo 3)" "$(karg vpipe_stress_secs | grep . || echo 60)"
+  result
+fi
+
+# ================================================================ bench (bench/xen.sh, not the suite)
+# dom0 on physical CPU 0; d1 (role bench: vpipe-httpd in vPipe mode on :8080, in sendfile mode on
+# :8082) on the last one, joined there by K busy neighbours (role burn) for each K of
+# vpipe_bench_neighbours (colon-separated, default 0:2). Per K, vpipe_bench_reps rounds of one GET
+# of big.bin (64 MiB) from each server, the order alternating, each from an empty guest page
+# cache. The client (curl in netns "client") runs in dom0, i.e. not on the contended CPU. One line
+# per GET (CPU seconds from xl vcpu-list: the VM under test, and dom0 = engine + client + netback):
+#   VPIPE-XEN BENCH sched=S neighbours=K mode=vpipe|sendfile rep=R secs=T bytes=B guest_cpu_s=G dom0_cpu_s=D ok=1|0
+vcpu_time() { xl vcpu-list "$1" 2>/dev/null | awk 'NR > 1 { t += $6 } END { printf "%.1f", t }'; }
+BN=0
+bench_get() {  # bench_get MODE PORT K REP
+  local i g0 d0 g1 d1 out code secs bytes ok
+  BN=$((BN + 1)); cmd drop $BN
+  i=0; while [ "$(xsd dropped)" != $BN ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
+  g0=$(vcpu_time d1); d0=$(vcpu_time Domain-0)
+  out=$(client curl -sS -m 900 --connect-timeout 15 -o /dev/null -w '%{http_code} %{time_total} %{size_download}' \
+        http://$DOMU_IP:$2/big.bin 2>/tmp/bench.err)
+  g1=$(vcpu_time d1); d1=$(vcpu_time Domain-0)
+  set -- "$1" "$2" "$3" "$4" $out
+  code=$5 secs=$6 bytes=$7
+  ok=0; [ "$code" = 200 ] && [ "$bytes" = 67108864 ] && ok=1
+  [ $ok = 1 ] || PASS=0
+  echo "VPIPE-XEN BENCH sched=$SCHED neighbours=$3 mode=$1 rep=$4 secs=$secs bytes=$bytes" \
+       "guest_cpu_s=$(echo "$g1 $g0" | awk '{printf "%.1f", $1-$2}') dom0_cpu_s=$(echo "$d1 $d0" | awk '{printf "%.1f", $1-$2}') ok=$ok"
+  [ $ok = 1 ] || cat /tmp/bench.err
+}
+if [ "$MODE" = bench ]; then
+  SCHED=$(xl info | sed -n 's/^xen_scheduler *: //p')
+  KS=$(karg vpipe_bench_neighbours | grep . || echo 0:2)
+  REPS=$(karg vpipe_bench_reps | grep . || echo 3)
+  PCPU=$(shared_pcpu)
+  xl vcpu-pin Domain-0 0 0
+  phase bench-start
+  start_vpiped || result
+  NAME=d1
+  create d1 bench || result
+  wait_xsd ready 300 || { ck d1-ready FAIL "the bench domU did not come up"; result; }
+  have=0
+  for k in $(echo "$KS" | tr ':' ' '); do
+    while [ $have -lt "$k" ]; do
+      have=$((have + 1)); NAME=n$have
+      create "n$have" burn || result
+      wait_xsd ready 180 || ck "n$have-ready" FAIL "neighbour did not come up"
+    done
+    NAME=d1; D=$(xl domid d1)
+    xl vcpu-list
+    phase "bench-neighbours-$k"
+    r=1
+    while [ $r -le "$REPS" ]; do
+      if [ $((r % 2)) = 1 ]; then bench_get vpipe 8080 "$k" $r; bench_get sendfile 8082 "$k" $r
+      else bench_get sendfile 8082 "$k" $r; bench_get vpipe 8080 "$k" $r; fi
+      r=$((r + 1))
+    done
+  done
+  i=1; while [ $i -le $have ]; do xl destroy "n$i"; stop_tail "n$i"; i=$((i + 1)); done
+  NAME=d1; D=$(xl domid d1)
+  cmd finish
+  wait_xsd end 120
+  collect d1
+  wait_gone d1 60 || xl destroy d1
+  stop_tail d1
+  stop_vpiped vpiped-stop
+  phase bench-end
+  result
+fi
+
 # ================================================================ full
 phase suite-start
+# first: a domU's processes must survive sharing a physical CPU, or no number below means much
+stress_phase "$(karg vpipe_stress_domus | grep . || echo 3)" "$(karg vpipe_stress_secs | grep . || echo 40)"
 if [ ! -f /etc/vpipe/have-kmod ]; then ck kmod-built FAIL "no vpipe.ko in the domU image"; fi
 start_client_server
 start_vpiped || result

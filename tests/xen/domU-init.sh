@@ -12,9 +12,11 @@ for m in xen-blkfront xen-netfront crc32c_generic crc32c-intel ext4; do
   modprobe $m 2>/dev/null || echo "VPIPE-XEN-DOMU: modprobe $m failed"
 done
 ip link set lo up
-ip link set eth0 up && ip addr add "${IP:-10.0.0.2}/24" dev eth0
-# blkfront probes asynchronously
-i=0; while [ ! -b /dev/xvda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+if [ "$ROLE" != stress ] && [ "$ROLE" != burn ]; then  # these have no disk and no vif
+  ip link set eth0 up && ip addr add "${IP:-10.0.0.2}/24" dev eth0
+  # blkfront probes asynchronously
+  i=0; while [ ! -b /dev/xvda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+fi
 export ROLE IP PEER
 /scenario.sh
 echo "VPIPE-XEN-DOMU: scenario ended (rc=$?), powering off"

@@ -6,6 +6,13 @@
 #             destroys this domain
 #   survivor  vpipe.ko connects; cp-vpipe byte-exact (after the victim's destruction), then again
 #             after dom0 restarted vpiped under the Connected frontend
+#   stress    no vPipe, no disk, no network: once dom0 says go, short-lived processes for a
+#             while, each checked (tlscheck, sha256sum, busybox applets); dom0 pins 2-3 of these
+#             to one physical CPU (the register state must survive Xen's context switches)
+#   bench     vpipe.ko connects; vpipe-httpd in vPipe mode (:8080) and in sendfile mode (:8082)
+#             serve xvda for bench/xen.sh; drops its page cache whenever dom0 asks (data/cmd/drop)
+#   burn      no vPipe, no disk, no network: a busy loop until dom0 destroys it (a CPU-bound
+#             neighbour for bench/xen.sh)
 #   shell     vpipe.ko connects, xvda mounted, then a shell on the console (developers)
 # Results go to xenstore (dom0 reads and prints them): data/check/<name> = "OK (...)"|"FAIL (...)",
 # data/ready = 1 when servers listen, data/end = "<n> checks, <m> failed" at the end. dom0 -> domU: data/cmd/<name>.
@@ -154,6 +161,59 @@ survivor)
   fi
   umount_disk
   finish ;;
+stress)
+  # Each iteration execs 4 programs and checks each one's exit status and output: tlscheck
+  # (static; FS base, TLS, %xmm15/%ymm15 across a spin), busybox seq piped into sha256sum
+  # (glibc, dynamic), busybox tr. Full paths: busybox sh would otherwise run applets in-process.
+  # Counts: data/stress = "<starts> <failures> <kernel-reported faults>".
+  SEQ_SHA=2e57c67a8bbe706a08d6638ec67da02b67b3743ae7d35948cbcf8d1f45cae0a5
+  info=$(/usr/bin/tlscheck --info 2>&1)
+  xenstore-write "$XS/ready" 1
+  if ! secs=$(wait_cmd go 600); then ck stress-go FAIL "no go from dom0"; finish; exit 1; fi
+  say "stress for ${secs}s ($info)"
+  starts=0; fails=0; : > /tmp/stress.err
+  read -r u _ < /proc/uptime; end=$((${u%.*} + secs))
+  while read -r u _ < /proc/uptime && [ "${u%.*}" -lt "$end" ]; do
+    /usr/bin/tlscheck 8 2>>/tmp/stress.err || { rc=$?; fails=$((fails + 1)); echo "tlscheck: exit $rc" >> /tmp/stress.err; }
+    out=$(/bin/busybox seq 1 3000 | /usr/bin/sha256sum 2>>/tmp/stress.err)
+    [ "$out" = "$SEQ_SHA  -" ] || { fails=$((fails + 1)); echo "seq | sha256sum: '$out'" >> /tmp/stress.err; }
+    out=$(echo vpipe | /bin/busybox tr a-z A-Z 2>>/tmp/stress.err)
+    [ "$out" = VPIPE ] || { fails=$((fails + 1)); echo "busybox tr: '$out'" >> /tmp/stress.err; }
+    starts=$((starts + 4))
+  done
+  # what the guest kernel saw (unhandled signals are logged as "segfault at", "traps:", ...)
+  kf=$(dmesg | grep -cE 'segfault at|general protection|traps:|invalid opcode|Oops')
+  dmesg | grep -E 'segfault at|general protection|traps:|invalid opcode|Oops' | head -5
+  head -5 /tmp/stress.err
+  xenstore-write "$XS/stress" "$starts $fails $kf"
+  if [ "$fails" = 0 ] && [ "$kf" = 0 ] && [ "$starts" -gt 0 ]; then
+    ck stress-processes OK "$starts process starts in ${secs}s, none failed ($info)"
+  else
+    ck stress-processes FAIL "$fails of $starts process starts failed, $kf faults in dmesg: $(head -2 /tmp/stress.err | tr '\n' ' ')"
+  fi
+  finish
+  wait_cmd finish 120 >/dev/null ;;
+bench)
+  vpipe_up && mount_disk || { xenstore-write "$XS/ready" fail; finish; exit 1; }
+  VPIPE_NO_FALLBACK=1 vpipe-httpd --mode vpipe --no-fallback --port 8080 --root /mnt --bind "$IP" \
+      > /tmp/httpd.log 2>&1 &
+  HTTPD=$!
+  vpipe-httpd --mode sendfile --port 8082 --root /mnt --bind "$IP" > /tmp/httpd-sendfile.log 2>&1 &
+  SF=$!
+  if wait_listen 8080 && wait_listen 8082; then xenstore-write "$XS/ready" 1; else xenstore-write "$XS/ready" fail; fi
+  # every GET starts from an empty page cache (dom0 writes data/cmd/drop = n, waits for dropped = n)
+  n=0
+  while ! xenstore-exists "$XS/cmd/finish"; do
+    v=$(xenstore-read "$XS/cmd/drop" 2>/dev/null)
+    if [ -n "$v" ] && [ "$v" != "$n" ]; then dropcaches; n=$v; xenstore-write "$XS/dropped" "$n"; fi
+    sleep 0.5
+  done
+  kill $HTTPD $SF 2>/dev/null; wait $HTTPD $SF 2>/dev/null
+  umount_disk
+  finish ;;
+burn)
+  xenstore-write "$XS/ready" 1
+  while :; do :; done ;;
 shell)
   # for developers (xl create -c): the module loaded and connected, xvda on /mnt, then a shell
   vpipe_up; mount_disk

@@ -2,12 +2,16 @@
 # tests/xen/run.sh -- the Xen suite: Debian's Xen + a PV dom0 running vpiped + PV domUs running
 # vpipe.ko and the vPipe applications, all inside QEMU (TCG: no KVM needed).
 #
-# usage: run.sh [--build-dir DIR] [--work DIR] [--plain|--shell] [--quick|--no-build] [--no-cmake]
-#               [--timeout SEC]
+# usage: run.sh [--build-dir DIR] [--work DIR] [--plain|--stress|--bench|--shell] [--quick|--no-build]
+#               [--no-cmake] [--timeout SEC]
 #   --build-dir DIR  CMake build dir with the project's binaries (default <repo>/build)
 #   --work DIR       images, disks and logs (default BUILD_DIR/xen); the serial log is
 #                    WORK/serial.log, the summary of checks WORK/summary.txt
 #   --plain          Xen plumbing only (disk, bridge, client namespace; no vPipe)
+#   --stress         the stress check only (domUs sharing one physical CPU; the full suite's
+#                    first step)
+#   --bench          bench/xen.sh's GETs under contention (not a test; BENCH_NEIGHBOURS=0:2,
+#                    BENCH_REPS=3)
 #   --shell          set dom0 up, then a shell on the serial console (Ctrl-a x quits QEMU)
 #   --quick          re-pack the initramfs (and rebuild vpipe.ko) only; kernels/disks reused
 #   --no-build       boot the images as they are
@@ -15,7 +19,9 @@
 #   --timeout SEC    hard limit for QEMU (default 540)
 #   -v, --verbose    show the serial log live (the default when stdout is a terminal)
 # env: SMP (QEMU vCPUs, default 2), MEM (MiB, default 1280), DOM0_MEM (default 512M),
-#      VPIPED_ARGS, KVER (see build-images.sh)
+#      VPIPED_ARGS, KVER (see build-images.sh), QEMU_CPU (-cpu, default below), XEN_ARGS (more
+#      on Xen's command line, e.g. sched=credit), STRESS_DOMUS (default 3), STRESS_SECS (default
+#      40 in the full suite, 60 with --stress)
 # exit: 0 PASS, 1 FAIL (or timeout), 77 skip (this machine cannot run QEMU/Xen)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -32,13 +38,15 @@ while (($#)); do
     --build-dir) BUILD=$(realpath "$2"); shift 2 ;;
     --work) W=$2; shift 2 ;;
     --plain) MODE=plain; shift ;;
+    --stress) MODE=stress; shift ;;
+    --bench) MODE=bench; shift ;;
     --shell) MODE=shell; shift ;;
     --quick) BUILDMODE=quick; shift ;;
     --no-build) BUILDMODE=none; shift ;;
     --no-cmake) CMAKE=0; shift ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     -v|--verbose) LIVE=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -76,11 +84,20 @@ done
 mkdir -p "$W/run"
 cp --sparse=always "$W/disks/xvda.img" "$W/run/xvda.img"
 
-XEN_CMD="console=com1 com1=115200,8n1 dom0_mem=$DOM0_MEM,max:$DOM0_MEM dom0_max_vcpus=1 smap=0 loglvl=all guest_loglvl=all"
+XEN_CMD="console=com1 com1=115200,8n1 dom0_mem=$DOM0_MEM,max:$DOM0_MEM dom0_max_vcpus=1 smap=0 spec-ctrl=eager-fpu loglvl=all guest_loglvl=all${XEN_ARGS:+ $XEN_ARGS}"
 # smap=0: under QEMU 7.2 TCG dom0 otherwise faults at its first lretq (a PV stack read is done as
 # a supervisor access, which SMAP forbids).
+# spec-ctrl=eager-fpu: `-cpu max` under TCG is an AMD CPU, on which Xen switches a vCPU's FPU/SSE
+# state lazily (CR0.TS, restored at the first #NM). Under TCG that loses state once two vCPUs
+# share a physical CPU: domU processes then crash or compute wrong bytes (glibc's SSE string
+# functions); restoring the state eagerly at every switch does not (tests/xen/README.md, "stress").
 DOM0_CMD="console=hvc0 earlyprintk=xen loglevel=4 rootfstype=ramfs vpipe_xen=$MODE"
-QEMU=(qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP"
+[ -n "${STRESS_DOMUS:-}" ] && DOM0_CMD+=" vpipe_stress_domus=$STRESS_DOMUS"
+[ -n "${STRESS_SECS:-}" ] && DOM0_CMD+=" vpipe_stress_secs=$STRESS_SECS"
+[ -n "${BENCH_NEIGHBOURS:-}" ] && DOM0_CMD+=" vpipe_bench_neighbours=$BENCH_NEIGHBOURS"
+[ -n "${BENCH_REPS:-}" ] && DOM0_CMD+=" vpipe_bench_reps=$BENCH_REPS"
+QEMU_CPU=${QEMU_CPU:-max}
+QEMU=(qemu-system-x86_64 -accel tcg -cpu "$QEMU_CPU" -m "$MEM" -smp "$SMP"
   -nographic -monitor none -no-reboot
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
   -drive "file=$W/run/xvda.img,if=virtio,format=raw,cache=unsafe"
@@ -96,7 +113,7 @@ fi
 LOG=$W/serial.log
 SUM=$W/summary.txt
 rm -f "$LOG" "$SUM"
-log "booting Xen (mode $MODE, SMP $SMP, ${MEM} MiB, dom0 $DOM0_MEM, timeout ${TIMEOUT}s); serial log: $LOG"
+log "booting Xen (mode $MODE, -cpu $QEMU_CPU, SMP $SMP, ${MEM} MiB, dom0 $DOM0_MEM, timeout ${TIMEOUT}s); serial log: $LOG"
 start=${EPOCHREALTIME/./}
 rm -f "$W/qemu.pid" "$W/qemu.rc"
 # every line gets the seconds since QEMU started
@@ -119,7 +136,8 @@ trap - INT TERM HUP
 rc=$(cat "$W/qemu.rc" 2>/dev/null || echo 255)
 total=$(( (${EPOCHREALTIME/./} - start) / 1000000 ))
 {
-  grep -E 'VPIPE-XEN (CHECK|PHASE|RESULT)' "$LOG" || true
+  echo "qemu -cpu $QEMU_CPU; xen: $XEN_CMD"
+  grep -E 'VPIPE-XEN (CHECK|PHASE|RESULT|STRESS|BENCH)' "$LOG" || true
   if grep -q 'VPIPE-XEN CHECK .*: FAIL' "$LOG"; then
     echo "failed checks:"; grep -a 'VPIPE-XEN CHECK .*: FAIL' "$LOG" | sed 's/^/  /'
   fi
