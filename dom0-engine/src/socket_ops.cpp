@@ -658,6 +658,27 @@ int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, ui
         else if (p[2].revents) status = -ECANCELED;
         else if ((p[1].revents & (POLLERR | POLLHUP)) && !(p[1].revents & POLLOUT)) status = sock_error(dst);
     }
+    // Cancelled (a clean engine stop) with bytes in the pipe: the destination is healthy, only
+    // slow; give it a little time (drain_ms()) to take them, taking nothing more from the source.
+    const auto drain_end = Clock::now() + std::chrono::milliseconds(drain_ms());
+    while (status == -ECANCELED && inpipe > 0 && Clock::now() < drain_end) {
+        int outq = 0;
+        if (ioctl(dst, SIOCOUTQ, &outq) < 0) break;
+        const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+        ssize_t m = allow > 0 ? ::splice(pipe.r(), nullptr, dst, nullptr, std::min(inpipe, allow),
+                                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                              : 0;
+        if (m > 0) {
+            inpipe -= static_cast<uint64_t>(m);
+            *fwd += static_cast<uint64_t>(m);
+            vm.charge(req.op, static_cast<uint64_t>(m));
+            continue;
+        }
+        if (m < 0 && errno != EAGAIN && errno != EINTR) break;
+        pollfd p{dst, static_cast<short>(allow > 0 ? POLLOUT : 0), 0};  // at the limit: paced, 1 ms
+        if (::poll(&p, 1, allow > 0 ? 10 : 1) < 0 && errno != EINTR) break;
+        if ((p.revents & (POLLERR | POLLHUP)) && !(p.revents & POLLOUT)) break;
+    }
     if (inpipe > 0) {
         // Before, these were discarded: a clean stop mid-relay (the far end slow, the pipe
         // full) lost up to a pipe's worth of the stream between what the destination had
