@@ -2334,7 +2334,7 @@ TEST_F(SocketsShortTimeout, PeerStopsReading) {
     auto c = fields(cl.line("RESULT"));
     cl.wait();
     vm.wait();
-    ASSERT_TRUE(r.count("ret")) << vm.all;
+    ASSERT_FALSE(r.empty()) << vm.all;
     const long long moved = std::stoll(r["moved"]);
     EXPECT_GT(moved, 0) << vm.all;
     EXPECT_LT(moved, 64ll << 20) << vm.all;
