@@ -242,7 +242,12 @@ int write_result(const DescWriter& write, bool source, const SocketEndpoint& ep,
 // answers -ESHUTDOWN) has nobody to hand the connection back to: frozen and closed silently, it
 // would leave the peer waiting for ever. It is reset instead (the peer reads an exact prefix,
 // then ECONNRESET).
-int finish_endpoint(Shadow& sh, uint32_t room, EndpointResult* res, const DescWriter& write) {
+//
+// `unread`: bytes dom0 took out of this (source) connection and did not deliver; they go back
+// at the head of its carried receive queue, where they were (the restored socket's queue starts
+// at rcv_nxt minus the queue's length), so the application reads them next.
+int finish_endpoint(Shadow& sh, uint32_t room, EndpointResult* res, const DescWriter& write,
+                    const std::vector<uint8_t>& unread = {}) {
     if (!sh.open_now()) return 0;  // flags 0: the guest restores what it froze
     if (write(0, nullptr, 0) == -ESHUTDOWN) {
         spdlog::warn("request's guest channel is gone: connection reset, not handed back");
@@ -252,6 +257,8 @@ int finish_endpoint(Shadow& sh, uint32_t room, EndpointResult* res, const DescWr
     }
     int r = sh.hand_back(&res->st, &res->sndq, &res->rcvq, &res->flags);
     if (r < 0) return r;
+    if (!unread.empty() && (res->flags & VPIPE_EPF_VALID))
+        res->rcvq.insert(res->rcvq.begin(), unread.begin(), unread.end());
     if (res->sndq.size() + res->rcvq.size() <= room) return 0;
     spdlog::error("carry overflow: {} + {} queued bytes > room {}; connection lost", res->sndq.size(),
                   res->rcvq.size(), room);
@@ -573,8 +580,11 @@ private:
 // pipe: the payload pages move from the source's receive queue to the destination's send queue
 // without a copy. The destination's send queue stays within `limit` (what fits the room).
 // *fwd: bytes the destination accepted. Bytes spliced out of the source but not into the
-// destination (a destination that failed) are lost with it; they are logged.
-int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, uint64_t* fwd, const ParsedRequest& req) {
+// destination when the forwarding stops (cancelled by a clean engine stop, a timeout, a
+// destination that failed) come back in *unread, in order, for the source's hand-back; only
+// if the pipe cannot give them back are they lost (logged).
+int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, uint64_t* fwd, const ParsedRequest& req,
+                   std::vector<uint8_t>* unread) {
     thread_local SplicePipe pipe;
     if (!pipe.ok()) return -EIO;
     const int sflags = fcntl(src, F_GETFL), dflags = fcntl(dst, F_GETFL);
@@ -648,8 +658,45 @@ int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, ui
         else if (p[2].revents) status = -ECANCELED;
         else if ((p[1].revents & (POLLERR | POLLHUP)) && !(p[1].revents & POLLOUT)) status = sock_error(dst);
     }
+    // Cancelled (a clean engine stop) with bytes in the pipe: the destination is healthy, only
+    // slow; give it a little time (drain_ms()) to take them, taking nothing more from the source.
+    const auto drain_end = Clock::now() + std::chrono::milliseconds(drain_ms());
+    while (status == -ECANCELED && inpipe > 0 && Clock::now() < drain_end) {
+        int outq = 0;
+        if (ioctl(dst, SIOCOUTQ, &outq) < 0) break;
+        const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+        ssize_t m = allow > 0 ? ::splice(pipe.r(), nullptr, dst, nullptr, std::min(inpipe, allow),
+                                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                              : 0;
+        if (m > 0) {
+            inpipe -= static_cast<uint64_t>(m);
+            *fwd += static_cast<uint64_t>(m);
+            vm.charge(req.op, static_cast<uint64_t>(m));
+            continue;
+        }
+        if (m < 0 && errno != EAGAIN && errno != EINTR) break;
+        pollfd p{dst, static_cast<short>(allow > 0 ? POLLOUT : 0), 0};  // at the limit: paced, 1 ms
+        if (::poll(&p, 1, allow > 0 ? 10 : 1) < 0 && errno != EINTR) break;
+        if ((p.revents & (POLLERR | POLLHUP)) && !(p.revents & POLLOUT)) break;
+    }
     if (inpipe > 0) {
-        spdlog::error("vm {}: socket->socket: {} bytes taken from the source could not be sent", vm.name(), inpipe);
+        // Before, these were discarded: a clean stop mid-relay (the far end slow, the pipe
+        // full) lost up to a pipe's worth of the stream between what the destination had
+        // sent and what the source handed back.
+        unread->resize(inpipe);
+        uint64_t got = 0;
+        while (got < inpipe) {
+            ssize_t k = ::read(pipe.r(), unread->data() + got, inpipe - got);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) break;
+            got += static_cast<uint64_t>(k);
+        }
+        if (got < inpipe) {
+            spdlog::error("vm {}: socket->socket: {} bytes taken from the source could not be sent", vm.name(),
+                          inpipe);
+            unread->clear();
+            status = status ? status : -EIO;
+        }
         pipe.discard();
     } else if (status != 0) {
         pipe.discard();
@@ -673,11 +720,13 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
     // the source is live in dom0 already (it may have acknowledged bytes): it goes back below
     if (open_shadow(vm, req, dst, req.dst_sock, Shadow::Role::kDestination, write) < 0) status = -EIO;
     uint64_t fwd = 0;
-    if (status == 0) status = splice_sockets(vm, src.fd(), dst.fd(), req.length, dst.snd_limit(), &fwd, req);
+    std::vector<uint8_t> unread;
+    if (status == 0)
+        status = splice_sockets(vm, src.fd(), dst.fd(), req.length, dst.snd_limit(), &fwd, req, &unread);
     bool tail_sent = false;
     if (status == 0 && fwd == req.length) status = send_tail(vm, dst, req.dst_sock, &tail_sent);
     if (status == 0) drain_unsent(dst.fd(), vm.cancel_fd(), drain_ms());
-    int r1 = finish_endpoint(src, req.src_sock.room, &sres, write);
+    int r1 = finish_endpoint(src, req.src_sock.room, &sres, write, unread);
     int r2 = finish_endpoint(dst, req.dst_sock.room, &dres, write);
     if (status == 0) status = r1 < 0 ? r1 : r2;
     if (status == -ENOTCONN) status = -ECONNRESET;

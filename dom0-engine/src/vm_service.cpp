@@ -265,6 +265,10 @@ void VmService::handle(const vpipe_request& req) {
             return 0;
         };
         DescWordReader read_word = [ch, parsed](uint64_t off, uint64_t* value) -> int {
+            // A guest that closed its channel (its agent died) never moves a word again: a
+            // socket -> file waiting for its prepared watermark stops now, not at the socket
+            // timeout (30 s of a peer sending into a connection nobody will hand back).
+            if (!ch->live) return -ESHUTDOWN;
             if (off % 8 != 0 || off + 8 > uint64_t{parsed->area.size()} * VPIPE_PAGE_SIZE) return -EINVAL;
             return ch->host->read_desc_word(parsed->area[off / VPIPE_PAGE_SIZE],
                                             static_cast<uint32_t>(off % VPIPE_PAGE_SIZE), value);

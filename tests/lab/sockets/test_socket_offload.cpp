@@ -703,6 +703,7 @@ int client_pause_get(const std::map<std::string, std::string>& a) {
 // vm: receives up to `len` bytes into a new `file` with ONE vpipe_socket_to_file_fd call, then
 // tells what the call returned, the file's size and what the descriptor does next.
 // Prints "RESULT ret=<n> err=<errno> size=<bytes> next_send=<n> next_err=<errno>".
+// The first send (next_send) is skipped with probe=0 (a client that reads the connection).
 int vm_recv_one_call(const std::map<std::string, std::string>& a) {
     int l = listen_on(kVm1Ip, static_cast<int>(num(a, "port")));
     printf("READY\n");
@@ -714,13 +715,20 @@ int vm_recv_one_call(const std::map<std::string, std::string>& a) {
     const int err = n < 0 ? errno : 0;
     struct stat st{};
     fstat(f, &st);
-    ssize_t m = send(s, "x", 1, MSG_NOSIGNAL);
+    ssize_t m = num(a, "probe", 1) ? send(s, "x", 1, MSG_NOSIGNAL) : 0;
     const int merr = m < 0 ? errno : 0;
     int q = 0;
     ioctl(s, FIONREAD, &q);
     printf("RESULT ret=%zd err=%d size=%lld next_send=%zd next_err=%d queued=%d\n", n, err,
            static_cast<long long>(st.st_size), m, merr, q);
     fflush(stdout);
+    // finish=1: the application reads the rest of `len` itself from the same descriptor
+    // (after the test let the client go on), every byte checked at its stream position
+    if (num(a, "finish") && n >= 0) {
+        printf("FINISH check=%lld\n", recv_check(s, num(a, "seed"), static_cast<uint64_t>(n),
+                                                 num(a, "len") - static_cast<uint64_t>(n)));
+        fflush(stdout);
+    }
     // unread=N: the N bytes after those the call took must still be readable, byte-exact
     if (num(a, "unread") && static_cast<uint64_t>(q) >= num(a, "unread"))
         printf("UNREAD check=%lld\n",
@@ -736,18 +744,32 @@ int vm_recv_one_call(const std::map<std::string, std::string>& a) {
 
 // client: sends `pause_at` bytes of stream `seed`, prints PAUSED, waits for the file `resume`,
 // then sends the rest of `len` until done or an error. Prints "RESULT sent=<bytes> end=<errno>".
+// how=rst / how=fin: after `resume` the client resets the connection / shuts its sending side
+// instead of sending more. await_end=1: afterwards it reads the connection until its end and
+// adds "back=<bytes read> rend=<0 for EOF, else errno>" (a peer that is never told the end
+// hangs there: the test's watchdog).
 int client_pause_send(const std::map<std::string, std::string>& a) {
     const uint64_t seed = num(a, "seed"), len = num(a, "len"), pause_at = num(a, "pause_at");
+    const std::string how = a.count("how") ? a.at("how") : "";
     int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
     send_stream(s, seed, 0, pause_at);
     printf("PAUSED\n");
     fflush(stdout);
     struct stat st{};
     while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
+    if (how == "rst") {
+        linger lg{1, 0};
+        setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(s);
+        printf("RESULT sent=%llu end=0 how=rst\n", static_cast<unsigned long long>(pause_at));
+        fflush(stdout);
+        return 0;
+    }
+    if (how == "fin") shutdown(s, SHUT_WR);
     std::vector<uint8_t> buf(1 << 20);
     uint64_t sent = pause_at;
     int end = 0;
-    while (sent < len) {
+    while (sent < len && how != "fin") {
         const size_t k = static_cast<size_t>(std::min<uint64_t>(buf.size(), len - sent));
         fill_pattern(seed, sent, buf.data(), k);
         ssize_t r = send(s, buf.data(), k, MSG_NOSIGNAL);
@@ -758,7 +780,20 @@ int client_pause_send(const std::map<std::string, std::string>& a) {
         }
         sent += static_cast<uint64_t>(r);
     }
-    printf("RESULT sent=%llu end=%d\n", static_cast<unsigned long long>(sent), end);
+    std::string back;
+    if (num(a, "await_end")) {
+        uint64_t got = 0;
+        int rend = 0;
+        for (;;) {
+            ssize_t r = recv(s, buf.data(), buf.size(), 0);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) rend = errno;
+            if (r <= 0) break;
+            got += static_cast<uint64_t>(r);
+        }
+        back = " back=" + std::to_string(got) + " rend=" + std::to_string(rend);
+    }
+    printf("RESULT sent=%llu end=%d%s\n", static_cast<unsigned long long>(sent), end, back.c_str());
     fflush(stdout);
     close(s);
     return 0;
@@ -773,14 +808,37 @@ int vm_relay_one_call(const std::map<std::string, std::string>& a) {
     fflush(stdout);
     int in = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
     int out = connect_to(kClientIp, static_cast<int>(num(a, "to")));
+    const uint64_t len = num(a, "len");
     errno = 0;
-    ssize_t n = vpipe_socket_to_socket_fd(in, out, num(a, "len"));
+    ssize_t n = vpipe_socket_to_socket_fd(in, out, len);
     const int err = n < 0 ? errno : 0;
+    // peer_end=1: what the source descriptor reads next (the peer ended it: EOF or the reset)
+    std::string extra;
+    if (num(a, "peer_end")) {
+        char c;
+        ssize_t k = recv(in, &c, 1, MSG_DONTWAIT);
+        extra += " in_recv=" + std::to_string(k) + " in_recv_err=" + std::to_string(k < 0 ? errno : 0);
+    }
+    // finish=1: the application relays the rest of `len` itself, the classic way
+    if (num(a, "finish") && n >= 0) {
+        printf("CALL ret=%zd err=%d\n", n, err);  // (the RESULT line comes after the rest)
+        fflush(stdout);
+        std::vector<uint8_t> buf(1 << 20);
+        uint64_t rest = 0;
+        while (static_cast<uint64_t>(n) + rest < len) {
+            ssize_t r = recv(in, buf.data(), std::min<uint64_t>(buf.size(), len - n - rest), 0);
+            if (r <= 0 || !write_all(out, buf.data(), static_cast<size_t>(r))) break;
+            rest += static_cast<uint64_t>(r);
+        }
+        extra += " rest=" + std::to_string(rest);
+    }
     ssize_t mi = send(in, "x", 1, MSG_NOSIGNAL);
     const int ei = mi < 0 ? errno : 0;
-    ssize_t mo = send(out, "x", 1, MSG_NOSIGNAL);
+    // probe_out=0: the far end checks every byte it reads, so nothing more is sent to it
+    ssize_t mo = num(a, "probe_out", 1) ? send(out, "x", 1, MSG_NOSIGNAL) : 0;
     const int eo = mo < 0 ? errno : 0;
-    printf("RESULT ret=%zd err=%d in_send=%zd in_err=%d out_send=%zd out_err=%d\n", n, err, mi, ei, mo, eo);
+    printf("RESULT ret=%zd err=%d in_send=%zd in_err=%d out_send=%zd out_err=%d%s\n", n, err, mi, ei, mo, eo,
+           extra.c_str());
     fflush(stdout);
     close(in);
     close(out);
@@ -825,6 +883,58 @@ int client_relay_pause(const std::map<std::string, std::string>& a) {
     return 0;
 }
 
+// client of vm-relay-one-call for a source peer that ends its connection mid-operation: sends
+// `pause_at` bytes of stream `seed` to the VM and reads them relayed at its listener (`to`),
+// prints PAUSED, waits for the file `resume`, then resets (how=rst) or shuts the sending side of
+// (how=fin) its connection to the VM, and reads the relayed stream until its end. With how=fin it
+// also reads what the VM sends back on that connection, until EOF.
+// Prints "RESULT got= mismatch= end= back= back_end=".
+int client_relay_end(const std::map<std::string, std::string>& a) {
+    const uint64_t seed = num(a, "seed"), pause_at = num(a, "pause_at");
+    const std::string how = a.at("how");
+    int l = listen_on(kClientIp, static_cast<int>(num(a, "to")));
+    int s = connect_to(kVm1Ip, static_cast<int>(num(a, "port")));
+    int b = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    std::thread tx([&] { send_stream(s, seed, 0, pause_at); });
+    long long mismatch = recv_check(b, seed, 0, pause_at);
+    tx.join();
+    uint64_t got = mismatch == -1 ? pause_at : 0;
+    printf("PAUSED\n");
+    fflush(stdout);
+    struct stat st{};
+    while (stat(a.at("resume").c_str(), &st) != 0) usleep(10000);  // the test's event: a file
+    if (how == "rst") {
+        linger lg{1, 0};
+        setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(s);
+    } else {
+        shutdown(s, SHUT_WR);
+    }
+    std::vector<uint8_t> buf(1 << 20);
+    int end = 0;
+    for (;;) {  // nothing more was sent: anything read here is a byte too many
+        ssize_t r = recv(b, buf.data(), buf.size(), 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) end = errno;
+        if (r <= 0) break;
+        if (mismatch == -1) mismatch = static_cast<long long>(got);
+        got += static_cast<uint64_t>(r);
+    }
+    uint64_t back = 0;
+    int back_end = 0;
+    while (how == "fin") {
+        ssize_t r = recv(s, buf.data(), buf.size(), 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) back_end = errno;
+        if (r <= 0) break;
+        back += static_cast<uint64_t>(r);
+    }
+    printf("RESULT got=%llu mismatch=%lld end=%d back=%llu back_end=%d\n", static_cast<unsigned long long>(got),
+           mismatch, end, static_cast<unsigned long long>(back), back_end);
+    fflush(stdout);
+    return 0;
+}
+
 int helper_main(int argc, char** argv) {
     signal(SIGPIPE, SIG_IGN);
     setenv("VPIPE_NO_FALLBACK", "1", 1);
@@ -847,6 +957,7 @@ int helper_main(int argc, char** argv) {
     if (mode == "client-pause-send") return client_pause_send(a);
     if (mode == "vm-relay-one-call") return vm_relay_one_call(a);
     if (mode == "client-relay-pause") return client_relay_pause(a);
+    if (mode == "client-relay-end") return client_relay_end(a);
     fprintf(stderr, "unknown helper mode %s\n", mode.c_str());
     return 2;
 }
@@ -907,6 +1018,57 @@ protected:
             if (Clock::now() >= deadline) return false;
             std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling the engine
         }
+    }
+
+    // Waits (up to 20 s, polling the engine) until dom0 holds at least `n` shadow sockets.
+    static bool dom0_holds(int n) {
+        const auto until = Clock::now() + std::chrono::seconds(20);
+        for (;;) {
+            if (engine_stats()["sockets"].value("shadow_sockets", 0) >= n) return true;
+            if (Clock::now() >= until) return false;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling the engine
+        }
+    }
+    // Waits (up to 30 s, polling the engine) until dom0 holds no connection and runs nothing.
+    static bool dom0_idle() {
+        const auto until = Clock::now() + std::chrono::seconds(30);
+        for (;;) {
+            const nlohmann::json st = engine_stats();
+            bool idle = st["sockets"].value("shadow_sockets", 1) == 0;
+            for (const auto& v : st["vms"]) idle = idle && v.value("active", 1) == 0;
+            if (idle) return true;
+            if (Clock::now() >= until) return false;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the engine
+        }
+    }
+    // The next line of `p` starting with `prefix`, or "" if none came within `secs` (p is killed
+    // then: a peer that is never told the end of its connection would wait for ever).
+    static std::string line_within(LabProc& p, const std::string& prefix, int secs = 30) {
+        std::atomic<bool> done{false};
+        std::thread watchdog([&done, pid = p.pid, secs] {
+            for (int i = 0; i < secs * 10 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            if (!done) ::kill(pid, SIGKILL);
+        });
+        std::string l = p.line(prefix);
+        done = true;
+        watchdog.join();
+        return l;
+    }
+    // How many leading bytes of `data` are stream `seed`'s (from position 0).
+    static size_t stream_prefix(uint64_t seed, const std::vector<uint8_t>& data) {
+        size_t k = 0;
+        while (k < data.size()) {
+            const size_t n = std::min<size_t>(1 << 20, data.size() - k);
+            const long long bad = check_pattern(seed, k, data.data() + k, n);
+            if (bad >= 0) return k + static_cast<size_t>(bad);
+            k += n;
+        }
+        return k;
+    }
+    // A file of `path` that the VM wrote (after dom0 let go of it): its bytes.
+    static std::vector<uint8_t> file_bytes(const std::string& path) {
+        std::ifstream in(path, std::ios::binary);
+        return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     }
 
     // serve `reqs` from `file` to one client connection; returns the VM's RESULT lines
@@ -1755,6 +1917,400 @@ TEST_F(Sockets, AgentKilledMidFileToSocket) {
     auto again = serve("f1m", "0:1048577:1048577");
     ASSERT_EQ(again.size(), 1u);
     EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// Fault matrix (docs/faults.md), socket -> file x the guest agent SIGKILLed while dom0 receives
+// the stream (the client sent 8 MiB and pauses). The call fails with ECONNABORTED and the
+// descriptor is a reset socket; dom0 resets the connection (its request's channel is gone), so
+// the client learns; the file was prepared but never finished (no agent): it holds a prefix of
+// the stream followed by zeros only (docs/append.md, "crash between prepare and finish"),
+// never a byte that is neither; nothing is left held and the restarted agent offloads again.
+TEST_F(Sockets, AgentKilledMidSocketToFile) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-agent-s2f-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/agent-s2f";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "await_end=1"});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(1)) << engine_stats().dump();
+    auto rs = lab({"restart-agent", "vm1", "--kill"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] agent killed mid socket->file: the client sent %s (end %s), then read the end %s\n",
+           c["sent"].c_str(), c["end"].c_str(), c["rend"].c_str());
+    EXPECT_LE(std::stoull(c["sent"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET) || c["end"] == std::to_string(EPIPE))
+        << cl.all;
+    EXPECT_EQ(c["back"], "0") << cl.all;  // nothing but the end came back
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    // the file: a prefix of the stream, then zeros only (prepared, never finished)
+    const std::vector<uint8_t> data = file_bytes(file);
+    EXPECT_LE(data.size(), len);
+    const size_t k = stream_prefix(kSeed, data);
+    printf("[ info ] agent killed mid socket->file: the file holds %zu bytes, the stream's first %zu\n", data.size(), k);
+    EXPECT_TRUE(std::all_of(data.begin() + static_cast<long>(k), data.end(), [](uint8_t b) { return b == 0; }))
+        << "a byte past the stream's prefix (" << k << ") that is neither the stream's nor a zero";
+    unlink(file.c_str());
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    auto g = lab({"exec", "vm1", "--", "nft", "-j", "list", "table", "ip", "vpipe_guest"});
+    EXPECT_EQ(g.out.find("\"elem\""), std::string::npos) << "the dead agent's flow block is still there: " << g.out;
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// Fault matrix, socket -> socket x the guest agent SIGKILLed while dom0 relays (the far end read
+// 8 MiB and pauses). The call fails with ECONNABORTED and both descriptors are reset sockets;
+// the far end holds an exact prefix of what the client sent and is told the end; nothing is
+// left behind and the restarted agent offloads again.
+TEST_F(Sockets, AgentKilledMidSocketToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-agent-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-pause",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "len=" + std::to_string(len), "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+    auto rs = lab({"restart-agent", "vm1", "--kill"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    for (const char* side : {"in", "out"}) {
+        EXPECT_EQ(r[std::string(side) + "_send"], "-1") << side << "\n" << vm.all;
+        const std::string e = r[std::string(side) + "_err"];
+        EXPECT_TRUE(e == std::to_string(ECONNRESET) || e == std::to_string(EPIPE)) << side << "\n" << vm.all;
+    }
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of its connections within 30 s\n" << cl.all;
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] agent killed mid socket->socket: the far end got %s bytes (end %s), the client sent %s (%s)\n",
+           c["got"].c_str(), c["end"].c_str(), c["sent"].c_str(), c["send_end"].c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LE(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    EXPECT_TRUE(c["send_end"] == "0" || c["send_end"] == std::to_string(ECONNRESET) ||
+                c["send_end"] == std::to_string(EPIPE))
+        << cl.all;
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    auto g = lab({"exec", "vm1", "--", "nft", "-j", "list", "table", "ip", "vpipe_guest"});
+    EXPECT_EQ(g.out.find("\"elem\""), std::string::npos) << "the dead agent's flow block is still there: " << g.out;
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// Fault matrix, socket -> file x the application SIGKILLed while dom0 receives its stream. The
+// agent still holds the operation: dom0 finishes it once the client goes on, the agent finishes
+// the file (its size says what is valid) and restores the connection for a caller that is gone;
+// closing it ends the connection. The file holds an exact prefix of the stream, nothing beyond.
+TEST_F(Sockets, CallerKilledMidSocketToFile) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-caller-s2f-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/caller-s2f";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "await_end=1"});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(1)) << engine_stats().dump();
+    ASSERT_EQ(::kill(vm.pid, SIGKILL), 0);  // `vpipe-lab exec` execs the helper: this is the caller
+    vm.wait();
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    cl.wait();
+    unlink(resume.c_str());
+    printf("[ info ] caller killed mid socket->file: the client sent %s (end %s), then read the end %s\n",
+           c["sent"].c_str(), c["end"].c_str(), c["rend"].c_str());
+    EXPECT_LE(std::stoull(c["sent"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET) || c["end"] == std::to_string(EPIPE))
+        << cl.all;
+    EXPECT_EQ(c["back"], "0") << cl.all;
+    EXPECT_TRUE(c["rend"] == "0" || c["rend"] == std::to_string(ECONNRESET)) << cl.all;
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    // the agent finished the file before it restored the connection whose end the client saw
+    const std::vector<uint8_t> data = file_bytes(file);
+    printf("[ info ] caller killed mid socket->file: the file holds %zu bytes\n", data.size());
+    EXPECT_LE(data.size(), len);
+    EXPECT_EQ(stream_prefix(kSeed, data), data.size()) << "a byte that is not the stream's at its offset";
+    unlink(file.c_str());
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// Fault matrix, socket -> socket x the application SIGKILLed while dom0 relays. The agent
+// finishes the operation for a caller that is gone (dom0 relays until the far end has read on),
+// restores both connections and its close ends them: the far end holds an exact prefix of the
+// client's stream, then the end; nothing is left behind.
+TEST_F(Sockets, CallerKilledMidSocketToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-caller-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-pause",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "len=" + std::to_string(len), "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+    ASSERT_EQ(::kill(vm.pid, SIGKILL), 0);
+    vm.wait();
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of its connections within 30 s\n" << cl.all;
+    cl.wait();
+    unlink(resume.c_str());
+    printf("[ info ] caller killed mid socket->socket: the far end got %s bytes (end %s), the client sent %s (%s)\n",
+           c["got"].c_str(), c["end"].c_str(), c["sent"].c_str(), c["send_end"].c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LE(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    EXPECT_TRUE(c["send_end"] == "0" || c["send_end"] == std::to_string(ECONNRESET) ||
+                c["send_end"] == std::to_string(EPIPE))
+        << cl.all;
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// Fault matrix, socket -> file x a clean engine stop (SIGTERM) while dom0 receives. The engine
+// cancels the operation at its next safe point and hands the connection back with its final
+// state: the call returns a short count, the file holds exactly that prefix, and the
+// application reads the rest of the stream itself from the same descriptor, byte-exact.
+TEST_F(Sockets, EngineStoppedMidSocketToFile) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-term-s2f-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/stopped-s2f";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call",
+            {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len), "finish=1",
+             "seed=" + std::to_string(kSeed), "probe=0"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(1)) << engine_stats().dump();
+    auto rs = lab({"restart-engine"});
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(vm.line("RESULT"));
+    printf("[ info ] engine stopped mid socket->file: the call returned %s (errno %s), the file %s bytes\n",
+           r["ret"].c_str(), r["err"].c_str(), r["size"].c_str());
+    const long long ret = std::stoll(r["ret"]);
+    EXPECT_GE(ret, 0) << vm.all;
+    EXPECT_LT(ret, static_cast<long long>(len)) << vm.all;
+    EXPECT_EQ(r["err"], "0") << vm.all;
+    EXPECT_EQ(r["next_send"], "0") << vm.all;  // (not probed: the client does not read)
+    EXPECT_EQ(r["size"], r["ret"]) << vm.all;
+    std::ofstream(resume).put('1');
+    EXPECT_EQ(line_within(vm, "FINISH"), "FINISH check=-1") << vm.all;  // the rest, from the same socket
+    auto c = fields(cl.line("RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    EXPECT_EQ(c["sent"], std::to_string(len)) << cl.all;
+    EXPECT_EQ(c["end"], "0") << cl.all;
+    const std::vector<uint8_t> data = file_bytes(file);
+    EXPECT_EQ(static_cast<long long>(data.size()), ret);
+    EXPECT_EQ(stream_prefix(kSeed, data), data.size()) << "a byte that is not the stream's at its offset";
+    unlink(file.c_str());
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+}
+
+// Fault matrix, socket -> socket x a clean engine stop while dom0 relays (the far end paused
+// after 8 MiB): both connections come back with their final state, the call returns a short
+// count, the application relays the rest itself on the same descriptors and the far end gets
+// the whole stream, byte-exact.
+TEST_F(Sockets, EngineStoppedMidSocketToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-term-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len), "finish=1",
+             "probe_out=0"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-pause",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "len=" + std::to_string(len), "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+    // the stop may wait for the hand-back, which may wait for the far end: resume it meanwhile
+    std::thread resumer([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a far end that pauses: the point
+        std::ofstream(resume).put('1');
+    });
+    auto rs = lab({"restart-engine"});
+    resumer.join();
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    auto r = fields(line_within(vm, "RESULT"));
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] engine stopped mid socket->socket: the call returned %s (errno %s), the guest relayed %s more\n",
+           r["ret"].c_str(), r["err"].c_str(), r["rest"].c_str());
+    ASSERT_TRUE(r.count("rest")) << "the application did not finish the relay within 30 s\n" << vm.all
+                                 << "\nclient:\n" << cl.all;
+    ASSERT_TRUE(c.count("got")) << "the far end did not get the whole stream within 30 s\n" << cl.all;
+    const long long ret = std::stoll(r["ret"]);
+    EXPECT_GE(ret, 0) << vm.all;
+    EXPECT_LT(ret, static_cast<long long>(len)) << vm.all;
+    EXPECT_EQ(r["err"], "0") << vm.all;
+    EXPECT_EQ(std::stoll(r["rest"]), static_cast<long long>(len) - ret) << vm.all;
+    EXPECT_EQ(r["in_send"], "1") << vm.all;
+    EXPECT_EQ(c["got"], std::to_string(len)) << cl.all;
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_EQ(c["end"], "0") << cl.all;
+    EXPECT_EQ(c["sent"], std::to_string(len)) << cl.all;
+    EXPECT_EQ(c["send_end"], "0") << cl.all;
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+}
+
+// Fault matrix, socket -> file x the peer resets its connection while dom0 receives (after
+// 8 MiB). The call returns the bytes it wrote (or -1 ECONNRESET if none), the file holds
+// exactly that prefix, and the descriptor is a reset socket.
+TEST_F(Sockets, PeerResetMidSocketToFile) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-rst-s2f-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/rst-s2f";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "how=rst"});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(1)) << engine_stats().dump();
+    std::ofstream(resume).put('1');
+    auto r = fields(line_within(vm, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] peer reset mid socket->file: the call returned %s (errno %s), the file %s bytes\n",
+           r["ret"].c_str(), r["err"].c_str(), r["size"].c_str());
+    ASSERT_TRUE(r.count("ret")) << vm.all;
+    const long long ret = std::stoll(r["ret"]);
+    if (ret < 0) {
+        EXPECT_EQ(r["err"], std::to_string(ECONNRESET)) << vm.all;
+    } else {
+        EXPECT_EQ(r["err"], "0") << vm.all;
+        EXPECT_LE(ret, static_cast<long long>(pause_at)) << vm.all;
+    }
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    const std::vector<uint8_t> data = file_bytes(file);
+    EXPECT_EQ(data.size(), static_cast<size_t>(std::max(ret, 0ll))) << vm.all;
+    EXPECT_EQ(r["size"], std::to_string(data.size())) << vm.all;
+    EXPECT_EQ(stream_prefix(kSeed, data), data.size()) << "a byte that is not the stream's at its offset";
+    unlink(file.c_str());
+}
+
+// Fault matrix, socket -> socket x the source's peer resets its connection while dom0 relays
+// (the far end has read all 8 MiB the peer sent). The call returns what it relayed (or -1
+// ECONNRESET), the source descriptor is a reset socket, the far end holds exactly the relayed
+// prefix and then its connection's end.
+TEST_F(Sockets, PeerResetMidSocketToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-rst-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len), "probe_out=0",
+             "peer_end=1"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-end",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "how=rst"});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+    std::ofstream(resume).put('1');
+    auto r = fields(line_within(vm, "RESULT"));
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] peer reset mid socket->socket: the call returned %s (errno %s), the far end got %s (end %s)\n",
+           r["ret"].c_str(), r["err"].c_str(), c["got"].c_str(), c["end"].c_str());
+    ASSERT_TRUE(r.count("ret")) << vm.all;
+    ASSERT_TRUE(c.count("got")) << "the far end was not told the end within 30 s\n" << cl.all;
+    const long long ret = std::stoll(r["ret"]);
+    if (ret < 0) {
+        EXPECT_EQ(r["err"], std::to_string(ECONNRESET)) << vm.all;
+    } else {
+        EXPECT_EQ(ret, static_cast<long long>(pause_at)) << vm.all;  // the far end read all of it
+        EXPECT_EQ(r["err"], "0") << vm.all;
+    }
+    EXPECT_EQ(r["in_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["in_err"] == std::to_string(ECONNRESET) || r["in_err"] == std::to_string(EPIPE)) << vm.all;
+    EXPECT_EQ(c["got"], std::to_string(pause_at)) << cl.all;
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+}
+
+// Fault matrix, socket -> socket x the source's peer ends its stream (FIN) while dom0 relays:
+// the call returns the short count it relayed (8 MiB), the source descriptor reads EOF and still
+// sends, the far end holds exactly that prefix and gets FIN when the application closes.
+TEST_F(Sockets, PeerFinMidSocketToSocket) {
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-fin-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len), "probe_out=0",
+             "peer_end=1"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-end",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "how=fin"});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+    std::ofstream(resume).put('1');
+    auto r = fields(line_within(vm, "RESULT"));
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] peer FIN mid socket->socket: the call returned %s (errno %s), the far end got %s (end %s)\n",
+           r["ret"].c_str(), r["err"].c_str(), c["got"].c_str(), c["end"].c_str());
+    ASSERT_TRUE(r.count("ret")) << vm.all;
+    ASSERT_TRUE(c.count("got")) << "the far end was not told the end within 30 s\n" << cl.all;
+    EXPECT_EQ(r["ret"], std::to_string(pause_at)) << vm.all;
+    EXPECT_EQ(r["err"], "0") << vm.all;
+    EXPECT_EQ(r["in_recv"], "0") << vm.all;  // EOF
+    EXPECT_EQ(r["in_send"], "1") << vm.all;  // the connection still sends
+    EXPECT_EQ(c["got"], std::to_string(pause_at)) << cl.all;
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_EQ(c["end"], "0") << cl.all;
+    EXPECT_EQ(c["back"], "1") << cl.all;  // the application's "x", then EOF
+    EXPECT_EQ(c["back_end"], "0") << cl.all;
 }
 
 class SocketsShortTimeout : public Sockets {
