@@ -1160,6 +1160,38 @@ protected:
     }
 
     static constexpr uint64_t kSeed = 42;
+
+    // The fault-matrix cases where the source's peer ends its connection (HOW: "rst" or "fin")
+    // while dom0 relays a 64 MiB socket -> socket call: the far end reads kPeerEndAt bytes, the
+    // peer ends, and *r / *c get the application's and the far end's RESULT fields.
+    static constexpr uint64_t kPeerEndAt = 8u << 20;
+    static void peer_ends_mid_relay(const char* how, const char* what, std::map<std::string, std::string>* r,
+                                    std::map<std::string, std::string>* c) {
+        const uint64_t len = 64u << 20;
+        const std::string resume = tmp_ + "/resume-" + how + "-s2s-" + std::to_string(::getpid());
+        int p = port(), to = port();
+        Proc vm("vm1", "vm-relay-one-call",
+                {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len), "probe_out=0",
+                 "peer_end=1"});
+        ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+        Proc cl("client", "client-relay-end",
+                {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+                 "pause_at=" + std::to_string(kPeerEndAt), "resume=" + resume, std::string("how=") + how});
+        ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+        ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+        std::ofstream(resume).put('1');
+        *r = fields(line_within(vm, "RESULT"));
+        *c = fields(line_within(cl, "RESULT"));
+        cl.wait();
+        vm.wait();
+        unlink(resume.c_str());
+        printf("[ info ] peer %s mid socket->socket: the call returned %s (errno %s), the far end got %s (end %s)\n",
+               what, (*r)["ret"].c_str(), (*r)["err"].c_str(), (*c)["got"].c_str(), (*c)["end"].c_str());
+        ASSERT_TRUE(r->count("ret")) << vm.all;
+        ASSERT_TRUE(c->count("got")) << "the far end was not told the end within 30 s\n" << cl.all;
+        (*r)["vm"] = vm.all;  // for the caller's messages
+        (*c)["client"] = cl.all;
+    }
     static inline std::string disk_;
     static inline int next_port_ = 20000;
 };
@@ -2240,77 +2272,41 @@ TEST_F(Sockets, PeerResetMidSocketToFile) {
 // ECONNRESET), the source descriptor is a reset socket, the far end holds exactly the relayed
 // prefix and then its connection's end.
 TEST_F(Sockets, PeerResetMidSocketToSocket) {
-    const uint64_t len = 64u << 20, pause_at = 8u << 20;
-    const std::string resume = tmp_ + "/resume-rst-s2s-" + std::to_string(::getpid());
-    int p = port(), to = port();
-    Proc vm("vm1", "vm-relay-one-call",
-            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len), "probe_out=0",
-             "peer_end=1"});
-    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-    Proc cl("client", "client-relay-end",
-            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
-             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "how=rst"});
-    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
-    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
-    std::ofstream(resume).put('1');
-    auto r = fields(line_within(vm, "RESULT"));
-    auto c = fields(line_within(cl, "RESULT"));
-    cl.wait();
-    vm.wait();
-    unlink(resume.c_str());
-    printf("[ info ] peer reset mid socket->socket: the call returned %s (errno %s), the far end got %s (end %s)\n",
-           r["ret"].c_str(), r["err"].c_str(), c["got"].c_str(), c["end"].c_str());
-    ASSERT_TRUE(r.count("ret")) << vm.all;
-    ASSERT_TRUE(c.count("got")) << "the far end was not told the end within 30 s\n" << cl.all;
+    std::map<std::string, std::string> r, c;
+    peer_ends_mid_relay("rst", "reset", &r, &c);
+    if (HasFatalFailure()) return;
+    const uint64_t pause_at = kPeerEndAt;
     const long long ret = std::stoll(r["ret"]);
     if (ret < 0) {
-        EXPECT_EQ(r["err"], std::to_string(ECONNRESET)) << vm.all;
+        EXPECT_EQ(r["err"], std::to_string(ECONNRESET)) << r["vm"];
     } else {
-        EXPECT_EQ(ret, static_cast<long long>(pause_at)) << vm.all;  // the far end read all of it
-        EXPECT_EQ(r["err"], "0") << vm.all;
+        EXPECT_EQ(ret, static_cast<long long>(pause_at)) << r["vm"];  // the far end read all of it
+        EXPECT_EQ(r["err"], "0") << r["vm"];
     }
-    EXPECT_EQ(r["in_send"], "-1") << vm.all;
-    EXPECT_TRUE(r["in_err"] == std::to_string(ECONNRESET) || r["in_err"] == std::to_string(EPIPE)) << vm.all;
-    EXPECT_EQ(c["got"], std::to_string(pause_at)) << cl.all;
-    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
-    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    EXPECT_EQ(r["in_send"], "-1") << r["vm"];
+    EXPECT_TRUE(r["in_err"] == std::to_string(ECONNRESET) || r["in_err"] == std::to_string(EPIPE)) << r["vm"];
+    EXPECT_EQ(c["got"], std::to_string(pause_at)) << c["client"];
+    EXPECT_EQ(c["mismatch"], "-1") << c["client"];
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << c["client"];
 }
 
 // Fault matrix, socket -> socket x the source's peer ends its stream (FIN) while dom0 relays:
 // the call returns the short count it relayed (8 MiB), the source descriptor reads EOF and still
 // sends, the far end holds exactly that prefix and gets FIN when the application closes.
 TEST_F(Sockets, PeerFinMidSocketToSocket) {
-    const uint64_t len = 64u << 20, pause_at = 8u << 20;
-    const std::string resume = tmp_ + "/resume-fin-s2s-" + std::to_string(::getpid());
-    int p = port(), to = port();
-    Proc vm("vm1", "vm-relay-one-call",
-            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len), "probe_out=0",
-             "peer_end=1"});
-    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
-    Proc cl("client", "client-relay-end",
-            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
-             "pause_at=" + std::to_string(pause_at), "resume=" + resume, "how=fin"});
-    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
-    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
-    std::ofstream(resume).put('1');
-    auto r = fields(line_within(vm, "RESULT"));
-    auto c = fields(line_within(cl, "RESULT"));
-    cl.wait();
-    vm.wait();
-    unlink(resume.c_str());
-    printf("[ info ] peer FIN mid socket->socket: the call returned %s (errno %s), the far end got %s (end %s)\n",
-           r["ret"].c_str(), r["err"].c_str(), c["got"].c_str(), c["end"].c_str());
-    ASSERT_TRUE(r.count("ret")) << vm.all;
-    ASSERT_TRUE(c.count("got")) << "the far end was not told the end within 30 s\n" << cl.all;
-    EXPECT_EQ(r["ret"], std::to_string(pause_at)) << vm.all;
-    EXPECT_EQ(r["err"], "0") << vm.all;
-    EXPECT_EQ(r["in_recv"], "0") << vm.all;  // EOF
-    EXPECT_EQ(r["in_send"], "1") << vm.all;  // the connection still sends
-    EXPECT_EQ(c["got"], std::to_string(pause_at)) << cl.all;
-    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
-    EXPECT_EQ(c["end"], "0") << cl.all;
-    EXPECT_EQ(c["back"], "1") << cl.all;  // the application's "x", then EOF
-    EXPECT_EQ(c["back_end"], "0") << cl.all;
+    std::map<std::string, std::string> r, c;
+    peer_ends_mid_relay("fin", "FIN", &r, &c);
+    if (HasFatalFailure()) return;
+    const uint64_t pause_at = kPeerEndAt;
+    EXPECT_EQ(r["ret"], std::to_string(pause_at)) << r["vm"];
+    EXPECT_EQ(r["err"], "0") << r["vm"];
+    EXPECT_EQ(r["in_recv"], "0") << r["vm"];  // EOF
+    EXPECT_EQ(r["in_send"], "1") << r["vm"];  // the connection still sends
+    EXPECT_EQ(c["got"], std::to_string(pause_at)) << c["client"];
+    EXPECT_EQ(c["mismatch"], "-1") << c["client"];
+    EXPECT_EQ(c["end"], "0") << c["client"];
+    EXPECT_EQ(c["back"], "1") << c["client"];  // the application's "x", then EOF
+    EXPECT_EQ(c["back_end"], "0") << c["client"];
 }
 
 class SocketsShortTimeout : public Sockets {
