@@ -31,12 +31,7 @@ inplace_condition() {  # LINK REPS
   lab exec vm1 -- sh -c "cp $M/src $M/old && sync -f $M/old"
   for rep in $(seq 1 "$reps"); do
     pfx="$link,$rep"
-    rm -f "$M/dst"; sync
-    measure "$INPLACE_CSV" "$pfx,file_to_file_new" vpipe "$bytes" -- f2f_vpipe "$M/src" "$M/dst"
-    if [ "$rep" = 1 ] && ! cmp -s "$M/src" "$M/dst"; then echo "bench: cp-vpipe produced a different file" >&2; fi
-    rm -f "$M/dst"; sync
-    measure "$INPLACE_CSV" "$pfx,file_to_file_new" cp+sync "$bytes" -- f2f_cp "$M/src" "$M/dst"
-    rm -f "$M/dst"; sync
+    measure_f2f_new "$INPLACE_CSV" "$pfx,file_to_file_new" "$rep"
     measure "$INPLACE_CSV" "$pfx,file_to_file_inplace" vpipe "$bytes" -- \
       lab exec vm1 -- "$B/cp-vpipe" --no-fallback --inplace "$M/src" "$M/old"
     if [ "$rep" = 1 ] && ! cmp -s "$M/src" "$M/old"; then echo "bench: cp-vpipe --inplace produced a different file" >&2; fi
@@ -64,14 +59,15 @@ run_inplace() {
   done
 }
 
-# inplace_mib LINK OP PATH: median MiB/s of the good rows
-inplace_mib() {
-  awk -F, -v l="$1" -v o="$2" -v p="$3" 'NR > 1 && $1 == l && $3 == o && $4 == p && $10 == 1 { print $5 / 1048576 / $6 }' "$INPLACE_CSV" \
-    | sort -g | awk '{ v[++n] = $1 } END { if (n) printf "%.1f", v[int((n + 1) / 2)] }'
+# inplace_rates LINK OP PATH: MiB/s of the good rows, sorted
+inplace_rates() {
+  awk -F, -v l="$1" -v o="$2" -v p="$3" 'NR > 1 && $1 == l && $3 == o && $4 == p && $10 == 1 { print $5 / 1048576 / $6 }' "$INPLACE_CSV" | sort -g
+}
+inplace_mib() {  # LINK OP PATH: median MiB/s
+  inplace_rates "$@" | awk '{ v[++n] = $1 } END { if (n) printf "%.1f", v[int((n + 1) / 2)] }'
 }
 inplace_range() {  # LINK OP PATH: min–max MiB/s
-  awk -F, -v l="$1" -v o="$2" -v p="$3" 'NR > 1 && $1 == l && $3 == o && $4 == p && $10 == 1 { print $5 / 1048576 / $6 }' "$INPLACE_CSV" \
-    | sort -g | awk '{ v[++n] = $1 } END { if (n) printf "%.0f–%.0f", v[1], v[n] }'
+  inplace_rates "$@" | awk '{ v[++n] = $1 } END { if (n) printf "%.0f–%.0f", v[1], v[n] }'
 }
 
 inplace_summary() {

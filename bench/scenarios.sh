@@ -141,6 +141,18 @@ prepare_shm() {
   fi
 }
 
+# file -> file into a new file on vm1's disk, vPipe then cp + sync: measure_f2f_new CSV PREFIX REP
+# (the copy is compared with its source in the first repetition)
+measure_f2f_new() {
+  local M=$LAB_VM_DISK bytes=$((FIG4_MIB << 20))
+  rm -f "$M/dst"; sync
+  measure "$1" "$2" vpipe "$bytes" -- f2f_vpipe "$M/src" "$M/dst"
+  if [ "$3" = 1 ] && ! cmp -s "$M/src" "$M/dst"; then echo "bench: cp-vpipe produced a different file" >&2; fi
+  rm -f "$M/dst"; sync
+  measure "$1" "$2" cp+sync "$bytes" -- f2f_cp "$M/src" "$M/dst"
+  rm -f "$M/dst"; sync
+}
+
 # One Fig 4 condition: all paths of all four operations, REPS times, in one lab.
 # Appends link,neighbours,rep,op,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok
 fig4_condition() {
@@ -176,12 +188,7 @@ fig4_condition() {
     measure "$FIG4_CSV" "$pfx,socket_to_socket" read+write "$bytes" -- get_check "http://$VM1:9001/src" "$bytes"
     measure "$FIG4_CSV" "$pfx,socket_to_socket" native-dom0 "$bytes" -- get_check "http://$DOM0:7002/src" "$bytes"
     # (d) file -> file: a new file on the same disk, made durable
-    rm -f "$M/dst"; sync
-    measure "$FIG4_CSV" "$pfx,file_to_file" vpipe "$bytes" -- f2f_vpipe "$M/src" "$M/dst"
-    if [ "$rep" = 1 ] && ! cmp -s "$M/src" "$M/dst"; then echo "bench: cp-vpipe produced a different file" >&2; fi
-    rm -f "$M/dst"; sync
-    measure "$FIG4_CSV" "$pfx,file_to_file" cp+sync "$bytes" -- f2f_cp "$M/src" "$M/dst"
-    rm -f "$M/dst"; sync
+    measure_f2f_new "$FIG4_CSV" "$pfx,file_to_file" "$rep"
   done
   [ -n "$extra" ] && $extra
   bench_down
