@@ -186,7 +186,7 @@ netem_phase() {
 # The preload's own counters come after d1 stops lighttpd (lighttpd_counters_check).
 LT_BYTES=; LT_OPS=
 lighttpd_phase() {
-  local t0 out w e0 e1 got entry r rlen full part code
+  local t0 out w e0 d got entry r rlen full part code
   e0=$(vmstat | jq -c '[.bytes.file_to_socket // 0, .ops.file_to_socket // 0]'); e0=${e0:-[0,0]}
   t0=$(up)
   out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - -w '%{stderr}%{http_code} %{size_download}\n' \
@@ -210,14 +210,13 @@ lighttpd_phase() {
   # bytes a moment earlier (deadline by the clock)
   t0=$(up)
   while :; do
-    e1=$(vmstat | jq -c '[.bytes.file_to_socket // 0, .ops.file_to_socket // 0]'); e1=${e1:-[0,0]}
-    got=$(( $(echo "$e1" | jq '.[0]') - $(echo "$e0" | jq '.[0]') ))
+    d=$(vmstat | jq -r --argjson e0 "$e0" '"\((.bytes.file_to_socket // 0) - $e0[0]) \((.ops.file_to_socket // 0) - $e0[1])"')
+    set -- $d; got=${1:-0} LT_OPS=${2:-0}
     [ "$got" -ge $((full + part)) ] && break
     [ "$(echo "$(up) $t0" | awk '{print ($1 - $2 > 10)}')" = 1 ] && break
     sleep 0.2
   done
   LT_BYTES=$got
-  LT_OPS=$(( $(echo "$e1" | jq '.[1]') - $(echo "$e0" | jq '.[1]') ))
   if [ "$full" -gt 0 ] && [ "$part" -gt 0 ] && [ "$got" = $((full + part)) ]; then
     ck lighttpd-engine-file_to_socket OK "+$got bytes (= the two bodies) in $LT_OPS operations by dom0"
   else ck lighttpd-engine-file_to_socket FAIL "the engine's file_to_socket bytes grew by $got in $LT_OPS operations, the bodies were $full + $part bytes"; fi
