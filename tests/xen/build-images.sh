@@ -9,7 +9,7 @@
 #
 # usage: build-images.sh --build-dir DIR [--work DIR] [--quick]
 #   --build-dir  CMake build dir holding bin/{vpiped,vpipectl,cp-vpipe,vpipe-httpd,vpipe-proxy},
-#                lib/libvpipe.so and kmod/vpipe.ko (default: <repo>/build)
+#                lib/libvpipe.so, lib/libvpipe-preload.so and kmod/vpipe.ko (default: <repo>/build)
 #   --work       output directory (default: BUILD_DIR/xen)
 #   --quick      re-pack the initramfs only: no apt check, kernel and disk
 #                images reused as they are
@@ -78,7 +78,7 @@ build_kmod() {
 XVDA_MB=448
 DATA_MB=96
 build_disks() {
-  local d=$W/disks stamp="v2 $XVDA_MB $DATA_MB"
+  local d=$W/disks stamp="v3 $XVDA_MB $DATA_MB"
   if [ -f "$d/stamp" ] && [ "$(cat "$d/stamp")" = "$stamp" ]; then return; fi
   [ "$QUICK" = 1 ] && [ -f "$d/xvda.img" ] && return
   log "making disk images"
@@ -86,10 +86,14 @@ build_disks() {
   head -c 64M /dev/urandom > "$d/xvda/big.bin"          # GET (twice), cp-vpipe, victim load
   head -c $((1024 * 1024 + 4097)) /dev/urandom > "$d/xvda/odd.bin"   # not block-aligned
   printf 'vPipe on Xen: a small file\n' > "$d/xvda/small.txt"
+  # stock lighttpd under libvpipe-preload.so serves it (GET, and the range in its MANIFEST name);
+  # lighttpd sends 256 KiB per sendfile, each one a hand-over (~0.15 s under TCG): 8 MiB + 4097
+  head -c $((8 * 1024 * 1024 + 4097)) /dev/urandom > "$d/xvda/preload.bin"
   head -c 32M /dev/urandom > "$d/data/put.bin"          # client PUTs it to the domU
   head -c 48M /dev/urandom > "$d/data/relay.bin"        # client GETs it through vpipe-proxy
-  (cd "$d/xvda" && sha256sum big.bin odd.bin small.txt > MANIFEST &&
-   printf '%s  big.bin+big.bin\n' "$(cat big.bin big.bin | sha256sum | cut -d' ' -f1)" >> MANIFEST)
+  (cd "$d/xvda" && sha256sum big.bin odd.bin small.txt preload.bin > MANIFEST &&
+   printf '%s  big.bin+big.bin\n' "$(cat big.bin big.bin | sha256sum | cut -d' ' -f1)" >> MANIFEST &&
+   printf '%s  preload.bin:12345-4206648\n' "$(tail -c +12346 preload.bin | head -c 4194304 | sha256sum | cut -d' ' -f1)" >> MANIFEST)
   (cd "$d/data" && sha256sum put.bin relay.bin > MANIFEST)
   rm -f "$d/xvda.img" "$d/data.img"
   mkfs.ext4 -q -F -L vpipe-xvda -d "$d/xvda" "$d/xvda.img" ${XVDA_MB}M
@@ -125,7 +129,9 @@ DOMU_MODS=(xen-blkfront xen-netfront crc32c_generic crc32c-intel ext4)
 base_domU() {
   copy_mods "$1" "$KV" "${DOMU_MODS[@]}"
   local b
-  for b in /usr/bin/sha256sum /usr/bin/xenstore-read /usr/bin/xenstore-write /usr/bin/xenstore-exists \
+  # Debian's stock lighttpd (run under libvpipe-preload.so); with a minimal configuration it
+  # loads no mod_*.so (its static file modules are built in)
+  for b in /usr/sbin/lighttpd /usr/bin/sha256sum /usr/bin/xenstore-read /usr/bin/xenstore-write /usr/bin/xenstore-exists \
            /usr/bin/xenstore-ls /usr/bin/xenstore-list /usr/bin/xenstore-rm; do
     copy_bin "$1" "$b"
   done
@@ -142,9 +148,11 @@ build_domU() {
     finish_mods "$U" "$KV"
   fi
   for b in cp-vpipe vpipe-httpd vpipe-proxy; do copy_bin "$U" "$BUILD/bin/$b" "/usr/bin/$b"; done
+  # the preload (its libvpipe.so comes along at its build path, where its RUNPATH finds it)
+  copy_bin "$U" "$BUILD/lib/libvpipe-preload.so" /usr/lib/vpipe/libvpipe-preload.so
   # the stress role's probe (static: every start sets its TLS up itself)
   gcc -O2 -static -Wall -Werror -o "$U/usr/bin/tlscheck" "$XEN_DIR/tlscheck.c" || die "tlscheck.c does not build"
-  strip_project "$U" "$BUILD" /usr/bin/cp-vpipe /usr/bin/vpipe-httpd /usr/bin/vpipe-proxy
+  strip_project "$U" "$BUILD" /usr/bin/cp-vpipe /usr/bin/vpipe-httpd /usr/bin/vpipe-proxy /usr/lib/vpipe/libvpipe-preload.so
   cp "$XEN_DIR/domU-init.sh" "$U/init"
   cp "$XEN_DIR/domU-scenario.sh" "$U/scenario.sh"
   chmod +x "$U/init" "$U/scenario.sh"
@@ -207,8 +215,8 @@ EOF
   mkcpio "$D" "$W/dom0.cpio.gz" gz
 }
 
-for b in vpiped vpipectl cp-vpipe vpipe-httpd vpipe-proxy; do
-  [ -x "$BUILD/bin/$b" ] || die "$BUILD/bin/$b missing: build the project first (cmake --build $BUILD)"
+for b in bin/vpiped bin/vpipectl bin/cp-vpipe bin/vpipe-httpd bin/vpipe-proxy lib/libvpipe-preload.so; do
+  [ -x "$BUILD/$b" ] || die "$BUILD/$b missing: build the project first (cmake --build $BUILD)"
 done
 step() { local t=$EPOCHREALTIME; "$@"; log "$1: $(echo "$EPOCHREALTIME $t" | awk '{printf "%.1f", $1-$2}') s"; }
 step build_kernels

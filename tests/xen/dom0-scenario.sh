@@ -14,8 +14,9 @@
 #        survive being descheduled (issue 14: under TCG with -cpu max they did not).
 #        dom0 command line: vpipe_stress_domus=N (default 3), vpipe_stress_secs=S (default 40).
 # full:  vpiped (Xen backend) starts; domU "d1" (role full) runs cp-vpipe, vpipe-httpd and
-#        vpipe-proxy in vPipe mode while the client in netns "client" GETs/PUTs; dom0 checks the
-#        engine's counters, that nothing stays steered, and the bytes on /dev/vda.
+#        vpipe-proxy in vPipe mode, and Debian's lighttpd under libvpipe-preload.so, while the
+#        client in netns "client" GETs/PUTs; dom0 checks the engine's counters, that nothing
+#        stays steered, and the bytes on /dev/vda.
 #        Then "d2" (role victim) is destroyed mid-operation; vpiped must release it and
 #        serve "d3" (role survivor), which reconnects after vpiped restarts under it.
 MODE=${1:-full}
@@ -176,6 +177,74 @@ netem_phase() {
     else ck "netem-engine-$op" FAIL "the engine's $op bytes grew by $d, not ~8388608"; fi
   done
   phase d1-netem-done
+}
+
+# An unmodified program: Debian's lighttpd in d1 (port 8088) under libvpipe-preload.so, every
+# sendfile() handed over and no fallback (VPIPE_MIN_OFFLOAD=0, VPIPE_NO_FALLBACK=1). One GET of
+# preload.bin and one range GET (the range is in its MANIFEST name), byte-exact; the engine's
+# file -> socket bytes for d1 must grow by exactly the bodies: dom0 sent them, not the guest.
+# The preload's own counters come after d1 stops lighttpd (lighttpd_counters_check).
+LT_BYTES=; LT_OPS=
+lighttpd_phase() {
+  local t0 out w e0 d got entry r rlen full part code
+  e0=$(vmstat | jq -c '[.bytes.file_to_socket // 0, .ops.file_to_socket // 0]'); e0=${e0:-[0,0]}
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -o - -w '%{stderr}%{http_code} %{size_download}\n' \
+        http://$DOMU_IP:8088/preload.bin 2>/tmp/curl-l1.err | sha256sum | cut -d' ' -f1)
+  w=$(want /etc/vpipe/xvda.MANIFEST preload.bin)
+  set -- $(tail -1 /tmp/curl-l1.err); code=$1 full=${2:-0}
+  if [ -n "$w" ] && [ "$out" = "$w" ] && [ "$code" = 200 ]; then
+    ck lighttpd-preload-get OK "$full bytes byte-exact in $(since "$t0")s"
+  else ck lighttpd-preload-get FAIL "HTTP '$code', sha256 '$(short "$out")', want '$(short "$w")'; $(tr '\n' ' ' < /tmp/curl-l1.err)"; full=0; fi
+  entry=$(grep '  preload.bin:' /etc/vpipe/xvda.MANIFEST)
+  r=${entry##*:}; w=${entry%% *}; [ -n "$entry" ] || r=0-0
+  rlen=$(( ${r#*-} - ${r%-*} + 1 ))
+  t0=$(up)
+  out=$(client curl -sS -m 150 --connect-timeout 15 --fail -r "$r" -o - -w '%{stderr}%{http_code} %{size_download}\n' \
+        http://$DOMU_IP:8088/preload.bin 2>/tmp/curl-l2.err | sha256sum | cut -d' ' -f1)
+  set -- $(tail -1 /tmp/curl-l2.err); code=$1 part=${2:-0}
+  if [ -n "$entry" ] && [ "$out" = "$w" ] && [ "$code" = 206 ] && [ "$part" = "$rlen" ]; then
+    ck lighttpd-preload-range OK "bytes $r: $part bytes byte-exact in $(since "$t0")s"
+  else ck lighttpd-preload-range FAIL "range '$r': HTTP '$code', $part bytes, sha256 '$(short "$out")', want '$(short "$w")'; $(tr '\n' ' ' < /tmp/curl-l2.err)"; part=0; fi
+  # the engine counts an operation before it answers the guest: the client can have the last
+  # bytes a moment earlier (deadline by the clock)
+  t0=$(up)
+  while :; do
+    d=$(vmstat | jq -r --argjson e0 "$e0" '"\((.bytes.file_to_socket // 0) - $e0[0]) \((.ops.file_to_socket // 0) - $e0[1])"')
+    set -- $d; got=${1:-0} LT_OPS=${2:-0}
+    [ "$got" -ge $((full + part)) ] && break
+    [ "$(echo "$(up) $t0" | awk '{print ($1 - $2 > 10)}')" = 1 ] && break
+    sleep 0.2
+  done
+  LT_BYTES=$got
+  if [ "$full" -gt 0 ] && [ "$part" -gt 0 ] && [ "$got" = $((full + part)) ]; then
+    ck lighttpd-engine-file_to_socket OK "+$got bytes (= the two bodies) in $LT_OPS operations by dom0"
+  else ck lighttpd-engine-file_to_socket FAIL "the engine's file_to_socket bytes grew by $got in $LT_OPS operations, the bodies were $full + $part bytes"; fi
+  phase d1-lighttpd-done
+}
+# the preload's counters, written by lighttpd at its exit (d1 stops it at "finish"): every
+# sendfile() handed over, all offloaded, nothing by the guest, and what dom0 moved = the engine's
+lighttpd_counters_check() {
+  local pj bad
+  pj=$(xsd lighttpd-preload)
+  echo "VPIPE-XEN: lighttpd's preload counters: $pj"
+  [ -n "$LT_BYTES" ] || return 0   # the downloads did not run
+  case $(echo "$pj" | jq -r '.sendfile.calls' 2>/dev/null) in
+    ''|null|*[!0-9]*) ck lighttpd-preload-counters FAIL "no counters from lighttpd's preload: '$pj'"; return ;;
+  esac
+  bad=$(echo "$pj" | jq -r --argjson b "$LT_BYTES" --argjson o "$LT_OPS" '.sendfile as $s |
+      [ (if $s.calls > 0 then empty else "no sendfile calls" end),
+        (if $s.handed == $s.calls then empty else "\($s.calls - $s.handed) calls passed to libc \($s.passed)" end),
+        (if $s.offloaded == $s.handed then empty else "\($s.handed - $s.offloaded) of \($s.handed) handed calls not offloaded" end),
+        (if $s.lib_fallback == 0 and $s.lib_failed == 0 then empty else "fallback \($s.lib_fallback), failed \($s.lib_failed): \(.libvpipe_reasons)" end),
+        (if $s.bytes_guest == 0 then empty else "\($s.bytes_guest) bytes moved by the guest" end),
+        (if $s.bytes_dom0 == $b then empty else "the preload says dom0 moved \($s.bytes_dom0), the engine \($b)" end),
+        (if $s.offloaded == $o then empty else "\($s.offloaded) calls offloaded, \($o) engine operations" end),
+        (if .epoll_lost == 0 then empty else "\(.epoll_lost) epoll registrations lost" end)
+      ] | join("; ")' 2>&1)
+  if [ -z "$bad" ]; then
+    ck lighttpd-preload-counters OK "$(echo "$pj" | jq -r '.sendfile | "\(.calls) sendfile calls, all handed over and offloaded, \(.bytes_dom0) bytes by dom0, 0 by the guest"'), epoll re-registrations $(echo "$pj" | jq .epoll_rearmed)"
+  else ck lighttpd-preload-counters FAIL "${bad:-no counters}"; fi
 }
 
 # ---------------------------------------------------------------- engine
@@ -444,6 +513,7 @@ if wait_xsd ready 300; then
   if [ "$out" = "$w" ]; then ck relay-48MiB OK "through vpipe-proxy byte-exact in $(since "$t0")s"
   else ck relay-48MiB FAIL "sha256 '$(short "$out")', want '$(short "$w")'; $(cat /tmp/curl-relay.err)"; fi
   phase d1-relay-done
+  lighttpd_phase
   netem_phase
 else
   ck d1-ready FAIL "the domU's servers did not come up"
@@ -468,6 +538,7 @@ fi
 quiet_check d1-nothing-steered
 cmd finish
 wait_xsd end 120
+lighttpd_counters_check
 collect d1
 wait_gone d1 60 || { ck d1-poweroff FAIL "still running 60 s after its scenario"; xl destroy d1; }
 stop_tail d1

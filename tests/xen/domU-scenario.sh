@@ -1,7 +1,8 @@
 #!/bin/sh
 # The domU's half of the Xen suite. Runs as $ROLE (from domU-init.sh):
 #   plain     no vPipe: the disk and the network plumbing (busybox httpd serves the client)
-#   full      vpipe.ko connects; cp-vpipe; vpipe-httpd --mode vpipe (GET x2, PUT); vpipe-proxy relay
+#   full      vpipe.ko connects; cp-vpipe; vpipe-httpd --mode vpipe (GET x2, PUT); vpipe-proxy relay;
+#             Debian's lighttpd under libvpipe-preload.so (GET, range GET; its counters -> dom0)
 #   victim    vpipe.ko connects; vpipe-httpd + a cp-vpipe loop keep the engine busy until dom0
 #             destroys this domain
 #   survivor  vpipe.ko connects; cp-vpipe byte-exact (after the victim's destruction), then again
@@ -125,17 +126,32 @@ full)
   VPIPE_NO_FALLBACK=1 vpipe-proxy --mode vpipe --no-fallback --listen 9003 --bind "$IP" --to "$PEER:8081" \
       > /tmp/proxy.log 2>&1 &
   PROXY=$!
+  # an unmodified program: Debian's lighttpd, its sendfile() calls made vPipe operations by the
+  # preload; every call handed over (threshold 0) and none may fall back to a guest copy
+  cat > /tmp/lighttpd.conf <<EOF
+server.document-root = "/mnt"
+server.bind = "$IP"
+server.port = 8088
+server.errorlog = "/tmp/lighttpd.err"
+mimetype.assign = ("" => "application/octet-stream")
+EOF
+  LD_PRELOAD=/usr/lib/vpipe/libvpipe-preload.so VPIPE_NO_FALLBACK=1 VPIPE_MIN_OFFLOAD=0 \
+    VPIPE_PRELOAD_STATS=/tmp/lighttpd-preload.json lighttpd -D -f /tmp/lighttpd.conf > /tmp/lighttpd.log 2>&1 &
+  LIGHTTPD=$!
   t0=$(up)
-  if wait_listen 8080 && wait_listen 9003; then xenstore-write "$XS/ready" 1
+  if wait_listen 8080 && wait_listen 9003 && wait_listen 8088; then xenstore-write "$XS/ready" 1
   else
-    ck servers FAIL "vpipe-httpd/vpipe-proxy not listening after $(echo "$(up) $t0" | awk '{printf "%.1f", $1-$2}')s: $(tail -3 /tmp/httpd.log /tmp/proxy.log | tr '\n' ' ')"
+    ck servers FAIL "vpipe-httpd/vpipe-proxy/lighttpd not listening after $(echo "$(up) $t0" | awk '{printf "%.1f", $1-$2}')s: $(tail -3 /tmp/httpd.log /tmp/proxy.log /tmp/lighttpd.log /tmp/lighttpd.err | tr '\n' ' ')"
     cat /proc/net/tcp; ps
     xenstore-write "$XS/ready" fail
   fi
   if sha=$(wait_cmd put-done 600) && [ "$sha" != skip ]; then verify put-on-disk /mnt/put.bin "$sha"; fi
   wait_cmd finish 600 >/dev/null || say "no finish command from dom0"
-  kill $HTTPD $PROXY 2>/dev/null; wait $HTTPD $PROXY 2>/dev/null
+  kill $HTTPD $PROXY $LIGHTTPD 2>/dev/null; wait $HTTPD $PROXY $LIGHTTPD 2>/dev/null
   echo "---- vpipe-httpd log"; cat /tmp/httpd.log; echo "---- vpipe-proxy log"; cat /tmp/proxy.log
+  echo "---- lighttpd log"; cat /tmp/lighttpd.log /tmp/lighttpd.err
+  # the preload's counters (written at lighttpd's exit) for dom0 to check against the engine's
+  xenstore-write "$XS/lighttpd-preload" "$(cat /tmp/lighttpd-preload.json 2>/dev/null || echo none)"
   umount_disk
   finish ;;
 victim)

@@ -68,7 +68,7 @@ guest_kver >/dev/null || skip "no guest kernel (apt: linux-image-amd64)"
 if [ "$CMAKE" = 1 ] && [ "$BUILDMODE" != none ]; then
   [ -f "$BUILD/build.ninja" ] || [ -f "$BUILD/Makefile" ] ||
     cmake -S "$REPO" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  nice cmake --build "$BUILD" -j2 --target vpiped vpipectl cp-vpipe vpipe-httpd vpipe-proxy vpipe kmod >/dev/null ||
+  nice cmake --build "$BUILD" -j2 --target vpiped vpipectl cp-vpipe vpipe-httpd vpipe-proxy vpipe vpipe-preload kmod >/dev/null ||
     die "cmake --build $BUILD failed"
 fi
 case $BUILDMODE in
