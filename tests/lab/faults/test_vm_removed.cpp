@@ -280,9 +280,12 @@ int client_relay_pause(const std::map<std::string, std::string>& a) {
     long long mismatch = -1;
     int end = 0;
     read_pausing(b, seed, pause_at, a.at("resume"), &got, &mismatch, &end);
+    const auto t_read = std::chrono::steady_clock::now();
     tx.join();  // ends on its own once the VM's end of the connection is gone (RST)
-    printf("RESULT got=%llu mismatch=%lld end=%d sent=%llu send_end=%d\n", static_cast<unsigned long long>(got),
-           mismatch, end, static_cast<unsigned long long>(sent), send_end);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t_read);
+    printf("RESULT got=%llu mismatch=%lld end=%d sent=%llu send_end=%d send_end_ms_after_read_end=%lld\n",
+           static_cast<unsigned long long>(got), mismatch, end, static_cast<unsigned long long>(sent), send_end,
+           static_cast<long long>(ms.count()));
     fflush(stdout);
     return 0;
 }
@@ -678,8 +681,12 @@ TEST_F(VmRemoved, MidSocketToSocket) {
     ASSERT_TRUE(dom0_holds(3)) << engine_stats().dump();
     ASSERT_NO_FATAL_FAILURE(remove_vm("vm5"));
     expect_killed(vm);
+    s.end();  // vm1's offload, held across the removal
     std::ofstream(resume).put('1');
+    const auto t0 = Clock::now();
     auto c = fields(line_within(cl, "RESULT"));
+    printf("[ info ] vm5 removed mid socket->socket: the client's RESULT came %.2f s after it resumed\n",
+           std::chrono::duration<double>(Clock::now() - t0).count());
     ASSERT_FALSE(c.empty()) << "the client was not told the end of its connections within 30 s\n" << cl.all;
     cl.wait();
     printf("[ info ] vm5 removed mid socket->socket: the far end got %s bytes (end %s), the sender sent %s (%s)\n",
@@ -690,7 +697,6 @@ TEST_F(VmRemoved, MidSocketToSocket) {
     EXPECT_EQ(c["end"], std::to_string(ECONNRESET)) << "the end the far end read: " << cl.all;
     EXPECT_TRUE(c["send_end"] == std::to_string(ECONNRESET) || c["send_end"] == std::to_string(EPIPE)) << cl.all;
     ASSERT_NO_FATAL_FAILURE(expect_vm_gone(5));
-    s.end();
     vm1_works_after();
 }
 
