@@ -130,8 +130,9 @@ int cmd_remove_vm(const std::string& name) {
     // 3. the backend learns that the domain is gone: the engine releases the VM (its channel,
     //    workers, shadow sockets, steering entries, credit share) and closes its images. A
     //    restarted engine must not serve it again: its configuration loses the VM.
-    bool released = !st->daemons || st->engine.pid <= 0 || !pid_alive(st->engine.pid);
-    if (!released) {
+    const bool engine_running = st->daemons && st->engine.pid > 0 && pid_alive(st->engine.pid);
+    bool released = false;
+    if (engine_running) {
         try {
             auto reply = engine_call(st->engine.control_socket, {{"cmd", "remove-vm"}, {"vm", v.name}});
             if (!reply.value("ok", false))
@@ -187,7 +188,7 @@ int cmd_remove_vm(const std::string& name) {
     }
     std::printf("%s removed: %zu process(es) killed, %s and namespace %s deleted, %zu disk(s) detached%s\n",
                 name.c_str(), killed, v.vif.c_str(), v.netns.c_str(), v.disks.size(),
-                released && st->engine.pid > 0 ? ", released by the engine" : "");
+                released ? ", released by the engine" : engine_running ? "" : " (no engine running)");
     return 0;
 }
 
