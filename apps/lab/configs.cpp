@@ -54,6 +54,7 @@ std::string engine_config_text(const LabState& s) {
           << "   # --link-mbit " << s.link_mbit << " minus framing\n";
     }
     for (const auto& vm : s.vms) {
+        if (vm.removed) continue;  // `remove-vm`: a restarted engine must not serve it again
         o << "\n[[vm]]\n"
           << "name = " << q(vm.name) << "\n"
           << "id = " << vm.id << "\n"

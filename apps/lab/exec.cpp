@@ -34,6 +34,7 @@ int cmd_exec(ExecTarget target, const std::string& vm_name, const std::vector<st
                     for (const auto& v : st->vms) names += (names.empty() ? "" : ", ") + v.name;
                     throw LabError("no VM named '" + vm_name + "' in the lab (VMs: " + names + ")");
                 }
+                if (vm->removed) throw LabError(vm_name + " was removed (" + vm->removed_at + ")");
                 netns = vm->netns;
                 cgroups = vm->cgroup_dirs;
                 setenv("VPIPE_AGENT_SOCKET", vm->agent_socket.c_str(), 1);

@@ -313,6 +313,12 @@ void print_summary(const LabState& st) {
     std::cout << "lab is up: " << st.vms.size() << " VM(s) on bridge " << kBridge << " in " << kDom0Netns
               << " (10.199.0.254), client " << kClientNetns << " (10.199.0.1)\n";
     for (const auto& v : st.vms) {
+        if (v.removed) {
+            std::cout << "  " << v.name << "  removed at " << v.removed_at << " (`vpipe-lab remove-vm`); its images stay";
+            for (const auto& d : v.disks) std::cout << " " << d.image;
+            std::cout << "\n";
+            continue;
+        }
         std::cout << "  " << v.name << "  " << v.ip << "  " << v.mac << "  netns " << v.netns << "  weight "
                   << v.weight;
         if (v.agent_pid) std::cout << "  agent pid " << v.agent_pid;
@@ -603,8 +609,9 @@ int cmd_restart_agent(const std::string& vm, int signal, uint32_t request_timeou
         return 1;
     }
     auto it = std::find_if(st->vms.begin(), st->vms.end(), [&](const auto& v) { return v.name == vm; });
-    if (it == st->vms.end() || it->agent_config.empty()) {
-        std::cerr << "vpipe-lab restart-agent: no VM " << vm << " with an agent\n";
+    if (it == st->vms.end() || it->agent_config.empty() || it->removed) {
+        std::cerr << "vpipe-lab restart-agent: no VM " << vm << " with an agent"
+                  << (it != st->vms.end() && it->removed ? " (it was removed)" : "") << "\n";
         return 1;
     }
     auto& v = *it;

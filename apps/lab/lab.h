@@ -1,4 +1,4 @@
-// The lab's subcommands: up / down / info / exec / demo (main.cpp only parses the command line).
+// The lab's subcommands: up / down / info / exec / demo / restart-* / remove-vm (main.cpp only parses the command line).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +31,8 @@ int cmd_info(bool json);
 int cmd_restart_engine(int signal);
 // request_timeout_ms: 0 keeps the configuration's, else vpipe-guestd --request-timeout-ms
 int cmd_restart_agent(const std::string& vm, int signal, uint32_t request_timeout_ms = 0);
+// Tears one VM down while the others run, as a hypervisor destroys a domain (remove.cpp).
+int cmd_remove_vm(const std::string& vm);
 enum class ExecTarget { Vm, Client, Dom0 };
 // Replaces the process with cmd on success; returns 125 (lab error) / 126 / 127 (exec error).
 int cmd_exec(ExecTarget target, const std::string& vm, const std::vector<std::string>& cmd);

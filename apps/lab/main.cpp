@@ -205,6 +205,31 @@ int main(int argc, char** argv) {
                       "\nEXAMPLES\n    vpipe-lab restart-agent vm1 --kill\n"
                       "    vpipe-lab restart-agent vm1 --request-timeout-ms 2000\n");
 
+    // ---- remove-vm
+    std::string remove_vm;
+    auto* remove_cmd = app.add_subcommand(
+        "remove-vm", man("vpipe-lab remove-vm - destroy one VM while the others run",
+                         "vpipe-lab remove-vm VM",
+                         "    Tears VM down the way a hypervisor destroys a domain: every process in its\n"
+                         "    namespace or cgroup (its vpipe-guestd, the applications) is SIGKILLed at once, its\n"
+                         "    vif (vifN.0) leaves the bridge and its namespace vpl-VM is deleted; the engine is told\n"
+                         "    the VM is gone (its control command remove-vm, as the Xen backend learns it from\n"
+                         "    xenstore) and releases it: the channel, queued and running operations (shadow\n"
+                         "    sockets reset, steering entries removed), its credit share; the command waits until\n"
+                         "    the engine's workers for it ended and its images are closed (60 s at most). Then its\n"
+                         "    disks are unmounted and their loop devices detached, its cgroups removed. The images\n"
+                         "    stay in the image directory (to be read offline, e.g. mount -o ro,loop) until `down`.\n"
+                         "    The engine's configuration loses the VM (restart-engine does not serve it again);\n"
+                         "    `info` shows it as removed; exec and restart-agent refuse it. Unlike a destroyed\n"
+                         "    domain, the unmount writes back the filesystem's dirty pages (the guest's page\n"
+                         "    cache is not lost).\n"));
+    remove_cmd->add_option("VM", remove_vm, "the VM (vm1, ...)")->required();
+    remove_cmd->footer(std::string("EXIT STATUS\n    0  the VM is gone and the engine released it\n"
+                                   "    1  no lab, no such VM, removed already, or a part could not be removed (listed on\n"
+                                   "       stderr; `vpipe-lab down` removes the rest)\n") +
+                       "\nEXAMPLES\n    vpipe-lab remove-vm vm2\n"
+                       "    mount -o ro,loop $(vpipe-lab info --json | jq -r '.vms[1].disks[0].image') /mnt\n");
+
     // ---- exec / client / dom0
     std::string exec_vm;
     std::vector<std::string> extra;
@@ -250,7 +275,8 @@ int main(int argc, char** argv) {
                     "    brought it up.\n"));
     demo_cmd->footer(std::string(kExitCommon) + "\nEXAMPLES\n    vpipe-lab demo\n");
 
-    for (auto* s : {up_cmd, down_cmd, info_cmd, restart_cmd, exec_cmd, client_cmd, dom0_cmd, demo_cmd}) {
+    for (auto* s : {up_cmd, down_cmd, info_cmd, restart_cmd, agent_cmd, remove_cmd, exec_cmd, client_cmd, dom0_cmd,
+                    demo_cmd}) {
         s->formatter(fmt);
         s->group("COMMANDS");
         s->set_help_flag();
@@ -281,6 +307,7 @@ int main(int argc, char** argv) {
         if (info_cmd->parsed()) return cmd_info(info_json);
         if (restart_cmd->parsed()) return cmd_restart_engine(restart_kill ? SIGKILL : SIGTERM);
         if (agent_cmd->parsed()) return cmd_restart_agent(agent_vm, agent_kill ? SIGKILL : SIGTERM, agent_timeout_ms);
+        if (remove_cmd->parsed()) return cmd_remove_vm(remove_vm);
         if (exec_cmd->parsed()) return cmd_exec(ExecTarget::Vm, exec_vm, full);
         if (client_cmd->parsed()) return cmd_exec(ExecTarget::Client, "", full);
         if (dom0_cmd->parsed()) return cmd_exec(ExecTarget::Dom0, "", full);

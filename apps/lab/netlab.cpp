@@ -22,6 +22,7 @@ namespace {
 const std::string kDom0 = kDom0Netns;
 const std::string kClient = kClientNetns;
 const std::string kBr = kBridge;
+const char* const kBridgeMac = "02:00:00:00:00:fe";  // VMs are 02:00:00:00:00:01.. (at most 200)
 
 void ip(const std::string& ns, std::vector<std::string> args) {
     std::vector<std::string> argv{"ip", "-n", ns};
@@ -64,7 +65,10 @@ std::pair<dev_t, ino_t> netns_id(const std::string& name) {
 }
 
 void setup_dom0_bridge() {
-    ip(kDom0, {"link", "add", kBr, "type", "bridge", "stp_state", "0", "forward_delay", "0"});
+    // A fixed address: a bridge without one takes the lowest of its ports' and changes it when
+    // that port leaves (remove-vm deletes a vif), which strands every steered flow of the other
+    // VMs (the engine's steering elements carry the bridge's address).
+    ip(kDom0, {"link", "add", kBr, "address", kBridgeMac, "type", "bridge", "stp_state", "0", "forward_delay", "0"});
     ip(kDom0, {"addr", "add", std::string(kSubnetPrefix) + "254/24", "dev", kBr});
     ip(kDom0, {"link", "set", kBr, "up"});
 }

@@ -236,6 +236,55 @@ std::vector<pid_t> scan_lab_processes(const std::vector<std::pair<dev_t, ino_t>>
     return out;
 }
 
+std::vector<pid_t> vm_processes(std::pair<dev_t, ino_t> netns_id, const std::vector<std::string>& cgroup_dirs) {
+    std::set<pid_t> exclude, found;
+    for (pid_t p = getpid(); p > 1; p = parent_of(p)) exclude.insert(p);
+    for (const auto& d : cgroup_dirs)
+        for (pid_t p : cgroup_pids(d))
+            if (p > 1 && !exclude.count(p)) found.insert(p);
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+        std::string n = e.path().filename().string();
+        if (n.empty() || !std::all_of(n.begin(), n.end(), ::isdigit)) continue;
+        pid_t pid = std::atoi(n.c_str());
+        if (pid <= 1 || exclude.count(pid)) continue;
+        if (netns_id.second != 0 && pid_netns(pid) == netns_id) found.insert(pid);
+    }
+    std::vector<pid_t> out;
+    for (pid_t p : found)
+        if (pid_alive(p)) out.push_back(p);
+    return out;
+}
+
+std::vector<pid_t> kill_now(const std::vector<pid_t>& pids) {
+    // All of them stop first, then die: killed one by one, a process woken by the death of an
+    // earlier one (an application whose agent connection closed) could still run and act on it
+    // before its own SIGKILL, which a destroyed domain's processes never do (xl destroy pauses
+    // the domain first, too).
+    std::vector<pid_t> live;
+    for (pid_t p : pids)
+        if (p > 1 && p != getpid() && kill(p, SIGSTOP) == 0) live.push_back(p);
+    auto state = [](pid_t p) {
+        auto stat = read_file("/proc/" + std::to_string(p) + "/stat");
+        auto rp = stat ? stat->rfind(')') : std::string::npos;
+        return rp != std::string::npos && rp + 2 < stat->size() ? (*stat)[rp + 2] : 'X';
+    };
+    const auto stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < stop_deadline &&
+           !std::all_of(live.begin(), live.end(), [&](pid_t p) {
+               const char c = state(p);
+               return c == 'T' || c == 't' || c == 'Z' || c == 'X';
+           }))
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // (no event for another process stopping)
+    for (pid_t p : live) kill(p, SIGKILL);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (;;) {
+        live.erase(std::remove_if(live.begin(), live.end(), [](pid_t p) { return !pid_alive(p); }), live.end());
+        if (live.empty() || std::chrono::steady_clock::now() > deadline) return live;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // (no event for another process's death)
+    }
+}
+
 std::vector<pid_t> kill_processes(const std::vector<pid_t>& pids, int grace_ms) {
     std::vector<pid_t> live;
     for (pid_t p : pids)

@@ -34,6 +34,13 @@ std::string wait_for_socket(const std::string& path, pid_t pid, int timeout_ms);
 bool pid_is_lab(pid_t pid, const std::vector<std::pair<dev_t, ino_t>>& netns_ids);
 // All processes inside the lab's cgroups or the given namespaces (never us or our ancestors).
 std::vector<pid_t> scan_lab_processes(const std::vector<std::pair<dev_t, ino_t>>& netns_ids);
+// The processes of one VM: inside network namespace `netns_id` or one of `cgroup_dirs` (never us
+// or our ancestors).
+std::vector<pid_t> vm_processes(std::pair<dev_t, ino_t> netns_id, const std::vector<std::string>& cgroup_dirs);
+// A destroyed domain: SIGSTOP to all of them (waiting up to 2 s until they are stopped), then
+// SIGKILL, so that none runs another instruction after the first one died; waits up to 5 s
+// for them to vanish. Returns the pids still alive.
+std::vector<pid_t> kill_now(const std::vector<pid_t>& pids);
 // SIGTERM, wait up to grace_ms, SIGKILL, wait for them to vanish. Returns the pids still alive.
 std::vector<pid_t> kill_processes(const std::vector<pid_t>& pids, int grace_ms);
 

@@ -79,7 +79,9 @@ json to_json(const LabState& s) {
                        {"engine_channel", v.engine_channel},
                        {"cgroup", v.cgroup},
                        {"cgroup_dirs", v.cgroup_dirs},
-                       {"disks", disks}});
+                       {"disks", disks},
+                       {"removed", v.removed},
+                       {"removed_at", v.removed_at}});
     }
     j["vms"] = vms;
     json nb = json::array();
@@ -135,6 +137,8 @@ LabState state_from_json(const json& j) {
             v.engine_channel = get_or<std::string>(vj, "engine_channel", "");
             v.cgroup = get_or<std::string>(vj, "cgroup", "");
             v.cgroup_dirs = get_or(vj, "cgroup_dirs", std::vector<std::string>{});
+            v.removed = get_or(vj, "removed", false);
+            v.removed_at = get_or<std::string>(vj, "removed_at", "");
             if (auto dit = vj.find("disks"); dit != vj.end() && dit->is_array()) {
                 for (const auto& dj : *dit) {
                     DiskState d;

@@ -30,6 +30,10 @@ struct VmState {
     std::string cgroup;                    // primary cgroup directory
     std::vector<std::string> cgroup_dirs;  // one per hierarchy (v1) or one (v2)
     std::vector<DiskState> disks;
+    // `vpipe-lab remove-vm`: its processes, namespace, veth, cgroups are gone and its disks
+    // detached (the images stay until `down`); the engine released it.
+    bool removed = false;
+    std::string removed_at;
 };
 
 struct NeighbourState {

@@ -21,6 +21,7 @@ SYNOPSIS
     vpipectl [--control PATH] stats [--json]
     vpipectl [--control PATH] set-weight VM WEIGHT
     vpipectl [--control PATH] calibration [--json]
+    vpipectl [--control PATH] remove-vm VM
 
 DESCRIPTION
     Connects to vpiped's control socket: --control, else $VPIPE_CONTROL_SOCKET, else
@@ -48,6 +49,14 @@ DESCRIPTION
            what the start-up calibration measured (O_DIRECT reads of the first VM disk image,
            memory copy) and the total credit rate in use (calibrated, or total_rate_mbps from
            the configuration).
+    remove-vm
+           the VM (name or numeric id) is gone (destroyed): the engine releases all it holds for
+           it, as the Xen backend does when xenstore reports a destroyed domain: its channel is
+           dropped (answers to in-flight requests go nowhere), operations waiting on a socket
+           are cancelled (shadow sockets reset, steering entries removed), its credit share goes
+           to the others, its workers end and its disk images close. Returns once they did (at
+           most 60 s; "not released in time" otherwise). The VM's name and id cannot be served
+           again until the engine restarts. `vpipe-lab remove-vm` calls it.
     The same numbers are served in Prometheus text format on the engine's metrics_listen
     address (default 127.0.0.1:9477): curl http://127.0.0.1:9477/metrics
 
@@ -187,6 +196,9 @@ int main(int argc, char** argv) {
     auto* set_weight = app.add_subcommand("set-weight", "change a VM's weight (live, from the next tick)");
     set_weight->add_option("VM", sw_vm, "VM name or numeric id")->required();
     set_weight->add_option("WEIGHT", sw_weight, "1..10000")->required();
+    std::string rm_vm;
+    auto* remove_vm = app.add_subcommand("remove-vm", "the VM is gone: release everything the engine holds for it");
+    remove_vm->add_option("VM", rm_vm, "VM name or numeric id")->required();
     auto* calibration = app.add_subcommand("calibration", "start-up calibration and the total credit rate");
     calibration->add_flag("--json", json, "machine-readable output");
     try {
@@ -218,6 +230,17 @@ int main(int argc, char** argv) {
             if (int r = call(control, {{"cmd", "set-weight"}, {"vm", vm}, {"weight", sw_weight}}, &reply)) return r;
             std::printf("%s: weight %ld (was %u), from the next tick\n", reply["vm"].get<std::string>().c_str(),
                         sw_weight, reply["previous"].get<unsigned>());
+        } else if (remove_vm->parsed()) {
+            nlohmann::json vm = rm_vm;
+            if (!rm_vm.empty() && rm_vm.find_first_not_of("0123456789") == std::string::npos) vm = std::stoul(rm_vm);
+            if (int r = call(control, {{"cmd", "remove-vm"}, {"vm", vm}}, &reply)) return r;
+            if (!reply.value("released", false)) {
+                std::fprintf(stderr, "vpipectl: %s removed, but its workers did not end within 60 s\n",
+                             reply.value("vm", rm_vm).c_str());
+                return 1;
+            }
+            std::printf("%s (id %u) removed: workers ended, disks closed\n", reply["vm"].get<std::string>().c_str(),
+                        reply["id"].get<unsigned>());
         } else if (calibration->parsed()) {
             if (int r = call(control, {{"cmd", "calibration"}}, &reply)) return r;
             if (json) {

@@ -1,6 +1,7 @@
 // The engine's local control socket: one JSON object per line in, one per line out.
 //   {"cmd":"ping"}  -> {"ok":true}
 //   {"cmd":"stats"} -> {"ok":true,"stats":{...}}
+//   {"cmd":"remove-vm","vm":NAME|ID} -> {"ok":true,"vm":..,"id":..,"released":bool} (the VM is gone)
 // Unknown commands get {"ok":false,"error":"..."}. Only root (or the socket's group) can
 // connect: the socket file is created 0660.
 #pragma once

@@ -150,7 +150,7 @@ VmService* Engine::add_vm(const VmConfig& vmc, std::string* error) {
     return raw;
 }
 
-void Engine::remove_vm(uint32_t id) {
+bool Engine::remove_vm(uint32_t id, bool* released, std::chrono::milliseconds wait) {
     std::unique_ptr<Vm> vm;
     std::unique_ptr<VmService> service;
     {
@@ -164,7 +164,7 @@ void Engine::remove_vm(uint32_t id) {
             break;
         }
     }
-    if (!vm) return;
+    if (!vm) return false;
     policy_.remove_vm(id);
     service->stop();            // drops the channel: in-flight responses go nowhere
     vm->cancel();               // operations waiting on sockets end now (-ECANCELED)
@@ -174,7 +174,7 @@ void Engine::remove_vm(uint32_t id) {
     // Operations already running (a socket waiting for its peer) may take a while; do not hold
     // up the caller. The Vm goes first: its workers call back into the service.
     auto done = std::make_shared<std::atomic<bool>>(false);
-    std::lock_guard lk(vms_mu_);
+    std::unique_lock lk(vms_mu_);
     // Reap the ones that have finished since.
     for (auto it = retiring_.begin(); it != retiring_.end();) {
         if (it->done->load()) {
@@ -184,12 +184,18 @@ void Engine::remove_vm(uint32_t id) {
             ++it;
         }
     }
-    retiring_.push_back({std::thread([vm = std::move(vm), service = std::move(service), done]() mutable {
+    retiring_.push_back({std::thread([this, vm = std::move(vm), service = std::move(service), done]() mutable {
                              vm.reset();
                              service.reset();
-                             done->store(true);
+                             {
+                                 std::lock_guard dl(vms_mu_);
+                                 done->store(true);
+                             }
+                             retired_cv_.notify_all();
                          }),
                          done});
+    if (released) *released = retired_cv_.wait_for(lk, wait, [&] { return done->load(); });
+    return true;
 }
 
 void Engine::add_stats_section(std::string key, std::function<nlohmann::json()> fn) {
@@ -230,6 +236,34 @@ nlohmann::json Engine::handle(const nlohmann::json& req) {
             return nlohmann::json{{"ok", true}, {"vm", vm->name()}, {"weight", w}, {"previous", old}};
         }
         return nlohmann::json{{"ok", false}, {"error", "no VM " + vm_it->dump()}};
+    }
+    if (cmd == "remove-vm") {
+        // The VM is gone (the lab's `vpipe-lab remove-vm`, as xenstore tells the Xen backend of
+        // a destroyed domain): release everything the engine holds for it. Answers once its
+        // workers ended and its disks are closed (or after 60 s, "released": false).
+        const auto vm_it = req.find("vm");
+        if (vm_it == req.end() || !(vm_it->is_string() || vm_it->is_number_integer()))
+            return nlohmann::json{{"ok", false}, {"error", "remove-vm needs \"vm\" (name or id)"}};
+        uint32_t id = 0;
+        std::string name;
+        bool found = false;
+        {
+            std::lock_guard lk(vms_mu_);
+            for (const auto& vm : vms_) {
+                const bool match = vm_it->is_string() ? vm->name() == vm_it->get<std::string>()
+                                                      : vm_it->get<int64_t>() == vm->config().id;
+                if (!match) continue;
+                id = vm->config().id;
+                name = vm->name();
+                found = true;
+                break;
+            }
+        }
+        if (!found) return nlohmann::json{{"ok", false}, {"error", "no VM " + vm_it->dump()}};
+        bool released = false;
+        if (!remove_vm(id, &released, std::chrono::seconds(60)))
+            return nlohmann::json{{"ok", false}, {"error", "no VM " + vm_it->dump() + " (removed meanwhile)"}};
+        return nlohmann::json{{"ok", true}, {"vm", name}, {"id", id}, {"released", released}};
     }
     return nlohmann::json{{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -40,7 +41,11 @@ public:
     // Stops the VM's service (its channel is dropped) and forgets the VM. Operations waiting on
     // a socket are cancelled (-ECANCELED: shadows handed back, steering entries removed); the
     // rest (file copies) finish on a background thread, responses dropped; then its disks close.
-    void remove_vm(uint32_t id);
+    // false when there is no such VM. With `released` given it waits (at most `wait`) for that
+    // background thread, and says whether the VM's workers ended and its disks closed in time
+    // (the lab's `remove-vm`: the images are detached after the engine let go of them).
+    bool remove_vm(uint32_t id, bool* released = nullptr,
+                   std::chrono::milliseconds wait = std::chrono::milliseconds(0));
     // Extra sections of stats() (e.g. "xen"), computed on demand. Set before start().
     void add_stats_section(std::string key, std::function<nlohmann::json()> fn);
     ShadowSockets* sockets() const { return sockets_.get(); }
@@ -77,6 +82,7 @@ private:
         std::shared_ptr<std::atomic<bool>> done;
     };
     std::vector<Retiring> retiring_;     // removed VMs whose workers are finishing (reaped later)
+    std::condition_variable retired_cv_; // (with vms_mu_) a Retiring's done turned true
     std::vector<std::pair<std::string, std::function<nlohmann::json()>>> sections_;
     bool started_ = false;
     std::unique_ptr<ControlServer> control_;

@@ -374,6 +374,9 @@ TEST_F(EngineProcess, ControlRequestsAreRefusedWithAReason) {
         {"{\"cmd\":\"set-weight\",\"vm\":\"vm1\",\"weight\":10001}", "weight must be 1..10000"},
         {"{\"cmd\":\"set-weight\",\"vm\":\"nope\",\"weight\":2}", "no VM \"nope\""},
         {"{\"cmd\":\"set-weight\",\"vm\":99,\"weight\":2}", "no VM 99"},
+        {"{\"cmd\":\"remove-vm\"}", "needs \"vm\""},
+        {"{\"cmd\":\"remove-vm\",\"vm\":[1]}", "needs \"vm\""},
+        {"{\"cmd\":\"remove-vm\",\"vm\":\"nope\"}", "no VM \"nope\""},
     };
     for (const auto& c : cases) {
         auto j = nlohmann::json::parse(control(c.line), nullptr, false);
@@ -391,4 +394,27 @@ TEST_F(EngineProcess, ControlRequestsAreRefusedWithAReason) {
     EXPECT_EQ(stats()["weight"], 1);  // vm1's live weight: unchanged
     auto ok = nlohmann::json::parse(control("{\"cmd\":\"ping\"}"));
     EXPECT_EQ(ok["ok"], true);
+}
+
+// remove-vm (the lab's `vpipe-lab remove-vm`: the VM is gone): the engine answers once it let go
+// of the VM, its stats no longer list it, it cannot be removed twice, and the
+// other VMs go on being served.
+TEST_F(EngineProcess, RemoveVmReleasesItAndTheOthersGoOn) {
+    auto r = nlohmann::json::parse(control("{\"cmd\":\"remove-vm\",\"vm\":\"vm2\"}"), nullptr, false);
+    ASSERT_FALSE(r.is_discarded());
+    EXPECT_EQ(r.value("ok", false), true) << r.dump();
+    EXPECT_EQ(r.value("vm", ""), "vm2");
+    EXPECT_EQ(r.value("id", 0), 2);
+    EXPECT_EQ(r.value("released", false), true) << r.dump();
+    auto all = nlohmann::json::parse(control("{\"cmd\":\"stats\"}"));
+    std::vector<std::string> names;
+    for (const auto& v : all["stats"]["vms"]) names.push_back(v.value("name", ""));
+    EXPECT_EQ(names, (std::vector<std::string>{"vm1", "vm3"}));
+    auto again = nlohmann::json::parse(control("{\"cmd\":\"remove-vm\",\"vm\":2}"));
+    EXPECT_EQ(again.value("ok", true), false);
+    EXPECT_NE(again.value("error", "").find("no VM 2"), std::string::npos) << again.dump();
+    // vm1 still copies
+    auto desc = file_to_file_desc({{0, 4096, 0, 0}}, {{8192, 4096, 0, 0}});
+    EXPECT_EQ(call(request(1, 4096, desc), desc).status, 0);
+    EXPECT_EQ(read_image(8192, 4096), read_image(0, 4096));
 }
