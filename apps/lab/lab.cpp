@@ -590,7 +590,7 @@ int cmd_restart_engine(int signal) {
     return 0;
 }
 
-int cmd_restart_agent(const std::string& vm, int signal) {
+int cmd_restart_agent(const std::string& vm, int signal, uint32_t request_timeout_ms) {
     std::optional<LabState> st;
     try {
         st = load_state();
@@ -627,6 +627,10 @@ int cmd_restart_agent(const std::string& vm, int signal) {
         return 1;
     }
     as.args = {"--config", v.agent_config};
+    if (request_timeout_ms) {
+        as.args.push_back("--request-timeout-ms");
+        as.args.push_back(std::to_string(request_timeout_ms));
+    }
     as.netns = v.netns;
     as.cgroup_dirs = v.cgroup_dirs;
     as.log_path = v.agent_log;

@@ -1,6 +1,7 @@
 // The lab's subcommands: up / down / info / exec / demo (main.cpp only parses the command line).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -28,7 +29,8 @@ int cmd_down(bool quiet);
 int cmd_info(bool json);
 // Stops the engine with `signal` (SIGKILL: as if it crashed) and starts it again, same config.
 int cmd_restart_engine(int signal);
-int cmd_restart_agent(const std::string& vm, int signal);
+// request_timeout_ms: 0 keeps the configuration's, else vpipe-guestd --request-timeout-ms
+int cmd_restart_agent(const std::string& vm, int signal, uint32_t request_timeout_ms = 0);
 enum class ExecTarget { Vm, Client, Dom0 };
 // Replaces the process with cmd on success; returns 125 (lab error) / 126 / 127 (exec error).
 int cmd_exec(ExecTarget target, const std::string& vm, const std::vector<std::string>& cmd);

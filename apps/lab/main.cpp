@@ -186,18 +186,24 @@ int main(int argc, char** argv) {
     // ---- restart-agent
     bool agent_kill = false;
     std::string agent_vm;
+    uint32_t agent_timeout_ms = 0;
     auto* agent_cmd = app.add_subcommand(
         "restart-agent", man("vpipe-lab restart-agent - stop a VM's agent (vpipe-guestd) and start it again",
-                             "vpipe-lab restart-agent VM [--kill]",
+                             "vpipe-lab restart-agent VM [--kill] [--request-timeout-ms MS]",
                              "    Stops the VM's vpipe-guestd with SIGTERM (with --kill: SIGKILL, as if it crashed)\n"
                              "    and starts it again with the same configuration, in the VM's namespace and\n"
                              "    cgroup. For fault tests: what the old agent left (flow-block elements, held\n"
-                             "    flows, file holds) the new one and the engine must remove.\n"));
+                             "    flows, file holds) the new one and the engine must remove. --request-timeout-ms\n"
+                             "    starts the new agent with that bound on the engine's answers (vpipe-guestd\n"
+                             "    --request-timeout-ms; for engine-hang tests); without it, the configuration's.\n"));
     agent_cmd->add_option("VM", agent_vm, "the VM (vm1, ...)")->required();
     agent_cmd->add_flag("--kill", agent_kill, "SIGKILL instead of SIGTERM");
+    agent_cmd->add_option("--request-timeout-ms", agent_timeout_ms, "the new agent's request_timeout_ms")
+        ->check(CLI::Range(100u, 3600000u));
     agent_cmd->footer(std::string("EXIT STATUS\n    0  the new agent is up\n    1  no lab, no such VM, or it did not "
                                   "come up\n") +
-                      "\nEXAMPLES\n    vpipe-lab restart-agent vm1 --kill\n");
+                      "\nEXAMPLES\n    vpipe-lab restart-agent vm1 --kill\n"
+                      "    vpipe-lab restart-agent vm1 --request-timeout-ms 2000\n");
 
     // ---- exec / client / dom0
     std::string exec_vm;
@@ -274,7 +280,7 @@ int main(int argc, char** argv) {
         if (down_cmd->parsed()) return cmd_down(false);
         if (info_cmd->parsed()) return cmd_info(info_json);
         if (restart_cmd->parsed()) return cmd_restart_engine(restart_kill ? SIGKILL : SIGTERM);
-        if (agent_cmd->parsed()) return cmd_restart_agent(agent_vm, agent_kill ? SIGKILL : SIGTERM);
+        if (agent_cmd->parsed()) return cmd_restart_agent(agent_vm, agent_kill ? SIGKILL : SIGTERM, agent_timeout_ms);
         if (exec_cmd->parsed()) return cmd_exec(ExecTarget::Vm, exec_vm, full);
         if (client_cmd->parsed()) return cmd_exec(ExecTarget::Client, "", full);
         if (dom0_cmd->parsed()) return cmd_exec(ExecTarget::Dom0, "", full);

@@ -56,13 +56,16 @@ AgentConfig parse_agent_config(const std::string& text, const std::string& origi
     const int64_t pages = *integer(*a, "area_pages", "[agent] ", int64_t{c.area_pages});
     const int64_t chunk = *integer(*a, "chunk_mib", "[agent] ", int64_t{c.chunk_mib});
     const int64_t room_kib = *integer(*a, "room_kib", "[agent] ", int64_t{c.room_max >> 10});
+    const int64_t timeout_ms = *integer(*a, "request_timeout_ms", "[agent] ", int64_t{c.request_timeout_ms});
     if (c.engine_channel.empty()) fail("[agent] engine_channel is required");
     if (pages < 16 || pages > VPIPE_SHM_MAX_DESC_PAGES) fail("[agent] area_pages must be 16..4096");
     if (chunk < 1 || chunk > 1024) fail("[agent] chunk_mib must be 1..1024");
     if (room_kib < 16 || room_kib > 16384) fail("[agent] room_kib must be 16..16384");
+    if (timeout_ms < 100 || timeout_ms > 3600000) fail("[agent] request_timeout_ms must be 100..3600000");
     c.area_pages = static_cast<uint32_t>(pages);
     c.chunk_mib = static_cast<uint32_t>(chunk);
     c.room_max = static_cast<uint32_t>(room_kib) << 10;
+    c.request_timeout_ms = static_cast<uint32_t>(timeout_ms);
     // a socket -> socket request takes two rooms: they must fit the area
     if (uint64_t{c.room_max} * 2 + (64u << 10) > uint64_t{c.area_pages} * VPIPE_PAGE_SIZE)
         fail("[agent] room_kib too large for area_pages (two rooms must fit the area)");

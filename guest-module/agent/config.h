@@ -35,6 +35,11 @@ struct AgentConfig {
     // socket -> file: hand over as soon as the destination's blocks are allocated and zero-fill
     // them while dom0 receives (VPIPE_REQF_PREPARING), instead of before the hand-over
     bool prepare_ahead = true;
+    // the engine must answer within this (guest-module/core/watch.h, vpipe.ko's parameter of the
+    // same name): after half of it without any answer a NOP is posted; no answer at all, no
+    // file -> file answer, or no answer to a gone caller's request for this long declares the
+    // engine unresponsive (channel dropped and reconnected, operations in flight fail)
+    uint32_t request_timeout_ms = 60000;
     std::string log_level = "info";
     std::vector<AgentDisk> disks;
 };

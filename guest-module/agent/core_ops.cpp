@@ -39,6 +39,7 @@ struct Env {
     AgentContext& ctx;
     std::vector<int> restored;   // sockets restored for the caller during this call
     const std::atomic<bool>* cancel = nullptr;  // an asynchronous operation's cancel request
+    const std::atomic<bool>* gone = nullptr;    // the caller's connection is gone
 };
 
 Env& E(void* env) { return *static_cast<Env*>(env); }
@@ -235,8 +236,9 @@ int op_submit(void* env, const vpipe_submit* s, void** ticket) {
     return 0;
 }
 
-int op_wait(void* env, void* ticket, uint64_t* moved, int*) {
-    return E(env).ctx.link.wait(*static_cast<TicketRef*>(ticket), moved);
+// a caller that is gone is the kernel's killed caller: its wait is bounded by request_timeout_ms
+int op_wait(void* env, void* ticket, uint64_t* moved, int* killed) {
+    return E(env).ctx.link.wait(*static_cast<TicketRef*>(ticket), moved, E(env).gone, killed);
 }
 
 int op_readback(void* env, void* ticket, uint64_t off, void* buf, uint64_t len) {
@@ -265,11 +267,12 @@ void op_count(void* env, vpipe_counter c, uint64_t n) {
     }
 }
 
-// The agent serves a socket, not the caller's process: no signal ends a call; a cancelled
-// asynchronous operation stops where the kernel would stop for a dying caller.
+// The agent serves a socket, not the caller's process: no signal ends a call, but a caller whose
+// connection closed (killed, or exited) and a cancelled asynchronous operation stop where the
+// kernel stops for a dying caller.
 int op_fatal_signal(void* env) {
-    const std::atomic<bool>* c = E(env).cancel;
-    return c && c->load(std::memory_order_acquire) ? 1 : 0;
+    auto set = [](const std::atomic<bool>* f) { return f && f->load(std::memory_order_acquire); };
+    return set(E(env).cancel) || set(E(env).gone) ? 1 : 0;
 }
 
 const vpipe_core_ops kOps = {
@@ -285,8 +288,9 @@ const vpipe_core_ops kOps = {
 }  // namespace
 
 int run_operation(AgentContext& ctx, int in_fd, int out_fd, vpipe_ioc_op* op, const uint8_t* head,
-                  const uint8_t* tail, int* new_in, int* new_out, const std::atomic<bool>* cancel) {
-    Env env{ctx, {}, cancel};
+                  const uint8_t* tail, int* new_in, int* new_out, const std::atomic<bool>* cancel,
+                  const std::atomic<bool>* gone) {
+    Env env{ctx, {}, cancel, gone};
     vpipe_core core{};
     core.ops = &kOps;
     core.env = &env;

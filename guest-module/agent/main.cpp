@@ -21,7 +21,7 @@ static const char* kDescription = R"(NAME
     vpipe-guestd - the vPipe guest component, as a userspace agent
 
 SYNOPSIS
-    vpipe-guestd --config FILE [--log-level LEVEL]
+    vpipe-guestd --config FILE [--log-level LEVEL] [--request-timeout-ms MS]
 
 DESCRIPTION
     Runs inside a VM where the /dev/vpipe kernel module is not loaded. Applications (through
@@ -33,6 +33,15 @@ DESCRIPTION
     FILE names the VM's disks (vdev and block device), the socket to listen on and dom0's
     channel. It reconnects when the engine restarts.
 
+    The engine must answer within request_timeout_ms (FILE's [agent] request_timeout_ms, or
+    --request-timeout-ms; default 60000, 100..3600000, as vpipe.ko's module parameter): after
+    half of it without any answer the agent posts a NOP; no answer at all, no file -> file
+    answer, or no answer to a request of a caller that is gone for that long declares the engine
+    unresponsive: the channel is dropped and connected again, operations in flight fail as for an
+    engine death (file -> file: a short count or ECANCELED; sockets: ECONNABORTED, reset), counted
+    in VPIPE_IOC_STATS.engine_timeouts. An application whose connection closes (killed) has its
+    operation stopped at the next safe point.
+
 EXIT STATUS
     0 after SIGINT/SIGTERM; 1 on a configuration or start-up error.
 
@@ -43,12 +52,17 @@ EXAMPLES
 int main(int argc, char** argv) {
     CLI::App app{kDescription, "vpipe-guestd"};
     std::string config_path, log_level;
+    uint32_t request_timeout_ms = 0;
     app.add_option("-c,--config", config_path, "agent configuration (TOML)")->required();
     app.add_option("--log-level", log_level, "trace|debug|info|warn|error");
+    app.add_option("--request-timeout-ms", request_timeout_ms,
+                   "the engine is declared unresponsive after this long without an answer (overrides the file)")
+        ->check(CLI::Range(100u, 3600000u));
     CLI11_PARSE(app, argc, argv);
     try {
         auto cfg = vpipe::agent::load_agent_config(config_path);
         if (!log_level.empty()) cfg.log_level = log_level;
+        if (request_timeout_ms) cfg.request_timeout_ms = request_timeout_ms;
         vpipe::init_logging("vpipe-guestd", cfg.log_level);
 
         sigset_t set;
@@ -65,7 +79,7 @@ int main(int argc, char** argv) {
             if (int r = disks.add(d.vdev, d.device); r < 0)
                 throw std::runtime_error("disk " + d.device + ": " + std::strerror(-r));
         }
-        vpipe::agent::EngineLink link(cfg.engine_channel, cfg.area_pages);
+        vpipe::agent::EngineLink link(cfg.engine_channel, cfg.area_pages, cfg.request_timeout_ms);
         vpipe::agent::AgentStats stats;
         vpipe::agent::AgentContext ctx{cfg, disks, link, stats};
         link.start();

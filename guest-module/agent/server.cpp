@@ -60,6 +60,30 @@ void attach_restored(vpipe_ioc_op* op, int new_in, int new_out, std::vector<int>
     }
 }
 
+// While a synchronous operation runs nobody reads the client's connection: this watches it for
+// the application's end closing (POLLRDHUP / POLLHUP) and then marks the connection gone.
+class CallerWatch {
+public:
+    CallerWatch(int fd, std::atomic<bool>* gone, EngineLink& link) {
+        loop_.start([this, fd, gone, &link] {
+            while (!loop_.stopping()) {
+                pollfd fds[2] = {{loop_.wake_fd(), POLLIN, 0}, {fd, POLLRDHUP, 0}};
+                if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+                if (fds[0].revents) loop_.drain();
+                if (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+                    gone->store(true, std::memory_order_release);
+                    link.wake_waiters();
+                    return;
+                }
+            }
+        });
+    }
+    ~CallerWatch() { loop_.stop(); }
+
+private:
+    PollThread loop_;
+};
+
 }  // namespace
 
 // A client connection, shared by its serving thread and its asynchronous operations: whoever
@@ -70,6 +94,9 @@ struct Server::Conn {
     std::mutex send_mu;
     std::mutex mu;                                                   // ops
     std::map<uint64_t, std::shared_ptr<std::atomic<bool>>> ops;     // tag -> its cancel flag
+    // the application closed its end (killed, or exited): its operations stop at their next
+    // safe point, as vpipe.ko's do on a fatal signal
+    std::atomic<bool> gone{false};
 
     // header (+ descriptors) + body in one locked send. 0 or -errno.
     int send(const vpipe_agent_msg& h, const void* body, size_t len, const std::vector<int>& fds) {
@@ -178,8 +205,9 @@ void Server::serve(UniqueFd conn_fd) {
             } else if (fds.size() != 2) {
                 reply.result = -EBADF;
             } else {
+                CallerWatch watch(cfd, &c->gone, ctx_.link);
                 reply.result = run_operation(ctx_, fds[0].get(), fds[1].get(), &op, hdtr.data(),
-                                             hdtr.data() + op.head_len, &new_in, &new_out);
+                                             hdtr.data() + op.head_len, &new_in, &new_out, nullptr, &c->gone);
                 attach_restored(&op, new_in, new_out, &reply_fds);
             }
             if (op.op < ctx_.stats.ops.size() && reply.result == 0) ctx_.stats.ops[op.op]++;
@@ -231,7 +259,7 @@ void Server::serve(UniqueFd conn_fd) {
             break;
         }
         case VPIPE_IOC_STATS:
-            ctx_.stats.fill(&body.stats, ctx_.link.connected());
+            ctx_.stats.fill(&body.stats, ctx_.link.connected(), ctx_.link.engine_timeouts());
             reply_len = sizeof(body.stats);
             break;
         default:
@@ -256,6 +284,8 @@ out:
         std::lock_guard lk(c->mu);
         for (auto& [tag, flag] : c->ops) flag->store(true, std::memory_order_release);
     }
+    c->gone.store(true, std::memory_order_release);
+    ctx_.link.wake_waiters();
     ::shutdown(cfd, SHUT_RD);
     clients_--;
 }
@@ -277,7 +307,7 @@ void Server::run_async(std::shared_ptr<Conn> c, uint64_t tag, vpipe_ioc_op op, s
         done.result = -ECANCELED;
     } else {
         done.result = run_operation(ctx_, fds[0].get(), fds[1].get(), &op, hdtr.data(),
-                                    hdtr.data() + op.head_len, &new_in, &new_out, cancel.get());
+                                    hdtr.data() + op.head_len, &new_in, &new_out, cancel.get(), &c->gone);
         // stopped at a safe point because of the cancel: say so, with what moved before it
         if (cancel->load(std::memory_order_acquire) &&
             (done.result == -EINTR || (done.result == 0 && op.moved < op.length)))

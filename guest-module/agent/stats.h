@@ -19,7 +19,8 @@ struct AgentStats {
     std::atomic<uint64_t> ring_requests{0};
     std::atomic<uint64_t> extents_mapped{0};
 
-    void fill(vpipe_ioc_stats* out, bool engine_connected) const {
+    // engine_timeouts: EngineLink's count of the engine declared unresponsive
+    void fill(vpipe_ioc_stats* out, bool engine_connected, uint64_t engine_timeouts = 0) const {
         *out = {};
         for (size_t i = 0; i < ops.size(); ++i) out->ops[i] = ops[i];
         out->ops_failed = ops_failed;
@@ -30,6 +31,7 @@ struct AgentStats {
         out->ring_requests = ring_requests;
         out->extents_mapped = extents_mapped;
         out->engine_connected = engine_connected ? 1 : 0;
+        out->engine_timeouts = engine_timeouts;
     }
 };
 

@@ -16,6 +16,8 @@
  *              (rooms, carried queues, head and tail), dom0's results
  *   op_file.c  file -> file: checks, holds, cache rule, stages of requests in flight
  *   op_sock.c  file -> socket, socket -> file, socket -> socket: one hand-over each
+ *   watch.c    the engine must answer (request_timeout_ms): when to probe it with a NOP, when
+ *              to declare it unresponsive; what is left of a request it did not answer
  *
  * The protocol is docs/protocol.md; its behaviour, checked against both forms, is the
  * conformance corpus in tests/conformance.

@@ -49,6 +49,7 @@
 
 #include "vpipe.h"
 #include "vpipe_front.h"
+#include "watch.h"
 #ifdef VPIPE_TEST
 #include "vpipe_testeng.h"
 #endif
@@ -93,10 +94,8 @@ struct vpipe_chan {
 	wait_queue_head_t wq;    /* pages, ring slots, connection changes */
 	u64 bad_responses;
 	struct work_struct broken_work;   /* protocol error seen in the interrupt handler */
-	/* the engine answers (see the top): under chan.lock */
-	unsigned long last_heard;         /* jiffies of the last answer, or of the first post */
-	unsigned long last_f2f;           /* the same for file -> file requests */
-	u32 f2f_in_flight;
+	/* the engine answers (see the top, core/watch.h): under chan.lock, in jiffies64 */
+	struct vpipe_watch watch;
 	struct vpipe_req *probe;          /* the watchdog's NOP (its reference) */
 	bool hung_pending;                /* declared unresponsive; hung_work tears down hung_gen */
 	bool hung_teardown;               /* the teardown running is for a hang (req_lost) */
@@ -108,14 +107,14 @@ struct vpipe_chan {
 static struct vpipe_chan chan;
 static bool registered;
 
-unsigned int vpipe_request_timeout_ms = 60000;
+unsigned int vpipe_request_timeout_ms = VPIPE_REQUEST_TIMEOUT_MS_DEFAULT;
 module_param_named(request_timeout_ms, vpipe_request_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(request_timeout_ms,
 		 "the engine is declared unresponsive (channel torn down and reconnected) after this long without an answer; also bounds a killed caller's wait and the wait for ring slots and area pages (100..3600000)");
 
 static unsigned long timeout_jiffies(void)
 {
-	return msecs_to_jiffies(clamp_t(unsigned int, READ_ONCE(vpipe_request_timeout_ms), 100, 3600000));
+	return msecs_to_jiffies(vpipe_watch_clamp_ms(READ_ONCE(vpipe_request_timeout_ms)));
 }
 
 static uint8_t *page_mem(void *t, uint32_t idx)
@@ -153,11 +152,7 @@ static void req_done(void *arg, void *owner, int status, uint64_t moved)
 
 	r->status = status;
 	r->moved = moved;
-	chan.last_heard = jiffies;
-	if (r->op == VPIPE_OP_FILE_TO_FILE) {
-		chan.f2f_in_flight--;
-		chan.last_f2f = jiffies;
-	}
+	vpipe_watch_answered(&chan.watch, get_jiffies_64(), r->op);
 	complete_all(&r->done);
 	kref_put(&r->ref, req_release);  /* the transport's reference */
 }
@@ -175,12 +170,8 @@ static void req_lost(void *arg, void *owner, int status, uint64_t moved)
 		 * its state is unknown -- lost like one dom0 died holding (ECONNABORTED, a reset
 		 * socket), never restored as frozen. A dead or stopped engine never takes one
 		 * (vpiped writes TAKEN first and gives up when that write fails). */
-		if (chan.hung_teardown) {
-			if (r->lost_hdr.src.kind == VPIPE_EP_SOCKET && !r->lost_hdr.src.result_flags)
-				r->lost_hdr.src.result_flags = VPIPE_EPF_TAKEN;
-			if (r->lost_hdr.dst.kind == VPIPE_EP_SOCKET && !r->lost_hdr.dst.result_flags)
-				r->lost_hdr.dst.result_flags = VPIPE_EPF_TAKEN;
-		}
+		if (chan.hung_teardown)
+			vpipe_watch_lost_header(&r->lost_hdr);
 	}
 	req_done(arg, owner, status, moved);
 }
@@ -216,7 +207,7 @@ static bool has_pages(const struct vpipe_submit *s, struct vpipe_req *r)
 /* a slot for a request; the last one is the watchdog's (chan.lock held) */
 static bool room_for_request(void)
 {
-	return vpipe_ring_has_room(&chan.front) && chan.front.in_flight + 1 < VPIPE_RING_SLOTS;
+	return vpipe_watch_room_for_request(&chan.front);
 }
 
 static bool has_slot(u64 gen)
@@ -284,7 +275,8 @@ static void declare_hung(u64 gen, const char *why)
 
 static void watch_fn(struct work_struct *w)
 {
-	const unsigned long t = timeout_jiffies(), now = jiffies;
+	const u64 t = timeout_jiffies(), now = get_jiffies_64();
+	enum vpipe_watch_verdict v;
 	struct vpipe_req *probe = NULL, *done_probe = NULL;
 	const char *why = NULL;
 	unsigned long flags;
@@ -308,15 +300,11 @@ static void watch_fn(struct work_struct *w)
 	if (!chan.connected || !chan.front.in_flight || chan.hung_pending)
 		goto out;
 	again = true;
-	if (time_after_eq(now, chan.last_heard + t))
-		why = "no answer at all";
-	else if (chan.f2f_in_flight && time_after_eq(now, chan.last_f2f + t))
-		why = "no file -> file request answered";
-	if (why) {
+	v = vpipe_watch_check(&chan.watch, now, t, chan.front.in_flight, &why);
+	if (v == VPIPE_WATCH_HUNG) {
 		declare_hung_locked(chan.gen, why);
 		again = false;
-	} else if (!chan.probe && probe && time_after_eq(now, chan.last_heard + t / 2) &&
-		   vpipe_ring_has_room(&chan.front)) {
+	} else if (v == VPIPE_WATCH_PROBE && !chan.probe && probe && vpipe_ring_has_room(&chan.front)) {
 		struct vpipe_post post = { .op = VPIPE_OP_NOP };
 
 		kref_get(&probe->ref);   /* the transport's */
@@ -426,11 +414,8 @@ int vpipe_front_submit(const struct vpipe_submit *s, struct vpipe_req **out)
 		down_read(&chan.area_rw);
 	}
 	kref_get(&r->ref);  /* the transport's reference, dropped when the request ends */
-	if (!chan.front.in_flight)
-		chan.last_heard = jiffies;   /* silence counts while something is outstanding */
 	r->op = s->op;
-	if (r->op == VPIPE_OP_FILE_TO_FILE && !chan.f2f_in_flight++)
-		chan.last_f2f = jiffies;
+	vpipe_watch_posted(&chan.watch, get_jiffies_64(), r->op, chan.front.in_flight);
 	notify = vpipe_link_post(&chan.front, page_ref, NULL, &r->pages, s, r, &r->id);
 	r->posted = true;
 	spin_unlock_irqrestore(&chan.lock, flags);

@@ -500,6 +500,39 @@ protected:
         return j.is_discarded() ? nlohmann::json::object() : j;
     }
 
+    // The lab's engine (vpiped) as the lab records it now (a restart changes it).
+    static pid_t engine_pid() {
+        auto j = nlohmann::json::parse(lab({"info", "--json"}).out, nullptr, false);
+        return j.is_discarded() ? -1 : j["engine"].value("pid", -1);
+    }
+    // vm1's agent restarted with a short request_timeout_ms (`vpipe-lab restart-agent vm1
+    // --request-timeout-ms`), for the engine-hang cases; on destruction restarted again with its
+    // configuration's (60 s), so that no other test runs under the short bound.
+    struct ShortAgentTimeout {
+        std::string error;   // empty when the agent came up with the short bound
+        explicit ShortAgentTimeout(uint32_t ms) {
+            auto r = lab({"restart-agent", "vm1", "--request-timeout-ms", std::to_string(ms)});
+            if (r.status != 0) error = r.all();
+        }
+        ~ShortAgentTimeout() {
+            auto r = lab({"restart-agent", "vm1"});
+            EXPECT_EQ(r.status, 0) << r.all();
+        }
+    };
+    // The engine stopped (SIGSTOP): it answers nothing, and holds what it holds. Continued
+    // (SIGCONT) by resume() or on destruction -- never left stopped (the next test would hang on
+    // its control socket). Nothing here may ask the engine anything while it is stopped.
+    struct EngineHang {
+        pid_t pid;
+        bool stopped = false;
+        explicit EngineHang(pid_t p) : pid(p) { stopped = pid > 0 && ::kill(pid, SIGSTOP) == 0; }
+        void resume() {
+            if (stopped) ::kill(pid, SIGCONT);
+            stopped = false;
+        }
+        ~EngineHang() { resume(); }
+    };
+
     // Nothing of any offloaded flow stays behind: no shadow socket or steered flow in the
     // engine, no per-flow element in dom0's nft table `bridge vpipe`, none in a VM's `ip
     // vpipe_guest` (created on the VM's first socket offload: absent is fine).

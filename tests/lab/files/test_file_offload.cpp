@@ -24,6 +24,7 @@
 
 #include <vpipe/vpipe.h>
 
+#include "support/lab_agent.h"
 #include "support/lab_fixture.h"
 
 namespace {
@@ -124,6 +125,23 @@ protected:
             std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling the engine
         }
         return false;
+    }
+    // vm1's agent's count of engines declared unresponsive (-1: it did not answer)
+    static long long agent_engine_timeouts() {
+        vpipe_ioc_stats st{};
+        return agent_stats(info_["vms"][0]["agent_socket"].get<std::string>(), &st)
+                   ? static_cast<long long>(st.engine_timeouts)
+                   : -1;
+    }
+    // The bytes of `path` as the disk holds them (its clean cached pages dropped first:
+    // dom0 wrote the image behind the guest's page cache).
+    static std::vector<char> read_from_disk(const std::string& path) {
+        int fd = ::open(path.c_str(), O_RDONLY);
+        if (fd >= 0) {
+            ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            ::close(fd);
+        }
+        return read_file(path);
     }
     static bool held(const std::string& path) {
         int fd = ::open(path.c_str(), O_RDONLY), flags = 0;
@@ -474,9 +492,11 @@ TEST_F(FileOffload, EngineKilledMidCopyLeavesAPrefix) {
 }
 
 // Fault matrix (docs/faults.md), file -> file x the application SIGKILLed mid-copy (cp-vpipe in
-// the VM, killed once dom0 answered 32 MiB of 256 MiB). The agent holds the operation and
-// finishes it for nobody: the destination then holds an exact prefix of the source, its size
-// saying how much (dom0 was not stopped: all of it), the source is no longer held, nothing left.
+// the VM, killed once dom0 answered 32 MiB of 256 MiB). The agent sees the application's
+// connection close and stops the operation at its next stage, as vpipe.ko does on a fatal
+// signal: the stages with dom0 are waited for, the destination is cut to the leading run dom0
+// answered -- an exact prefix of the source, its size saying how much, short of the whole --
+// the source is no longer held, nothing is left, and the next copy works.
 TEST_F(FileOffload, CallerKilledMidCopy) {
     const std::string src = disk(0) + "/caller.src", dst = disk(1) + "/caller.dst";
     const size_t len = 256u << 20;
@@ -492,10 +512,160 @@ TEST_F(FileOffload, CallerKilledMidCopy) {
     while ((held(src) || engine_vm().value("active", 1) != 0) && std::chrono::steady_clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the file and the engine
     EXPECT_FALSE(held(src)) << "the source is still held";
-    const std::vector<char> got = read_file(dst);
+    EXPECT_FALSE(held(dst)) << "the destination is still held";
+    const std::vector<char> got = read_from_disk(dst);
     printf("[ info ] caller killed mid file->file: the destination holds %zu of %zu bytes\n", got.size(), len);
-    EXPECT_LE(got.size(), len);
+    EXPECT_GE(got.size(), 32u << 20) << "less than dom0 had answered before the kill";
+    EXPECT_LT(got.size(), len) << "the agent finished the copy for a caller that was gone";
     EXPECT_EQ(check_pattern(71, 0, got.data(), got.size()), -1) << "a byte that is not the source's";
+    // the next copy, over the same destination, is whole
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_TRUNC);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    EXPECT_EQ(offload(in, out, 0, len, 0), static_cast<ssize_t>(len));
+    ::close(in);
+    ::close(out);
+    const std::vector<char> all = read_file(dst);
+    EXPECT_EQ(all.size(), len);
+    EXPECT_EQ(check_pattern(71, 0, all.data(), all.size()), -1);
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
+    expect_nothing_left_behind();
+}
+
+// Fault matrix, file -> file x the engine hangs (vpiped SIGSTOPped in dom0 once it answered
+// 32 MiB of 512 MiB) under the agent's request_timeout_ms (2 s here): the agent's watchdog gets
+// no answer to its NOP, declares the engine unresponsive (its engine_timeouts counter), drops
+// the channel and fails the requests in flight: the call returns the leading run dom0 answered
+// (or -1 ECANCELED) and the destination is cut to exactly that prefix, the source released.
+// The hung engine is then killed and restarted (continued, it could finish a copy it had begun
+// into blocks the guest gave back: docs/faults.md), the agent reconnects, and the rest of the
+// copy goes through byte-exact.
+TEST_F(FileOffload, EngineHungMidCopyTimesOutToAPrefix) {
+    ShortAgentTimeout bound(2000);
+    ASSERT_EQ(bound.error, "");
+    const std::string src = disk(0) + "/hung.src", dst = disk(1) + "/hung.dst";
+    const size_t len = 512u << 20;
+    ASSERT_EQ(write_pattern_file(src, 63, len, true), "");
+    ::unlink(dst.c_str());
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    ASSERT_TRUE(reconnected()) << engine_stats().dump();
+    const long long timeouts0 = agent_engine_timeouts();
+    ASSERT_GE(timeouts0, 0);
+    const uint64_t b0 = f2f_bytes();
+    vpipe_set_fallback(0);
+    ssize_t n = 0;
+    int err = 0;
+    std::thread copier([&] {
+        errno = 0;
+        n = vpipe_file_to_file_fd(in, out, 0, len, 0);
+        err = errno;
+    });
+    const bool mid = copy_in_progress(b0, 32u << 20);
+    EngineHang hang(engine_pid());
+    copier.join();   // the agent's bound ends the call; nothing here asks the stopped engine
+    const long long timeouts1 = agent_engine_timeouts();
+    auto rs = lab({"restart-engine", "--kill"});   // SIGKILL ends a stopped process too
+    hang.stopped = false;
+    vpipe_set_fallback(1);
+    ASSERT_TRUE(mid) << "the copy was never seen in progress";
+    ASSERT_TRUE(hang.pid > 0) << "no engine pid";
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    printf("[ info ] engine hung mid file->file: returned %zd (errno %d); agent engine_timeouts %lld -> %lld\n", n,
+           err, timeouts0, timeouts1);
+    EXPECT_EQ(timeouts1, timeouts0 + 1) << "the agent did not count the unresponsive engine";
+    if (n < 0) {
+        EXPECT_EQ(err, ECANCELED) << std::strerror(err);
+    } else {
+        EXPECT_GT(n, 0);
+        EXPECT_LT(static_cast<size_t>(n), len) << "all of it moved: the hang came too late";
+    }
+    const uint64_t valid = n > 0 ? static_cast<uint64_t>(n) : 0;
+    struct stat st{};
+    ASSERT_EQ(::fstat(out, &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), valid) << "the size does not say what is valid";
+    const std::vector<char> got = read_from_disk(dst);
+    EXPECT_EQ(got.size(), valid);
+    EXPECT_EQ(check_pattern(63, 0, got.data(), got.size()), -1) << "a byte that is not the source's";
+    EXPECT_FALSE(held(src)) << "the source is still held";
+    ASSERT_TRUE(reconnected()) << engine_stats().dump();
+    EXPECT_EQ(offload(in, out, static_cast<off_t>(valid), len - valid, static_cast<off_t>(valid)),
+              static_cast<ssize_t>(len - valid));
+    ::close(in);
+    ::close(out);
+    const std::vector<char> all = read_file(dst);
+    EXPECT_EQ(all.size(), len);
+    EXPECT_EQ(check_pattern(63, 0, all.data(), all.size()), -1);
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
+    expect_nothing_left_behind();
+}
+
+// Fault matrix, file -> file x the guest agent SIGKILLed mid-copy (once dom0 answered 32 MiB of
+// 512 MiB). The application's call was waiting on its agent connection: libvpipe never sends a
+// request that reached an agent again, so the call fails with ECONNABORTED (no fallback). The
+// dead agent had readied the destination for the stages it handed to dom0 but never finished
+// it: the file holds a prefix of the source (at least what dom0 had answered) followed by zeros
+// only -- never a byte that is neither. The restarted agent lets go of the dead one's holds
+// (source and destination are no longer immutable), and the next copy is byte-exact.
+TEST_F(FileOffload, AgentKilledMidCopyLeavesAPrefixThenZeros) {
+    const std::string src = disk(0) + "/agentkill.src", dst = disk(1) + "/agentkill.dst";
+    const size_t len = 512u << 20;
+    ASSERT_EQ(write_pattern_file(src, 64, len, true), "");
+    ::unlink(dst.c_str());
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    const uint64_t b0 = f2f_bytes();
+    vpipe_set_fallback(0);
+    ssize_t n = 0;
+    int err = 0;
+    vpipe_result res{};
+    std::thread copier([&] {
+        errno = 0;
+        n = vpipe_file_to_file_fd(in, out, 0, len, 0);
+        err = errno;
+        vpipe_last_result(&res);
+    });
+    const bool mid = copy_in_progress(b0, 32u << 20);
+    auto rs = lab({"restart-agent", "vm1", "--kill"});
+    copier.join();
+    vpipe_set_fallback(1);
+    ASSERT_TRUE(mid) << "the copy was never seen in progress";
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    EXPECT_EQ(n, -1);
+    EXPECT_EQ(err, ECONNABORTED) << std::strerror(err);
+    EXPECT_NE(res.path, VPIPE_RESULT_FALLBACK) << res.reason;
+    // dom0 finishes (or drops) what it had started for the dead agent's channel
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (engine_vm().value("active", 1) != 0 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the engine
+    EXPECT_EQ(engine_vm().value("active", -1), 0) << engine_vm().dump();
+    EXPECT_FALSE(held(src)) << "the source is still held";
+    EXPECT_FALSE(held(dst)) << "the destination is still held";
+    const std::vector<char> got = read_from_disk(dst);
+    const long long bad = check_pattern(64, 0, got.data(), got.size());
+    const size_t prefix = bad < 0 ? got.size() : static_cast<size_t>(bad);
+    size_t zeros = 0;
+    while (prefix + zeros < got.size() && got[prefix + zeros] == 0) ++zeros;
+    printf("[ info ] agent killed mid file->file: errno %d; the destination holds %zu bytes: %zu of the source, "
+           "then %zu zeros\n",
+           err, got.size(), prefix, zeros);
+    EXPECT_LE(got.size(), len);
+    EXPECT_GE(prefix, 32u << 20) << "less than dom0 had answered before the kill";
+    EXPECT_EQ(prefix + zeros, got.size()) << "a byte that is neither the source's nor zero at " << prefix + zeros;
+    // the next copy, through the restarted agent, over the same destination
+    ::close(out);
+    out = ::open(dst.c_str(), O_WRONLY | O_TRUNC);
+    ASSERT_GE(out, 0);
+    EXPECT_EQ(offload(in, out, 0, len, 0), static_cast<ssize_t>(len));
+    ::close(in);
+    ::close(out);
+    const std::vector<char> all = read_file(dst);
+    EXPECT_EQ(all.size(), len);
+    EXPECT_EQ(check_pattern(64, 0, all.data(), all.size()), -1);
     ::unlink(src.c_str());
     ::unlink(dst.c_str());
     expect_nothing_left_behind();

@@ -38,6 +38,8 @@
 #include <nlohmann/json.hpp>
 #include <vpipe/vpipe.h>
 
+#include "support/lab_agent.h"
+
 #include "support/lab_fixture.h"
 
 namespace {
@@ -1192,6 +1194,15 @@ protected:
         (*r)["vm"] = vm.all;  // for the caller's messages
         (*c)["client"] = cl.all;
     }
+    // vm1's agent's count of engines declared unresponsive (-1: it did not answer)
+    static long long vm1_engine_timeouts() {
+        vpipe_ioc_stats st{};
+        return agent_stats(info_["vms"][0]["agent_socket"].get<std::string>(), &st)
+                   ? static_cast<long long>(st.engine_timeouts)
+                   : -1;
+    }
+    static constexpr uint32_t kHangBoundMs = 2000;   // the agent's request_timeout_ms in the hang cases
+
     static inline std::string disk_;
     static inline int next_port_ = 20000;
 };
@@ -1613,6 +1624,171 @@ TEST_F(Sockets, EngineKilledMidSocketToSocket) {
     EXPECT_LT(std::stoull(c["sent"]), len) << cl.all;
     EXPECT_TRUE(c["send_end"] == std::to_string(ECONNRESET) || c["send_end"] == std::to_string(EPIPE)) << cl.all;
     ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+}
+
+// ---- the engine hangs (vpiped SIGSTOPped in dom0) under the agent's request_timeout_ms -------
+// The agent's watchdog posts a NOP after half the bound, gets no answer, declares the engine
+// unresponsive after the bound (counted in its engine_timeouts) and drops the channel: the
+// endpoint dom0 had taken is lost to the application (ECONNABORTED, a reset socket), never
+// restored from the state the guest froze, whatever the engine does when it runs again.
+
+// file -> socket: the engine is continued afterwards; it finds the channel gone and ends the
+// connection it holds (it may send more of the file first: the client sees an exact prefix,
+// then the end). The agent reconnects, the next offload works, nothing is left.
+TEST_F(Sockets, EngineHungMidFileToSocket) {
+    ShortAgentTimeout bound(kHangBoundMs);
+    ASSERT_EQ(bound.error, "");
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    const long long t0 = vm1_engine_timeouts();
+    ASSERT_GE(t0, 0);
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-hang-f2s-" + std::to_string(::getpid());
+    int p = port();
+    Proc vm("vm1", "vm-serve-one-call", {"port=" + std::to_string(p), "file=" + disk_ + "/f64m"});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-get",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED").rfind("PAUSED", 0), 0u) << cl.all;
+    ASSERT_GE(engine_stats()["sockets"].value("shadow_sockets", 0), 1) << engine_stats().dump();
+    EngineHang hang(engine_pid());
+    ASSERT_TRUE(hang.stopped);
+    auto r = fields(line_within(vm, "RESULT"));   // the agent's bound ends the call
+    const long long t1 = vm1_engine_timeouts();
+    hang.resume();
+    printf("[ info ] engine hung mid file->socket: the call returned %s errno %s; agent engine_timeouts %lld -> %lld\n",
+           r["ret"].c_str(), r["err"].c_str(), t0, t1);
+    EXPECT_EQ(t1, t0 + 1);
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    printf("[ info ] engine hung mid file->socket: the client got %s bytes, end %s\n", c["got"].c_str(), c["end"].c_str());
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;  // whatever arrived is the file's prefix
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LE(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    auto again = serve("f1m", "0:1048577:1048577");
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0]["offloaded"], "1048577");
+}
+
+// socket -> file: dom0 had acknowledged stream bytes it may not have written. The hung engine
+// is killed and restarted rather than continued (continued, it would go on writing the file's
+// blocks after the guest gave them back: docs/faults.md). The file holds no byte that is not
+// the stream's, the client learns the connection is gone, the agent reconnects.
+TEST_F(Sockets, EngineHungMidSocketToFile) {
+    ShortAgentTimeout bound(kHangBoundMs);
+    ASSERT_EQ(bound.error, "");
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    const long long t0 = vm1_engine_timeouts();
+    ASSERT_GE(t0, 0);
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-hang-s2f-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/hung-s2f";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(1)) << engine_stats().dump();
+    EngineHang hang(engine_pid());
+    ASSERT_TRUE(hang.stopped);
+    auto r = fields(line_within(vm, "RESULT"));
+    const long long t1 = vm1_engine_timeouts();
+    auto rs = lab({"restart-engine", "--kill"});   // SIGKILL ends a stopped process too
+    hang.stopped = false;
+    ASSERT_EQ(rs.status, 0) << rs.all();
+    printf("[ info ] engine hung mid socket->file: the call returned %s errno %s; agent engine_timeouts %lld -> %lld\n",
+           r["ret"].c_str(), r["err"].c_str(), t0, t1);
+    EXPECT_EQ(t1, t0 + 1);
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    EXPECT_EQ(r["next_send"], "-1") << vm.all;
+    EXPECT_TRUE(r["next_err"] == std::to_string(ECONNRESET) || r["next_err"] == std::to_string(EPIPE)) << vm.all;
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    EXPECT_LT(std::stoull(c["sent"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == std::to_string(ECONNRESET) || c["end"] == std::to_string(EPIPE)) << cl.all;
+    std::vector<uint8_t> data = file_bytes(file);
+    printf("[ info ] engine hung mid socket->file: the file kept %zu bytes, the client sent %s\n", data.size(),
+           c["sent"].c_str());
+    EXPECT_LE(data.size(), pause_at);
+    EXPECT_EQ(check_pattern(kSeed, 0, data.data(), data.size()), -1) << data.size() << " bytes";
+    unlink(file.c_str());
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/after-hang-s2f", 1u << 20, 1u << 20, kSeed + 1, &res));
+    EXPECT_EQ(res["offloaded"], std::to_string(1u << 20)) << res["vm"];
+}
+
+// socket -> socket: both connections were dom0's; both come back reset. The engine is continued
+// afterwards: it finds the channel gone and ends both connections (it may relay more first: the
+// far end holds an exact prefix of the stream, then the end). The agent reconnects.
+TEST_F(Sockets, EngineHungMidSocketToSocket) {
+    ShortAgentTimeout bound(kHangBoundMs);
+    ASSERT_EQ(bound.error, "");
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    const long long t0 = vm1_engine_timeouts();
+    ASSERT_GE(t0, 0);
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-hang-s2s-" + std::to_string(::getpid());
+    int p = port(), to = port();
+    Proc vm("vm1", "vm-relay-one-call",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-relay-pause",
+            {"port=" + std::to_string(p), "to=" + std::to_string(to), "seed=" + std::to_string(kSeed),
+             "len=" + std::to_string(len), "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(2)) << engine_stats().dump();
+    EngineHang hang(engine_pid());
+    ASSERT_TRUE(hang.stopped);
+    auto r = fields(line_within(vm, "RESULT"));
+    const long long t1 = vm1_engine_timeouts();
+    hang.resume();
+    printf("[ info ] engine hung mid socket->socket: the call returned %s errno %s; agent engine_timeouts %lld -> "
+           "%lld\n",
+           r["ret"].c_str(), r["err"].c_str(), t0, t1);
+    EXPECT_EQ(t1, t0 + 1);
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    for (const char* side : {"in", "out"}) {
+        EXPECT_EQ(r[std::string(side) + "_send"], "-1") << side << "\n" << vm.all;
+        const std::string e = r[std::string(side) + "_err"];
+        EXPECT_TRUE(e == std::to_string(ECONNRESET) || e == std::to_string(EPIPE)) << side << "\n" << vm.all;
+    }
+    std::ofstream(resume).put('1');
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connections within 30 s\n" << cl.all;
+    printf("[ info ] engine hung mid socket->socket: the far end got %s bytes (end %s), the client sent %s (end %s)\n",
+           c["got"].c_str(), c["end"].c_str(), c["sent"].c_str(), c["send_end"].c_str());
+    EXPECT_EQ(c["mismatch"], "-1") << cl.all;
+    EXPECT_GE(std::stoull(c["got"]), pause_at) << cl.all;
+    EXPECT_LE(std::stoull(c["got"]), len) << cl.all;
+    EXPECT_TRUE(c["end"] == "0" || c["end"] == std::to_string(ECONNRESET)) << cl.all;
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_socket(1u << 20, &res));
+    EXPECT_EQ(res["offloaded"], std::to_string(1u << 20)) << res["vm"];
 }
 
 // ---- more than one chunk (64 MiB) per call: the agent hands over again and again, and the
@@ -2056,9 +2232,11 @@ TEST_F(Sockets, AgentKilledMidSocketToSocket) {
 }
 
 // Fault matrix, socket -> file x the application SIGKILLed while dom0 receives its stream. The
-// agent still holds the operation: dom0 finishes it once the client goes on, the agent finishes
-// the file (its size says what is valid) and restores the connection for a caller that is gone;
-// closing it ends the connection. The file holds an exact prefix of the stream, nothing beyond.
+// agent sees the caller's connection close and stops at its next safe point, as vpipe.ko does on
+// a fatal signal: it stops readying the destination (dom0 takes no byte past what is ready),
+// awaits dom0's answer to the hand-over in flight (bounded by request_timeout_ms), finishes the
+// file (its size says what is valid) and restores the connection for nobody; closing it ends the
+// connection. The file holds an exact prefix of the stream, nothing beyond.
 TEST_F(Sockets, CallerKilledMidSocketToFile) {
     const uint64_t len = 64u << 20, pause_at = 8u << 20;
     const std::string resume = tmp_ + "/resume-caller-s2f-" + std::to_string(::getpid());
@@ -2097,10 +2275,11 @@ TEST_F(Sockets, CallerKilledMidSocketToFile) {
     EXPECT_EQ(again[0]["offloaded"], "1048577");
 }
 
-// Fault matrix, socket -> socket x the application SIGKILLed while dom0 relays. The agent
-// finishes the operation for a caller that is gone (dom0 relays until the far end has read on),
-// restores both connections and its close ends them: the far end holds an exact prefix of the
-// client's stream, then the end; nothing is left behind.
+// Fault matrix, socket -> socket x the application SIGKILLed while dom0 relays. The agent sees
+// the caller's connection close and starts no further hand-over; it awaits dom0's answer to the
+// one in flight (dom0 relays until the far end has read on; bounded by request_timeout_ms),
+// restores both connections for nobody and its close ends them: the far end holds an exact
+// prefix of the client's stream, then the end; nothing is left behind.
 TEST_F(Sockets, CallerKilledMidSocketToSocket) {
     const uint64_t len = 64u << 20, pause_at = 8u << 20;
     const std::string resume = tmp_ + "/resume-caller-s2s-" + std::to_string(::getpid());

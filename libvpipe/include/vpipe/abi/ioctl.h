@@ -103,9 +103,9 @@ struct vpipe_ioc_stats {
 	uint64_t extents_mapped;
 	uint64_t handles_open;
 	uint64_t engine_connected;    /* 1 when the ring to dom0 is up */
-	uint64_t engine_timeouts;     /* times the engine was declared unresponsive (vpipe.ko's
-	                               * request_timeout_ms; the channel was torn down, requests in
-	                               * flight failed). 0 from the agent */
+	uint64_t engine_timeouts;     /* times the engine was declared unresponsive (vpipe.ko's or
+	                               * vpipe-guestd's request_timeout_ms; the channel was torn down,
+	                               * requests in flight failed) */
 	uint64_t reserved[5];
 };
 
