@@ -5,7 +5,9 @@
  * /dev/vpipe speaks abi/ioctl.h exactly as the userspace agent (vpipe-guestd) does over its
  * socket, so libvpipe works unchanged on either: VPIPE_IOC_OP (one operation), VPIPE_IOC_STATS
  * (the counters), VPIPE_IOC_CREATE / DESTROY (handles kept per open file; everything a handle
- * references is released when the file is closed, e.g. when its process dies).
+ * references is released when the file is closed, e.g. when its process dies),
+ * VPIPE_IOC_SUBMIT / CANCEL with read() and poll() (each open is a queue of asynchronous
+ * operations, vpipe_async.c).
  */
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -17,6 +19,7 @@
 #include <linux/uaccess.h>
 
 #include "vpipe.h"
+#include "vpipe_async.h"
 #include "vpipe_file.h"
 #include "vpipe_front.h"
 #include "vpipe_tcp.h"
@@ -36,6 +39,7 @@ struct vpipe_handle {
 struct vpipe_client {
 	struct mutex mu;
 	struct idr handles;
+	struct vpipe_aq *aq;   /* asynchronous operations of this open (vpipe_async.c) */
 };
 
 static int vpipe_open(struct inode *inode, struct file *f)
@@ -44,6 +48,11 @@ static int vpipe_open(struct inode *inode, struct file *f)
 
 	if (!c)
 		return -ENOMEM;
+	c->aq = vpipe_aq_new();
+	if (!c->aq) {
+		kfree(c);
+		return -ENOMEM;
+	}
 	mutex_init(&c->mu);
 	idr_init(&c->handles);
 	f->private_data = c;
@@ -68,6 +77,7 @@ static int vpipe_release(struct inode *inode, struct file *f)
 {
 	struct vpipe_client *c = f->private_data;
 
+	vpipe_aq_close(c->aq);   /* what is in flight is cancelled; its workers end on their own */
 	idr_for_each(&c->handles, release_one, NULL);
 	idr_destroy(&c->handles);
 	kfree(c);
@@ -136,72 +146,93 @@ static long do_destroy(struct vpipe_client *c, void __user *arg)
 	return 0;
 }
 
-static long do_op(struct vpipe_client *c, void __user *arg)
+/* What VPIPE_IOC_OP and VPIPE_IOC_SUBMIT check before any descriptor work, and the operation's
+ * inputs: head and tail copied in, the files referenced (from the handle or the descriptors).
+ * On error nothing is left to free. */
+static long op_prepare(struct vpipe_client *c, struct vpipe_ioc_op *op, u8 **head, u8 **tail,
+		       struct file **in, struct file **out)
 {
-	struct vpipe_ioc_op op;
-	struct file *in = NULL, *out = NULL;
-	int new_in = -1, new_out = -1;
-	u8 *head = NULL, *tail = NULL;
-	long ret;
+	long ret = 0;
 
-	if (copy_from_user(&op, arg, sizeof(op)))
-		return -EFAULT;
-	op.new_in_fd = op.new_out_fd = -1;
-	if (op.reserved0 || (op.flags & ~(u32)VPIPE_OPF_NO_CACHE_RULE) ||
-	    op.op < VPIPE_IOC_FILE_TO_FILE || op.op > VPIPE_IOC_SOCKET_TO_SOCKET ||
-	    op.head_len > VPIPE_HDTR_MAX || op.tail_len > VPIPE_HDTR_MAX) {
-		ret = -EINVAL;
-		goto reply;
-	}
+	*head = *tail = NULL;
+	*in = *out = NULL;
+	op->new_in_fd = op->new_out_fd = -1;
+	if (op->reserved0 || (op->flags & ~(u32)VPIPE_OPF_NO_CACHE_RULE) ||
+	    op->op < VPIPE_IOC_FILE_TO_FILE || op->op > VPIPE_IOC_SOCKET_TO_SOCKET ||
+	    op->head_len > VPIPE_HDTR_MAX || op->tail_len > VPIPE_HDTR_MAX)
+		return -EINVAL;
 	/* a head and a tail for the destination connection: copied in once */
-	if (op.head_len) {
-		head = memdup_user(u64_to_user_ptr(op.head), op.head_len);
-		if (IS_ERR(head)) {
-			ret = PTR_ERR(head);
-			head = NULL;
-			goto reply;
+	if (op->head_len) {
+		*head = memdup_user(u64_to_user_ptr(op->head), op->head_len);
+		if (IS_ERR(*head)) {
+			ret = PTR_ERR(*head);
+			*head = NULL;
+			goto fail;
 		}
 	}
-	if (op.tail_len) {
-		tail = memdup_user(u64_to_user_ptr(op.tail), op.tail_len);
-		if (IS_ERR(tail)) {
-			ret = PTR_ERR(tail);
-			tail = NULL;
-			goto reply;
+	if (op->tail_len) {
+		*tail = memdup_user(u64_to_user_ptr(op->tail), op->tail_len);
+		if (IS_ERR(*tail)) {
+			ret = PTR_ERR(*tail);
+			*tail = NULL;
+			goto fail;
 		}
 	}
-	if (op.handle != VPIPE_NO_HANDLE) {
+	if (op->handle != VPIPE_NO_HANDLE) {
 		struct vpipe_handle *h;
 
 		mutex_lock(&c->mu);
-		h = op.handle >= 0 ? idr_find(&c->handles, op.handle) : NULL;
+		h = op->handle >= 0 ? idr_find(&c->handles, op->handle) : NULL;
 		if (h) {
-			in = get_file(h->in);
-			out = get_file(h->out);
+			*in = get_file(h->in);
+			*out = get_file(h->out);
 		}
 		mutex_unlock(&c->mu);
 		if (!h) {
 			ret = -EBADF;
-			goto reply;
+			goto fail;
 		}
 	} else {
-		in = fget(op.in_fd);
-		out = fget(op.out_fd);
-		if (!in || !out) {
+		*in = fget(op->in_fd);
+		*out = fget(op->out_fd);
+		if (!*in || !*out) {
 			ret = -EBADF;
-			goto reply;
+			goto fail;
 		}
 	}
-	ret = vpipe_run_op(in, out, &op, head, tail, &new_in, &new_out);
-	op.new_in_fd = new_in;
-	op.new_out_fd = new_out;
-reply:
-	kfree(head);
-	kfree(tail);
-	if (in)
+	return 0;
+fail:
+	kfree(*head);
+	kfree(*tail);
+	if (*in)
+		fput(*in);
+	if (*out)
+		fput(*out);
+	*head = *tail = NULL;
+	*in = *out = NULL;
+	return ret;
+}
+
+static long do_op(struct vpipe_client *c, void __user *arg)
+{
+	struct vpipe_ioc_op op;
+	struct file *in, *out;
+	int new_in = -1, new_out = -1;
+	u8 *head, *tail;
+	long ret;
+
+	if (copy_from_user(&op, arg, sizeof(op)))
+		return -EFAULT;
+	ret = op_prepare(c, &op, &head, &tail, &in, &out);
+	if (!ret) {
+		ret = vpipe_run_op(in, out, &op, head, tail, NULL, &new_in, &new_out);
+		op.new_in_fd = new_in;
+		op.new_out_fd = new_out;
+		kfree(head);
+		kfree(tail);
 		fput(in);
-	if (out)
 		fput(out);
+	}
 	if (ret == 0)
 		atomic64_inc(&vpipe_stats.ops[op.op]);
 	else
@@ -210,6 +241,38 @@ reply:
 	if (copy_to_user(arg, &op, sizeof(op)))
 		return -EFAULT;
 	return ret;
+}
+
+/* VPIPE_IOC_SUBMIT: checked as VPIPE_IOC_OP is before it runs, then queued (vpipe_async.c) */
+static long do_submit(struct vpipe_client *c, void __user *arg)
+{
+	struct vpipe_ioc_submit s;
+	struct file *in, *out;
+	u8 *head, *tail;
+	long ret;
+
+	if (copy_from_user(&s, arg, sizeof(s)))
+		return -EFAULT;
+	ret = op_prepare(c, &s.op, &head, &tail, &in, &out);
+	if (ret)
+		return ret;
+	ret = vpipe_aq_submit(c->aq, s.tag, &s.op, head, tail, in, out);
+	if (ret) {
+		kfree(head);
+		kfree(tail);
+		fput(in);
+		fput(out);
+	}
+	return ret;
+}
+
+static long do_cancel(struct vpipe_client *c, void __user *arg)
+{
+	u64 tag;
+
+	if (copy_from_user(&tag, arg, sizeof(tag)))
+		return -EFAULT;
+	return vpipe_aq_cancel(c->aq, tag);
 }
 
 static long do_stats(void __user *arg)
@@ -311,6 +374,10 @@ static long vpipe_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return do_create(c, uarg);
 	case VPIPE_IOC_DESTROY:
 		return do_destroy(c, uarg);
+	case VPIPE_IOC_SUBMIT:
+		return do_submit(c, uarg);
+	case VPIPE_IOC_CANCEL:
+		return do_cancel(c, uarg);
 #ifdef VPIPE_TEST
 	case VPIPE_IOC_DBG_MAP:
 		return do_dbg_map(uarg);
@@ -342,11 +409,27 @@ static long vpipe_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	}
 }
 
+static ssize_t vpipe_read(struct file *f, char __user *buf, size_t count, loff_t *pos)
+{
+	struct vpipe_client *c = f->private_data;
+
+	return vpipe_aq_read(c->aq, buf, count, f->f_flags & O_NONBLOCK);
+}
+
+static __poll_t vpipe_poll(struct file *f, poll_table *pt)
+{
+	struct vpipe_client *c = f->private_data;
+
+	return vpipe_aq_poll(c->aq, f, pt);
+}
+
 static const struct file_operations vpipe_fops = {
 	.owner = THIS_MODULE,
 	.open = vpipe_open,
 	.release = vpipe_release,
 	.unlocked_ioctl = vpipe_ioctl,
+	.read = vpipe_read,
+	.poll = vpipe_poll,
 	.compat_ioctl = compat_ptr_ioctl,
 	.llseek = noop_llseek,
 };
@@ -369,9 +452,12 @@ static int __init vpipe_init(void)
 	err = vpipe_front_init();
 	if (err)
 		goto fail_tcp;
-	err = misc_register(&vpipe_misc);
+	err = vpipe_async_init();
 	if (err)
 		goto fail_front;
+	err = misc_register(&vpipe_misc);
+	if (err)
+		goto fail_async;
 	pr_info("vpipe: /dev/vpipe ready (protocol %u%s)\n", VPIPE_PROTOCOL_VERSION,
 #ifdef VPIPE_TEST
 		", test build"
@@ -380,6 +466,8 @@ static int __init vpipe_init(void)
 #endif
 		);
 	return 0;
+fail_async:
+	vpipe_async_exit();
 fail_front:
 	vpipe_front_exit();
 fail_tcp:
@@ -390,6 +478,7 @@ fail_tcp:
 static void __exit vpipe_exit(void)
 {
 	misc_deregister(&vpipe_misc);
+	vpipe_async_exit();   /* no operation runs (each holds the module); their last steps end */
 	vpipe_front_exit();
 	vpipe_tcp_exit();
 	if (vpipe_holds_active())

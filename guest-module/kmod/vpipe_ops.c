@@ -48,6 +48,7 @@ MODULE_PARM_DESC(cache_rule_f2s,
 struct kenv {
 	struct file *adopted[MAX_ADOPTED];   /* restored sockets a later pass worked on */
 	int nadopted;
+	struct vpipe_op_async *async;        /* an asynchronous operation's, else NULL */
 };
 
 static struct file *F(vpipe_fh f)
@@ -203,18 +204,54 @@ static int k_sock_freeze(void *env, vpipe_fh s, struct vpipe_frozen *fz)
 	return 0;
 }
 
+/* A restored socket becomes a "descriptor" of the operation. A blocking call installs it in the
+ * calling process's table. An asynchronous operation runs in a kworker, whose table is not the
+ * application's: its restored sockets wait in the operation's own slots, the slot index standing
+ * for the descriptor, and the process that reads the completion installs them (vpipe_async.c). */
+static int k_place(struct kenv *e, struct file *f, int *fd)
+{
+	int i;
+
+	if (!e->async) {
+		int n = get_unused_fd_flags(O_CLOEXEC);
+
+		if (n < 0) {
+			fput(f);
+			return n;
+		}
+		fd_install(n, f);
+		*fd = n;
+		return 0;
+	}
+	for (i = 0; i < VPIPE_ASYNC_FILES; i++)
+		if (!e->async->files[i]) {
+			e->async->files[i] = f;
+			*fd = i;
+			return 0;
+		}
+	fput(f);
+	return -EMFILE;
+}
+
 static int k_sock_restore(void *env, struct vpipe_frozen *fz, const struct vpipe_restore *res,
 			  int *new_fd)
 {
 	struct vpipe_frozen_sock *k = fz->os;
+	struct file *f = NULL;
 	int r;
 
 	*new_fd = -1;
 	if (!k)
 		return 0;
-	r = vpipe_tcp_restore(k, res, new_fd);   /* releases k's socket and queues */
+	r = vpipe_tcp_restore(k, res, &f);   /* releases k's socket and queues */
 	kfree(k);
 	fz->os = NULL;
+	if (f) {
+		int p = k_place(env, f, new_fd);
+
+		if (!r)
+			r = p;
+	}
 	return r;
 }
 
@@ -225,7 +262,11 @@ static int k_sock_adopt(void *env, vpipe_fh *s, int new_fd)
 
 	if (e->nadopted == MAX_ADOPTED)
 		return -EMFILE;
-	f = fget(new_fd);
+	if (e->async)
+		f = new_fd >= 0 && new_fd < VPIPE_ASYNC_FILES && e->async->files[new_fd] ?
+			    get_file(e->async->files[new_fd]) : NULL;
+	else
+		f = fget(new_fd);
 	if (!f)
 		return -EBADF;
 	e->adopted[e->nadopted++] = f;   /* put after the call */
@@ -235,7 +276,16 @@ static int k_sock_adopt(void *env, vpipe_fh *s, int new_fd)
 
 static void k_fd_close(void *env, int fd)
 {
-	close_fd(fd);
+	struct kenv *e = env;
+
+	if (!e->async) {
+		close_fd(fd);
+		return;
+	}
+	if (fd >= 0 && fd < VPIPE_ASYNC_FILES && e->async->files[fd]) {
+		fput(e->async->files[fd]);
+		e->async->files[fd] = NULL;
+	}
 }
 
 /* writes to a held destination go through a lift of its hold */
@@ -351,8 +401,14 @@ static void k_count(void *env, enum vpipe_counter c, uint64_t n)
 	}
 }
 
+/* "Is the caller dying?": a blocking call's process killed, or an asynchronous operation
+ * cancelled (VPIPE_IOC_CANCEL, or its queue closed): both stop at the core's next safe point. */
 static int k_fatal_signal(void *env)
 {
+	struct kenv *e = env;
+
+	if (e->async)
+		return READ_ONCE(e->async->cancel);
 	return fatal_signal_pending(current);
 }
 
@@ -391,9 +447,9 @@ static const struct vpipe_core_ops kops = {
 };
 
 int vpipe_run_op(struct file *in, struct file *out, struct vpipe_ioc_op *op, const u8 *head,
-		 const u8 *tail, int *new_in, int *new_out)
+		 const u8 *tail, struct vpipe_op_async *async, int *new_in, int *new_out)
 {
-	struct kenv env = {};
+	struct kenv env = { .async = async };
 	struct vpipe_core core = {
 		.ops = &kops,
 		.env = &env,

@@ -570,28 +570,20 @@ static void vt_copy_options(struct sock *from, struct sock *to, u8 app_reuse)
 		tcp_sock_set_cork(to, true);
 }
 
-/* the new socket gets a file and a descriptor in the calling process */
-static int vt_install(struct socket *sock, unsigned int f_flags, int *new_fd)
+/* The new socket gets a file; the caller decides where its descriptor goes (the calling
+ * process's table for a blocking call, the completion of an asynchronous one: vpipe_ops.c). */
+static int vt_file(struct socket *sock, unsigned int f_flags, struct file **new_file)
 {
-	struct file *file;
-	int fd = get_unused_fd_flags(O_CLOEXEC);
+	struct file *file = sock_alloc_file(sock, f_flags & O_NONBLOCK, NULL);	/* releases sock on error */
 
-	if (fd < 0) {
-		sock_release(sock);
-		return fd;
-	}
-	file = sock_alloc_file(sock, f_flags & O_NONBLOCK, NULL);	/* releases sock on error */
-	if (IS_ERR(file)) {
-		put_unused_fd(fd);
+	if (IS_ERR(file))
 		return PTR_ERR(file);
-	}
-	fd_install(fd, file);
-	*new_fd = fd;
+	*new_file = file;
 	return 0;
 }
 
 /* A TCP socket that behaves like one reset by its peer: ECONNRESET once, then EOF / EPIPE. */
-static int vt_make_reset(struct net *net, unsigned int f_flags, int *new_fd)
+static int vt_make_reset(struct net *net, unsigned int f_flags, struct file **new_file)
 {
 	struct socket *sock;
 	int r = __sock_create(net, AF_INET, SOCK_STREAM, IPPROTO_TCP, &sock, 0);
@@ -602,7 +594,7 @@ static int vt_make_reset(struct net *net, unsigned int f_flags, int *new_fd)
 	WRITE_ONCE(sock->sk->sk_err, ECONNRESET);
 	WRITE_ONCE(sock->sk->sk_shutdown, SHUTDOWN_MASK);
 	release_sock(sock->sk);
-	return vt_install(sock, f_flags, new_fd);
+	return vt_file(sock, f_flags, new_file);
 }
 
 /* Builds the connection `s` (sndq/rcvq = s->sndq_len / s->rcvq_len bytes) in a new socket of
@@ -797,7 +789,8 @@ static int vt_send_unsent(struct socket *sock, const u8 *data, u32 len)
 	return r;
 }
 
-int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *res, int *new_fd)
+int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *res,
+		      struct file **new_file)
 {
 	struct socket *app_sock, *sock = NULL;
 	struct vpipe_tcp_state s;
@@ -807,7 +800,7 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *
 	bool shut_rd;
 	int r;
 
-	*new_fd = -1;
+	*new_file = NULL;
 	if (!fz->file)
 		return -EINVAL;
 	app_sock = sock_from_file(fz->file);
@@ -816,7 +809,7 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *
 
 	if (res->flags & VPIPE_EPF_RESET) {
 		vt_fz_unblock(fz);
-		r = vt_make_reset(net, f_flags, new_fd);
+		r = vt_make_reset(net, f_flags, new_file);
 		goto out;
 	}
 	/* dom0's final state (checked by the core against the frozen one), or the frozen one */
@@ -865,7 +858,7 @@ int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *
 			goto out;
 		}
 	}
-	r = vt_install(sock, f_flags, new_fd);
+	r = vt_file(sock, f_flags, new_file);
 	goto out;
 
 out_unblock:

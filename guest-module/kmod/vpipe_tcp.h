@@ -16,9 +16,10 @@
  *           descriptor stays open on the dead socket.
  *   restore build a new socket at dom0's final state (or at the frozen one when dom0 never
  *           took the connection over), queues included, copy the application's socket
- *           options, unblock, queue the never-transmitted bytes, and install it as a new
- *           O_CLOEXEC descriptor of the calling process (libvpipe dup3()s it over the
- *           original, see abi/ioctl.h).
+ *           options, unblock, queue the never-transmitted bytes, and give it a file;
+ *           vpipe_ops.c installs it as a new O_CLOEXEC descriptor of the calling process
+ *           (libvpipe dup3()s it over the original, see abi/ioctl.h), or, for an
+ *           asynchronous operation, of the process that reads its completion.
  *   release for a process that died with the operation in flight: unblock, drop everything.
  */
 #ifndef VPIPE_KMOD_TCP_H
@@ -68,11 +69,12 @@ int vpipe_tcp_freeze(struct file *f, struct vpipe_frozen_sock *fz);
 
 /* restore from res (VPIPE_EPF_VALID: dom0's final state and queues, already checked against
  * the frozen state by the core; 0: the frozen state; VPIPE_EPF_RESET: a socket that reports
- * ECONNRESET). Always unblocks and releases fz; *new_fd is the installed descriptor or -1.
- * Errors: -EINVAL, -EADDRINUSE/-EADDRNOTAVAIL (the tuple is taken again), -ENOMEM, -EMFILE;
- * then the application's descriptor stays on the dead (unconnected) socket.
- * Must run in the application's process context (the descriptor is installed there). */
-int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *res, int *new_fd);
+ * ECONNRESET). Always unblocks and releases fz; *new_file is the new socket's file (a
+ * reference the caller owns) or NULL.
+ * Errors: -EINVAL, -EADDRINUSE/-EADDRNOTAVAIL (the tuple is taken again), -ENOMEM, -ENFILE;
+ * then the application's descriptor stays on the dead (unconnected) socket. */
+int vpipe_tcp_restore(struct vpipe_frozen_sock *fz, const struct vpipe_restore *res,
+		      struct file **new_file);
 
 /* the process died: unblock and release without installing anything (no-op on an empty fz) */
 void vpipe_tcp_release(struct vpipe_frozen_sock *fz);

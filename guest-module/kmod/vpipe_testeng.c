@@ -222,7 +222,8 @@ static void record(const struct vpipe_request *req, int verdict, const u8 *desc,
 		rec_used += sizeof(r);
 		memcpy(rec_buf + rec_used, desc, stream_len);
 		rec_used += stream_len;
-		for (i = 0; i < 2; i++) {
+		/* a refused request (verdict != 0) comes without ck and carries nothing */
+		for (i = 0; ck && i < 2; i++) {
 			u32 off = i == 0 ? ck->src.carry_offset : ck->dst.carry_offset;
 
 			for (k = 0; k < 3; k++) {

@@ -463,7 +463,9 @@ struct Queue {
     std::mutex mu;
     int epfd = -1;     // the completion descriptor: the agent connection + evfd
     int evfd = -1;     // readable while `ready` is not empty
-    int conn = -1;     // the agent connection of this queue, -1 until the first offload
+    int conn = -1;     // the component's side of this queue, -1 until the first offload:
+                       // an agent connection, or an open of /dev/vpipe (kmod)
+    bool kmod = false;
     unsigned depth = VPIPE_QUEUE_DEPTH_DEFAULT;
     uint64_t next_tag = 1;
     std::map<uint64_t, Pending> inflight;   // tag -> operation
@@ -516,7 +518,8 @@ vpipe::lib::CompletionSink sink_of(Queue& q) {
     return [&q](vpipe::lib::AgentCompletion& ac) { on_agent_completion(q, ac); };
 }
 
-// The agent connection broke: what was in flight is lost with it (q.mu held).
+// The component's side broke (the agent connection; never an open of /dev/vpipe): what was in
+// flight is lost with it (q.mu held).
 void conn_broken(Queue& q) {
     if (q.conn >= 0) {
         ::epoll_ctl(q.epfd, EPOLL_CTL_DEL, q.conn, nullptr);
@@ -530,9 +533,12 @@ void conn_broken(Queue& q) {
     q.inflight.clear();
 }
 
+// The queue's side at the component: its own open of /dev/vpipe when the module is there
+// (asynchronous in the kernel, vpipe_async.c), else its own agent connection.
 int ensure_conn(Queue& q) {
     if (q.conn >= 0) return 0;
-    int fd = vpipe::lib::agent_connect_queue();
+    const bool kmod = vpipe::lib::module_present();
+    int fd = kmod ? vpipe::lib::module_open_queue() : vpipe::lib::agent_connect_queue();
     if (fd < 0) return fd;
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -543,7 +549,26 @@ int ensure_conn(Queue& q) {
         return -e;
     }
     q.conn = fd;
+    q.kmod = kmod;
     return 0;
+}
+
+// Completions that arrived (q.mu held), from either component.
+void drain(Queue& q) {
+    if (q.conn < 0) return;
+    int r = q.kmod ? vpipe::lib::module_drain(q.conn, sink_of(q)) : vpipe::lib::agent_drain(q.conn, sink_of(q));
+    if (r < 0) conn_broken(q);
+}
+
+// Asks the component to cancel tag (q.mu held); -ENOENT means its completion is on its way.
+void cancel_tag(Queue& q, uint64_t tag) {
+    if (q.conn < 0) return;
+    if (q.kmod) {
+        (void)vpipe::lib::module_cancel(q.conn, tag);
+        return;
+    }
+    int res = 0;
+    if (vpipe::lib::agent_cancel(q.conn, tag, sink_of(q), &res) < 0) conn_broken(q);
 }
 
 int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off, size_t length,
@@ -555,7 +580,7 @@ int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uin
     }
     Queue& q = *qp;
     std::lock_guard lk(q.mu);
-    if (q.conn >= 0 && vpipe::lib::agent_drain(q.conn, sink_of(q)) < 0) conn_broken(q);
+    drain(q);
     if (q.inflight.size() + q.ready.size() >= q.depth) {
         errno = EAGAIN;
         return -1;
@@ -580,18 +605,17 @@ int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uin
     int err = decide(a);
     if (err < 0) {
         vpipe_ioc_op op = make_op(a);
-        if (vpipe::lib::module_present()) {
-            // vpipe.ko has no asynchronous path yet (docs/protocol.md 1b): the operation runs here
-            int r = vpipe::lib::component_op(&op, in_fd, out_fd, a.head.ptr(), a.tail.ptr());
-            o = component_outcome(a, op, r);
-            release(a);
-            post(q, user, o);
-            return 0;
-        }
         int r = ensure_conn(q);
         const uint64_t tag = q.next_tag++;
         int refusal = 0;
-        for (int attempt = 0; r == 0 && attempt < 2; ++attempt) {
+        if (r == 0 && q.kmod) {
+            r = vpipe::lib::module_submit(q.conn, tag, op, in_fd, out_fd, a.head.ptr(), a.tail.ptr());
+            if (r == 0) {
+                q.inflight.emplace(tag, std::move(p));
+                return 0;
+            }
+        }
+        for (int attempt = 0; r == 0 && !q.kmod && attempt < 2; ++attempt) {
             r = vpipe::lib::agent_submit(q.conn, tag, op, in_fd, out_fd, a.head.ptr(), a.tail.ptr(), sink_of(q), &refusal);
             if (r >= 0) break;
             conn_broken(q);   // the agent restarted since: once more on a new connection
@@ -768,15 +792,12 @@ int vpipe_queue_destroy(int queue) {
         if (q->conn >= 0) {
             std::vector<uint64_t> tags;
             for (auto& [tag, p] : q->inflight) tags.push_back(tag);
-            for (uint64_t t : tags) {
-                int res = 0;
-                if (q->conn < 0 || vpipe::lib::agent_cancel(q->conn, t, sink_of(*q), &res) < 0) break;
-            }
+            for (uint64_t t : tags) cancel_tag(*q, t);
             // wait for every completion: the sockets come back in place
             while (!q->inflight.empty() && q->conn >= 0) {
                 pollfd pf{q->conn, POLLIN, 0};
                 if (::poll(&pf, 1, 1000) < 0 && errno != EINTR) break;
-                if (vpipe::lib::agent_drain(q->conn, sink_of(*q)) < 0) conn_broken(*q);
+                drain(*q);
             }
         }
         for (auto& [tag, p] : q->inflight) release(p.args);
@@ -822,7 +843,7 @@ int vpipe_reap(int queue, struct vpipe_completion* out, unsigned max) {
         return -1;
     }
     std::lock_guard lk(q->mu);
-    if (q->conn >= 0 && vpipe::lib::agent_drain(q->conn, sink_of(*q)) < 0) conn_broken(*q);
+    drain(*q);
     unsigned n = 0;
     while (n < max && !q->ready.empty()) {
         out[n++] = q->ready.front();
@@ -844,10 +865,8 @@ int vpipe_cancel(int queue, uint64_t user_data) {
     std::lock_guard lk(q->mu);
     for (auto& [tag, p] : q->inflight) {
         if (p.user != user_data) continue;
-        int res = 0;
-        const uint64_t t = tag;
-        if (vpipe::lib::agent_cancel(q->conn, t, sink_of(*q), &res) < 0) conn_broken(*q);
-        return 0;   // asked (-ENOENT from the agent: its completion is on the way)
+        cancel_tag(*q, tag);
+        return 0;   // asked (-ENOENT from the component: its completion is on the way)
     }
     for (const auto& c : q->ready)
         if (c.user_data == user_data) {

@@ -342,6 +342,53 @@ int agent_drain(int conn, const CompletionSink& sink) {
 
 bool module_present() { return module_fd() >= 0; }
 
+int module_open_queue() {
+    int fd = ::open("/dev/vpipe", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int module_submit(int qfd, uint64_t tag, const vpipe_ioc_op& op, int in_fd, int out_fd, const void* head,
+                  const void* tail) {
+    vpipe_ioc_submit s{};
+    s.tag = tag;
+    s.op = op;
+    s.op.in_fd = in_fd;
+    s.op.out_fd = out_fd;
+    // the module copies head and tail in before the submit returns
+    s.op.head = reinterpret_cast<uintptr_t>(head);
+    s.op.tail = reinterpret_cast<uintptr_t>(tail);
+    s.op.new_in_fd = s.op.new_out_fd = -1;
+    return ::ioctl(qfd, VPIPE_IOC_SUBMIT, &s) < 0 ? -errno : 0;
+}
+
+int module_cancel(int qfd, uint64_t tag) { return ::ioctl(qfd, VPIPE_IOC_CANCEL, &tag) < 0 ? -errno : 0; }
+
+int module_drain(int qfd, const CompletionSink& sink) {
+    int n = 0;
+    for (;;) {
+        vpipe_ioc_completion recs[16];
+        ssize_t got = ::read(qfd, recs, sizeof(recs));
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return errno == EAGAIN ? n : -errno;
+        }
+        if (got == 0 || got % sizeof(recs[0]) != 0) return -EPROTO;
+        for (size_t i = 0; i < static_cast<size_t>(got) / sizeof(recs[0]); ++i) {
+            // the module installed the restored sockets in our table: hand them on as the
+            // agent's attached descriptors (op's new_*_fd become their indexes)
+            AgentCompletion c;
+            c.c = recs[i];
+            for (int32_t* fd : {&c.c.op.new_in_fd, &c.c.op.new_out_fd}) {
+                if (*fd < 0) continue;
+                c.fds[c.nfds] = *fd;
+                *fd = static_cast<int32_t>(c.nfds++);
+            }
+            sink(c);
+            ++n;
+        }
+    }
+}
+
 int component_stats(vpipe_ioc_stats* out) {
     if (int mfd = module_fd(); mfd >= 0) return ::ioctl(mfd, VPIPE_IOC_STATS, out) < 0 ? -errno : 0;
     int result = 0;

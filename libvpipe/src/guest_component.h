@@ -40,6 +40,18 @@ int agent_cancel(int conn, uint64_t tag, const CompletionSink& sink, int* result
 // Reads the messages already waiting (never blocks for the first): completions go to `sink`.
 // The number read, or -errno (the connection is broken).
 int agent_drain(int conn, const CompletionSink& sink);
+// ---- asynchronous operations over the kernel module (one open of /dev/vpipe per queue) ----
+// A new open of /dev/vpipe (non-blocking: its read() never waits): fd, or -errno.
+int module_open_queue();
+// VPIPE_IOC_SUBMIT: 0 accepted, or -errno (the module refused; nothing was touched).
+int module_submit(int qfd, uint64_t tag, const vpipe_ioc_op& op, int in_fd, int out_fd, const void* head,
+                  const void* tail);
+// VPIPE_IOC_CANCEL: 0, or -ENOENT (not in flight: its completion is waiting), -errno.
+int module_cancel(int qfd, uint64_t tag);
+// Reads the completions waiting (never blocks): each goes to `sink` as an agent's would, the
+// descriptors the module installed for restored sockets as its fds. The number read, or -errno.
+int module_drain(int qfd, const CompletionSink& sink);
+
 // Puts restored sockets (indexes into fds) on the caller's descriptors; closes the rest.
 int install_restored(const vpipe_ioc_op& op, int in_fd, int out_fd, int* fds, size_t nfds);
 

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <signal.h>
@@ -783,6 +784,212 @@ static void timeout_checks(size_t nb, const char *big)
 	set_param("request_timeout_ms", "60000");
 }
 
+/* ---- asynchronous operations (VPIPE_IOC_SUBMIT / CANCEL, read(), poll(): vpipe_async.c) ---- */
+
+static int submit(int q, uint64_t tag, uint32_t opc, int in, int out, uint64_t len)
+{
+	struct vpipe_ioc_submit s;
+
+	memset(&s, 0, sizeof(s));
+	s.tag = tag;
+	s.op.op = opc;
+	s.op.handle = VPIPE_NO_HANDLE;
+	s.op.in_fd = in;
+	s.op.out_fd = out;
+	s.op.length = len;
+	s.op.flags = VPIPE_OPF_NO_CACHE_RULE;
+	return ioctl(q, VPIPE_IOC_SUBMIT, &s) < 0 ? -errno : 0;
+}
+
+/* waits (poll) for the queue's next completion: 0, or -1 when none came within max_ms */
+static int next_completion(int q, struct vpipe_ioc_completion *c, int max_ms)
+{
+	struct pollfd p = { q, POLLIN, 0 };
+
+	if (poll(&p, 1, max_ms) != 1 || !(p.revents & POLLIN))
+		return -1;
+	if (read(q, c, sizeof(*c)) != (ssize_t)sizeof(*c))
+		return -1;
+	printf("     completion tag %llu: result %d moved %llu requests %u new_in %d new_out %d\n",
+	       (unsigned long long)c->tag, c->result, (unsigned long long)c->op.moved, c->op.requests,
+	       c->op.new_in_fd, c->op.new_out_fd);
+	return 0;
+}
+
+/* a held source is immutable: opening it for writing fails (EPERM) until the hold ends */
+static int is_writable(void *path)
+{
+	int fd = open(path, O_WRONLY);
+
+	if (fd >= 0)
+		close(fd);
+	return fd >= 0;
+}
+
+struct stats_goal {
+	struct vpipe_ioc_stats base;
+	uint64_t ops1, failed;
+};
+
+static int stats_reached(void *arg)
+{
+	struct stats_goal *g = arg;
+	struct vpipe_ioc_stats s;
+
+	return stats(&s) == 0 && s.ops[1] - g->base.ops[1] >= g->ops1 &&
+	       s.ops_failed - g->base.ops_failed >= g->failed;
+}
+
+/* Each open of /dev/vpipe is a queue: a submit returns while the engine still works, the
+ * completion is read when poll() says so, restored sockets arrive as descriptors of the
+ * reader, a cancel stops a copy between its stages with an exact prefix, closing the queue
+ * with an operation in flight releases everything. */
+static void kasync_checks(size_t nb, const char *big)
+{
+	struct vpipe_ioc_completion c, cs[2];
+	struct vpipe_ioc_stats s0, s1;
+	struct pollfd p;
+	int q = open("/dev/vpipe", O_RDWR | O_CLOEXEC | O_NONBLOCK), in, out, cl = -1, sv = -1, r;
+	const size_t big_n = 40u << 20;   /* three 16 MiB stages */
+	size_t nc;
+	char *buf, *got;
+
+	CHECK(q >= 0 && stats(&s0) == 0, "a queue: an open of /dev/vpipe");
+	/* the copies of the other checks make room for a 40 MiB source and its copy */
+	for (int i = 1; i <= 13; i++) {
+		char path[64];
+		snprintf(path, sizeof(path), "/mnt/copy%d.bin", i);
+		unlink(path);
+	}
+	errno = 0;
+	CHECK(read(q, &c, sizeof(c)) < 0 && errno == EAGAIN, "nothing waiting: read EAGAIN");
+	CHECK(read(q, &c, sizeof(c) - 1) < 0 && errno == EINVAL, "a buffer shorter than a record: EINVAL");
+	p = (struct pollfd){ q, POLLIN, 0 };
+	CHECK(poll(&p, 1, 0) == 0, "nothing waiting: poll reports nothing");
+	CHECK(submit(q, 1, 99, 0, 1, 10) == -EINVAL, "a bad operation is refused at submit: EINVAL");
+	CHECK(submit(q, 1, VPIPE_IOC_FILE_TO_FILE, 1000, 1001, 10) == -EBADF, "closed descriptors: EBADF");
+
+	/* 1. file -> file: the submit returns while dom0 (2 s late) has not answered */
+	CHECK(set_param("test_engine_delay_ms", "2000") == 0, "the engine answers 2 s late");
+	in = open("/mnt/big.bin", O_RDONLY | O_CLOEXEC);
+	out = open("/mnt/acopy1.bin", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	r = submit(q, 7, VPIPE_IOC_FILE_TO_FILE, in, out, nb);
+	errno = 0;
+	CHECK(r == 0 && read(q, &c, sizeof(c)) < 0 && errno == EAGAIN,
+	      "submit accepted (%d) and returned before the answer (read: EAGAIN)", r);
+	CHECK(submit(q, 7, VPIPE_IOC_FILE_TO_FILE, in, out, nb) == -EEXIST, "the same tag again: EEXIST");
+	CHECK(ioctl(q, VPIPE_IOC_CANCEL, &(uint64_t){ 99 }) < 0 && errno == ENOENT, "cancel of an unknown tag: ENOENT");
+	close(in);
+	close(out);   /* the operation holds its own references */
+	CHECK(next_completion(q, &c, 30000) == 0 && c.tag == 7 && c.result == 0 && c.op.moved == nb &&
+		      c.op.offloaded == nb && c.op.new_in_fd == -1 && c.op.new_out_fd == -1,
+	      "completion 7: the whole copy, offloaded");
+	got = slurp("/mnt/acopy1.bin", &nc);
+	CHECK(got && nc == nb && !memcmp(got, big, nb), "acopy1.bin byte-exact");
+	free(got);
+	unlink("/mnt/acopy1.bin");
+	CHECK(is_writable("/mnt/big.bin"), "the source's hold is released");
+
+	/* 2. a socket comes back through the completion, as a descriptor of the reader */
+	struct vpipe_dbg_script refuse = { 1 /* ANS_STATUS */, EOPNOTSUPP, 0 }, ok = { 0, 0, 0 };
+	CHECK(set_param("test_engine_delay_ms", "0") == 0 && ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &refuse) == 0,
+	      "engine script: refuse socket requests");
+	CHECK(tcp_pair("10.9.9.1", &cl, &sv) == 0, "TCP pair on 10.9.9.1");
+	in = open("/mnt/big.bin", O_RDONLY | O_CLOEXEC);
+	r = submit(q, 8, VPIPE_IOC_FILE_TO_SOCKET, in, sv, 100000);
+	close(in);
+	CHECK(r == 0 && next_completion(q, &c, 30000) == 0 && c.tag == 8 && c.result == -EOPNOTSUPP &&
+		      c.op.moved == 0 && c.op.new_out_fd >= 0 && fcntl(c.op.new_out_fd, F_GETFD) == FD_CLOEXEC,
+	      "completion 8: refused, the socket restored as our fd %d (O_CLOEXEC)", c.op.new_out_fd);
+	if (c.op.new_out_fd >= 0) {
+		dup3(c.op.new_out_fd, sv, O_CLOEXEC);
+		close(c.op.new_out_fd);
+	}
+	CHECK(talk(cl, sv, "after an async hand-over") == 0, "the restored connection carries data both ways");
+	close(cl);
+	close(sv);
+	CHECK(ioctl(dev, VPIPE_IOC_DBG_SCRIPT, &ok) == 0, "engine script: ok");
+
+	/* 3. cancel between stages: the copy stops with an exact prefix */
+	buf = malloc(big_n);
+	fill(buf, big_n, 77);
+	in = open("/mnt/big40.bin", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	CHECK(in >= 0 && write(in, buf, big_n) == (ssize_t)big_n && fsync(in) == 0, "big40.bin: 40 MiB written");
+	close(in);
+	drop_caches();
+	uint64_t posted;
+	CHECK(stats(&s1) == 0 && set_param("chunk_mib", "16") == 0 && set_param("test_engine_delay_ms", "3000") == 0,
+	      "16 MiB stages, answers 3 s late");
+	posted = s1.ring_requests + 1;   /* two stages go to dom0 before the first answer */
+	in = open("/mnt/big40.bin", O_RDONLY | O_CLOEXEC);
+	out = open("/mnt/acopy2.bin", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	r = submit(q, 9, VPIPE_IOC_FILE_TO_FILE, in, out, big_n);
+	close(in);
+	close(out);
+	CHECK(r == 0 && until(posted_since, &posted, 20) == 0, "submitted; two stages with dom0");
+	CHECK(ioctl(q, VPIPE_IOC_CANCEL, &(uint64_t){ 9 }) == 0, "cancel 9: asked");
+	CHECK(next_completion(q, &c, 60000) == 0 && c.tag == 9 && c.result == -ECANCELED &&
+		      c.op.moved > 0 && c.op.moved < big_n && c.op.moved % (16u << 20) == 0,
+	      "completion 9: -ECANCELED after %llu bytes (whole stages)", (unsigned long long)c.op.moved);
+	got = slurp("/mnt/acopy2.bin", &nc);
+	CHECK(got && nc == c.op.moved && !memcmp(got, buf, nc), "acopy2.bin: exactly that prefix (%zu bytes)", nc);
+	free(got);
+	unlink("/mnt/acopy2.bin");
+	CHECK(is_writable("/mnt/big40.bin"), "the source's hold is released");
+
+	/* 4. two at once, read in one call */
+	CHECK(set_param("test_engine_delay_ms", "500") == 0, "answers 0.5 s late");
+	for (uint64_t t = 10; t <= 11; t++) {
+		char path[64];
+		snprintf(path, sizeof(path), "/mnt/acopy%llu.bin", (unsigned long long)t);
+		in = open("/mnt/big.bin", O_RDONLY | O_CLOEXEC);
+		out = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		CHECK(submit(q, t, VPIPE_IOC_FILE_TO_FILE, in, out, nb) == 0, "submit %llu", (unsigned long long)t);
+		close(in);
+		close(out);
+	}
+	double t0 = now_s();
+	ssize_t n = 0;
+	while (n < (ssize_t)sizeof(cs) && now_s() - t0 < 30) {
+		p = (struct pollfd){ q, POLLIN, 0 };
+		if (poll(&p, 1, 1000) == 1) {
+			ssize_t m = read(q, (char *)cs + n, sizeof(cs) - n);
+			if (m > 0)
+				n += m;
+		}
+	}
+	CHECK(n == (ssize_t)sizeof(cs) && cs[0].result == 0 && cs[1].result == 0 && cs[0].op.moved == nb &&
+		      cs[1].op.moved == nb && cs[0].tag + cs[1].tag == 21,
+	      "both completions read (%zd bytes)", n);
+	unlink("/mnt/acopy10.bin");
+	unlink("/mnt/acopy11.bin");
+
+	/* 5. closing the queue with an operation in flight: it is cancelled, nothing stays held */
+	in = open("/mnt/big40.bin", O_RDONLY | O_CLOEXEC);
+	out = open("/mnt/acopy3.bin", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	CHECK(stats(&s1) == 0 && submit(q, 12, VPIPE_IOC_FILE_TO_FILE, in, out, big_n) == 0, "submit 12");
+	close(in);
+	close(out);
+	posted = s1.ring_requests;
+	CHECK(until(posted_since, &posted, 20) == 0, "12 is with dom0");
+	close(q);
+	CHECK(until(is_writable, "/mnt/big40.bin", 30) == 0, "queue closed: the source's hold is released");
+	got = slurp("/mnt/acopy3.bin", &nc);
+	CHECK(got && nc < big_n && !memcmp(got, buf, nc), "acopy3.bin: a prefix (%zu bytes)", nc);
+	free(got);
+	unlink("/mnt/acopy3.bin");
+	unlink("/mnt/big40.bin");
+	free(buf);
+	set_param("test_engine_delay_ms", "0");
+	set_param("chunk_mib", "64");
+	/* the worker counts after it let go of the source: wait for the count, then check it */
+	struct stats_goal goal = { s0, 3, 3 };
+	CHECK(until(stats_reached, &goal, 10) == 0 && stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 3 &&
+		      s1.ops_failed - s0.ops_failed == 3,
+	      "STATS: ops[1] +%llu (7, 10, 11), failed +%llu (8, 9, 12)",
+	      (unsigned long long)(s1.ops[1] - s0.ops[1]), (unsigned long long)(s1.ops_failed - s0.ops_failed));
+}
+
 static void engine_checks(void)
 {
 	struct vpipe_ioc_stats s0, s1;
@@ -903,6 +1110,7 @@ static void engine_checks(void)
 	      (unsigned long long)s1.bytes_offloaded, (unsigned long long)s1.bytes_guest_cache,
 	      (unsigned long long)s1.ring_requests, (unsigned long long)s1.bytes_zero_filled);
 	timeout_checks(nb, big);
+	kasync_checks(nb, big);
 	free(big);
 	free(pat);
 }

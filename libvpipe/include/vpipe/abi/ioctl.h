@@ -143,12 +143,17 @@ struct vpipe_ioc_completion {
 /* at most this many operations in flight per agent connection / per open of /dev/vpipe */
 #define VPIPE_ASYNC_MAX 1024u
 
-/* Module (designed, see docs/protocol.md section 1b): each open of /dev/vpipe is a queue.
- * SUBMIT queues the operation to the module's workqueue and returns at once (the structure is
- * copied, head and tail too, the descriptors' files referenced); poll() reports POLLIN while
- * completions are waiting; read() returns whole struct vpipe_ioc_completion records (EAGAIN
- * when none with O_NONBLOCK) and installs restored sockets in the reader's descriptor table;
- * CANCEL takes the tag: 0, or -ENOENT when no such operation is in flight. */
+/* Module: each open of /dev/vpipe is a queue. SUBMIT makes VPIPE_IOC_OP's checks that need no
+ * descriptor work (-EINVAL, -EBADF, -EFAULT as there), copies the structure, head and tail,
+ * references the descriptors' files and the caller's credentials, queues the operation to the
+ * module's workqueue and returns at once (-EAGAIN: VPIPE_ASYNC_MAX in flight or unread on this
+ * open; -EEXIST: the tag is in flight). poll() reports POLLIN while completions are waiting;
+ * read() returns whole struct vpipe_ioc_completion records (a buffer shorter than one: EINVAL;
+ * none waiting: EAGAIN with O_NONBLOCK, else it blocks) and installs the restored sockets as new
+ * O_CLOEXEC descriptors of the reader (op.new_in_fd / new_out_fd; a reader without a free
+ * descriptor gets result -EMFILE and that connection is closed). CANCEL takes the tag: 0, or
+ * -ENOENT when no such operation is in flight. Closing the open cancels what is in flight and
+ * drops unread completions (their restored sockets are closed). */
 #define VPIPE_IOC_SUBMIT _IOW(VPIPE_IOC_MAGIC, 5, struct vpipe_ioc_submit)
 #define VPIPE_IOC_CANCEL _IOW(VPIPE_IOC_MAGIC, 6, uint64_t)
 
