@@ -144,6 +144,7 @@ static long kt_restore(struct kt_restore *a)
 {
 	struct vpipe_frozen_sock *fz = &kt_slot[a->slot];
 	struct vpipe_restore res = { .flags = a->flags };
+	struct file *nf = NULL;
 	u8 *sndq = NULL, *rcvq = NULL;
 	u64 t0;
 	int r;
@@ -163,7 +164,22 @@ static long kt_restore(struct kt_restore *a)
 		res.rcvq = rcvq;
 	}
 	t0 = ktime_get_ns();
-	a->result = vpipe_tcp_restore(fz, &res, &a->new_fd);
+	a->result = vpipe_tcp_restore(fz, &res, &nf);
+	/* the restored socket as a new O_CLOEXEC descriptor of the caller (vpipe_ops.c does
+	 * the same for a blocking call) */
+	a->new_fd = -1;
+	if (nf) {
+		int fd = get_unused_fd_flags(O_CLOEXEC);
+
+		if (fd < 0) {
+			fput(nf);
+			if (!a->result)
+				a->result = fd;
+		} else {
+			fd_install(fd, nf);
+			a->new_fd = fd;
+		}
+	}
 	a->ns = ktime_get_ns() - t0;
 	kvfree(sndq);
 	kvfree(rcvq);
