@@ -289,7 +289,15 @@ int freeze(int fd, vpipe_tcp_state* st, std::vector<uint8_t>* sndq, std::vector<
 
     if ((r = ensure_repair(fd)) < 0) return r;
     vpipe_tcp_state tmp{};
-    r = read_frozen(fd, family, &tmp, sndq, rcvq);
+    // A segment that was in flight when the caller blocked the flow (or an ACK the stack still
+    // processes in repair mode) can move the queues while they are read: read_frozen answers
+    // EAGAIN. Read them again once it settled, a few times, before giving up.
+    for (int attempt = 0;; ++attempt) {
+        r = read_frozen(fd, family, &tmp, sndq, rcvq);
+        if (r != -EAGAIN || attempt == 4) break;
+        select_queue(fd, TCP_NO_QUEUE);
+        usleep(1000);
+    }
     if (r < 0) {
         int saved = errno;
         select_queue(fd, TCP_NO_QUEUE);
