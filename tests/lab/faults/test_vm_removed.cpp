@@ -40,6 +40,7 @@
 #include <vpipe/vpipe.h>
 
 #include "support/lab_fixture.h"
+#include "support/lab_sockets.h"
 
 namespace {
 
@@ -49,67 +50,6 @@ std::string g_self;  // /proc/self/exe at start
 constexpr uint64_t kSeed = 42;
 constexpr uint64_t kLen = 64u << 20, kPauseAt = 8u << 20;
 
-std::map<std::string, std::string> kv(int argc, char** argv, int from) {
-    std::map<std::string, std::string> m;
-    for (int i = from; i < argc; ++i) {
-        std::string a = argv[i];
-        auto eq = a.find('=');
-        if (eq != std::string::npos) m[a.substr(0, eq)] = a.substr(eq + 1);
-    }
-    return m;
-}
-uint64_t num(const std::map<std::string, std::string>& m, const std::string& k, uint64_t d = 0) {
-    auto it = m.find(k);
-    return it == m.end() ? d : std::stoull(it->second);
-}
-
-int listen_on(const std::string& ip, int port) {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
-    if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0 || listen(s, 16) < 0) {
-        perror("listen");
-        exit(3);
-    }
-    return s;
-}
-int connect_to(const std::string& ip, int port) {
-    for (int i = 0; i < 200; ++i) {
-        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(static_cast<uint16_t>(port));
-        inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
-        if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) return s;
-        close(s);
-        usleep(20000);
-    }
-    perror("connect");
-    exit(3);
-}
-bool write_all(int fd, const void* buf, size_t n) {
-    auto* p = static_cast<const uint8_t*>(buf);
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w <= 0) return false;
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-    return true;
-}
-std::string read_line(int fd) {
-    std::string s;
-    char c;
-    while (recv(fd, &c, 1, 0) == 1) {
-        if (c == '\n') return s;
-        s += c;
-    }
-    return s.empty() ? "EOF" : s;
-}
 void await_file(const std::string& path) {
     struct stat st{};
     while (stat(path.c_str(), &st) != 0) usleep(10000);  // the test's event: a file
