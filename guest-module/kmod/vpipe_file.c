@@ -4,18 +4,25 @@
  * The kernel twin of guest-module/agent/files/ (same rules, see vpipe_file.h and
  * docs/append.md).
  *
- * Mapping uses bmap() block by block, coalesced into runs. bmap is in-kernel end to end
- * (FIEMAP would need a user buffer another thread of the caller could rewrite before we read
- * it back, and a forged destination extent would let dom0 write another file's blocks).
- * bmap answers 0 for holes and for unwritten extents alike: both read as zeros, which is what a
- * source needs; a destination must have no such block after preparation. Only the ext4 driver
- * is accepted: its bmap is exact (XFS answers 0 for reflinked and realtime files, which would
- * read as zeros).
+ * Mapping is in-kernel end to end: FIEMAP's extents would pass through a user buffer that
+ * another thread of the caller could rewrite before we read it back, and a forged extent would
+ * let dom0 read or write another file's blocks. Two in-kernel answers are trusted instead:
+ * bmap() of one block (its physical block; 0 for holes and unwritten extents alike: both read
+ * as zeros, which is what a source needs; a destination must have no such block after
+ * preparation), and the filesystem's own fiemap asked only to *count* the extents of a range
+ * (fi_extents_max = 0: nothing is copied anywhere). A range with one extent whose first and last
+ * blocks bmap() places exactly (last - first) blocks apart lies inside that extent, so it is one
+ * contiguous run (see walk_runs); a range with none is a hole. Runs are found by halving, so a
+ * file of E extents costs O(E log n) lookups instead of one bmap per block (16384 for 64 MiB,
+ * each an emulated extent lookup on a guest whose vCPU is shared: the hand-over's largest cost
+ * in the guest). Only the ext4 driver is accepted: its bmap is exact (XFS answers 0 for
+ * reflinked and realtime files, which would read as zeros).
  */
 #include <linux/blkdev.h>
 #include <linux/bvec.h>
 #include <linux/falloc.h>
 #include <linux/file.h>
+#include <linux/fiemap.h>
 #include <linux/fileattr.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
@@ -23,6 +30,7 @@
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/pagemap.h>
+#include <linux/pagevec.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uio.h>
@@ -186,11 +194,177 @@ static int block_phys(struct inode *inode, u64 blk, u64 *phys)
 	return 0;
 }
 
+/* the extents the filesystem has in [blk, blk + n): counted by its fiemap, nothing copied */
+static int count_extents(struct inode *inode, u64 blk, u64 n, unsigned int *count)
+{
+	const unsigned int bits = inode->i_blkbits;
+	struct fiemap_extent_info fi = { .fi_flags = 0, .fi_extents_max = 0, .fi_extents_start = NULL };
+	int err;
+
+	if (!inode->i_op->fiemap)
+		return -EOPNOTSUPP;
+	err = inode->i_op->fiemap(inode, &fi, blk << bits, n << bits);
+	if (err)
+		return err;
+	*count = fi.fi_extents_mapped;
+	return 0;
+}
+
+/* below this many blocks, bmap each one: cheaper than counting */
+#define MAP_BLOCKWISE 16
+
+/*
+ * walk_runs(f, first, last, fn, arg): calls fn(arg, blk, n, phys, zero) for consecutive runs
+ * covering blocks [first, last], each proven uniform: zero (reads as zeros: a hole or an
+ * unwritten extent; phys 0) or mapped contiguously from physical block phys. The proofs, all
+ * from the filesystem's own in-kernel answers:
+ *  - no extent in the range: a hole;
+ *  - exactly one extent, and bmap() places the first and last block P and P + n - 1: both
+ *    blocks lie in that one extent, and an extent maps its logical range onto physical blocks
+ *    contiguously, so every block between is at P + i (bmap answers 0 for unwritten blocks, so
+ *    the run is written data);
+ *  - the first block reads as zeros (bmap 0) and SEEK_DATA finds no data before block d: no
+ *    written extent overlaps [blk, d) (seeking skips holes, and unwritten extents without cached
+ *    pages), so it all reads as zeros;
+ *  - otherwise the range is halved, and a short one is looked up block by block.
+ * The caller keeps the file's mapping still (a hold, or its own preparation) and has flushed
+ * delayed allocations. The walk seeks on a private open of the file (never the caller's file
+ * position), opened on first need.
+ */
+struct run_walk {
+	struct file *f, *seek;
+	struct inode *inode;
+	int (*fn)(void *arg, u64 blk, u64 n, u64 phys, bool zero);
+	void *arg;
+};
+
+/* the first block at or after blk that may hold written data (U64_MAX: none) */
+static int data_from(struct run_walk *w, u64 blk, u64 *data_blk)
+{
+	const unsigned int bits = w->inode->i_blkbits;
+	loff_t pos;
+
+	if (!w->seek) {
+		w->seek = dentry_open(&w->f->f_path, O_RDONLY | O_LARGEFILE, current_cred());
+		if (IS_ERR(w->seek)) {
+			int err = PTR_ERR(w->seek);
+
+			w->seek = NULL;
+			return err;
+		}
+	}
+	pos = vfs_llseek(w->seek, (loff_t)(blk << bits), SEEK_DATA);
+	if (pos == -ENXIO) {
+		*data_blk = U64_MAX;
+		return 0;
+	}
+	if (pos < 0)
+		return (int)pos;
+	*data_blk = (u64)pos >> bits;
+	return 0;
+}
+
+/* the longest run at blk of at most *n blocks that can be proven uniform, given to w->fn;
+ * *n becomes its length */
+static int walk_one(struct run_walk *w, u64 blk, u64 *n)
+{
+	u64 len = *n, p0, p1, d;
+	unsigned int count;
+	int err;
+
+	for (;;) {
+		if (len <= MAP_BLOCKWISE) {
+			u64 i;
+
+			for (i = 0; i < len; i++) {
+				err = block_phys(w->inode, blk + i, &p0);
+				if (!err)
+					err = w->fn(w->arg, blk + i, 1, p0, p0 == 0);
+				if (err)
+					return err;
+			}
+			*n = len;
+			return 0;
+		}
+		err = count_extents(w->inode, blk, len, &count);
+		if (err)
+			return err;
+		if (count == 0) {
+			*n = len;
+			return w->fn(w->arg, blk, len, 0, true);
+		}
+		err = block_phys(w->inode, blk, &p0);
+		if (err)
+			return err;
+		if (p0 == 0) {
+			err = data_from(w, blk, &d);
+			if (err)
+				return err;
+			if (d > blk) {
+				*n = min(len, d - blk);
+				return w->fn(w->arg, blk, *n, 0, true);
+			}
+		} else if (count == 1) {
+			err = block_phys(w->inode, blk + len - 1, &p1);
+			if (err)
+				return err;
+			if (p1 == p0 + len - 1) {
+				*n = len;
+				return w->fn(w->arg, blk, len, p0, false);
+			}
+		}
+		len /= 2;
+	}
+}
+
+static int walk_runs(struct file *f, u64 first, u64 last,
+		     int (*fn)(void *arg, u64 blk, u64 n, u64 phys, bool zero), void *arg)
+{
+	struct run_walk w = { .f = f, .inode = file_inode(f), .fn = fn, .arg = arg };
+	u64 b = first, n, want = 0;
+	int err = 0;
+
+	while (b <= last) {
+		/* try twice the last run's length first (a file's extents tend to be alike) */
+		n = want ? min(want, last - b + 1) : last - b + 1;
+		err = walk_one(&w, b, &n);
+		if (err)
+			break;
+		b += n;
+		want = n > (U64_MAX >> 2) ? 0 : 2 * n;
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+		cond_resched();
+	}
+	if (w.seek)
+		fput(w.seek);
+	return err;
+}
+
+/* vpipe_file_map's runs: segments of the request [off, end) */
+struct map_walk {
+	struct vpipe_fmap *m;
+	unsigned int bits;
+	u64 off, end;
+};
+
+static int map_push(void *arg, u64 blk, u64 n, u64 phys, bool zero)
+{
+	struct map_walk *mw = arg;
+	const unsigned int bits = mw->bits;
+	u64 from = max(mw->off, blk << bits), to = min(mw->end, (blk + n) << bits);
+
+	mw->m->blocks += n;
+	return seg_push(mw->m, zero ? 0 : (phys << bits) + (from - (blk << bits)), to - from, zero);
+}
+
 int vpipe_file_map(struct file *f, u64 off, u64 len, struct vpipe_fmap *m)
 {
 	struct inode *inode = file_inode(f);
-	const unsigned int bits = inode->i_blkbits;
-	u64 part, b, first, last, end;
+	struct map_walk mw = { .m = m, .bits = inode->i_blkbits, .off = off, .end = off + len };
+	u64 part;
 	int err;
 
 	vpipe_fmap_free(m);
@@ -205,36 +379,16 @@ int vpipe_file_map(struct file *f, u64 off, u64 len, struct vpipe_fmap *m)
 		return -EINVAL;
 	if (len == 0)
 		return 0;
-	end = off + len;
-	first = off >> bits;
-	last = (end - 1) >> bits;
-	for (b = first; b <= last; b++) {
-		u64 bstart = b << bits, from = max(off, bstart), to = min(end, bstart + (1ull << bits));
-		u64 phys;
-
-		err = block_phys(inode, b, &phys);
-		if (err)
-			goto fail;
-		m->blocks++;
-		if (phys == 0)
-			err = seg_push(m, 0, to - from, true);
-		else
-			err = seg_push(m, (phys << bits) + (from - bstart), to - from, false);
-		if (err)
-			goto fail;
-		if (((b - first) & 1023) == 1023) {
-			if (fatal_signal_pending(current)) {
-				err = -EINTR;
-				goto fail;
-			}
-			cond_resched();
-		}
+	/* delayed allocations resolved first: an extent counted must not move under bmap() */
+	err = filemap_write_and_wait(f->f_mapping);
+	if (!err)
+		err = walk_runs(f, off >> mw.bits, (off + len - 1) >> mw.bits, map_push, &mw);
+	if (err) {
+		vpipe_fmap_free(m);
+		return err;
 	}
 	add_partition(m, part);
 	return 0;
-fail:
-	vpipe_fmap_free(m);
-	return err;
 }
 
 /* ---- holds ------------------------------------------------------------------------------- */
@@ -367,42 +521,50 @@ struct prep_job {
 	struct vpipe_dprep *p;
 };
 
+/* for_each_unwritten's state: the zero run being gathered (U64_MAX: none) */
+struct unwritten_walk {
+	unsigned int bits;
+	u64 to, run, total;
+	int (*fn)(void *, u64, u64);
+	void *arg;
+};
+
+static int unwritten_end(struct unwritten_walk *u, u64 end)
+{
+	u64 start = u->run;
+
+	u->run = U64_MAX;
+	u->total += end - start;
+	return u->fn ? u->fn(u->arg, start, end) : 0;
+}
+
+static int unwritten_step(void *arg, u64 blk, u64 n, u64 phys, bool zero)
+{
+	struct unwritten_walk *u = arg;
+
+	if (zero && u->run == U64_MAX)
+		u->run = blk << u->bits;
+	if (!zero && u->run != U64_MAX)
+		return unwritten_end(u, blk << u->bits);
+	return 0;
+}
+
 /* calls fn for every run [start, end) of blocks in [from, to) (block-aligned byte offsets)
- * that read as zeros without being written (holes, unwritten) */
-static int for_each_unwritten(struct inode *inode, u64 from, u64 to,
+ * that read as zeros without being written (holes, unwritten); *total: their bytes */
+static int for_each_unwritten(struct file *f, u64 from, u64 to,
 			      int (*fn)(void *, u64, u64), void *arg, u64 *total)
 {
-	const unsigned int bits = inode->i_blkbits;
-	u64 b, run = U64_MAX;
-	int err;
+	struct unwritten_walk u = { .bits = file_inode(f)->i_blkbits, .to = to, .run = U64_MAX,
+				    .fn = fn, .arg = arg };
+	int err = 0;
 
+	if (to > from)
+		err = walk_runs(f, from >> u.bits, (to - 1) >> u.bits, unwritten_step, &u);
+	if (!err && u.run != U64_MAX)
+		err = unwritten_end(&u, to);
 	if (total)
-		*total = 0;
-	for (b = from >> bits; (b << bits) < to; b++) {
-		u64 phys;
-
-		err = block_phys(inode, b, &phys);
-		if (err)
-			return err;
-		if (phys == 0 && run == U64_MAX)
-			run = b << bits;
-		if (phys != 0 && run != U64_MAX) {
-			if (total)
-				*total += (b << bits) - run;
-			if (fn && (err = fn(arg, run, b << bits)))
-				return err;
-			run = U64_MAX;
-		}
-		if ((b & 1023) == 1023)
-			cond_resched();
-	}
-	if (run != U64_MAX) {
-		if (total)
-			*total += to - run;
-		if (fn)
-			return fn(arg, run, to);
-	}
-	return 0;
+		*total = u.total;
+	return err;
 }
 
 /* O_DIRECT zeros from the shared zero page (no page cache, no data through the guest) */
@@ -524,7 +686,7 @@ static int prepare_lifted(void *arg)
 	}
 
 	/* 2. which blocks still read as zeros without being written? */
-	err = for_each_unwritten(inode, astart, aend, NULL, NULL, &need);
+	err = for_each_unwritten(j->f, astart, aend, NULL, NULL, &need);
 	if (err)
 		goto fail;
 	if (need) {
@@ -539,7 +701,7 @@ static int prepare_lifted(void *arg)
 			goto fail;
 		}
 		z.wf = wf;
-		err = for_each_unwritten(inode, astart, aend, zero_run, &z, NULL);
+		err = for_each_unwritten(j->f, astart, aend, zero_run, &z, NULL);
 		if (err)
 			goto fail;
 	}
@@ -548,7 +710,7 @@ static int prepare_lifted(void *arg)
 	if (err)
 		goto fail;
 	/* the postcondition, checked: never hand out a block the filesystem reads as zeros */
-	err = for_each_unwritten(inode, astart, aend, NULL, NULL, &need);
+	err = for_each_unwritten(j->f, astart, aend, NULL, NULL, &need);
 	if (!err && need) {
 		pr_err("vpipe: %llu byte(s) still unwritten after preparation\n", need);
 		err = -EIO;
@@ -698,33 +860,53 @@ int vpipe_file_cached_runs(struct file *f, u64 off, u64 len, u64 size, struct vp
 int vpipe_file_range_cached(struct file *f, u64 off, u64 len)
 {
 	struct address_space *mapping = f->f_mapping;
-	u64 idx, first, last, cached = 0;
+	struct folio_batch fb;
+	pgoff_t first, last, idx, next;
+	u64 total, allowed, missing = 0;
+	unsigned int i;
+	int verdict = -1;
 
 	if (!len || off + len < off)
 		return 0;
-	first = idx = off >> PAGE_SHIFT;
+	first = off >> PAGE_SHIFT;
 	last = (off + len - 1) >> PAGE_SHIFT;
-	while (idx <= last) {
-		struct folio *folio = filemap_get_folio(mapping, idx);
-		u64 next;
+	total = (u64)last - first + 1;
+	/* pages that may be absent (or not up to date) with the rule still met */
+	allowed = total - DIV_ROUND_UP(total * VPIPE_CACHE_RULE_EIGHTHS, 8);
+	/* Only the folios present are visited, a batch at a time, and the walk stops as soon as
+	 * too many are missing: a cold 64 MiB file costs one lookup, not 16384 (each an emulated
+	 * xarray walk on a guest that shares its CPU). */
+	idx = next = first;
+	folio_batch_init(&fb);
+	while (verdict < 0 && idx <= last && filemap_get_folios(mapping, &idx, last, &fb)) {
+		for (i = 0; i < folio_batch_count(&fb); i++) {
+			struct folio *folio = fb.folios[i];
+			pgoff_t s = max_t(pgoff_t, folio->index, next);
+			pgoff_t e = min_t(u64, (u64)folio->index + folio_nr_pages(folio), (u64)last + 1);
 
-		if (IS_ERR_OR_NULL(folio)) {
-			idx++;
-			continue;
+			if (e <= s)
+				continue;
+			missing += s - next;   /* the gap before this folio */
+			next = e;
+			if (folio_test_dirty(folio) || folio_test_writeback(folio)) {
+				verdict = 0;	/* dirty data: flushed and offloaded instead */
+				break;
+			}
+			if (!folio_test_uptodate(folio))
+				missing += e - s;
+			if (missing > allowed) {
+				verdict = 0;
+				break;
+			}
 		}
-		next = max_t(u64, folio->index + folio_nr_pages(folio), idx + 1);
-		if (folio_test_dirty(folio) || folio_test_writeback(folio)) {
-			folio_put(folio);
-			return 0;	/* dirty data: flushed and offloaded instead */
-		}
-		if (folio_test_uptodate(folio))
-			cached += min(next, last + 1) - idx;
-		folio_put(folio);
-		idx = next;
-		if ((idx & 4095) == 0)
-			cond_resched();
+		folio_batch_release(&fb);
+		cond_resched();
+		if (idx == 0)
+			break;	/* wrapped past the largest index */
 	}
-	return cached * 8 >= (last - first + 1) * VPIPE_CACHE_RULE_EIGHTHS;
+	if (verdict < 0)
+		verdict = missing + ((u64)last + 1 - next) <= allowed;
+	return verdict;
 }
 
 struct gcopy {

@@ -543,6 +543,35 @@ static void socket_checks(void)
 	      op.new_out_fd);
 	CHECK(talk(c, sv, "after-b") == 0, "restored destination connection usable");
 
+	/* b2. file -> socket's whole-range cache rule at its boundary: at least 7 eighths of the
+	 * pages cached and clean and the guest sends them itself (-EALREADY before any hand-over,
+	 * the socket untouched); fewer and dom0 gets the request (refused here: -EOPNOTSUPP). big.bin
+	 * is 5000000 B, 1221 pages: up to 1221 - ceil(1221 * 7 / 8) = 152 may be missing. Gaps at
+	 * the start and at the end: the walk visits present pages only and must count both. */
+	{
+		static const struct { off_t from, len; int want; const char *what; } gaps[] = {
+			{ 0, 152, -EALREADY, "152 of 1221 pages missing at the start" },
+			{ 0, 153, -EOPNOTSUPP, "153 missing at the start" },
+			{ 1068, 0, -EOPNOTSUPP, "153 missing at the end" },
+			{ 1069, 0, -EALREADY, "152 missing at the end" },
+		};
+		int bf = open("/mnt/big.bin", O_RDONLY | O_CLOEXEC);
+
+		CHECK(bf >= 0 && fsync(bf) == 0, "big.bin clean");
+		for (size_t i = 0; i < sizeof(gaps) / sizeof(gaps[0]); i++) {
+			free(slurp("/mnt/big.bin", &n));
+			CHECK(posix_fadvise(bf, gaps[i].from * 4096, gaps[i].len * 4096, POSIX_FADV_DONTNEED) == 0,
+			      "evicted pages %lld +%lld", (long long)gaps[i].from, (long long)gaps[i].len);
+			r = sock_op(VPIPE_IOC_FILE_TO_SOCKET, &bf, &sv, 0, 5000000, &op);
+			CHECK(r == gaps[i].want && op.moved == 0 &&
+				      op.requests == (gaps[i].want == -EALREADY ? 0u : 1u) &&
+				      (gaps[i].want == -EALREADY) == (op.new_out_fd < 0) && talk(c, sv, "after-b2") == 0,
+			      "cache rule, %s: %s, %u request(s), the socket usable", gaps[i].what, strerror(-r),
+			      op.requests);
+		}
+		close(bf);
+	}
+
 	/* c. socket -> socket: both frozen, both restored; unread bytes of the destination too */
 	CHECK(send(c2, data, 700, 0) == 700, "700 bytes unread at the destination");
 	usleep(100000);
@@ -1099,9 +1128,10 @@ static void engine_checks(void)
 
 	socket_checks();
 	async_checks(nb, big);
-	/* failed: the three refused hand-overs and the killed process's copy; socket -> file: the
+	/* failed: the three refused hand-overs, the four cache-rule boundary checks (two left to
+	 * the guest, two refused) and the killed process's copy; socket -> file: the
 	 * local drain and its EOF; guest copies: the cache-rule copy and the local drain */
-	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 11 && s1.ops_failed - s0.ops_failed == 4 && s1.ops[3] - s0.ops[3] == 2 &&
+	CHECK(stats(&s1) == 0 && s1.ops[1] - s0.ops[1] == 11 && s1.ops_failed - s0.ops_failed == 8 && s1.ops[3] - s0.ops[3] == 2 &&
 		      s1.bytes_offloaded > s0.bytes_offloaded && s1.bytes_guest_cache - s0.bytes_guest_cache == nb + 500 &&
 		      s1.ring_requests > s0.ring_requests && s1.bytes_zero_filled > s0.bytes_zero_filled &&
 		      s1.extents_mapped > s0.extents_mapped,
