@@ -25,6 +25,7 @@ struct Config {
     unsigned threads = 64;
     int idle_timeout = 60;  // seconds
     bool no_fallback = false;
+    bool fsync = false;  // PUT: fdatasync() the file before the answer
 };
 
 inline Config g_cfg;

@@ -1,6 +1,9 @@
 // GET/HEAD and PUT of a file below --root.
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include "common/log.h"
 #include "common/net.h"
 #include "config.h"
@@ -59,6 +62,12 @@ bool Connection::put(const Request& rq, const std::string& rel, uint64_t len, bo
     }
     BodyResult res;
     bool ok = recv_body(fd_, &buf_, file, len, &bufs_, &res);
+    // --fsync: the answer promises the body is on the disk, whichever path moved it (after an
+    // offload the guest's own flush reaches the image dom0 wrote to: same disk, same barrier)
+    if (ok && g_cfg.fsync && ::fdatasync(file) < 0) {
+        res.err = std::string("write: fdatasync: ") + std::strerror(errno);
+        ok = false;
+    }
     ::close(file);
     if (!ok) {
         // the client went away or the disk failed: nothing sensible can follow on this connection

@@ -31,7 +31,7 @@ const char* kDescription = R"(NAME
 
 SYNOPSIS
     vpipe-httpd --mode rw|sendfile|vpipe --port PORT --root DIR [--bind ADDR] [--threads N]
-                [--idle-timeout SEC] [--no-fallback]
+                [--idle-timeout SEC] [--no-fallback] [--fsync]
 
 DESCRIPTION
     Serves the regular files under DIR over HTTP/1.1 until SIGINT or SIGTERM.
@@ -43,6 +43,9 @@ DESCRIPTION
     PUT with a Content-Length stores the body at DIR/PATH: 201 when the file was created, 204
     when an existing file was replaced (truncated first). Parent directories are not created.
     `Expect: 100-continue` is answered. Chunked request bodies are refused (411/501).
+    With --fsync the body is fdatasync()ed before the answer (any mode: after a vPipe
+    hand-over the guest's flush reaches the disk image dom0 wrote to), so a 201/204 means the
+    bytes are durable; a failed flush answers 500.
 
     Errors: 400 malformed request (bad request line, header, percent-encoding, NUL, missing
     Host in HTTP/1.1, bad Content-Length), 403 path traversal (a `..` segment, or a symlink
@@ -105,6 +108,7 @@ int parse_args(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(1, 86400));
     app.add_flag("--no-fallback", g_cfg.no_fallback, "vpipe mode: fail (close the connection) instead of copying in the guest");
+    app.add_flag("--fsync", g_cfg.fsync, "PUT: fdatasync() the body before answering (durable uploads)");
     if (int r = vpipe::apps::parse_command_line(&app, argc, argv); r >= 0) return r;
     g_cfg.mode = mode == "rw" ? Mode::Rw : mode == "sendfile" ? Mode::Sendfile : Mode::Vpipe;
     return -1;
