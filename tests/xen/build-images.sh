@@ -148,6 +148,9 @@ build_domU() {
     finish_mods "$U" "$KV"
   fi
   for b in cp-vpipe vpipe-httpd vpipe-proxy; do copy_bin "$U" "$BUILD/bin/$b" "/usr/bin/$b"; done
+  # the bench role waits on a watch, not a polling loop (each poll forks: CPU the guest's
+  # figures would count); here, not in the cached base, so that older bases get it too
+  copy_bin "$U" /usr/bin/xenstore-watch
   # the preload (its libvpipe.so comes along at its build path, where its RUNPATH finds it)
   copy_bin "$U" "$BUILD/lib/libvpipe-preload.so" /usr/lib/vpipe/libvpipe-preload.so
   # the stress role's probe (static: every start sets its TLS up itself)

@@ -403,31 +403,59 @@ if [ "$MODE" = stress ]; then
 fi
 
 # ================================================================ bench (bench/xen.sh, not the suite)
-# dom0 on physical CPU 0; d1 (role bench: vpipe-httpd in vPipe mode on :8080, in sendfile mode on
-# :8082) on the last one, joined there by K busy neighbours (role burn) for each K of
-# vpipe_bench_neighbours (colon-separated, default 0:2). Per K, vpipe_bench_reps rounds of one GET
-# of big.bin (64 MiB) from each server, the order alternating, each from an empty guest page
-# cache. The client (curl in netns "client") runs in dom0, i.e. not on the contended CPU. One line
-# per GET (CPU seconds from xl vcpu-list: the VM under test, and dom0 = engine + client + netback):
-#   VPIPE-XEN BENCH sched=S neighbours=K mode=vpipe|sendfile rep=R secs=T bytes=B guest_cpu_s=G dom0_cpu_s=D ok=1|0
+# dom0 on physical CPU 0; d1 (role bench) on the last one, joined there by K busy neighbours
+# (role burn) for each K of vpipe_bench_neighbours (colon-separated, default 0:2). Per K,
+# vpipe_bench_reps rounds; a round runs each transfer once, the order reversed every other round:
+#   f2s  GET big.bin (64 MiB) from vpipe-httpd in the domU: vpipe (:8080), sendfile (:8082), rw (:8083)
+#   s2f  PUT of /data/put.bin (32 MiB) to the same servers, each with --fsync (durable when answered):
+#        vpipe (socket -> file offloaded), sendfile (splice socket -> pipe -> file), rw (recv + pwrite)
+#   s2s  GET relay.bin (48 MiB) from the client's server through vpipe-proxy in the domU: vpipe
+#        (:9003) and splice (:9004)
+#   native  the control: dom0 itself serves relay.bin (48 MiB) from its own virtio disk with
+#        sendfile to the same client: disk -> TCP natively in dom0, no domU involved. Under the
+#        neighbours it shows how much of a slowdown is the machine's (dom0's emulated CPU losing
+#        host time to the busy one), not the guest's.
+# Every transfer starts from empty page caches (the domU's, via data/cmd/drop, and dom0's). The
+# client (curl in netns "client") runs in dom0, i.e. not on the contended CPU. One line each (CPU
+# seconds from xl vcpu-list: the VM under test, and dom0 = engine + client + netback; ttfb: curl's
+# time to the first response byte):
+#   VPIPE-XEN BENCH sched=S neighbours=K op=f2s|s2f|s2s|native|idle mode=M rep=R secs=T ttfb=F bytes=B guest_cpu_s=G dom0_cpu_s=D ok=1|0
+# plus, per K, one "idle" line: the domU's CPU over 10 s of nothing (the emulated guest's
+# background cost, to set against the transfers' CPU figures).
 vcpu_time() { xl vcpu-list "$1" 2>/dev/null | awk 'NR > 1 { t += $6 } END { printf "%.1f", t }'; }
 BN=0
-bench_get() {  # bench_get MODE PORT K REP
-  local i g0 d0 g1 d1 out code secs bytes ok
+bench_line() {  # bench_line OP MODE K REP SECS TTFB BYTES G0 G1 D0 D1 OK
+  echo "VPIPE-XEN BENCH sched=$SCHED neighbours=$3 op=$1 mode=$2 rep=$4 secs=$5 ttfb=$6 bytes=$7" \
+       "guest_cpu_s=$(echo "$9 $8" | awk '{printf "%.1f", $1-$2}') dom0_cpu_s=$(echo "${11} ${10}" | awk '{printf "%.1f", $1-$2}') ok=${12}"
+}
+bench_xfer() {  # bench_xfer OP MODE K REP
+  local i g0 d0 g1 d1 out code secs ttfb bytes ok url want port args
   BN=$((BN + 1)); cmd drop $BN
+  sync; echo 3 > /proc/sys/vm/drop_caches
   i=0; while [ "$(xsd dropped)" != $BN ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
+  case $2 in vpipe) port=8080 ;; sendfile) port=8082 ;; rw) port=8083 ;; esac
+  args=""
+  case $1 in
+    f2s) url=http://$DOMU_IP:$port/big.bin; want="200 67108864" ;;
+    s2f) url=http://$DOMU_IP:$port/up-$2.bin; args="-T /data/put.bin"; want="20[14] 33554432" ;;
+    s2s) [ "$2" = vpipe ] && port=9003 || port=9004
+         url=http://$DOMU_IP:$port/relay.bin; want="200 50331648" ;;
+    native) url=http://10.0.0.1:8090/relay.bin; want="200 50331648" ;;
+  esac
   g0=$(vcpu_time d1); d0=$(vcpu_time Domain-0)
-  out=$(client curl -sS -m 900 --connect-timeout 15 -o /dev/null -w '%{http_code} %{time_total} %{size_download}' \
-        http://$DOMU_IP:$2/big.bin 2>/tmp/bench.err)
+  # shellcheck disable=SC2086
+  out=$(client curl -sS -m 900 --connect-timeout 15 -o /dev/null $args \
+        -w '%{http_code} %{time_total} %{time_starttransfer} %{size_download} %{size_upload}' "$url" 2>/tmp/bench.err)
   g1=$(vcpu_time d1); d1=$(vcpu_time Domain-0)
   set -- "$1" "$2" "$3" "$4" $out
-  code=$5 secs=$6 bytes=$7
-  ok=0; [ "$code" = 200 ] && [ "$bytes" = 67108864 ] && ok=1
+  code=$5 secs=$6 ttfb=$7
+  bytes=$8; [ "$1" = s2f ] && bytes=$9
+  ok=0; echo "$code $bytes" | grep -qE "^$want\$" && ok=1
   [ $ok = 1 ] || PASS=0
-  echo "VPIPE-XEN BENCH sched=$SCHED neighbours=$3 mode=$1 rep=$4 secs=$secs bytes=$bytes" \
-       "guest_cpu_s=$(echo "$g1 $g0" | awk '{printf "%.1f", $1-$2}') dom0_cpu_s=$(echo "$d1 $d0" | awk '{printf "%.1f", $1-$2}') ok=$ok"
-  [ $ok = 1 ] || cat /tmp/bench.err
+  bench_line "$1" "$2" "$3" "$4" "$secs" "$ttfb" "$bytes" "$g0" "$g1" "$d0" "$d1" $ok
+  [ $ok = 1 ] || { echo "got '$code $bytes', want '$want'"; cat /tmp/bench.err; }
 }
+BENCH_SET="f2s:vpipe f2s:sendfile f2s:rw s2f:vpipe s2f:sendfile s2f:rw s2s:vpipe s2s:splice native:sendfile"
 if [ "$MODE" = bench ]; then
   SCHED=$(xl info | sed -n 's/^xen_scheduler *: //p')
   KS=$(karg vpipe_bench_neighbours | grep . || echo 0:2)
@@ -436,6 +464,9 @@ if [ "$MODE" = bench ]; then
   xl vcpu-pin Domain-0 0 0
   phase bench-start
   start_vpiped || result
+  start_client_server   # the backend of the s2s relay
+  vpipe-httpd --mode sendfile --port 8090 --root /data --bind 10.0.0.1 > /tmp/native-httpd.log 2>&1 &
+  NATIVE=$!
   NAME=d1
   create d1 bench || result
   wait_xsd ready 300 || { ck d1-ready FAIL "the bench domU did not come up"; result; }
@@ -449,10 +480,13 @@ if [ "$MODE" = bench ]; then
     NAME=d1; D=$(xl domid d1)
     xl vcpu-list
     phase "bench-neighbours-$k"
+    g0=$(vcpu_time d1); d0=$(vcpu_time Domain-0); sleep 10
+    bench_line idle - "$k" 0 10 0 0 "$g0" "$(vcpu_time d1)" "$d0" "$(vcpu_time Domain-0)" 1
     r=1
     while [ $r -le "$REPS" ]; do
-      if [ $((r % 2)) = 1 ]; then bench_get vpipe 8080 "$k" $r; bench_get sendfile 8082 "$k" $r
-      else bench_get sendfile 8082 "$k" $r; bench_get vpipe 8080 "$k" $r; fi
+      set=$BENCH_SET
+      if [ $((r % 2)) = 0 ]; then set=""; for x in $BENCH_SET; do set="$x $set"; done; fi
+      for x in $set; do bench_xfer "${x%%:*}" "${x#*:}" "$k" $r; done
       r=$((r + 1))
     done
   done
@@ -464,6 +498,7 @@ if [ "$MODE" = bench ]; then
   wait_gone d1 60 || xl destroy d1
   stop_tail d1
   stop_vpiped vpiped-stop
+  kill $CLIENT_HTTPD $NATIVE 2>/dev/null
   phase bench-end
   result
 fi

@@ -10,8 +10,10 @@
 #   stress    no vPipe, no disk, no network: once dom0 says go, short-lived processes for a
 #             while, each checked (tlscheck, sha256sum, busybox applets); dom0 pins 2-3 of these
 #             to one physical CPU (the register state must survive Xen's context switches)
-#   bench     vpipe.ko connects; vpipe-httpd in vPipe mode (:8080) and in sendfile mode (:8082)
-#             serve xvda for bench/xen.sh; drops its page cache whenever dom0 asks (data/cmd/drop)
+#   bench     vpipe.ko connects; vpipe-httpd in vPipe (:8080), sendfile (:8082) and rw (:8083) mode
+#             serve xvda for bench/xen.sh (GET, PUT with --fsync), vpipe-proxy relays to the
+#             client's server in vPipe (:9003) and splice (:9004) mode; drops its page cache
+#             whenever dom0 asks (data/cmd/drop)
 #   burn      no vPipe, no disk, no network: a busy loop until dom0 destroys it (a CPU-bound
 #             neighbour for bench/xen.sh)
 #   shell     vpipe.ko connects, xvda mounted, then a shell on the console (developers)
@@ -211,20 +213,34 @@ stress)
   wait_cmd finish 120 >/dev/null ;;
 bench)
   vpipe_up && mount_disk || { xenstore-write "$XS/ready" fail; finish; exit 1; }
-  VPIPE_NO_FALLBACK=1 vpipe-httpd --mode vpipe --no-fallback --port 8080 --root /mnt --bind "$IP" \
+  # file -> socket (GET) and socket -> file (PUT, --fsync: each path's upload is durable when
+  # answered) per data path; socket -> socket through vpipe-proxy to the client's server
+  VPIPE_NO_FALLBACK=1 vpipe-httpd --mode vpipe --no-fallback --fsync --port 8080 --root /mnt --bind "$IP" \
       > /tmp/httpd.log 2>&1 &
   HTTPD=$!
-  vpipe-httpd --mode sendfile --port 8082 --root /mnt --bind "$IP" > /tmp/httpd-sendfile.log 2>&1 &
+  vpipe-httpd --mode sendfile --fsync --port 8082 --root /mnt --bind "$IP" > /tmp/httpd-sendfile.log 2>&1 &
   SF=$!
-  if wait_listen 8080 && wait_listen 8082; then xenstore-write "$XS/ready" 1; else xenstore-write "$XS/ready" fail; fi
+  vpipe-httpd --mode rw --fsync --port 8083 --root /mnt --bind "$IP" > /tmp/httpd-rw.log 2>&1 &
+  RW=$!
+  VPIPE_NO_FALLBACK=1 vpipe-proxy --mode vpipe --no-fallback --listen 9003 --bind "$IP" --to "$PEER:8081" \
+      > /tmp/proxy.log 2>&1 &
+  PX=$!
+  vpipe-proxy --mode splice --listen 9004 --bind "$IP" --to "$PEER:8081" > /tmp/proxy-splice.log 2>&1 &
+  PS=$!
+  if wait_listen 8080 && wait_listen 8082 && wait_listen 8083 && wait_listen 9003 && wait_listen 9004; then
+    xenstore-write "$XS/ready" 1
+  else xenstore-write "$XS/ready" fail; fi
   # every GET starts from an empty page cache (dom0 writes data/cmd/drop = n, waits for dropped = n)
+  # (a watch: an idle guest must cost nothing, or its CPU figures measure the loop)
   n=0
-  while ! xenstore-exists "$XS/cmd/finish"; do
+  xenstore-watch "$XS/cmd" | while read -r _; do
+    xenstore-exists "$XS/cmd/finish" && break
     v=$(xenstore-read "$XS/cmd/drop" 2>/dev/null)
     if [ -n "$v" ] && [ "$v" != "$n" ]; then dropcaches; n=$v; xenstore-write "$XS/dropped" "$n"; fi
-    sleep 0.5
   done
-  kill $HTTPD $SF 2>/dev/null; wait $HTTPD $SF 2>/dev/null
+  kill $HTTPD $SF $RW $PX $PS 2>/dev/null; wait $HTTPD $SF $RW $PX $PS 2>/dev/null
+  grep -c 'vpipe=offloaded' /tmp/httpd.log | sed 's/^/VPIPE-XEN-DOMU[bench]: vpipe-httpd offloaded requests: /'
+  grep -v 'vpipe=offloaded' /tmp/httpd.log /tmp/proxy.log | tail -5
   umount_disk
   finish ;;
 burn)
