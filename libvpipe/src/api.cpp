@@ -621,9 +621,10 @@ bool spawn_worker(Queue& q) {
 }
 
 // Hands p's classic copy (reason err) to a worker (q.mu held); p's descriptors stay claimed
-// until its completion is posted. False (p untouched) when no worker can run it: the caller
+// until its completion is posted. `tag`: the one the component had (0: a new one; the order of
+// submission, for vpipe_cancel). False (p untouched) when no worker can run it: the caller
 // copies itself, as the blocking API does.
-bool start_fallback(Queue& q, Pending& p, int err) {
+bool start_fallback(Queue& q, Pending& p, int err, uint64_t tag = 0) {
     if (q.closing) {   // vpipe_queue_destroy is waiting for the component: cancelled at once
         release(p.args);
         post(q, p.user, failed(ECANCELED, "cancelled"));
@@ -632,7 +633,7 @@ bool start_fallback(Queue& q, Pending& p, int err) {
     if (q.idle <= q.todo.size() && q.workers.size() < kFallbackWorkers) (void)spawn_worker(q);
     if (q.workers.empty()) return false;
     auto job = std::make_shared<FallbackJob>();
-    job->tag = q.next_tag++;
+    job->tag = tag ? tag : q.next_tag++;
     job->p = std::move(p);
     job->err = err;
     q.fallbacks.emplace(job->tag, job);
@@ -664,7 +665,8 @@ void on_agent_completion(Queue& q, vpipe::lib::AgentCompletion& ac) {
     int result = ac.c.result;
     if (result == 0 && r < 0) result = r;
     // the offload is impossible here: the classic copy goes to a worker, not this reap
-    if (result < 0 && may_fall_back(-result) && fallback_enabled() && start_fallback(q, p, -result)) return;
+    if (result < 0 && may_fall_back(-result) && fallback_enabled() && start_fallback(q, p, -result, ac.c.tag))
+        return;
     release(p.args);
     post(q, p.user, component_outcome(p.args, ac.c.op, result));
 }
