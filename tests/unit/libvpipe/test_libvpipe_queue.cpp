@@ -483,6 +483,47 @@ TEST_F(AsyncFallback, CancelStopsARunningCopyWithTheExactPrefix) {
     EXPECT_EQ(std::string(got.end() - 4, got.end()), "MARK");
 }
 
+TEST_F(AsyncFallback, CancelledSocketToSocketLeavesTheSourceRightAfterThePrefix) {
+    TcpPair src, dst;   // src.b sends into src.a; dst.a sends to dst.b, which does not read yet
+    // the far end's buffers small: the worker stops in the middle of writing what it received
+    const int small = 4096;
+    ASSERT_EQ(::setsockopt(dst.a, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    ASSERT_EQ(::setsockopt(dst.b, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    std::thread sender([&] {
+        std::vector<uint8_t> buf(1 << 20);
+        for (size_t o = 0; o < kBig; o += buf.size()) {
+            for (size_t i = 0; i < buf.size(); ++i) buf[i] = big_byte(o + i);
+            for (size_t d = 0; d < buf.size();) {
+                ssize_t w = ::send(src.b, buf.data() + d, buf.size() - d, MSG_NOSIGNAL);
+                if (w <= 0) return;
+                d += static_cast<size_t>(w);
+            }
+        }
+        ::shutdown(src.b, SHUT_WR);
+    });
+    ASSERT_EQ(vpipe_submit_socket_to_socket(q_, src.a, dst.a, kBig, 61), 0);
+    ASSERT_TRUE(peer_readable(dst.b));   // relaying; the far end full, the worker waits
+    ASSERT_EQ(vpipe_cancel(q_, 61), 0);
+    vpipe_completion c{};
+    ASSERT_EQ(reap_wait(q_, &c, 1), 1);
+    EXPECT_EQ(c.res, -ECANCELED);
+    const uint64_t moved = c.result.moved;
+    EXPECT_GT(moved, 0u);
+    EXPECT_LT(moved, kBig);
+    // the far end got exactly the prefix...
+    Drain far(dst.b);
+    ::shutdown(dst.a, SHUT_WR);
+    const auto& got = far.wait();
+    ASSERT_EQ(got.size(), moved);
+    EXPECT_TRUE(is_big_file(got, 0, 0, moved));
+    // ...and the source continues right after it: nothing taken that was not written
+    Drain rest(src.a);
+    const auto& tail = rest.wait();
+    sender.join();
+    ASSERT_EQ(tail.size(), kBig - moved);
+    EXPECT_TRUE(is_big_file(tail, 0, moved, kBig - moved));
+}
+
 TEST_F(AsyncFallback, ADescriptorIsBusyUntilTheFallbackCompletes) {
     TcpPair t;
     ASSERT_EQ(vpipe_submit_file_to_socket(q_, file_, t.a, 0, kBig, 41), 0);
