@@ -9,15 +9,19 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include <vpipe/abi/ioctl.h>
@@ -70,12 +74,6 @@ int gather(const struct iovec* iov, int cnt, Bytes* out) {
         out->data.insert(out->data.end(), b, b + iov[i].iov_len);
     }
     return 0;
-}
-
-// Sends all of a head or tail on the classic path (blocking, like the API). 0 or -errno.
-int send_bytes(int fd, const Bytes& b, bool more = false) {
-    if (b.data.empty()) return 0;
-    return vpipe::lib::fallback_send_all(fd, b.data.data(), b.data.size(), more);
 }
 
 thread_local vpipe_result t_last{};
@@ -179,23 +177,33 @@ ssize_t fail(int err, const char* why) {
 }
 
 // The classic path: head, data, tail. Returns the data bytes moved (*hdtr_moved the head and
-// tail bytes written), or -errno when nothing was written at all.
+// tail bytes written), or -errno when nothing was written at all. `stop`: a queue's fallback
+// worker, which may be asked to stop (stop->stopped tells whether it did).
 int64_t classic(uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uint64_t out_off,
-                size_t length, const Bytes& head, const Bytes& tail, uint64_t* hdtr_moved) {
+                size_t length, const Bytes& head, const Bytes& tail, uint64_t* hdtr_moved,
+                vpipe::lib::Stop* stop = nullptr) {
     *hdtr_moved = 0;
-    if (int r = send_bytes(out_fd, head, length > 0); r < 0) return r;
-    *hdtr_moved = head.size();
+    if (!head.data.empty()) {
+        size_t sent = 0;
+        int r = vpipe::lib::fallback_send_all(out_fd, head.data.data(), head.data.size(), length > 0, stop, &sent);
+        *hdtr_moved = sent;
+        if (r < 0) return sent ? 0 : r;
+    }
     int64_t moved = 0;
     if (length) {
         switch (opcode) {
-        case VPIPE_IOC_FILE_TO_FILE: moved = vpipe::lib::fallback_file_to_file(in_fd, in_off, out_fd, out_off, length); break;
-        case VPIPE_IOC_FILE_TO_SOCKET: moved = vpipe::lib::fallback_file_to_socket(in_fd, in_off, out_fd, length); break;
-        case VPIPE_IOC_SOCKET_TO_FILE: moved = vpipe::lib::fallback_socket_to_file(in_fd, out_fd, out_off, length); break;
-        default: moved = vpipe::lib::fallback_socket_to_socket(in_fd, out_fd, length); break;
+        case VPIPE_IOC_FILE_TO_FILE: moved = vpipe::lib::fallback_file_to_file(in_fd, in_off, out_fd, out_off, length, stop); break;
+        case VPIPE_IOC_FILE_TO_SOCKET: moved = vpipe::lib::fallback_file_to_socket(in_fd, in_off, out_fd, length, stop); break;
+        case VPIPE_IOC_SOCKET_TO_FILE: moved = vpipe::lib::fallback_socket_to_file(in_fd, out_fd, out_off, length, stop); break;
+        default: moved = vpipe::lib::fallback_socket_to_socket(in_fd, out_fd, length, stop); break;
         }
     }
     if (moved < 0) return *hdtr_moved ? 0 : moved;  // the head went out: a short count
-    if (static_cast<uint64_t>(moved) == length && send_bytes(out_fd, tail) == 0) *hdtr_moved += tail.size();
+    if (static_cast<uint64_t>(moved) == length && !tail.data.empty()) {
+        size_t sent = 0;
+        (void)vpipe::lib::fallback_send_all(out_fd, tail.data.data(), tail.data.size(), false, stop, &sent);
+        *hdtr_moved += sent;
+    }
     return moved;
 }
 
@@ -306,10 +314,19 @@ vpipe_ioc_op make_op(const Args& a) {
     return op;
 }
 
-// the classic path (below the threshold: err 0, or vPipe could not offload here)
-Outcome classic_outcome(const Args& a, int err) {
+// the classic path (below the threshold: err 0, or vPipe could not offload here); with `stop`
+// on a queue's fallback worker, where a cancel ends it like an offloaded one's: -ECANCELED and
+// the bytes moved before
+Outcome classic_outcome(const Args& a, int err, vpipe::lib::Stop* stop = nullptr) {
     uint64_t hd = 0;
-    int64_t moved = classic(a.opcode, a.in_fd, a.out_fd, a.in_off, a.out_off, a.length, a.head, a.tail, &hd);
+    int64_t moved = classic(a.opcode, a.in_fd, a.out_fd, a.in_off, a.out_off, a.length, a.head, a.tail, &hd, stop);
+    if (stop && stop->stopped) {
+        Outcome o = failed(ECANCELED, "cancelled");
+        o.res.moved = o.res.guest_copied = moved > 0 ? static_cast<uint64_t>(moved) : 0;
+        o.res.hdtr_moved = hd;
+        g_counters.bytes_guest += o.res.moved;   // what moved before the cancel did move
+        return o;
+    }
     if (moved < 0) return failed(static_cast<int>(-moved), "the fallback copy failed");
     Outcome o;
     o.res.hdtr_moved = hd;
@@ -368,7 +385,8 @@ struct Use {
     bool exclusive = false;
 };
 std::mutex g_busy_mu;
-std::map<int, Use> g_busy;
+// never destroyed: a fallback worker still copying while the process exits may release into it
+std::map<int, Use>& g_busy = *new std::map<int, Use>;
 
 bool exclusive_use(uint32_t opcode, bool out) {
     if (out) return true;   // a socket or a destination file
@@ -459,7 +477,19 @@ struct Pending {
     Args args;
 };
 
-struct Queue {
+// A fallback of an asynchronous operation: the classic copy, run by one of the queue's workers
+// so that neither the submit nor the reap that learns of it waits for it.
+struct FallbackJob {
+    uint64_t tag = 0;
+    Pending p;
+    int err = 0;              // why it falls back (classic_outcome's reason)
+    vpipe::lib::Stop stop;    // vpipe_cancel, vpipe_queue_destroy
+};
+
+// Fallback copies of one queue running at once; more wait their turn in order.
+constexpr size_t kFallbackWorkers = 8;
+
+struct Queue : std::enable_shared_from_this<Queue> {
     std::mutex mu;
     int epfd = -1;     // the completion descriptor: the agent connection + evfd
     int evfd = -1;     // readable while `ready` is not empty
@@ -470,6 +500,14 @@ struct Queue {
     uint64_t next_tag = 1;
     std::map<uint64_t, Pending> inflight;   // tag -> operation
     std::deque<vpipe_completion> ready;
+    // fallback copies: queued or running (tag -> job), the queued ones in order, the workers
+    // (each holds the queue: it outlives a process that exits without destroying it)
+    std::map<uint64_t, std::shared_ptr<FallbackJob>> fallbacks;
+    std::deque<std::shared_ptr<FallbackJob>> todo;
+    std::vector<std::thread> workers;
+    size_t idle = 0;          // workers waiting for a job
+    bool closing = false;     // vpipe_queue_destroy: no new fallbacks, the workers leave
+    std::condition_variable cv;
     ~Queue() {
         if (conn >= 0) ::close(conn);
         if (evfd >= 0) ::close(evfd);
@@ -497,6 +535,122 @@ void post(Queue& q, uint64_t user, const Outcome& o) {
     (void)!::write(q.evfd, &one, sizeof(one));
 }
 
+// ---- fallbacks off the caller's thread ----
+
+// The sockets of an operation, put in non-blocking mode for the copy (and back after it): every
+// wait is then a poll that a stop interrupts, never a send or sendfile stuck in the kernel. The
+// sockets are the operation's while it is in flight.
+class NonBlocking {
+public:
+    explicit NonBlocking(const Args& a) {
+        const bool in_sock = a.opcode == VPIPE_IOC_SOCKET_TO_FILE || a.opcode == VPIPE_IOC_SOCKET_TO_SOCKET;
+        const bool out_sock = a.opcode == VPIPE_IOC_FILE_TO_SOCKET || a.opcode == VPIPE_IOC_SOCKET_TO_SOCKET;
+        if (in_sock) set(a.in_fd);
+        if (out_sock) set(a.out_fd);
+    }
+    ~NonBlocking() {
+        for (int i = 0; i < n_; ++i) (void)::fcntl(fd_[i], F_SETFL, fl_[i]);
+    }
+    NonBlocking(const NonBlocking&) = delete;
+    NonBlocking& operator=(const NonBlocking&) = delete;
+
+private:
+    void set(int fd) {
+        int fl = ::fcntl(fd, F_GETFL);
+        if (fl < 0 || (fl & O_NONBLOCK)) return;
+        if (::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return;
+        fd_[n_] = fd;
+        fl_[n_++] = fl;
+    }
+    int fd_[2]{}, fl_[2]{}, n_ = 0;
+};
+
+// A worker: takes the queue's fallback jobs in order, copies without q.mu, and posts each
+// outcome like a component's completion (descriptors released first). Leaves when the queue
+// closes; `wake_fd` is its eventfd that a stop request writes.
+void fallback_worker(std::shared_ptr<Queue> qp, int wake_fd) {
+    Queue& q = *qp;
+    std::unique_lock lk(q.mu);
+    for (;;) {
+        q.cv.wait(lk, [&] { return q.closing || !q.todo.empty(); });
+        if (q.todo.empty()) break;
+        std::shared_ptr<FallbackJob> job = std::move(q.todo.front());
+        q.todo.pop_front();
+        q.idle--;
+        uint64_t v;
+        (void)!::read(wake_fd, &v, sizeof(v));   // a stop meant for the previous job
+        job->stop.wake_fd = wake_fd;             // vpipe_cancel writes it (under q.mu)
+        lk.unlock();
+        Outcome o;
+        {
+            NonBlocking nb(job->p.args);
+            o = classic_outcome(job->p.args, job->err, &job->stop);
+        }
+        lk.lock();
+        job->stop.wake_fd = -1;
+        q.fallbacks.erase(job->tag);
+        release(job->p.args);
+        post(q, job->p.user, o);
+        q.idle++;
+    }
+    ::close(wake_fd);
+}
+
+// One more worker (q.mu held). False when none could be started.
+bool spawn_worker(Queue& q) {
+    int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake < 0) return false;
+    // the worker takes none of the application's signals (it inherits this mask); a SIGPIPE
+    // that sendfile raises stays pending on it, harmless
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    bool ok = true;
+    try {
+        q.workers.emplace_back(fallback_worker, q.shared_from_this(), wake);
+    } catch (...) {
+        ok = false;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (!ok) {
+        ::close(wake);
+        return false;
+    }
+    q.idle++;
+    return true;
+}
+
+// Hands p's classic copy (reason err) to a worker (q.mu held); p's descriptors stay claimed
+// until its completion is posted. `tag`: the one the component had (0: a new one; the order of
+// submission, for vpipe_cancel). False (p untouched) when no worker can run it: the caller
+// copies itself, as the blocking API does.
+bool start_fallback(Queue& q, Pending& p, int err, uint64_t tag = 0) {
+    if (q.closing) {   // vpipe_queue_destroy is waiting for the component: cancelled at once
+        release(p.args);
+        post(q, p.user, failed(ECANCELED, "cancelled"));
+        return true;
+    }
+    if (q.idle <= q.todo.size() && q.workers.size() < kFallbackWorkers) (void)spawn_worker(q);
+    if (q.workers.empty()) return false;
+    auto job = std::make_shared<FallbackJob>();
+    job->tag = tag ? tag : q.next_tag++;
+    job->p = std::move(p);
+    job->err = err;
+    q.fallbacks.emplace(job->tag, job);
+    q.todo.push_back(std::move(job));
+    q.cv.notify_one();
+    return true;
+}
+
+// Asks a fallback job to stop at its next chunk boundary or wait (q.mu held).
+void stop_fallback(FallbackJob& j) {
+    j.stop.requested = true;
+    if (j.stop.wake_fd >= 0) {
+        const uint64_t one = 1;
+        (void)!::write(j.stop.wake_fd, &one, sizeof(one));
+    }
+}
+
 // A completion from the agent (q.mu held): restored sockets in place, descriptors released,
 // the outcome as the blocking call would have it.
 void on_agent_completion(Queue& q, vpipe::lib::AgentCompletion& ac) {
@@ -510,6 +664,9 @@ void on_agent_completion(Queue& q, vpipe::lib::AgentCompletion& ac) {
     int r = vpipe::lib::install_restored(ac.c.op, p.args.in_fd, p.args.out_fd, ac.fds, ac.nfds);
     int result = ac.c.result;
     if (result == 0 && r < 0) result = r;
+    // the offload is impossible here: the classic copy goes to a worker, not this reap
+    if (result < 0 && may_fall_back(-result) && fallback_enabled() && start_fallback(q, p, -result, ac.c.tag))
+        return;
     release(p.args);
     post(q, p.user, component_outcome(p.args, ac.c.op, result));
 }
@@ -581,7 +738,7 @@ int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uin
     Queue& q = *qp;
     std::lock_guard lk(q.mu);
     drain(q);
-    if (q.inflight.size() + q.ready.size() >= q.depth) {
+    if (q.inflight.size() + q.fallbacks.size() + q.ready.size() >= q.depth) {
         errno = EAGAIN;
         return -1;
     }
@@ -632,6 +789,7 @@ int submit(int qid, uint32_t opcode, int in_fd, int out_fd, uint64_t in_off, uin
         }
         err = -r;
     }
+    if (start_fallback(q, p, err)) return 0;   // the copy runs on a worker
     o = classic_outcome(a, err);
     release(a);
     post(q, user, o);
@@ -787,8 +945,10 @@ int vpipe_queue_destroy(int queue) {
         errno = EBADF;
         return -1;
     }
+    std::vector<std::thread> workers;
     {
         std::lock_guard lk(q->mu);
+        q->closing = true;
         if (q->conn >= 0) {
             std::vector<uint64_t> tags;
             for (auto& [tag, p] : q->inflight) tags.push_back(tag);
@@ -802,7 +962,12 @@ int vpipe_queue_destroy(int queue) {
         }
         for (auto& [tag, p] : q->inflight) release(p.args);
         q->inflight.clear();
+        // fallback copies stop at their next chunk boundary or wait; the workers leave
+        for (auto& [tag, j] : q->fallbacks) stop_fallback(*j);
+        workers = std::move(q->workers);
+        q->cv.notify_all();
     }
+    for (auto& t : workers) t.join();   // each posts its job's outcome (dropped) on the way
     std::lock_guard lk(g_queues_mu);
     g_queues[queue].reset();
     return 0;
@@ -863,9 +1028,15 @@ int vpipe_cancel(int queue, uint64_t user_data) {
         return -1;
     }
     std::lock_guard lk(q->mu);
-    for (auto& [tag, p] : q->inflight) {
-        if (p.user != user_data) continue;
-        cancel_tag(*q, tag);
+    // the first submitted of those in flight: with the component, or a fallback copy
+    auto off = std::find_if(q->inflight.begin(), q->inflight.end(), [&](auto& e) { return e.second.user == user_data; });
+    auto fb = std::find_if(q->fallbacks.begin(), q->fallbacks.end(), [&](auto& e) { return e.second->p.user == user_data; });
+    if (fb != q->fallbacks.end() && (off == q->inflight.end() || fb->first < off->first)) {
+        stop_fallback(*fb->second);   // at its next chunk boundary; a finished copy completes normally
+        return 0;
+    }
+    if (off != q->inflight.end()) {
+        cancel_tag(*q, off->first);
         return 0;   // asked (-ENOENT from the component: its completion is on the way)
     }
     for (const auto& c : q->ready)

@@ -14,7 +14,9 @@
  *
  * Conventions
  *   - Every call is thread safe and blocking (also on non-blocking descriptors), except the
- *     queue calls at the end (vpipe_submit_*, vpipe_reap, vpipe_cancel): the non-blocking form.
+ *     queue calls at the end (vpipe_submit_*, vpipe_reap, vpipe_cancel): the non-blocking form,
+ *     whose fallback copies run on the queue's worker threads. A blocking call's fallback runs
+ *     on the caller's thread.
  *   - Errors: -1 with errno set. Operations return the number of bytes moved; a short count
  *     means the source ended (EOF) or the peer went away after some bytes moved; the next call
  *     then reports the error.
@@ -175,9 +177,14 @@ VPIPE_API int vpipe_get_stats(struct vpipe_stats *out);
  *     completion follows, with res = what the blocking call would have returned (bytes; for the
  *     _hdtr forms head + data + tail) or -errno, and result = what vpipe_last_result() would
  *     have said (path, fallback reason, offloaded bytes). Threshold, cache rule, fallback and the
- *     counters of vpipe_get_stats() apply as for the blocking calls; the classic path of a
- *     fallback runs inside the submit (or the reap that learns the offload is impossible) --
- *     it is the guest's own copy, as long as sendfile() would take.
+ *     counters of vpipe_get_stats() apply as for the blocking calls.
+ *   - Fallbacks run off the caller's thread: the classic copy of an operation that is not
+ *     offloaded (threshold, cache rule, no component, or a completion saying the offload is
+ *     impossible here) goes to the queue's own worker threads (created on demand, at most 8 per
+ *     queue copying at once, more wait their turn; they block all signals). The submit, or the
+ *     reap that learns it, returns at once; the copy's completion comes like an offload's, with
+ *     path VPIPE_RESULT_FALLBACK and the reason. While it copies, the worker puts the sockets of
+ *     the operation in O_NONBLOCK mode and restores their file status flags afterwards.
  *   - EAGAIN: the queue holds `depth` operations in flight or unreaped completions.
  *   - EBUSY: a descriptor of the operation is in another operation's hands (any queue, or a
  *     blocking call of another thread): a socket or a destination file belongs to one
@@ -192,7 +199,10 @@ VPIPE_API int vpipe_get_stats(struct vpipe_stats *out);
  *   - vpipe_cancel asks the operation to stop at its next safe point; the completion then has
  *     res = -ECANCELED and result.moved the bytes moved before (exact: the destination holds
  *     exactly that prefix, a socket continues right after it). An operation past its last safe
- *     point (e.g. a file -> socket once dom0 sends) completes normally.
+ *     point (e.g. a file -> socket once dom0 sends) completes normally. A fallback copy stops
+ *     at its next chunk boundary (at most 4 MiB) or while it waits for a socket, with the same
+ *     contract (result.guest_copied = result.moved); one that finished copying completes
+ *     normally.
  *   - A queue is used by one thread at a time (calls on one queue are serialised).
  */
 struct vpipe_completion {
@@ -208,8 +218,10 @@ struct vpipe_completion {
 VPIPE_API int vpipe_queue_create(unsigned depth, unsigned flags);
 /* The queue's completion descriptor (readable while completions wait; do not read it). */
 VPIPE_API int vpipe_queue_fd(int queue);
-/* Cancels what is in flight, waits for those completions (sockets are restored) and frees the
- * queue; unreaped completions are dropped. 0, or -1 (EBADF). */
+/* Cancels what is in flight, waits for those completions (sockets are restored; fallback copies
+ * stop at their next chunk boundary and the queue's workers are joined) and frees the queue;
+ * unreaped completions are dropped. The application's descriptors are never closed. 0, or -1
+ * (EBADF). */
 VPIPE_API int vpipe_queue_destroy(int queue);
 
 VPIPE_API int vpipe_submit_file_to_socket(int queue, int file_fd, int sock_fd, off_t offset, size_t length,
