@@ -48,6 +48,10 @@ public:
     std::atomic<uint64_t> bytes_written{0};
     std::atomic<uint64_t> read_ops{0};
     std::atomic<uint64_t> write_ops{0};
+    // of bytes_read: read by splice() straight into pipe pages (file -> socket, io/splice_read.h)
+    std::atomic<uint64_t> bytes_spliced{0};
+    // splice_read_supported()'s answer for this disk: -1 not probed yet, 0 no, 1 yes
+    std::atomic<int> splice_probe{-1};
 
 private:
     DiskImage(std::string path, UniqueFd fd, UniqueFd cached_fd, bool writable, uint64_t size,

@@ -17,11 +17,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "buffer_ring.h"
+#include "io/splice_read.h"
+#include "util/unique_fd.h"
 #include "prepared_watermark.h"
 
 namespace vpipe::engine {
@@ -362,6 +365,93 @@ int send_from_page_cache(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedReque
     return status;
 }
 
+// VPIPE_ENGINE_NO_SPLICE=1 in the engine's environment keeps file -> socket on the buffered
+// read-ahead path (a diagnostic, and how the tests keep that path covered on kernels that splice)
+bool splice_reads_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("VPIPE_ENGINE_NO_SPLICE");
+        return !e || !*e || std::strcmp(e, "0") == 0;
+    }();
+    return on;
+}
+
+// file -> socket by splice (io/splice_read.h): a thread reads the extents into a pipe with
+// O_DIRECT splices (the pipe's 1 MiB is the read-ahead), this one moves the pipe's pages to the
+// shadow socket with splice(), one credit window at a time and within the destination's send
+// limit. No byte is copied in dom0.
+int send_spliced(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedRequest& req, size_t window, uint64_t* sent) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) < 0) return -EIO;
+    UniqueFd pr(p[0]), pw(p[1]);
+    (void)fcntl(pw.get(), F_SETPIPE_SZ, 1 << 20);  // best effort: pipe-max-size may be lower
+    const int fd = dst.fd(), cancel = vm.cancel_fd();
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -EIO;
+    std::atomic<bool> stop{false};
+    int rstatus = 0;
+    uint64_t rdone = 0;
+    std::thread reader([&] {
+        rstatus = splice_extents(disk, req.src_file.extents, pw.get(), stop, &rdone);
+        pw.reset();  // the sender reads EOF after the last byte
+    });
+    const uint32_t limit = dst.snd_limit();
+    uint64_t pos = 0;
+    int status = 0;
+    auto last_progress = Clock::now();
+    while (pos < req.length && status == 0) {
+        const uint64_t n = std::min<uint64_t>(window, req.length - pos);
+        vm.reserve(req.op, n);  // credit before the bytes move, not after
+        uint64_t done = 0;
+        while (done < n && status == 0) {
+            int outq = 0, inpipe = 0;
+            if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(pr.get(), FIONREAD, &inpipe) < 0) {
+                status = -EIO;
+                break;
+            }
+            const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+            if (allow > 0 && inpipe > 0) {
+                ssize_t m = ::splice(pr.get(), nullptr, fd, nullptr, std::min<uint64_t>({n - done, allow, uint64_t(inpipe)}),
+                                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (n - done > allow ? SPLICE_F_MORE : 0));
+                if (m > 0) {
+                    done += static_cast<uint64_t>(m);
+                    last_progress = Clock::now();
+                    continue;
+                }
+                if (m < 0 && errno == EINTR) continue;
+                if (m < 0 && errno != EAGAIN) {
+                    status = map_sock_err(errno);
+                    break;
+                }
+            }
+            if (Clock::now() - last_progress > socket_timeout()) {
+                status = -ETIMEDOUT;
+                break;
+            }
+            // Wait for what is missing: bytes in the pipe (the reader is at the disk), or room
+            // in the socket. At the limit the socket may be writable already (its truesize
+            // accounting lags the bytes): then the ACKs get a millisecond.
+            pollfd w[2] = {{inpipe > 0 ? fd : pr.get(), 0, 0}, {cancel, POLLIN, 0}};
+            w[0].events = inpipe > 0 ? (allow > 0 ? POLLOUT : 0) : POLLIN;
+            const int pr_ = ::poll(w, 2, inpipe > 0 && allow == 0 ? 1 : 100);
+            if (pr_ < 0 && errno != EINTR) status = -EIO;
+            else if (w[1].revents) status = -ECANCELED;
+            else if (inpipe == 0 && (w[0].revents & POLLHUP) && !(w[0].revents & POLLIN))
+                status = -EPIPE;  // the reader ended before this window: its status says why
+            else if (inpipe > 0 && (w[0].revents & (POLLERR | POLLHUP)) && !(w[0].revents & POLLOUT))
+                status = sock_error(fd);
+        }
+        *sent += done;
+        vm.count(req.op, done);
+        pos += done;
+    }
+    stop = true;
+    pr.reset();  // a reader blocked on a full pipe gets EPIPE
+    reader.join();
+    fcntl(fd, F_SETFL, flags);
+    if (status == -EPIPE) status = rstatus != 0 && rstatus != -ECANCELED ? rstatus : -EIO;
+    return status;
+}
+
 int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
                    const DescWriter& write, uint64_t* moved) {
     DiskImage* disk = vm.disk(req.src_file.vdev);
@@ -374,6 +464,8 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
     int status = 0;
     if (disk->cached_fd() >= 0) {
         status = send_from_page_cache(vm, *disk, dst, req, pool.buffer_bytes(), &sent);
+    } else if (req.length > pool.buffer_bytes() && splice_reads_enabled() && splice_read_supported(*disk)) {
+        status = send_spliced(vm, *disk, dst, req, pool.buffer_bytes(), &sent);
     } else {
         // Read ahead: this thread reads every free window of the ring at once (BlockIo is not
         // thread-safe: only this thread reads) while a helper thread sends the filled ones in

@@ -81,6 +81,7 @@ nlohmann::json Vm::stats_json() const {
                          {"writable", d->writable()},
                          {"cache", d->cached_fd() >= 0 ? "host" : "direct"},
                          {"bytes_read", d->bytes_read.load()},
+                         {"bytes_spliced", d->bytes_spliced.load()},
                          {"bytes_written", d->bytes_written.load()}});
     }
     j["disks"] = disks;

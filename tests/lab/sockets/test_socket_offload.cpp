@@ -1183,6 +1183,23 @@ TEST_F(Sockets, FileToSocketSizes) {
         printf("[ info ] file->socket %s (%llu B): %.3f s incl. process start-up\n", c.file,
                static_cast<unsigned long long>(c.size), secs);
     }
+    // which read path moved them: spliced from O_DIRECT (direct, unless VPIPE_ENGINE_NO_SPLICE)
+    // for the operations above one pool buffer (1 MiB + 1 B and 64 MiB: their aligned parts,
+    // the last byte goes through the bounce block), else none
+    const char* cache = getenv("VPIPE_TEST_DISK_CACHE");
+    const char* nosplice = getenv("VPIPE_ENGINE_NO_SPLICE");
+    const bool spliced = cache && std::string(cache) == "direct" && !(nosplice && *nosplice && std::string(nosplice) != "0");
+    auto r = engine({"stats", "--json"});
+    ASSERT_EQ(r.status, 0) << r.all();
+    const auto j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.out;
+    uint64_t bytes_spliced = 0;
+    for (const auto& vm : j["vms"])
+        for (const auto& d : vm["disks"]) bytes_spliced += d.value("bytes_spliced", uint64_t{0});
+    if (spliced)
+        EXPECT_GE(bytes_spliced, (64u << 20) + (1u << 20)) << r.out;
+    else
+        EXPECT_EQ(bytes_spliced, 0u) << r.out;
 }
 
 TEST_F(Sockets, FileToSocketKeepAliveHeaderBodyTrailer) {
