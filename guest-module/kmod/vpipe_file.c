@@ -112,6 +112,20 @@ int vpipe_file_mappable(struct file *f)
 	return 0;
 }
 
+int vpipe_file_writeback(struct file *f, u64 off, u64 len)
+{
+	if (len == 0)
+		return 0;
+	if (off > LLONG_MAX || len > (u64)LLONG_MAX - off)
+		return -EINVAL;
+	/* Only the data: a source's dirty pages written back and waited for (delayed allocations
+	 * resolved, unwritten extents converted: ext4 ends a page's writeback after the
+	 * conversion). dom0 reads the same disk, so no journal commit and no cache flush are
+	 * needed -- an fsync would add both to every GET (a flush crosses blkfront, blkback and
+	 * the host's disk), as the agent's sync_file_range does not. */
+	return filemap_write_and_wait_range(f->f_mapping, off, off + len - 1);
+}
+
 int vpipe_file_flush(struct file *f, u64 off, u64 len)
 {
 	if (len == 0)

@@ -39,6 +39,8 @@ int vpipe_file_disk(struct file *f, u32 *vdev, u64 *partition_offset);
  * encrypted, compressed or verity data: 0, -EINVAL (not regular), -EOPNOTSUPP */
 int vpipe_file_mappable(struct file *f);
 
+/* a source's range: dirty pages written back and waited for (no commit, no cache flush) */
+int vpipe_file_writeback(struct file *f, u64 off, u64 len);
 int vpipe_file_flush(struct file *f, u64 off, u64 len);
 
 /* Maps exactly [off, off+len) (inside i_size). 0 or -errno (-ENXIO, -EOPNOTSUPP, -EINVAL). */

@@ -120,7 +120,7 @@ static void k_unhold(void *env, void *hold)
 
 static int k_flush(void *env, vpipe_fh f, uint64_t off, uint64_t len)
 {
-	return vpipe_file_flush(F(f), off, len);
+	return vpipe_file_writeback(F(f), off, len);
 }
 
 static int k_map(void *env, vpipe_fh f, uint64_t off, uint64_t len, struct vpipe_extents *out)
