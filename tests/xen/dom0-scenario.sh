@@ -409,8 +409,8 @@ fi
 #   f2s  GET big.bin (64 MiB) from vpipe-httpd in the domU: vpipe (:8080), sendfile (:8082), rw (:8083)
 #   s2f  PUT of /data/put.bin (32 MiB) to the same servers, each with --fsync (durable when answered):
 #        vpipe (socket -> file offloaded), sendfile (splice socket -> pipe -> file), rw (recv + pwrite)
-#   s2s  GET relay.bin (48 MiB) from the client's server through vpipe-proxy in the domU: vpipe
-#        (:9003) and splice (:9004)
+#   s2s  GET relay.bin (48 MiB) from the client's server (sendfile, :8085) through vpipe-proxy in
+#        the domU: vpipe (:9003) and splice (:9004)
 #   native  the control: dom0 itself serves relay.bin (48 MiB) from its own virtio disk with
 #        sendfile to the same client: disk -> TCP natively in dom0, no domU involved. Under the
 #        neighbours it shows how much of a slowdown is the machine's (dom0's emulated CPU losing
@@ -464,7 +464,10 @@ if [ "$MODE" = bench ]; then
   xl vcpu-pin Domain-0 0 0
   phase bench-start
   start_vpiped || result
-  start_client_server   # the backend of the s2s relay
+  # the backend of the s2s relay: sendfile, so that the client side (on dom0's CPU with the
+  # engine) costs as little as it can for both relays
+  client vpipe-httpd --mode sendfile --port 8085 --root /data --bind $CLIENT_IP > /tmp/client-httpd.log 2>&1 &
+  CLIENT_HTTPD=$!
   vpipe-httpd --mode sendfile --port 8090 --root /data --bind 10.0.0.1 > /tmp/native-httpd.log 2>&1 &
   NATIVE=$!
   NAME=d1

@@ -222,10 +222,10 @@ bench)
   SF=$!
   vpipe-httpd --mode rw --fsync --port 8083 --root /mnt --bind "$IP" > /tmp/httpd-rw.log 2>&1 &
   RW=$!
-  VPIPE_NO_FALLBACK=1 vpipe-proxy --mode vpipe --no-fallback --listen 9003 --bind "$IP" --to "$PEER:8081" \
+  VPIPE_NO_FALLBACK=1 vpipe-proxy --mode vpipe --no-fallback --listen 9003 --bind "$IP" --to "$PEER:8085" \
       > /tmp/proxy.log 2>&1 &
   PX=$!
-  vpipe-proxy --mode splice --listen 9004 --bind "$IP" --to "$PEER:8081" > /tmp/proxy-splice.log 2>&1 &
+  vpipe-proxy --mode splice --listen 9004 --bind "$IP" --to "$PEER:8085" > /tmp/proxy-splice.log 2>&1 &
   PS=$!
   if wait_listen 8080 && wait_listen 8082 && wait_listen 8083 && wait_listen 9003 && wait_listen 9004; then
     xenstore-write "$XS/ready" 1

@@ -10,8 +10,8 @@
 #   --plain          Xen plumbing only (disk, bridge, client namespace; no vPipe)
 #   --stress         the stress check only (domUs sharing one physical CPU; the full suite's
 #                    first step)
-#   --bench          bench/xen.sh's GETs under contention (not a test; BENCH_NEIGHBOURS=0:2,
-#                    BENCH_REPS=3)
+#   --bench          bench/xen.sh's transfers under contention (BENCH_NEIGHBOURS=0:2,
+#                    BENCH_REPS=3; ctest's xen_bench_smoke runs one round with 0 and 1)
 #   --shell          set dom0 up, then a shell on the serial console (Ctrl-a x quits QEMU)
 #   --quick          re-pack the initramfs (and rebuild vpipe.ko) only; kernels/disks reused
 #   --no-build       boot the images as they are
