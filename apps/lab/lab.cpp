@@ -84,8 +84,6 @@ std::vector<int> parse_weights(const std::string& s, int vms) {
     return w;
 }
 
-int slice_of(const UpOptions& opt) { return opt.slice_ms < 0 ? 30 : opt.slice_ms; }
-
 std::string checked_cpus(const std::string& list, const char* what) {
     auto cpus = parse_cpu_list(list);
     auto online = online_cpus();
@@ -152,7 +150,7 @@ struct Upper {
         st.vcpu_quota = opt.vcpu_quota;
         const bool hypervisor = opt.neighbour_model == "hypervisor";
         st.neighbour_model = opt.neighbour_model;
-        st.slice_ms = hypervisor ? slice_of(opt) : 0;
+        st.slice_ms = hypervisor ? opt.slice_ms : 0;
         st.guest_cpus = guest_cpus;
         st.dom0_cpus = dom0_cpus;
         st.daemons = opt.daemons;
@@ -366,7 +364,7 @@ void print_summary(const LabState& st) {
             for (const auto& r : v.rps) std::cout << " " << r.dev << "/" << r.queue << "=" << r.mask;
             std::cout << "\n";
         }
-    } else {
+    } else if (!st.neighbours.empty() || st.vcpu_quota > 0) {
         std::cout << "  neighbour model shares";
         if (st.vcpu_quota > 0) std::cout << ", --vcpu-quota " << st.vcpu_quota << " %";
         std::cout << "\n";
@@ -426,12 +424,12 @@ int cmd_up(const UpOptions& opt) {
                   << "' (shares or hypervisor)\n";
         return 2;
     }
-    if (opt.neighbour_model == "shares" && opt.slice_ms >= 0) {
+    if (opt.neighbour_model == "shares" && opt.slice_ms_given) {
         std::cerr << "vpipe-lab up: --slice-ms applies to --neighbour-model hypervisor only\n";
         return 2;
     }
     if (opt.neighbour_model == "hypervisor") {
-        const int slice = slice_of(opt);
+        const int slice = opt.slice_ms;
         if (slice < 1 || slice > 1000) {
             std::cerr << "vpipe-lab up: --slice-ms must be 1..1000 (got " << slice << ")\n";
             return 2;

@@ -22,7 +22,8 @@ struct UpOptions {
     // "hypervisor" (Xen's credit scheduler: cpu.max of one slice per round of neighbours + 1
     // vCPUs, and the VM's receive processing steered onto the guest CPUs).
     std::string neighbour_model = "shares";
-    int slice_ms = -1;  // hypervisor: the credit time slice; -1 = not given (30)
+    int slice_ms = 30;  // hypervisor: the credit time slice
+    bool slice_ms_given = false;  // --slice-ms on the command line (refused with shares)
     std::string image_dir = "/var/lib/vpipe-lab";
     bool daemons = true;
     bool quiet = false;

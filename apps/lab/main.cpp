@@ -152,8 +152,9 @@ int main(int argc, char** argv) {
                        "via cpu.max, receive steering onto the guest CPUs); see DESCRIPTION")
         ->capture_default_str();
     up_cmd->add_option("--slice-ms", up.slice_ms,
-                       "hypervisor model: the credit time slice in ms, 1..1000 (default 30); the VM's cpu.max "
-                       "period is (neighbours + 1) x slice, at most 1000 ms");
+                       "hypervisor model: the credit time slice in ms, 1..1000; the VM's cpu.max period is "
+                       "(neighbours + 1) x slice, at most 1000 ms")
+        ->capture_default_str();
     up_cmd->add_option("--image-dir", up.image_dir, "where the disk images live")->capture_default_str();
     up_cmd->add_flag("--no-daemons", no_daemons, "don't start vpiped / vpipe-guestd (tests)")->group("");
     up_cmd->footer(std::string(kExitCommon) +
@@ -324,6 +325,7 @@ int main(int argc, char** argv) {
     try {
         if (up_cmd->parsed()) {
             up.daemons = !no_daemons;
+            up.slice_ms_given = up_cmd->count("--slice-ms") > 0;
             return cmd_up(up);
         }
         if (down_cmd->parsed()) return cmd_down(false);

@@ -392,6 +392,7 @@ TEST_F(Lab, NeighbourModelBadArguments) {
     const std::vector<Case> cases{
         {{"--neighbour-model", "hypervisor", "--slice-ms", "0"}, "--slice-ms must be 1..1000 (got 0)"},
         {{"--neighbour-model", "hypervisor", "--slice-ms", "1001"}, "--slice-ms must be 1..1000 (got 1001)"},
+        {{"--neighbour-model", "hypervisor", "--slice-ms", "-5"}, "--slice-ms must be 1..1000 (got -5)"},
         {{"--neighbour-model", "xen"}, "unknown --neighbour-model 'xen' (shares or hypervisor)"},
         {{"--slice-ms", "30"}, "--slice-ms applies to --neighbour-model hypervisor only"},
         {{"--neighbour-model", "hypervisor", "--neighbours", "40"}, "= 1230 ms is the VM's cpu.max period"},
