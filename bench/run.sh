@@ -7,7 +7,9 @@
 #   bench/run.sh micro             only the micro-benchmarks
 #   bench/run.sh scenarios         Fig 4(a-d) + Fig 6 CPU, Fig 5 sizes, op-size sweep, ceiling,
 #                                  profiles, scale
-#   bench/run.sh fig4 | scale      only those lab scenarios
+#   bench/run.sh fig4 | scale      only those lab scenarios (fig4: both neighbour models, the
+#                                  model column of fig4.csv; FIG4_MODELS=hypervisor: only the
+#                                  hypervisor rows, the others kept)
 #   bench/run.sh fairness          only the sharing-dom0 experiment (Fig 7)
 #   bench/run.sh handover          only the hand-over benchmarks (latency sweep, wrk, httperf:
 #                                  latency.csv, wrk.csv, httperf.csv, HANDOVER.md; ~12 min)
@@ -28,7 +30,8 @@
 # Environment: BUILD_DIR (default build, built with scripts/build.sh; any other dir is built
 # with cmake --build), FIG4_MIB (512), REPS (2: repetitions with the unlimited link), REPS_LINK (1);
 # FIG4_NEIGHBOURS ("0 1 2 3"), FIG4_LINKS ("0 1000": unlimited, 1 Gbit/s), FIG4_EXTRA (1: the size
-# sweeps and profiles of the 0- and 2-neighbour labs) select a part of Fig 4.
+# sweeps and profiles of the 0- and 2-neighbour labs), FIG4_MODELS ("shares hypervisor": how the
+# busy neighbours delay the VM, vpipe-lab up --neighbour-model) select a part of Fig 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -149,8 +152,10 @@ set +e   # a plotting or formatting problem must not lose the measurements
 # what the last full run was like (SUMMARY.md quotes it also after partial re-runs)
 [ "$what" = all ] && echo "$ELAPSED|$START_LOAD|$QUICK|$(date -u +%Y-%m-%dT%H:%MZ)" > "$R/run_info.txt"
 # and of each part run since (a part's tables are from its newest run): one line per part
+part=$what
+case " ${FIG4_MODELS:-shares} " in *" shares "*) ;; *) [ "$what" = fig4 ] && part="fig4-${FIG4_MODELS// /-}" ;; esac
 if [ "$what" != summary ]; then
-  { grep -v "^$what|" "$R/runs.txt" 2>/dev/null || true; echo "$what|$(date -u +%Y-%m-%dT%H:%MZ)|$ELAPSED|$START_LOAD|$QUICK"; } > "$TMPD/runs.txt"
+  { grep -v "^$part|" "$R/runs.txt" 2>/dev/null || true; echo "$part|$(date -u +%Y-%m-%dT%H:%MZ)|$ELAPSED|$START_LOAD|$QUICK"; } > "$TMPD/runs.txt"
   sort "$TMPD/runs.txt" > "$R/runs.txt"
 fi
 plots

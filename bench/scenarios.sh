@@ -21,6 +21,7 @@ PROF=$R/profile
 PIDS=()        # background servers of the current lab, stopped by stop_servers
 declare -A SERVER_PID  # name -> pid (vpipe-lab exec/client/dom0 exec in place: the server's pid)
 EPID=0         # the engine's pid
+FIG4_MODEL=shares  # neighbour model of the current Fig 4 lab (fig4.csv's model column)
 LAB_VM_DISK=/run/vpipe-lab/vm1/disk0
 
 lab() { "$B/vpipe-lab" "$@"; }
@@ -85,7 +86,7 @@ cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # measure CSV PREFIX PATH BYTES -- CMD...: cold caches, then CMD timed with the CPU time of the
 # VM's cgroup (guest), dom0's cgroup and the engine process. Appends
-# PREFIX,PATH,BYTES,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok
+# PREFIX,PATH,BYTES,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok (fig4.csv: ,model too)
 measure() {
   local csv=$1 prefix=$2 path=$3 bytes=$4
   shift 5
@@ -95,9 +96,11 @@ measure() {
   "$@" || ok=0
   t1=$(now); g1=$(guest_cpu_ns); d1=$(cg_cpu_ns dom0); e1=$(engine_ticks)
   [ $ok = 1 ] || echo "bench: FAILED $prefix $path: $*" >&2
+  local sfx=""   # fig4.csv's last column: the lab's neighbour model
+  [ "$csv" = "$FIG4_CSV" ] && sfx=",$FIG4_MODEL"
   awk -v p="$prefix" -v q="$path" -v b="$bytes" -v t0="$t0" -v t1="$t1" -v g="$((g1 - g0))" -v d="$((d1 - d0))" \
-      -v e="$((e1 - e0))" -v hz="$(getconf CLK_TCK)" -v ok=$ok \
-      'BEGIN { printf "%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%d\n", p, q, b, t1 - t0, g / 1e9, d / 1e9, e / hz, ok }' >> "$csv"
+      -v e="$((e1 - e0))" -v hz="$(getconf CLK_TCK)" -v ok=$ok -v sfx="$sfx" \
+      'BEGIN { printf "%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%d%s\n", p, q, b, t1 - t0, g / 1e9, d / 1e9, e / hz, ok, sfx }' >> "$csv"
 }
 
 # curl helpers (in the client namespace); each checks the byte count.
@@ -153,12 +156,15 @@ measure_f2f_new() {
   rm -f "$M/dst"; sync
 }
 
-# One Fig 4 condition: all paths of all four operations, REPS times, in one lab.
-# Appends link,neighbours,rep,op,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok
+# One Fig 4 condition: all paths of all four operations, REPS times, in one lab whose K busy
+# neighbours follow MODEL (vpipe-lab up --neighbour-model: shares | hypervisor).
+# Appends link,neighbours,rep,op,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok,model
 fig4_condition() {
-  local link=$1 k=$2 reps=$3 extra=${4:-}
+  local link=$1 k=$2 reps=$3 extra=${4:-} model=${5:-shares}
   local bytes=$((FIG4_MIB << 20)) M=$LAB_VM_DISK
-  bench_up --vms 1 --disks 1 --disk-mib $((FIG4_MIB * 4 + 3072)) --neighbours "$k" --link-mbit "$link"
+  FIG4_MODEL=$model
+  bench_up --vms 1 --disks 1 --disk-mib $((FIG4_MIB * 4 + 3072)) --neighbours "$k" --link-mbit "$link" \
+    --neighbour-model "$model"
   cp "$SHM/src" "$M/src"; sync
   if ! start_fig4_servers; then bench_down; return 1; fi
   # Steady state, as a server sees hot content: the guest's cache holds src (just copied), and
@@ -194,29 +200,58 @@ fig4_condition() {
   bench_down
 }
 
+FIG4_HEADER=link_mbit,neighbours,rep,op,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok,model
+
+# FIG4_MODELS ("shares hypervisor") selects the neighbour models. shares: every link and K, with
+# the extras (Fig 5 sizes, op sizes, profiles); hypervisor: the unlimited link only, every K (the
+# 1 Gbit/s link is link-bound). Without shares (FIG4_MODELS=hypervisor) the other rows of fig4.csv
+# and the other CSVs stay: rows of older runs without the model column are rows of the shares model.
 run_fig4() {
   prepare_shm
-  echo "link_mbit,neighbours,rep,op,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$FIG4_CSV"
-  echo "size_mib,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$SIZES_CSV"
-  echo "op_bytes,path,ops,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$OPS_CSV"
-  rm -rf "$PROF"; mkdir -p "$PROF"
+  local models=${FIG4_MODELS:-"shares hypervisor"}
+  case " $models " in
+    *" shares "*)
+      echo "$FIG4_HEADER" > "$FIG4_CSV"
+      echo "size_mib,path,bytes,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$SIZES_CSV"
+      echo "op_bytes,path,ops,seconds,guest_cpu_s,dom0_cpu_s,engine_cpu_s,ok" > "$OPS_CSV"
+      rm -rf "$PROF"; mkdir -p "$PROF" ;;
+    *)
+      local m
+      for m in $models; do
+        [ "$m" = hypervisor ] || { echo "bench: FIG4_MODELS: unknown model '$m' (shares hypervisor)" >&2; return 1; }
+      done
+      [ -s "$FIG4_CSV" ] || echo "$FIG4_HEADER" > "$FIG4_CSV"
+      awk -F, -v h="$FIG4_HEADER" -v drop=" $models " 'NR == 1 { print h; next }
+          { m = (NF >= 12 && $12 != "") ? $12 : "shares"; if (index(drop, " " m " ")) next
+            if (NF < 12) $0 = $0 ",shares"; print }' "$FIG4_CSV" > "$TMPD/fig4.kept"
+      cp "$TMPD/fig4.kept" "$FIG4_CSV" ;;
+  esac
   local ks="0 1 2 3" reps0=${REPS:-2} reps1=${REPS_LINK:-1} links=${FIG4_LINKS:-"0 1000"}
   if [ "$QUICK" = 1 ]; then ks="0 2"; reps0=1; fi
   ks=${FIG4_NEIGHBOURS:-$ks}   # (a developer's partial run: FIG4_NEIGHBOURS=0 FIG4_LINKS=0 FIG4_EXTRA=0)
   local k extra
+  case " $models " in *" shares "*) ;; *) links=${links/1000/} ;; esac
   for k in $ks; do
     case " $links " in *" 0 "*) ;; *) break ;; esac
-    extra=""
-    [ "$k" = 0 ] && extra="run_opsize_and_profile"
-    [ "$k" = 2 ] && extra="run_sizes"
-    [ "${FIG4_EXTRA:-1}" = 0 ] && extra=""
-    echo "bench: Fig 4, unlimited link, $k busy neighbour(s)" >&2
-    fig4_condition 0 "$k" "$reps0" "$extra"
+    case " $models " in
+      *" shares "*)
+        extra=""
+        [ "$k" = 0 ] && extra="run_opsize_and_profile"
+        [ "$k" = 2 ] && extra="run_sizes"
+        [ "${FIG4_EXTRA:-1}" = 0 ] && extra=""
+        echo "bench: Fig 4, unlimited link, $k busy neighbour(s), shares model" >&2
+        fig4_condition 0 "$k" "$reps0" "$extra" shares ;;
+    esac
+    case " $models " in
+      *" hypervisor "*)
+        echo "bench: Fig 4, unlimited link, $k busy neighbour(s), hypervisor model" >&2
+        fig4_condition 0 "$k" "$reps0" "" hypervisor ;;
+    esac
   done
   case " $links " in *" 1000 "*) ;; *) ks="" ;; esac
   for k in $ks; do
-    echo "bench: Fig 4, link 1 Gbit/s, $k busy neighbour(s)" >&2
-    fig4_condition 1000 "$k" "$reps1"
+    echo "bench: Fig 4, link 1 Gbit/s, $k busy neighbour(s), shares model" >&2
+    fig4_condition 1000 "$k" "$reps1" "" shares
   done
 }
 

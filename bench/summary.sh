@@ -2,22 +2,25 @@
 # START_LOAD, ELAPSED, QUICK). Medians of throughput, means of CPU per GiB; rows with ok=0
 # (a failed transfer) are left out and counted.
 
-# fig4.median: link,neighbours,op,path,mib_s(median),guest_s_per_gib,dom0_s_per_gib,engine_s_per_gib,n
+# fig4.median: link,neighbours,op,path,mib_s(median),guest_s_per_gib,dom0_s_per_gib,engine_s_per_gib,n,model
+# (fig4.csv rows without the model column, of runs before it existed, are the shares model)
 aggregate_fig4() {
   [ -s "$FIG4_CSV" ] || return 0
   awk -F, 'NR > 1 && $11 == 1 {
-      k = $1 "," $2 "," $4 "," $5; n[k]++; v[k, n[k]] = $6 / 1048576 / $7
+      md = (NF >= 12 && $12 != "") ? $12 : "shares"
+      k = $1 "," $2 "," $4 "," $5 SUBSEP md; n[k]++; v[k, n[k]] = $6 / 1048576 / $7
       gib[k] += $6 / 1073741824; g[k] += $8; d[k] += $9; e[k] += $10
       if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
     END { for (i = 1; i <= m; i++) { k = order[i]; c = n[k]
             for (a = 2; a <= c; a++) { x = v[k, a]; b = a - 1; while (b >= 1 && v[k, b] > x) { v[k, b + 1] = v[k, b]; b-- } v[k, b + 1] = x }
             med = (c % 2) ? v[k, (c + 1) / 2] : (v[k, c / 2] + v[k, c / 2 + 1]) / 2
-            printf "%s,%.1f,%.3f,%.3f,%.3f,%d\n", k, med, g[k] / gib[k], d[k] / gib[k], e[k] / gib[k], c } }' \
+            split(k, kk, SUBSEP)
+            printf "%s,%.1f,%.3f,%.3f,%.3f,%d,%s\n", kk[1], med, g[k] / gib[k], d[k] / gib[k], e[k] / gib[k], c, kk[2] } }' \
     "$FIG4_CSV" > "$R/fig4.median"
 }
 
-# value from fig4.median: LINK K OP PATH FIELD(5=mib_s 6=guest 7=dom0 8=engine)
-f4() { awk -F, -v l="$1" -v k="$2" -v o="$3" -v p="$4" -v f="$5" '$1 == l && $2 == k && $3 == o && $4 == p {print $f}' "$R/fig4.median"; }
+# value from fig4.median: LINK K OP PATH FIELD(5=mib_s 6=guest 7=dom0 8=engine) [MODEL (shares)]
+f4() { awk -F, -v l="$1" -v k="$2" -v o="$3" -v p="$4" -v f="$5" -v m="${6:-shares}" '$1 == l && $2 == k && $3 == o && $4 == p && $10 == m {print $f}' "$R/fig4.median"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else printf "-" }'; }
 
 classic_paths() {
@@ -38,10 +41,10 @@ all_paths() {
 }
 OPS="file_to_socket socket_to_file socket_to_socket file_to_file"
 
-best_classic() {  # LINK K OP -> "path mib"
+best_classic() {  # LINK K OP [MODEL] -> "path mib"
   local p v best="" bv=0
   for p in $(classic_paths "$3"); do
-    v=$(f4 "$1" "$2" "$3" "$p" 5)
+    v=$(f4 "$1" "$2" "$3" "$p" 5 "${4:-shares}")
     [ -n "$v" ] && awk -v a="$v" -v b="$bv" 'BEGIN { exit !(a > b) }' && { best=$p; bv=$v; }
   done
   echo "$best $bv"
@@ -53,7 +56,7 @@ plot_fig4() {
   grep -q "^$link," "$R/fig4.median" || return 0
   for op in $OPS; do
     for p in $(all_paths $op); do
-      awk -F, -v l="$link" -v o="$op" -v q="$p" '$1 == l && $3 == o && $4 == q {print $2, $5}' "$R/fig4.median" | sort -n > "$TMPD/f4.$op.$p.dat"
+      awk -F, -v l="$link" -v o="$op" -v q="$p" '$1 == l && $3 == o && $4 == q && $10 == "shares" {print $2, $5}' "$R/fig4.median" | sort -n > "$TMPD/f4.$op.$p.dat"
     done
   done
   {
@@ -152,7 +155,7 @@ GP
 plots() {
   aggregate_fig4
   command -v gnuplot >/dev/null || return 0
-  plot_fig4 0 "$R/fig4_unlimited.png" "Fig 4: ${FIG4_MIB} MiB per transfer, unlimited link (lab)"
+  plot_fig4 0 "$R/fig4_unlimited.png" "Fig 4: ${FIG4_MIB} MiB per transfer, unlimited link (lab, shares neighbour model)"
   plot_fig4 1000 "$R/fig4_1gbit.png" "Fig 4: ${FIG4_MIB} MiB per transfer, link limited to 1 Gbit/s (lab)"
   plot_fig6
   plot_simple "$SIZES_CSV" "$R/fig5_sizes.png" "Fig 5: file->socket, 2 busy neighbours, unlimited link" "file size (MiB)" 1 vpipe sendfile read+write
@@ -202,10 +205,18 @@ summary() {
     echo "- There is **no hypervisor**: device-virtualization cost (grant copies, event channels,"
     echo "  netfront/blkfront, VM exits) is absent, so the guest's classic paths are cheaper here than on Xen,"
     echo "  which understates what vPipe saves."
-    echo "- VM scheduling delay is modelled by busy-looping neighbour cgroups sharing the guest's core (the"
-    echo "  cgroup scheduler gives each an equal share). The guest's kernel work that runs in kernel threads"
-    echo "  (loop device workers, writeback, softirq processed on the other core) is **not** charged to or"
-    echo "  slowed by the VM's cgroup, so neighbours hurt the classic paths less than a real VMM would."
+    echo "- VM scheduling delay is modelled by busy-looping neighbour cgroups sharing the guest's core, in one"
+    echo "  of two neighbour models (\`vpipe-lab up --neighbour-model\`, the **model** column of the Fig 4 tables):"
+    echo "  - **shares**: the cgroup scheduler gives the VM and each neighbour an equal share. The guest's kernel"
+    echo "    work that runs in kernel threads (loop device workers, writeback, softirq processed on the other"
+    echo "    core) is **not** charged to or slowed by the VM's cgroup, so neighbours hurt the classic paths less"
+    echo "    than a real VMM would."
+    echo "  - **hypervisor**: Xen's credit scheduler with K busy neighbour vCPUs: the VM's cgroup may run one"
+    echo "    30 ms slice per (K+1) x 30 ms (cpu.max; no cap with K = 0), and the receive processing of the VM's"
+    echo "    traffic is steered onto the guest core (RPS on its eth0; what it sends is bridged on dom0's core,"
+    echo "    netback's side). Loop-device workers and writeback still escape (kworkers no cgroup caps), and"
+    echo "    softirq time is paid by whatever task it interrupts (docs/operations.md, \"Busy neighbours\")."
+    echo "    Run on the unlimited link only."
     echo "- Guest CPU = the VMs' cgroup cpuacct (the application, the agent and syscalls they make); dom0 CPU ="
     echo "  dom0's cgroup (vpiped and, for the ceiling rows, the native program); engine = vpiped's"
     echo "  /proc/PID/stat. All per GiB moved."
@@ -235,20 +246,30 @@ summary() {
         echo "MiB/s (median). Ratio = vPipe / best classic path of equal durability; engine / native = vPipe / the"
         echo "same data path done natively in dom0 (sendfile from the disk image; splice between dom0 sockets)."
         echo
-        echo "| operation | neighbours | vPipe | classic paths | vPipe / best classic | engine / native dom0 |"
-        echo "|---|---|---|---|---|---|"
+        echo "Model (see \"What the lab models\"): shares = neighbours take equal cgroup shares, the guest's"
+        echo "kernel work escapes them; hypervisor = Xen credit slices (cpu.max 30 ms per (K+1) x 30 ms) and the"
+        echo "guest's receive processing on its own core. Rows of one model and K come from one lab; the runs"
+        echo "of each part are listed at the top."
+        echo
+        echo "| operation | neighbours | model | vPipe | classic paths | vPipe / best classic | engine / native dom0 |"
+        echo "|---|---|---|---|---|---|---|"
         for op in $OPS; do
           for k in $(awk -F, -v l=$link -v o=$op '$1 == l && $3 == o {print $2}' "$R/fig4.median" | sort -un); do
-            v=$(f4 $link $k $op vpipe 5)
-            local cl="" sep=""
-            for p in $(all_paths $op); do
-              [ "$p" = vpipe ] || [ "$p" = native-dom0 ] && continue
-              cl+="$sep$p $(f4 $link $k $op "$p" 5)"; sep=", "
+            local md
+            for md in shares hypervisor; do
+              v=$(f4 $link $k $op vpipe 5 $md)
+              local cl="" sep="" any=""
+              for p in $(all_paths $op); do
+                [ -n "$(f4 $link $k $op "$p" 5 $md)" ] && any=1
+                [ "$p" = vpipe ] || [ "$p" = native-dom0 ] && continue
+                cl+="$sep$p $(f4 $link $k $op "$p" 5 $md)"; sep=", "
+              done
+              [ -n "$any" ] || continue
+              bc=$(best_classic $link $k $op $md)
+              local nat
+              nat=$(f4 $link $k $op native-dom0 5 $md)
+              echo "| ${op//_to_/ → } | $k | $md | $v | $cl | **$(ratio "$v" "${bc#* }")** (vs ${bc% *}) | $( [ -n "$nat" ] && echo "$(ratio "$v" "$nat") (native $nat)" || echo "-") |"
             done
-            bc=$(best_classic $link $k $op)
-            local nat
-            nat=$(f4 $link $k $op native-dom0 5)
-            echo "| ${op//_to_/ → } | $k | $v | $cl | **$(ratio "$v" "${bc#* }")** (vs ${bc% *}) | $( [ -n "$nat" ] && echo "$(ratio "$v" "$nat") (native $nat)" || echo "-") |"
           done
         done
       done

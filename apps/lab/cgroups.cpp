@@ -98,11 +98,18 @@ CgroupSystem detect_cgroups() {
     return cg;
 }
 
+CpuCap cap_percent(int pct) {
+    CpuCap c;
+    c.quota_us = static_cast<long>(pct) * c.period_us / 100;
+    return c;
+}
+
 std::vector<std::string> create_lab_cgroup(const CgroupSystem& cg, const std::string& name, const std::string& cpus,
-                                           int quota_pct, const std::function<void(const std::string&)>& record) {
+                                           CpuCap cap, const std::function<void(const std::string&)>& record) {
     std::vector<std::string> dirs;
-    if (quota_pct > 0 && cg.cpu_root.empty())
-        throw LabError("--vcpu-quota needs the cpu cgroup controller, which is not available");
+    if (cap.quota_us > 0 && cg.cpu_root.empty())
+        throw LabError("a CPU cap (--vcpu-quota, --neighbour-model hypervisor) needs the cpu cgroup controller, "
+                       "which is not available");
     for (const auto& root : cg.roots) {
         std::string parent = root + "/" + kCgroupRoot;
         std::string dir = parent + "/" + name;
@@ -122,20 +129,26 @@ std::vector<std::string> create_lab_cgroup(const CgroupSystem& cg, const std::st
                 inherit_cpuset(dir, "cpuset.mems");
             }
         }
-        if (root == cg.cpu_root && quota_pct > 0) {
-            long period = 100000;
-            long quota = static_cast<long>(quota_pct) * period / 100;
+        if (root == cg.cpu_root && cap.quota_us > 0) {
             if (cg.mode == "v2") {
-                write_sysfs(dir + "/cpu.max", std::to_string(quota) + " " + std::to_string(period));
+                write_sysfs(dir + "/cpu.max", std::to_string(cap.quota_us) + " " + std::to_string(cap.period_us));
             } else {
-                write_sysfs(dir + "/cpu.cfs_period_us", std::to_string(period));
-                write_sysfs(dir + "/cpu.cfs_quota_us", std::to_string(quota));
+                write_sysfs(dir + "/cpu.cfs_period_us", std::to_string(cap.period_us));
+                write_sysfs(dir + "/cpu.cfs_quota_us", std::to_string(cap.quota_us));
             }
         }
     }
     if (!cpus.empty() && cg.cpuset_root.empty())
         spdlog::warn("cpuset controller unavailable: CPU list '{}' for {} not enforced", cpus, name);
     return dirs;
+}
+
+std::string read_cpu_max(const std::string& dir) {
+    if (auto v2 = read_file(dir + "/cpu.max")) return trim(*v2);
+    auto quota = read_file(dir + "/cpu.cfs_quota_us"), period = read_file(dir + "/cpu.cfs_period_us");
+    if (!quota || !period) return "";
+    std::string q = trim(*quota);
+    return (q == "-1" ? std::string("max") : q) + " " + trim(*period);
 }
 
 void join_cgroups(const std::vector<std::string>& dirs, pid_t pid) {

@@ -19,12 +19,24 @@ struct CgroupSystem {
 
 CgroupSystem detect_cgroups();
 
+// CFS bandwidth of a cgroup: at most quota_us of CPU time per period_us (v2 cpu.max, v1
+// cpu.cfs_quota_us / cpu.cfs_period_us); quota_us 0 = no cap.
+struct CpuCap {
+    long quota_us = 0;
+    long period_us = 100000;
+};
+// --vcpu-quota PCT: PCT % of one CPU over a 100 ms period.
+CpuCap cap_percent(int pct);
+
 // Creates "vpipe-lab/<name>" in every hierarchy (and "vpipe-lab" itself when missing).
 // `record` is called with each directory before it is created (for the persisted state).
-// cpus: cpuset list ("" = don't restrict); quota_pct: percent of one CPU (0 = none).
-// Returns the directories, the primary (cpu) one first.
+// cpus: cpuset list ("" = don't restrict). Returns the directories, the primary (cpu) one first.
 std::vector<std::string> create_lab_cgroup(const CgroupSystem& cg, const std::string& name, const std::string& cpus,
-                                           int quota_pct, const std::function<void(const std::string&)>& record);
+                                           CpuCap cap, const std::function<void(const std::string&)>& record);
+
+// The cap as the kernel reports it, "QUOTA PERIOD" ("max PERIOD" when uncapped; v1's quota -1
+// reads as "max"); "" when the directory has no cpu controller.
+std::string read_cpu_max(const std::string& dir);
 
 // Moves `pid` (0 = the caller) into each directory; throws LabError.
 void join_cgroups(const std::vector<std::string>& dirs, pid_t pid = 0);

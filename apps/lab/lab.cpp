@@ -16,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include <spdlog/spdlog.h>
 
@@ -147,6 +148,9 @@ struct Upper {
         st.link_mbit = opt.link_mbit;
         st.disk_cache = opt.disk_cache;
         st.vcpu_quota = opt.vcpu_quota;
+        const bool hypervisor = opt.neighbour_model == "hypervisor";
+        st.neighbour_model = opt.neighbour_model;
+        st.slice_ms = hypervisor ? opt.slice_ms : 0;
         st.guest_cpus = guest_cpus;
         st.dom0_cpus = dom0_cpus;
         st.daemons = opt.daemons;
@@ -185,12 +189,18 @@ struct Upper {
         auto cg = detect_cgroups();
         st.cgroup_mode = cg.mode;
         auto rec = [this](const std::string& d) { record_cgroup(d); };
-        join_cgroups(create_lab_cgroup(cg, "setup", "", 0, rec));
-        st.engine.cgroup_dirs = create_lab_cgroup(cg, "dom0", dom0_cpus, 0, rec);
+        join_cgroups(create_lab_cgroup(cg, "setup", "", {}, rec));
+        st.engine.cgroup_dirs = create_lab_cgroup(cg, "dom0", dom0_cpus, {}, rec);
         st.engine.cgroup = st.engine.cgroup_dirs.front();
+        // hypervisor model: a credit scheduler runs each of the K+1 busy vCPUs on the guest's
+        // physical CPU for one slice per round, so the VM gets at most one slice per K+1 slices
+        CpuCap vm_cap = cap_percent(opt.vcpu_quota);
+        if (hypervisor && opt.neighbours > 0)
+            vm_cap = {st.slice_ms * 1000L, static_cast<long>(opt.neighbours + 1) * st.slice_ms * 1000L};
         for (auto& v : st.vms) {
-            v.cgroup_dirs = create_lab_cgroup(cg, v.name, guest_cpus, opt.vcpu_quota, rec);
+            v.cgroup_dirs = create_lab_cgroup(cg, v.name, guest_cpus, vm_cap, rec);
             v.cgroup = v.cgroup_dirs.front();
+            if (!cg.cpu_root.empty()) v.cpu_max = read_cpu_max(v.cgroup);
         }
         save();
         check_interrupted();
@@ -209,6 +219,18 @@ struct Upper {
         setup_client_link();
         for (const auto& v : st.vms) setup_vm_link(v);
         set_link_limit(opt.link_mbit);
+        if (hypervisor) {
+            // The VM's receive processing on its own CPUs, as netfront's runs on the vCPU; what it
+            // sends is bridged on dom0's CPUs, as netback's work is dom0's (docs/operations.md).
+            for (auto& v : st.vms) {
+                for (const auto& [ns, dev, cpus] : {std::tuple{v.netns, std::string("eth0"), guest_cpus},
+                                                    std::tuple{std::string(kDom0Netns), v.vif, dom0_cpus}}) {
+                    for (const auto& r : set_rps(ns, dev, cpu_mask(parse_cpu_list(cpus))))
+                        v.rps.push_back({r.netns, r.dev, r.queue, r.before, r.mask});
+                    save();
+                }
+            }
+        }
         check_interrupted();
         crash_point("network");
 
@@ -288,7 +310,7 @@ struct Upper {
         for (int j = 1; j <= opt.neighbours; ++j) {
             NeighbourState n;
             n.index = j;
-            n.cgroup_dirs = create_lab_cgroup(cg, "neighbour" + std::to_string(j), guest_cpus, 0, rec);
+            n.cgroup_dirs = create_lab_cgroup(cg, "neighbour" + std::to_string(j), guest_cpus, {}, rec);
             n.cgroup = n.cgroup_dirs.front();
             st.neighbours.push_back(n);
             save();
@@ -333,6 +355,20 @@ void print_summary(const LabState& st) {
     else
         std::cout << "  engine and agents not started (--no-daemons)\n";
     if (!st.neighbours.empty()) std::cout << "  " << st.neighbours.size() << " busy neighbour(s) on CPUs " << st.guest_cpus << "\n";
+    if (st.neighbour_model == "hypervisor") {
+        std::cout << "  neighbour model hypervisor: credit slice " << st.slice_ms << " ms, one per round of "
+                  << st.neighbours.size() + 1 << " vCPU(s)\n";
+        for (const auto& v : st.vms) {
+            if (v.removed) continue;
+            std::cout << "      " << v.name << " cpu.max " << (v.cpu_max.empty() ? "-" : v.cpu_max) << ", rps_cpus";
+            for (const auto& r : v.rps) std::cout << " " << r.dev << "/" << r.queue << "=" << r.mask;
+            std::cout << "\n";
+        }
+    } else if (!st.neighbours.empty() || st.vcpu_quota > 0) {
+        std::cout << "  neighbour model shares";
+        if (st.vcpu_quota > 0) std::cout << ", --vcpu-quota " << st.vcpu_quota << " %";
+        std::cout << "\n";
+    }
     std::cout << "  try: vpipe-lab exec vm1 -- ping -c1 10.199.0.1   |   vpipe-lab info --json\n";
 }
 
@@ -382,6 +418,32 @@ int cmd_up(const UpOptions& opt) {
         std::cerr << "vpipe-lab up: out of range: --vms 1..200, --disks 0..15, --disk-mib >= 16, --neighbours 0..64, "
                      "--link-mbit >= 0, --vcpu-quota >= 0\n";
         return 2;
+    }
+    if (opt.neighbour_model != "shares" && opt.neighbour_model != "hypervisor") {
+        std::cerr << "vpipe-lab up: unknown --neighbour-model '" << opt.neighbour_model
+                  << "' (shares or hypervisor)\n";
+        return 2;
+    }
+    if (opt.neighbour_model == "shares" && opt.slice_ms_given) {
+        std::cerr << "vpipe-lab up: --slice-ms applies to --neighbour-model hypervisor only\n";
+        return 2;
+    }
+    if (opt.neighbour_model == "hypervisor") {
+        const int slice = opt.slice_ms;
+        if (slice < 1 || slice > 1000) {
+            std::cerr << "vpipe-lab up: --slice-ms must be 1..1000 (got " << slice << ")\n";
+            return 2;
+        }
+        if ((opt.neighbours + 1) * slice > 1000) {
+            std::cerr << "vpipe-lab up: (--neighbours + 1) x --slice-ms = " << (opt.neighbours + 1) * slice
+                      << " ms is the VM's cpu.max period, which the kernel caps at 1000 ms\n";
+            return 2;
+        }
+        if (opt.vcpu_quota > 0) {
+            std::cerr << "vpipe-lab up: --vcpu-quota and --neighbour-model hypervisor both set the VM's cpu.max; "
+                         "use one\n";
+            return 2;
+        }
     }
     if (auto r = remnants(); !r.empty()) {
         if (path_exists(kStatePath))

@@ -18,6 +18,12 @@ struct UpOptions {
     std::string dom0_cpus;  // "" = the last online CPU
     int neighbours = 0;
     int vcpu_quota = 0;
+    // How busy neighbours delay a VM: "shares" (equal cgroup shares of the guest CPUs) or
+    // "hypervisor" (Xen's credit scheduler: cpu.max of one slice per round of neighbours + 1
+    // vCPUs, and the VM's receive processing steered onto the guest CPUs).
+    std::string neighbour_model = "shares";
+    int slice_ms = 30;  // hypervisor: the credit time slice
+    bool slice_ms_given = false;  // --slice-ms on the command line (refused with shares)
     std::string image_dir = "/var/lib/vpipe-lab";
     bool daemons = true;
     bool quiet = false;

@@ -49,7 +49,7 @@ const char* kExitCommon =
     "EXIT STATUS\n"
     "    0  success\n"
     "    1  failure (the reason is printed on stderr)\n"
-    "    2  bad command line\n";
+    "    2  bad command line (also: an out-of-range or contradictory option of up)\n";
 
 std::string man(const std::string& name, const std::string& synopsis, const std::string& description) {
     return "NAME\n    " + name + "\n\nSYNOPSIS\n    " + synopsis + "\n\nDESCRIPTION\n" + description + "\n";
@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
         "up", man("vpipe-lab up - create the lab and start the engine and the guest agents",
                   "vpipe-lab up [--vms N] [--disks K] [--disk-mib M] [--weights W,...] [--link-mbit M]\n"
                   "                 [--disk-cache host|direct] [--guest-cpus LIST] [--dom0-cpus LIST] [--neighbours K] [--vcpu-quota PCT]\n"
-                  "                 [--image-dir DIR]",
+                  "                 [--neighbour-model shares|hypervisor [--slice-ms MS]] [--image-dir DIR]",
                   "    Creates namespaces vpl-dom0, vpl-client, vpl-vm1..N; the bridge xenbr0 (10.199.0.254/24)\n"
                   "    in dom0 with one veth per VM (vifN.0 <-> eth0, 10.199.0.(10+N), MAC 02:00:00:00:00:NN)\n"
                   "    and peth0 <-> the client's eth0 (10.199.0.1); K sparse ext4 images per VM in\n"
@@ -113,7 +113,22 @@ int main(int argc, char** argv) {
                   "    /run/vpipe-lab/vpiped.toml and vmN/agent.toml; starts vpiped in dom0 and one vpipe-guestd\n"
                   "    per VM (found next to vpipe-lab, else in PATH) and waits for their sockets (10 s).\n"
                   "    Fails if a lab (or a remnant of one) exists; on any failure everything created is\n"
-                  "    removed again. Progress is recorded in /run/vpipe-lab/state.json as it goes.\n"));
+                  "    removed again. Progress is recorded in /run/vpipe-lab/state.json as it goes.\n"
+                  "\n"
+                  "    Busy neighbours (--neighbours K) are busy-looping processes in cgroups\n"
+                  "    vpipe-lab/neighbourJ on the guest CPUs. How they delay a VM, --neighbour-model:\n"
+                  "      shares      (default) the VM's cgroup and each neighbour's get equal CPU shares; the\n"
+                  "                  VM's kernel work outside its cgroup (softirq of its traffic on the\n"
+                  "                  other CPU, loop-device workers, writeback) is not slowed by them.\n"
+                  "      hypervisor  like Xen's credit scheduler with K busy vCPUs on the VM's physical CPU:\n"
+                  "                  the VM's cgroup gets cpu.max = one slice (--slice-ms, 30) per period of\n"
+                  "                  (K+1) slices (v1: cpu.cfs_quota_us / cpu.cfs_period_us; no cap when\n"
+                  "                  K = 0), and Receive Packet Steering moves the receive processing of\n"
+                  "                  the VM's eth0 onto the guest CPUs (rps_cpus; its host end vifN.0 onto\n"
+                  "                  the dom0 CPUs, netback's side). Loop-device workers and writeback\n"
+                  "                  still run in kworkers no cgroup caps; softirq time is charged to the\n"
+                  "                  task it interrupts. `info` shows the model, the slice, each VM's\n"
+                  "                  cpu.max and rps_cpus; they go with the VM's cgroup and namespaces.\n"));
     up_cmd->add_option("--vms", up.vms, "number of VMs (1..200)")->capture_default_str();
     up_cmd->add_option("--disks", up.disks, "disks per VM (0..15)")->capture_default_str();
     up_cmd->add_option("--disk-mib", up.disk_mib, "size of each disk image in MiB (sparse)")->capture_default_str();
@@ -132,13 +147,22 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     up_cmd->add_option("--vcpu-quota", up.vcpu_quota, "CPU quota per VM cgroup in percent of one CPU (0 = none)")
         ->capture_default_str();
+    up_cmd->add_option("--neighbour-model", up.neighbour_model,
+                       "how neighbours delay a VM: shares (equal cgroup shares) or hypervisor (credit slices "
+                       "via cpu.max, receive steering onto the guest CPUs); see DESCRIPTION")
+        ->capture_default_str();
+    up_cmd->add_option("--slice-ms", up.slice_ms,
+                       "hypervisor model: the credit time slice in ms, 1..1000; the VM's cpu.max period is "
+                       "(neighbours + 1) x slice, at most 1000 ms")
+        ->capture_default_str();
     up_cmd->add_option("--image-dir", up.image_dir, "where the disk images live")->capture_default_str();
     up_cmd->add_flag("--no-daemons", no_daemons, "don't start vpiped / vpipe-guestd (tests)")->group("");
     up_cmd->footer(std::string(kExitCommon) +
                    "\nEXAMPLES\n"
                    "    vpipe-lab up\n"
                    "    vpipe-lab up --vms 3 --weights 1,1,2 --disks 2 --disk-mib 4096\n"
-                   "    vpipe-lab up --vms 2 --guest-cpus 0 --dom0-cpus 1 --neighbours 2 --vcpu-quota 50 --link-mbit 1000\n");
+                   "    vpipe-lab up --vms 2 --guest-cpus 0 --dom0-cpus 1 --neighbours 2 --vcpu-quota 50 --link-mbit 1000\n"
+                   "    vpipe-lab up --vms 1 --guest-cpus 0 --dom0-cpus 1 --neighbours 2 --neighbour-model hypervisor\n");
 
     // ---- down
     auto* down_cmd = app.add_subcommand(
@@ -301,6 +325,7 @@ int main(int argc, char** argv) {
     try {
         if (up_cmd->parsed()) {
             up.daemons = !no_daemons;
+            up.slice_ms_given = up_cmd->count("--slice-ms") > 0;
             return cmd_up(up);
         }
         if (down_cmd->parsed()) return cmd_down(false);

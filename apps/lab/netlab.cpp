@@ -2,13 +2,16 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 
@@ -96,6 +99,105 @@ void set_link_limit(int mbit) {
         run_checked({"tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
                      std::to_string(mbit) + "mbit", "burst", std::to_string(burst), "latency", "50ms"});
     }
+}
+
+std::string cpu_mask(const std::vector<int>& cpus) {
+    std::vector<uint32_t> words;
+    for (int c : cpus) {
+        if (c < 0) continue;
+        size_t w = static_cast<size_t>(c) / 32;
+        if (words.size() <= w) words.resize(w + 1, 0);
+        words[w] |= 1u << (c % 32);
+    }
+    if (words.empty()) return "0";
+    std::string out;
+    char buf[16];
+    for (size_t i = words.size(); i-- > 0;) {
+        snprintf(buf, sizeof buf, i + 1 == words.size() ? "%x" : ",%08x", words[i]);
+        out += buf;
+    }
+    return out;
+}
+
+bool same_cpu_mask(const std::string& a, const std::string& b) {
+    auto norm = [](const std::string& m) {
+        std::string hex;
+        for (char ch : trim(m))
+            if (ch != ',') hex += static_cast<char>(tolower(static_cast<unsigned char>(ch)));
+        size_t nz = hex.find_first_not_of('0');
+        return nz == std::string::npos ? std::string("0") : hex.substr(nz);
+    };
+    return norm(a) == norm(b);
+}
+
+std::vector<RpsSetting> set_rps(const std::string& netns, const std::string& dev, const std::string& mask) {
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) != 0) throw LabError(std::string("pipe: ") + strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+        throw LabError(std::string("fork: ") + strerror(errno));
+    }
+    if (pid == 0) {
+        // child: one line per queue "rx-N before after", or "!error"
+        close(pfd[0]);
+        std::string out;
+        try {
+            if (unshare(CLONE_NEWNS) != 0) throw LabError(std::string("unshare(mount): ") + strerror(errno));
+            if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+                throw LabError(std::string("make / private: ") + strerror(errno));
+            enter_netns(netns);
+            umount2("/sys", MNT_DETACH);
+            if (mount("sysfs", "/sys", "sysfs", 0, nullptr) != 0)
+                throw LabError(std::string("mount sysfs in ") + netns + ": " + strerror(errno));
+            std::string qdir = "/sys/class/net/" + dev + "/queues";
+            std::vector<std::string> queues;
+            std::error_code ec;
+            for (const auto& e : std::filesystem::directory_iterator(qdir, ec)) {
+                std::string q = e.path().filename().string();
+                if (q.rfind("rx-", 0) == 0) queues.push_back(q);
+            }
+            if (ec) throw LabError("cannot list " + qdir + " in " + netns + ": " + ec.message());
+            std::sort(queues.begin(), queues.end());
+            for (const auto& q : queues) {
+                std::string f = qdir + "/" + q + "/rps_cpus";
+                auto before = read_file(f);
+                if (!before) throw LabError("no " + f + " in " + netns + " (kernel without CONFIG_RPS?)");
+                write_sysfs(f, mask);
+                out += q + " " + trim(*before) + " " + trim(read_file(f).value_or("?")) + "\n";
+            }
+            if (queues.empty()) throw LabError("no rx queues under " + qdir + " in " + netns);
+        } catch (const std::exception& e) {
+            out = std::string("!") + e.what() + "\n";
+        }
+        ssize_t ignored = write(pfd[1], out.data(), out.size());
+        (void)ignored;
+        _exit(0);
+    }
+    close(pfd[1]);
+    std::string text;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(pfd[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+        if (n > 0) text.append(buf, static_cast<size_t>(n));
+    close(pfd[0]);
+    int ws = 0;
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    }
+    if (!text.empty() && text[0] == '!') throw LabError("RPS on " + dev + ": " + trim(text.substr(1)));
+    if (decode_wait_status(ws) != 0 || text.empty())
+        throw LabError("RPS on " + dev + " in " + netns + ": helper process failed (status " +
+                       std::to_string(decode_wait_status(ws)) + ")");
+    std::vector<RpsSetting> out;
+    std::istringstream in(text);
+    std::string q, before, after;
+    while (in >> q >> before >> after) {
+        if (!same_cpu_mask(after, mask))
+            throw LabError(netns + " " + dev + "/" + q + "/rps_cpus reads " + after + " after writing " + mask);
+        out.push_back({netns, dev, q, before, after});
+    }
+    return out;
 }
 
 void enter_netns(const std::string& name) {

@@ -33,6 +33,8 @@ json to_json(const LabState& s) {
     j["link_mbit"] = s.link_mbit;
     j["disk_cache"] = s.disk_cache;
     j["vcpu_quota"] = s.vcpu_quota;
+    j["neighbour_model"] = s.neighbour_model;
+    j["slice_ms"] = s.slice_ms;
     j["guest_cpus"] = s.guest_cpus;
     j["dom0_cpus"] = s.dom0_cpus;
     j["daemons"] = s.daemons;
@@ -64,6 +66,9 @@ json to_json(const LabState& s) {
                              {"mount", d.mount},
                              {"direct_io", d.direct_io},
                              {"mounted", d.mounted}});
+        json rps = json::array();
+        for (const auto& r : v.rps)
+            rps.push_back({{"netns", r.netns}, {"dev", r.dev}, {"queue", r.queue}, {"before", r.before}, {"mask", r.mask}});
         vms.push_back({{"name", v.name},
                        {"id", v.id},
                        {"ip", v.ip},
@@ -79,6 +84,8 @@ json to_json(const LabState& s) {
                        {"engine_channel", v.engine_channel},
                        {"cgroup", v.cgroup},
                        {"cgroup_dirs", v.cgroup_dirs},
+                       {"cpu_max", v.cpu_max},
+                       {"rps", rps},
                        {"disks", disks},
                        {"removed", v.removed},
                        {"removed_at", v.removed_at}});
@@ -103,6 +110,8 @@ LabState state_from_json(const json& j) {
     s.link_mbit = get_or(j, "link_mbit", 0);
     s.disk_cache = get_or(j, "disk_cache", std::string("host"));
     s.vcpu_quota = get_or(j, "vcpu_quota", 0);
+    s.neighbour_model = get_or<std::string>(j, "neighbour_model", "shares");
+    s.slice_ms = get_or(j, "slice_ms", 0);
     s.guest_cpus = get_or<std::string>(j, "guest_cpus", "");
     s.dom0_cpus = get_or<std::string>(j, "dom0_cpus", "");
     s.daemons = get_or(j, "daemons", true);
@@ -137,6 +146,13 @@ LabState state_from_json(const json& j) {
             v.engine_channel = get_or<std::string>(vj, "engine_channel", "");
             v.cgroup = get_or<std::string>(vj, "cgroup", "");
             v.cgroup_dirs = get_or(vj, "cgroup_dirs", std::vector<std::string>{});
+            v.cpu_max = get_or<std::string>(vj, "cpu_max", "");
+            if (auto rit = vj.find("rps"); rit != vj.end() && rit->is_array()) {
+                for (const auto& rj : *rit)
+                    v.rps.push_back({get_or<std::string>(rj, "netns", ""), get_or<std::string>(rj, "dev", ""),
+                                     get_or<std::string>(rj, "queue", ""), get_or<std::string>(rj, "before", ""),
+                                     get_or<std::string>(rj, "mask", "")});
+            }
             v.removed = get_or(vj, "removed", false);
             v.removed_at = get_or<std::string>(vj, "removed_at", "");
             if (auto dit = vj.find("disks"); dit != vj.end() && dit->is_array()) {

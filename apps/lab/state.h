@@ -21,6 +21,11 @@ struct DiskState {
     bool mounted = false;
 };
 
+// rps_cpus of one rx queue the hypervisor neighbour model set (it goes with the namespace).
+struct RpsState {
+    std::string netns, dev, queue, before, mask;
+};
+
 struct VmState {
     int id = 0;
     std::string name, ip, mac, netns, vif;
@@ -29,6 +34,8 @@ struct VmState {
     std::string agent_socket, agent_config, agent_log, agent_state_dir, engine_channel;
     std::string cgroup;                    // primary cgroup directory
     std::vector<std::string> cgroup_dirs;  // one per hierarchy (v1) or one (v2)
+    std::string cpu_max;                   // "QUOTA PERIOD" read back after `up` ("max PERIOD" = no cap)
+    std::vector<RpsState> rps;             // hypervisor model: receive steering of its interfaces
     std::vector<DiskState> disks;
     // `vpipe-lab remove-vm`: its processes, namespace, veth, cgroups are gone and its disks
     // detached (the images stay until `down`); the engine released it.
@@ -61,6 +68,8 @@ struct LabState {
     int link_mbit = 0;
     std::string disk_cache = "host";
     int vcpu_quota = 0;  // percent of one CPU per VM cgroup, 0 = none
+    std::string neighbour_model = "shares";  // "shares" | "hypervisor" (--neighbour-model)
+    int slice_ms = 0;                        // hypervisor: the credit time slice; 0 with shares
     std::string guest_cpus, dom0_cpus;
     bool daemons = true;
     std::string cgroup_mode;                // "v1" or "v2"

@@ -278,6 +278,10 @@ TEST_F(Lab, CpuControls) {
     } else {
         EXPECT_EQ(slurp(cgdir + "/cpu.cfs_quota_us"), "50000\n");
     }
+    EXPECT_EQ(j["neighbour_model"], "shares");
+    EXPECT_EQ(j["slice_ms"], 0);
+    EXPECT_EQ(j["vms"][0]["cpu_max"], "50000 100000");
+    EXPECT_TRUE(j["vms"][0]["rps"].empty()) << j["vms"][0]["rps"];
     auto tc = lab({"dom0", "--", "tc", "qdisc", "show", "dev", "peth0"});
     EXPECT_NE(tc.out.find("tbf"), std::string::npos) << tc.out;
     EXPECT_NE(tc.out.find("100Mbit"), std::string::npos) << tc.out;
@@ -285,6 +289,126 @@ TEST_F(Lab, CpuControls) {
     expect_clean(tmp_);
     EXPECT_TRUE(kill(npid, 0) != 0 || slurp("/proc/" + std::to_string(npid) + "/cgroup").find("vpipe-lab") ==
                                            std::string::npos);
+}
+
+// A hex CPU bitmap as rps_cpus prints it, without the zero padding and commas: "00000001" -> "1".
+std::string mask_bits(const std::string& m) {
+    std::string hex;
+    for (char c : m)
+        if (isxdigit(static_cast<unsigned char>(c))) hex += static_cast<char>(tolower(c));
+    auto nz = hex.find_first_not_of('0');
+    return nz == std::string::npos ? "0" : hex.substr(nz);
+}
+
+// rps_cpus of every rx queue of DEV in NETNS, read through `ip netns exec` (its own sysfs mount
+// of that namespace), as bits; one entry per queue.
+std::vector<std::string> rps_masks(const std::string& netns, const std::string& dev) {
+    auto r = run({"ip", "netns", "exec", netns, "sh", "-c", "cat /sys/class/net/" + dev + "/queues/rx-*/rps_cpus"});
+    EXPECT_EQ(r.status, 0) << r.out;
+    std::vector<std::string> out;
+    std::istringstream in(r.out);
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) out.push_back(mask_bits(line));
+    return out;
+}
+
+// The hypervisor neighbour model: the VM's cgroup gets one 30 ms credit slice per round of
+// neighbours + 1 vCPUs, its eth0's receive processing moves onto the guest CPU (its vif's onto
+// dom0's), the neighbours stay uncapped; `down` leaves nothing.
+TEST_F(Lab, HypervisorNeighbourModel) {
+    auto online = slurp("/sys/devices/system/cpu/online");
+    if (online.rfind("0-", 0) != 0) GTEST_SKIP() << "needs CPUs 0 and 1 online (online: " << online << ")";
+    auto up = lab({"up", "--vms", "1", "--disks", "0", "--neighbours", "2", "--neighbour-model", "hypervisor",
+                   "--guest-cpus", "0", "--dom0-cpus", "1", "--no-daemons", "--image-dir", tmp_});
+    ASSERT_EQ(up.status, 0) << up.out;
+    json j = info();
+    EXPECT_EQ(j["neighbour_model"], "hypervisor");
+    EXPECT_EQ(j["slice_ms"], 30);
+    ASSERT_EQ(j["neighbours"].size(), 2u);
+    const std::string cgdir = j["vms"][0]["cgroup"];
+    EXPECT_EQ(j["vms"][0]["cpu_max"], "30000 90000");
+    if (fs::exists(cgdir + "/cpu.max")) {
+        EXPECT_EQ(slurp(cgdir + "/cpu.max"), "30000 90000\n");
+    } else {
+        EXPECT_EQ(slurp(cgdir + "/cpu.cfs_quota_us"), "30000\n");
+        EXPECT_EQ(slurp(cgdir + "/cpu.cfs_period_us"), "90000\n");
+    }
+    // the neighbours are busy vCPUs, not capped
+    for (const auto& n : j["neighbours"]) {
+        const std::string nd = n["cgroup"];
+        if (fs::exists(nd + "/cpu.max"))
+            EXPECT_EQ(slurp(nd + "/cpu.max").substr(0, 4), "max ") << nd;
+        else
+            EXPECT_EQ(slurp(nd + "/cpu.cfs_quota_us"), "-1\n") << nd;
+    }
+    auto vm_rps = rps_masks("vpl-vm1", "eth0");
+    ASSERT_FALSE(vm_rps.empty());
+    for (const auto& m : vm_rps) EXPECT_EQ(m, "1") << "vm1 eth0 rps_cpus (guest CPU 0)";
+    auto vif_rps = rps_masks("vpl-dom0", "vif1.0");
+    ASSERT_FALSE(vif_rps.empty());
+    for (const auto& m : vif_rps) EXPECT_EQ(m, "2") << "vif1.0 rps_cpus (dom0 CPU 1)";
+    // the physical port is left alone: the kernel's default for new devices
+    const std::string dflt =
+        fs::exists("/proc/sys/net/core/rps_default_mask") ? mask_bits(slurp("/proc/sys/net/core/rps_default_mask")) : "0";
+    for (const auto& m : rps_masks("vpl-dom0", "peth0")) EXPECT_EQ(m, dflt);
+    const auto& rps = j["vms"][0]["rps"];
+    ASSERT_EQ(rps.size(), vm_rps.size() + vif_rps.size()) << rps;
+    EXPECT_EQ(rps[0]["netns"], "vpl-vm1");
+    EXPECT_EQ(rps[0]["dev"], "eth0");
+    EXPECT_EQ(mask_bits(rps[0]["mask"]), "1");
+    EXPECT_EQ(mask_bits(rps[0]["before"]), dflt);
+    EXPECT_EQ(rps.back()["netns"], "vpl-dom0");
+    EXPECT_EQ(rps.back()["dev"], "vif1.0");
+    EXPECT_EQ(mask_bits(rps.back()["mask"]), "2");
+    auto text = lab({"info"});
+    EXPECT_EQ(text.status, 0) << text.out;
+    EXPECT_NE(text.out.find("neighbour model hypervisor: credit slice 30 ms, one per round of 3 vCPU(s)"),
+              std::string::npos)
+        << text.out;
+    EXPECT_NE(text.out.find("vm1 cpu.max 30000 90000"), std::string::npos) << text.out;
+    EXPECT_EQ(lab({"down"}).status, 0);
+    expect_clean(tmp_);
+    EXPECT_FALSE(fs::exists(cgdir)) << cgdir;
+    EXPECT_FALSE(fs::exists("/run/netns/vpl-vm1"));
+
+    // no neighbours: nothing to share the CPU with, no cap; the receive steering stays
+    up = lab({"up", "--vms", "1", "--disks", "0", "--neighbour-model", "hypervisor", "--slice-ms", "10",
+              "--guest-cpus", "0", "--dom0-cpus", "1", "--no-daemons", "--image-dir", tmp_});
+    ASSERT_EQ(up.status, 0) << up.out;
+    j = info();
+    EXPECT_EQ(j["slice_ms"], 10);
+    EXPECT_EQ(j["vms"][0]["cpu_max"].get<std::string>().substr(0, 4), "max ") << j["vms"][0]["cpu_max"];
+    for (const auto& m : rps_masks("vpl-vm1", "eth0")) EXPECT_EQ(m, "1");
+    EXPECT_EQ(lab({"down"}).status, 0);
+    expect_clean(tmp_);
+}
+
+TEST_F(Lab, NeighbourModelBadArguments) {
+    struct Case {
+        std::vector<std::string> args;
+        std::string message;
+    };
+    const std::vector<Case> cases{
+        {{"--neighbour-model", "hypervisor", "--slice-ms", "0"}, "--slice-ms must be 1..1000 (got 0)"},
+        {{"--neighbour-model", "hypervisor", "--slice-ms", "1001"}, "--slice-ms must be 1..1000 (got 1001)"},
+        {{"--neighbour-model", "hypervisor", "--slice-ms", "-5"}, "--slice-ms must be 1..1000 (got -5)"},
+        {{"--neighbour-model", "xen"}, "unknown --neighbour-model 'xen' (shares or hypervisor)"},
+        {{"--slice-ms", "30"}, "--slice-ms applies to --neighbour-model hypervisor only"},
+        {{"--neighbour-model", "hypervisor", "--neighbours", "40"}, "= 1230 ms is the VM's cpu.max period"},
+        {{"--neighbour-model", "hypervisor", "--neighbours", "1", "--vcpu-quota", "50"},
+         "--vcpu-quota and --neighbour-model hypervisor both set the VM's cpu.max"},
+    };
+    for (const auto& c : cases) {
+        std::vector<std::string> argv{"up", "--vms", "1", "--disks", "0", "--no-daemons", "--image-dir", tmp_};
+        argv.insert(argv.end(), c.args.begin(), c.args.end());
+        auto r = lab(argv);
+        EXPECT_EQ(r.status, 2) << r.out;
+        EXPECT_EQ(r.out.rfind("vpipe-lab up: ", 0), 0u) << r.out;
+        EXPECT_NE(r.out.find(c.message), std::string::npos) << r.out;
+        EXPECT_FALSE(fs::exists(kRun)) << "a refused `up` created " << kRun;
+    }
+    expect_clean(tmp_);
 }
 
 TEST_F(Lab, DownAfterStateFileLost) {
