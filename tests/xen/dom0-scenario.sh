@@ -495,6 +495,8 @@ if [ "$MODE" = bench ]; then
   done
   i=1; while [ $i -le $have ]; do xl destroy "n$i"; stop_tail "n$i"; i=$((i + 1)); done
   NAME=d1; D=$(xl domid d1)
+  # which read path the engine took (disks[].bytes_spliced: file -> socket spliced from O_DIRECT)
+  echo "VPIPE-XEN: engine stats of d1: $(vmstat)"
   cmd finish
   wait_xsd end 120
   collect d1

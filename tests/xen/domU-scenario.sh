@@ -232,12 +232,18 @@ bench)
   else xenstore-write "$XS/ready" fail; fi
   # every GET starts from an empty page cache (dom0 writes data/cmd/drop = n, waits for dropped = n)
   # (a watch: an idle guest must cost nothing, or its CPU figures measure the loop)
+  # (not `xenstore-watch | while`: the shell would wait for the watch, which never ends, after
+  # the loop's break)
   n=0
-  xenstore-watch "$XS/cmd" | while read -r _; do
+  mkfifo /tmp/cmd.watch
+  xenstore-watch "$XS/cmd" > /tmp/cmd.watch &
+  WATCH=$!
+  while read -r _; do
     xenstore-exists "$XS/cmd/finish" && break
     v=$(xenstore-read "$XS/cmd/drop" 2>/dev/null)
     if [ -n "$v" ] && [ "$v" != "$n" ]; then dropcaches; n=$v; xenstore-write "$XS/dropped" "$n"; fi
-  done
+  done < /tmp/cmd.watch
+  kill $WATCH 2>/dev/null
   kill $HTTPD $SF $RW $PX $PS 2>/dev/null; wait $HTTPD $SF $RW $PX $PS 2>/dev/null
   grep -c 'vpipe=offloaded' /tmp/httpd.log | sed 's/^/VPIPE-XEN-DOMU[bench]: vpipe-httpd offloaded requests: /'
   grep -v 'vpipe=offloaded' /tmp/httpd.log /tmp/proxy.log | tail -5
