@@ -237,6 +237,17 @@ summary() {
     if [ -s "$R/fig4.median" ]; then
       echo
       echo "## Fig 4: ${FIG4_MIB} MiB per transfer, vPipe against the classic paths (fig4.csv, fig4_*.png)"
+      # real Xen first (bench/xen.sh: XEN.md, xen.csv), then the lab's models of it
+      if [ -f "$R/XEN.md" ] && grep -q '^## Targets' "$R/XEN.md"; then
+        echo
+        echo "### Real Xen (Xen 4.17 under QEMU TCG; [XEN.md](XEN.md), \`bench/run.sh xen\`)"
+        echo
+        echo "The VM under test and K busy neighbour domUs share one physical CPU, dom0 has the other;"
+        echo "every ratio below is taken within one run (the full tables, the native dom0 control and what"
+        echo "TCG distorts are in XEN.md). The lab's models follow."
+        echo
+        sed -n '/^## Targets/,/^Rows with ok=0/p' "$R/XEN.md" | sed '1d;$d'
+      fi
       local link op k p v bc
       for link in 0 1000; do
         grep -q "^$link," "$R/fig4.median" || continue
