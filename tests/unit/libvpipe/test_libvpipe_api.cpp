@@ -17,29 +17,11 @@
 #include <vpipe/abi/ioctl.h>
 #include <vpipe/vpipe.h>
 
+#include "support/tcp_pair.h"
+
 namespace {
 
-struct TcpPair {
-    int a = -1, b = -1;
-    TcpPair() {
-        int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in s{};
-        s.sin_family = AF_INET;
-        s.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t sl = sizeof(s);
-        ::bind(l, reinterpret_cast<sockaddr*>(&s), sizeof(s));
-        ::listen(l, 1);
-        ::getsockname(l, reinterpret_cast<sockaddr*>(&s), &sl);
-        a = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        ::connect(a, reinterpret_cast<sockaddr*>(&s), sizeof(s));
-        b = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-        ::close(l);
-    }
-    ~TcpPair() {
-        ::close(a);
-        ::close(b);
-    }
-};
+using vpipe::test::TcpPair;
 
 std::vector<uint8_t> pattern(size_t n) {
     std::vector<uint8_t> v(n);

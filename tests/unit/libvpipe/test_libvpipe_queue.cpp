@@ -21,6 +21,8 @@
 
 #include <vpipe/vpipe.h>
 
+#include "support/tcp_pair.h"
+
 namespace {
 
 bool readable(int fd) {
@@ -259,27 +261,7 @@ TEST_F(Queue, QueuesAreIndependentAndIdsAreReused) {
 
 // ---- a fallback's copy runs on the queue's worker, not in the submit or the reap ----------
 
-struct TcpPair {
-    int a = -1, b = -1;   // a: the application's socket, b: the peer's
-    TcpPair() {
-        int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in s{};
-        s.sin_family = AF_INET;
-        s.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t sl = sizeof(s);
-        ::bind(l, reinterpret_cast<sockaddr*>(&s), sizeof(s));
-        ::listen(l, 1);
-        ::getsockname(l, reinterpret_cast<sockaddr*>(&s), &sl);
-        a = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        ::connect(a, reinterpret_cast<sockaddr*>(&s), sizeof(s));
-        b = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
-        ::close(l);
-    }
-    ~TcpPair() {
-        ::close(a);
-        ::close(b);
-    }
-};
+using vpipe::test::TcpPair;
 
 uint8_t big_byte(uint64_t i) { return static_cast<uint8_t>(i * 167 + (i >> 16) + 3); }
 
