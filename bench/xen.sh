@@ -65,9 +65,7 @@ if [ $REPORT = 0 ]; then
 {
   echo "$HDR"
   if [ -f "$CSV" ]; then
-    tail -n +2 "$CSV" | awk -F, -v OFS=, -v s=" $XEN_SCHEDS " 'index(s, " " $1 " ") == 0 {
-      if (NF == 11) { $0 = $1 OFS $2 OFS "f2s" OFS $3 OFS $4 OFS $5 OFS "" OFS $6 OFS $7 OFS $8 OFS $9 OFS $10 OFS $11 }
-      print }'
+    tail -n +2 "$CSV" | awk -F, -v s=" $XEN_SCHEDS " 'index(s, " " $1 " ") == 0'
   fi
   for sched in $XEN_SCHEDS; do cat "$TMPD/$sched.csv"; done
 } > "$TMPD/all.csv"

@@ -58,6 +58,11 @@ def main():
     def ratio(a, b):  # a / b as "N.NNx"
         return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
+    def idle_rate(s, k):
+        """the idle domU's CPU seconds per second with K neighbours (None: not measured)"""
+        c, t = med(s, k, "idle", "-", "guest_cpu_s"), med(s, k, "idle", "-")
+        return c / t if c is not None and t else None
+
     def per_gib(s, k, op, mode, idle_rate):
         """guest CPU seconds per GiB moved, minus the idle domU's background over the same time"""
         c, t = med(s, k, op, mode, "guest_cpu_s"), med(s, k, op, mode)
@@ -111,10 +116,6 @@ def main():
 
     for s in scheds:
         w(f"## {s}\n")
-        idle = {}
-        for k in ks(s):
-            c, t = med(s, k, "idle", "-", "guest_cpu_s"), med(s, k, "idle", "-")
-            idle[k] = c / t if c is not None and t else None
         w("### file -> socket (64 MiB GET)\n")
         w("| K | vPipe s (spread) | sendfile s | read+write s | sendfile / vPipe | read+write / vPipe | "
           "vPipe first byte s | sendfile first byte s | dom0 CPU s vPipe / sendfile |")
@@ -144,7 +145,7 @@ def main():
           "s2f vPipe | s2f recv+pwrite | s2s vPipe | s2s splice |")
         w("|---|---|---|---|---|---|---|---|---|---|")
         for k in ks(s):
-            ir = idle.get(k)
+            ir = idle_rate(s, k)
             g = {m: per_gib(s, k, op, m, ir) for op, m in
                  [("f2s", "vpipe"), ("f2s", "sendfile"), ("f2s", "rw")]}
             h = {(op, m): per_gib(s, k, op, m, ir) for op, m in
@@ -181,10 +182,7 @@ def main():
     tgt("socket -> file >= 2x recv+pwrite+fdatasync", lambda s: ratio(med(s, 2, "s2f", "rw"), med(s, 2, "s2f", "vpipe")))
 
     def cpu_ratio(s):
-        ir = None
-        c, t = med(s, 2, "idle", "-", "guest_cpu_s"), med(s, 2, "idle", "-")
-        if c is not None and t:
-            ir = c / t
+        ir = idle_rate(s, 2)
         v, r = per_gib(s, 2, "f2s", "vpipe", ir), per_gib(s, 2, "f2s", "rw", ir)
         if v[0] is None or r[0] is None or r[1] == 0:
             return "-"
