@@ -6,7 +6,10 @@
 // (ping, stats, calibration, set-weight with live weight changes) runs on fuzzed arguments. A
 // reply must always be exactly one line of valid JSON; nothing may throw.
 //
-// Input: the first byte picks the chunk size (1..256), the rest is the byte stream.
+// Input: the first byte picks the chunk size (1..256), the rest is the byte stream. Only the
+// first kMaxCommands lines are answered; later ones are still framed and checked. An input that
+// repeats `stats` fifty times costs fifty JSON dumps and parses under full instrumentation but
+// covers nothing the first few did not, and such inputs held the fuzzer near 400 exec/s.
 #include <unistd.h>
 
 #include <cstdint>
@@ -60,6 +63,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 namespace {
 json handle(const json& req) { return g_engine->handle(req); }
+constexpr int kMaxCommands = 8;   // enough for set-weight, stats, set-weight back, stats, ...
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -70,6 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ControlFramer framer;
     std::string line, seen;
     size_t fed = 0;
+    int answered = 0;
     while (left > 0) {
         const size_t n = std::min(chunk, left);
         framer.feed(p, n);
@@ -79,6 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         while (framer.next(&line)) {
             if (line.find('\n') != std::string::npos) bug("newline inside a line");
             seen += line + "\n";
+            if (answered++ >= kMaxCommands) continue;
             const std::string out = control_reply(handle, line);
             if (out.empty() || out.back() != '\n' || out.find('\n') != out.size() - 1) bug("not one line");
             json j;
