@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
@@ -227,13 +228,25 @@ int ensure_repair(int fd) { return set_int(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPA
 
 // Raises SO_SNDBUF / SO_RCVBUF so that `more` further bytes fit. Returns -ENOBUFS when it
 // can't grow.
+//
+// The new limit counts from what the queue already holds (its truesize, SO_MEMINFO), not from
+// the current limit: the limit may be far below it. A restored connection's send queue holds the
+// in-flight part refilled in repair mode (skbs with more overhead than the frozen socket's), and
+// copy_socket_options() then put the application's SO_SNDBUF back; a raise counted from that
+// limit could leave it under the queue, so the unsent tail still met EAGAIN and the agent reset
+// a healthy connection (seen in Sockets.EngineStoppedMidSocketToSocket with a paused far end).
 int grow_buffer(int fd, bool send_queue, size_t more) {
     const int name = send_queue ? SO_SNDBUF : SO_RCVBUF;
     const int force = send_queue ? SO_SNDBUFFORCE : SO_RCVBUFFORCE;
     int cur = 0;
     int r = get_int(fd, SOL_SOCKET, name, &cur);
     if (r < 0) return r;
-    size_t want = static_cast<size_t>(cur) + 2 * more + (256u << 10);
+    size_t held = 0;
+    uint32_t mem[SK_MEMINFO_VARS] = {};
+    socklen_t ml = sizeof(mem);
+    if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &ml) == 0 && ml >= sizeof(uint32_t) * (SK_MEMINFO_WMEM_QUEUED + 1))
+        held = send_queue ? mem[SK_MEMINFO_WMEM_QUEUED] : mem[SK_MEMINFO_RMEM_ALLOC];
+    size_t want = std::max(static_cast<size_t>(cur), held) + 2 * more + (256u << 10);
     if (want > (1u << 30)) return -ENOBUFS;
     int half = static_cast<int>(want / 2);  // the kernel doubles the value
     if (set_int(fd, SOL_SOCKET, force, half) < 0 && set_int(fd, SOL_SOCKET, name, half) < 0)
@@ -423,20 +436,22 @@ int send_unsent(int fd, std::span<const uint8_t> bytes) {
     if (lowat != -1) set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, -1);
     get_int(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf);
     size_t off = 0;
-    bool grown = false, ever_grown = false;
+    int grows = 0;  // raises since the last progress: a raise that does not help is retried twice
+    bool ever_grown = false;
     int r = 0;
     while (off < bytes.size()) {
         ssize_t w = send(fd, bytes.data() + off, bytes.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w > 0) {
             off += static_cast<size_t>(w);
-            grown = false;
+            grows = 0;
             continue;
         }
         int e = w == 0 ? EIO : errno;
         if (e == EINTR) continue;
-        if ((e == EAGAIN || e == EWOULDBLOCK) && !grown) {
-            if ((r = grow_buffer(fd, true, bytes.size() - off)) < 0) break;
-            grown = ever_grown = true;
+        if ((e == EAGAIN || e == EWOULDBLOCK) && grows < 3) {
+            if ((r = grow_buffer(fd, true, (bytes.size() - off) << grows)) < 0) break;
+            ++grows;
+            ever_grown = true;
             continue;
         }
         r = -e;

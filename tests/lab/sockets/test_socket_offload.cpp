@@ -771,12 +771,20 @@ int vm_relay_one_call(const std::map<std::string, std::string>& a) {
         fflush(stdout);
         std::vector<uint8_t> buf(1 << 20);
         uint64_t rest = 0;
+        std::string stop;  // why the relay of the rest ended early: which side, and its errno
         while (static_cast<uint64_t>(n) + rest < len) {
             ssize_t r = recv(in, buf.data(), std::min<uint64_t>(buf.size(), len - n - rest), 0);
-            if (r <= 0 || !write_all(out, buf.data(), static_cast<size_t>(r))) break;
+            if (r <= 0) {
+                stop = " rest_stop=recv:" + std::to_string(r < 0 ? errno : 0);
+                break;
+            }
+            if (!write_all(out, buf.data(), static_cast<size_t>(r))) {
+                stop = " rest_stop=send:" + std::to_string(errno);
+                break;
+            }
             rest += static_cast<uint64_t>(r);
         }
-        extra += " rest=" + std::to_string(rest);
+        extra += " rest=" + std::to_string(rest) + stop;
     }
     ssize_t mi = send(in, "x", 1, MSG_NOSIGNAL);
     const int ei = mi < 0 ? errno : 0;

@@ -294,6 +294,53 @@ TEST_P(Repair, HandoverWithUnackedBytes) { handover_roundtrip(GetParam(), true, 
 TEST_P(Repair, HandoverLargeQueues) { handover_roundtrip(GetParam(), true, 3 << 20, 1 << 20); }
 TEST_P(Repair, HandoverEmptyQueues) { handover_roundtrip(GetParam(), false, 0, 0); }
 
+// A restored connection whose send queue already holds more than the application's SO_SNDBUF
+// (the in-flight part is refilled in repair mode, then copy_socket_options() puts the
+// application's smaller limit back) must still take its never-transmitted tail: send_unsent()
+// raises the limit from what the queue holds, not from the limit. The in-flight part here is
+// the last 4 MiB the peer already has (it acknowledges the retransmission as a duplicate); the
+// tail is new and must reach the peer byte-exact.
+TEST_P(Repair, UnsentTailFitsOverAFullSendQueue) {
+    Pair p = make_pair(GetParam());
+    const size_t in_flight = 4u << 20, unsent = 32u << 10;
+    auto a = pattern(in_flight, 21), tail = pattern(unsent, 22);
+    int big = static_cast<int>(2 * in_flight);
+    ASSERT_EQ(setsockopt(p.server.get(), SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big)), 0);
+    std::thread w([&] { write_all(p.client.get(), a); });
+    ASSERT_EQ(read_n(p.server.get(), a.size()), a);
+    w.join();
+    for (int i = 0; i < 200 && outq(p.client.get()) > 0; ++i) usleep(5000);
+    ASSERT_EQ(outq(p.client.get()), 0);
+
+    vpipe_tcp_state st{};
+    std::vector<uint8_t> sq, rq;
+    ASSERT_EQ(tcp::freeze(p.client.get(), &st, &sq, &rq), 0);
+    ASSERT_EQ(st.sndq_len, 0u);
+    ASSERT_EQ(tcp::disconnect_silently(p.client.get()), 0);
+    // the carried queue: `a` as sent-but-unacknowledged, then `tail` never transmitted
+    std::vector<uint8_t> carried(a);
+    carried.insert(carried.end(), tail.begin(), tail.end());
+    st.snd_seq += static_cast<uint32_t>(unsent);
+    st.sndq_len = static_cast<uint32_t>(carried.size());
+    st.sndq_unsent = static_cast<uint32_t>(unsent);
+    // as in a hand-back, the peer hears nothing until the tail is queued (its ACK would empty
+    // the queue at once over loopback)
+    block_client_to_server(p.sport, p.cport);
+    UniqueFd fresh;
+    ASSERT_EQ(tcp::restore(st, carried, {}, tcp::RestoreOptions{}, &fresh), 0);
+    // what copy_socket_options() does for an application that set SO_SNDBUF (64 KiB)
+    int small = 64 << 10;
+    ASSERT_EQ(setsockopt(fresh.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    ASSERT_EQ(tcp::send_unsent(fresh.get(), std::span<const uint8_t>(carried).last(unsent)), 0);
+    EXPECT_EQ(outq(fresh.get()), static_cast<int>(carried.size()));
+    unblock();
+    EXPECT_EQ(read_n(p.server.get(), tail.size()), tail);
+    // the connection goes on
+    auto more = pattern(1000, 23);
+    write_all(fresh.get(), more);
+    EXPECT_EQ(read_n(p.server.get(), more.size()), more);
+}
+
 // Abort path: freeze then unfreeze, the connection goes on in place.
 TEST_P(Repair, UnfreezeContinuesInPlace) {
     Pair p = make_pair(GetParam());
