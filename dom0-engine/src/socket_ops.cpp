@@ -188,6 +188,28 @@ int sendfile_limited(int fd, int file, uint64_t off, uint64_t n, uint32_t limit,
     });
 }
 
+// Moves up to `max` bytes from a pipe into a destination shadow with splice(), without letting
+// its send queue hold more than `limit` bytes (see put_limited). Returns the bytes moved (> 0),
+// 0 when nothing could move (*at_limit: the queue is at the limit, so only acknowledgements
+// help: callers pace at 1 ms because a socket at the limit may already be writable, its
+// truesize accounting lagging the bytes; else the socket buffer is full: wait for POLLOUT), or
+// a negative errno (map_sock_err). When the limit cuts `max`, the rest follows: SPLICE_F_MORE.
+ssize_t splice_to_limit(int pipe_r, int dst, uint64_t max, uint32_t limit, bool* at_limit) {
+    int outq = 0;
+    if (ioctl(dst, SIOCOUTQ, &outq) < 0) return -EIO;
+    const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
+    *at_limit = allow == 0;
+    if (allow == 0 || max == 0) return 0;
+    const uint64_t n = std::min(max, allow);
+    for (;;) {
+        ssize_t m = ::splice(pipe_r, nullptr, dst, nullptr, n,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (max > n ? SPLICE_F_MORE : 0));
+        if (m >= 0) return m;
+        if (errno == EINTR) continue;
+        return errno == EAGAIN ? 0 : map_sock_err(errno);
+    }
+}
+
 // After the last byte is queued: waits (on an event, not by polling the queue) until the
 // destination has transmitted everything, so that the guest does not have to: POLLOUT with
 // TCP_NOTSENT_LOWAT = 1 means "nothing left unsent". Gives up after `ms` (a peer with a
@@ -403,23 +425,22 @@ int send_spliced(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedRequest& req,
         vm.reserve(req.op, n);  // credit before the bytes move, not after
         uint64_t done = 0;
         while (done < n && status == 0) {
-            int outq = 0, inpipe = 0;
-            if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(pr.get(), FIONREAD, &inpipe) < 0) {
+            int inpipe = 0;
+            if (ioctl(pr.get(), FIONREAD, &inpipe) < 0) {
                 status = -EIO;
                 break;
             }
-            const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
-            if (allow > 0 && inpipe > 0) {
-                ssize_t m = ::splice(pr.get(), nullptr, fd, nullptr, std::min<uint64_t>({n - done, allow, uint64_t(inpipe)}),
-                                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (n - done > allow ? SPLICE_F_MORE : 0));
+            bool at_limit = false;
+            if (inpipe > 0) {
+                const uint64_t want = std::min<uint64_t>(n - done, static_cast<uint64_t>(inpipe));
+                ssize_t m = splice_to_limit(pr.get(), fd, want, limit, &at_limit);
                 if (m > 0) {
                     done += static_cast<uint64_t>(m);
                     last_progress = Clock::now();
                     continue;
                 }
-                if (m < 0 && errno == EINTR) continue;
-                if (m < 0 && errno != EAGAIN) {
-                    status = map_sock_err(errno);
+                if (m < 0) {
+                    status = static_cast<int>(m);
                     break;
                 }
             }
@@ -431,8 +452,8 @@ int send_spliced(Vm& vm, DiskImage& disk, Shadow& dst, const ParsedRequest& req,
             // in the socket. At the limit the socket may be writable already (its truesize
             // accounting lags the bytes): then the ACKs get a millisecond.
             pollfd w[2] = {{inpipe > 0 ? fd : pr.get(), 0, 0}, {cancel, POLLIN, 0}};
-            w[0].events = inpipe > 0 ? (allow > 0 ? POLLOUT : 0) : POLLIN;
-            const int pr_ = ::poll(w, 2, inpipe > 0 && allow == 0 ? 1 : 100);
+            w[0].events = inpipe > 0 ? (at_limit ? 0 : POLLOUT) : POLLIN;
+            const int pr_ = ::poll(w, 2, inpipe > 0 && at_limit ? 1 : 100);
             if (pr_ < 0 && errno != EINTR) status = -EIO;
             else if (w[1].revents) status = -ECANCELED;
             else if (inpipe == 0 && (w[0].revents & POLLHUP) && !(w[0].revents & POLLIN))
@@ -706,27 +727,17 @@ int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, ui
         }
         bool dst_full = false, at_limit = false;
         if (inpipe > 0) {
-            int outq = 0;
-            if (ioctl(dst, SIOCOUTQ, &outq) < 0) {
-                status = -EIO;
+            ssize_t m = splice_to_limit(pipe.r(), dst, inpipe, limit, &at_limit);
+            if (m > 0) {
+                inpipe -= static_cast<uint64_t>(m);
+                *fwd += static_cast<uint64_t>(m);
+                vm.charge(req.op, static_cast<uint64_t>(m));
+                moved = true;
+            } else if (m < 0) {
+                status = static_cast<int>(m);
                 break;
-            }
-            const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
-            at_limit = allow == 0;
-            if (allow > 0) {
-                ssize_t m = ::splice(pipe.r(), nullptr, dst, nullptr, std::min(inpipe, allow),
-                                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (inpipe > allow ? SPLICE_F_MORE : 0));
-                if (m > 0) {
-                    inpipe -= static_cast<uint64_t>(m);
-                    *fwd += static_cast<uint64_t>(m);
-                    vm.charge(req.op, static_cast<uint64_t>(m));
-                    moved = true;
-                } else if (m < 0 && errno != EAGAIN && errno != EINTR) {
-                    status = map_sock_err(errno);
-                    break;
-                } else {
-                    dst_full = true;
-                }
+            } else {
+                dst_full = !at_limit;
             }
         }
         if (eof && inpipe == 0) break;
@@ -754,21 +765,17 @@ int splice_sockets(Vm& vm, int src, int dst, uint64_t length, uint32_t limit, ui
     // slow; give it a little time (drain_ms()) to take them, taking nothing more from the source.
     const auto drain_end = Clock::now() + std::chrono::milliseconds(drain_ms());
     while (status == -ECANCELED && inpipe > 0 && Clock::now() < drain_end) {
-        int outq = 0;
-        if (ioctl(dst, SIOCOUTQ, &outq) < 0) break;
-        const uint64_t allow = limit > static_cast<uint32_t>(outq) ? limit - static_cast<uint32_t>(outq) : 0;
-        ssize_t m = allow > 0 ? ::splice(pipe.r(), nullptr, dst, nullptr, std::min(inpipe, allow),
-                                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-                              : 0;
+        bool at_limit = false;
+        ssize_t m = splice_to_limit(pipe.r(), dst, inpipe, limit, &at_limit);
         if (m > 0) {
             inpipe -= static_cast<uint64_t>(m);
             *fwd += static_cast<uint64_t>(m);
             vm.charge(req.op, static_cast<uint64_t>(m));
             continue;
         }
-        if (m < 0 && errno != EAGAIN && errno != EINTR) break;
-        pollfd p{dst, static_cast<short>(allow > 0 ? POLLOUT : 0), 0};  // at the limit: paced, 1 ms
-        if (::poll(&p, 1, allow > 0 ? 10 : 1) < 0 && errno != EINTR) break;
+        if (m < 0) break;
+        pollfd p{dst, static_cast<short>(at_limit ? 0 : POLLOUT), 0};  // at the limit: paced, 1 ms
+        if (::poll(&p, 1, at_limit ? 1 : 10) < 0 && errno != EINTR) break;
         if ((p.revents & (POLLERR | POLLHUP)) && !(p.revents & POLLOUT)) break;
     }
     if (inpipe > 0) {
