@@ -37,7 +37,7 @@ After tests/prepare.sh the suite's files are written back and dropped from the p
 libvpipe's cache rule sends a range that is wholly in the guest's cache itself. lighttpd runs
 with VPIPE_MIN_OFFLOAD=0 (--min-offload): the suite's files are a few bytes to a few KiB, and
 with server.vpipe on, a body at or above the threshold is not read into memory by lighttpd's
-small-response path (the patch's response.c hunk), so each static body goes to dom0.
+small-response path (the patch's response.c hunk): the suite's static bodies are offered to dom0.
 
 Per mode it prints the suite's counts (planned, passed, failed, skipped; Test::Harness's
 verdict) and vm1's engine counters for file -> socket over the run (bytes and operations: each
