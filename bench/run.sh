@@ -3,7 +3,10 @@
 # scenarios (CSV), gnuplot PNGs and SUMMARY.md. Needs root (the lab). Every ratio is taken
 # within one run, under identical conditions (the paths compared run back to back in one lab),
 # never across runs.
-#   bench/run.sh [--quick] [all]   everything (default; the full run takes ~25 min on 2 cores)
+#   bench/run.sh [--quick] [all]   everything but soak and xen (default; the full run takes ~35 min on
+#                                  2 cores): micro, handover, fig4, inplace, scale, fairness, apps
+#                                  (apps last: its builds are the likeliest to fail, and a failed
+#                                  part stops the run; `bench/run.sh summary` re-plots what is there)
 #   bench/run.sh micro             only the micro-benchmarks
 #   bench/run.sh scenarios         Fig 4(a-d) + Fig 6 CPU, Fig 5 sizes, op-size sweep, ceiling,
 #                                  profiles, scale
@@ -144,7 +147,7 @@ case "$what" in
   apps) run_apps ;;
   profile) run_profile_only ;;
   summary) ;;
-  all) run_micro; run_handover; run_fig4; run_inplace; run_scale; run_fairness ;;
+  all) run_micro; run_handover; run_fig4; run_inplace; run_scale; run_fairness; run_apps ;;
   *) echo "usage: bench/run.sh [--quick] [all|micro|scenarios|fig4|inplace|scale|fairness|handover|apps|soak|profile|summary|xen]" >&2; exit 2 ;;
 esac
 ELAPSED=$(($(date +%s) - START_TIME))

@@ -15,14 +15,15 @@ usage: $0 [--build-dir DIR] [--no-deps] [--force]
 
 Fetches lighttpd $version's Debian source package (apt-get source; adds a deb-src entry for
 bookworm to /etc/apt/sources.list.d/ if there is none), applies
-patches/lighttpd/lighttpd-$version-vpipe.patch, configures it (autotools, minimal: no TLS, no
-compression, pcre2 only) with -DLIGHTTPD_VPIPE against libvpipe from the project's CMake build,
+patches/lighttpd/lighttpd-$version-vpipe.patch, configures it (autotools, minimal: no TLS,
+pcre2, zlib as the only compression) with -DLIGHTTPD_VPIPE against libvpipe from the project's CMake build,
 and builds it. Upstream source stays outside git, in DIR/lighttpd/src.
 
   --build-dir DIR  the project's CMake build directory (default: build/ or \$VPIPE_BUILD_DIR);
                    libvpipe.so must be built there (cmake --build build --target vpipe)
   --no-deps        do not touch apt (sources, build packages): they are there already
-  --force          unpack, patch and build again even if the binary is up to date
+  --force          unpack, patch and build again even if the binary is up to date (newer than
+                   the patch, libvpipe.so and this script)
 
 Result: DIR/lighttpd/sbin/lighttpd (modules in DIR/lighttpd/lib). Run it with
   server.vpipe = "enable"
@@ -48,7 +49,7 @@ inc="$root/libvpipe/include"
 [ -e "$inc/vpipe/vpipe.h" ] || { echo "lighttpd/build.sh: no $inc/vpipe/vpipe.h" >&2; exit 1; }
 
 bin="$out/sbin/lighttpd"
-if ((!force)) && [ -x "$bin" ] && [ "$bin" -nt "$patch" ] && [ "$bin" -nt "$lib" ]; then
+if ((!force)) && [ -x "$bin" ] && [ "$bin" -nt "$patch" ] && [ "$bin" -nt "$lib" ] && [ "$bin" -nt "$here/build.sh" ]; then
   echo "lighttpd/build.sh: $bin is up to date"; exit 0
 fi
 
@@ -66,10 +67,11 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOT
     apt-get update -qq
   fi
-  # the minimal build needs only a compiler, pkg-config and pcre2 (not the whole build-dep list:
-  # TLS libraries, databases, LDAP, lua, ... for modules this build leaves out)
+  # the minimal build needs only a compiler, pkg-config, pcre2 and zlib (not the whole build-dep
+  # list: TLS libraries, databases, LDAP, lua, ... for modules this build leaves out; zlib for
+  # mod_deflate, which lighttpd's own test suite expects: check.sh)
   need=()
-  for p in build-essential pkg-config libpcre2-dev dpkg-dev; do
+  for p in build-essential pkg-config libpcre2-dev zlib1g-dev dpkg-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
   done
   if ((${#need[@]})); then
@@ -100,7 +102,7 @@ fi
 cd "$tree"
 # -DLIGHTTPD_VPIPE compiles the vPipe path; the rpath finds libvpipe.so in the build tree
 ./configure -q --prefix="$out" --libdir="$out/lib" \
-  --without-zlib --without-bzip2 --without-brotli --without-zstd --without-libdeflate \
+  --with-zlib --without-bzip2 --without-brotli --without-zstd --without-libdeflate \
   --without-openssl --without-lua --without-pcre --with-pcre2 \
   CPPFLAGS="-DLIGHTTPD_VPIPE -I$inc" \
   LIBS="-L$(dirname "$lib") -Wl,-rpath,$(dirname "$lib") -lvpipe"  # (configure drops LDFLAGS in a check)
