@@ -313,6 +313,13 @@ TEST_F(PoundLab, VPipeDirective_PerListener_WinsOverEnvironment) {
     EXPECT_EQ(off.default_ops, 1u) << "POUND_VPIPE=1, no directive: one hand-over";
     EXPECT_LE(off.default_bytes, kSize);
     EXPECT_GE(off.default_bytes, kSize - kMaxBuf);
+    std::printf("[ Pound per listener ] engine socket_to_socket of vm1: POUND_VPIPE unset, VPipe on +%llu B in %llu "
+                "ops, no directive +%llu B in %llu ops; POUND_VPIPE=1, VPipe off +%llu B in %llu ops, no directive "
+                "+%llu B in %llu ops\n",
+                static_cast<unsigned long long>(on.directive_bytes), static_cast<unsigned long long>(on.directive_ops),
+                static_cast<unsigned long long>(on.default_bytes), static_cast<unsigned long long>(on.default_ops),
+                static_cast<unsigned long long>(off.directive_bytes), static_cast<unsigned long long>(off.directive_ops),
+                static_cast<unsigned long long>(off.default_bytes), static_cast<unsigned long long>(off.default_ops));
     stop_server("backend");
     std::error_code ec;
     fs::remove(file, ec);
