@@ -18,6 +18,8 @@ pkgs=(
   lighttpd nginx                                     # stock servers under libvpipe-preload.so (tests/lab/preload)
   dpkg-dev libpcre2-dev                              # patches/lighttpd/build.sh: apt-get source + the patched lighttpd's build
   libssl-dev libadns1-dev                            # patches/pound/build.sh: the patched Pound's build (with libpcre2-dev)
+  autoconf automake libtool                          # patches/pound/build.sh --git: bootstrap upstream's tree
+  libio-fdpass-perl libjson-perl libio-socket-ssl-perl  # patches/pound/check.sh: Pound's own test harness
   default-jdk-headless junit5                        # java/: vpipe.jar + libvpipejni.so (CMake FindJava/FindJNI), JUnit 5 tests
   # xen suite (tests/xen): Xen + Debian's kernel under QEMU, initramfs built from packages
   qemu-system-x86 xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils

@@ -37,6 +37,9 @@ DIR/pound/src.
                    clone of github.com/graygnuorg/pound (its commit must be $git_commit;
                    Debian's patches are then not applied; needs autoconf, automake)
 
+Exit status: 0 built (or up to date), 3 the Debian archive could not be fetched (scripts/test.sh
+then tries --git with a local mirror), 1 any other failure, 2 a bad command line.
+
 Result: DIR/pound/sbin/pound. Run it with POUND_VPIPE=1 in its environment (default off: Pound's
 own BIO_read()/BIO_write() relay). Needs root for apt.
 EOT
@@ -94,7 +97,7 @@ if ((force)) || [ ! -e "$tree/.vpipe-patched" ] || [ "$patch" -nt "$tree/.vpipe-
     for f in "${!sums[@]}"; do
       if [ ! -e "$src/$f" ] || ! echo "${sums[$f]}  $src/$f" | sha256sum -c --quiet - 2>/dev/null; then
         curl -fsS -o "$src/$f.part" "$pool/$f" || {
-          echo "pound/build.sh: cannot fetch $pool/$f (with a clone of github.com/graygnuorg/pound: --git REPO)" >&2; exit 1; }
+          echo "pound/build.sh: cannot fetch $pool/$f (with a clone of github.com/graygnuorg/pound: --git REPO)" >&2; exit 3; }
         mv "$src/$f.part" "$src/$f"
       fi
       echo "${sums[$f]}  $src/$f" | sha256sum -c --quiet - || { echo "pound/build.sh: $f: SHA-256 mismatch" >&2; exit 1; }

@@ -10,6 +10,11 @@
 // with the head (at most one MAXBUF = 4096 bytes a body, relayed by Pound first): dom0 moved the
 // bodies, not a fallback. Pound's log says vPipe is on and has no fallback or failure line.
 // POUND_VPIPE unset: the same requests and checks, and the counters do not move.
+// Per listener (`VPipe on|off` in ListenHTTP, which wins over the environment): one Pound with
+// two listeners, one with the directive and one without, GET 64 MiB through each; with
+// POUND_VPIPE unset `VPipe on` alone moves a body through the engine, with POUND_VPIPE=1
+// `VPipe off` alone keeps Pound's relay (and the listener without the directive follows the
+// environment). A config with `VPipe maybe` is refused by `pound -c`.
 // After each test no shadow socket, steered flow or nft element is left, no Pound runs.
 // Pound runs with VPIPE_MIN_OFFLOAD set to libvpipe's default threshold, so that neither the
 // host's /etc/vpipe/vpipe.conf nor the environment changes what is offloaded.
@@ -49,6 +54,7 @@ static_assert(kSmall < kThreshold && kSize >= kThreshold);
 const std::string kPound = VPIPE_POUND_BIN;
 constexpr int kBackendPort = 8080;
 constexpr int kPortVPipe = 8095, kPortClassic = 8096;
+constexpr int kPortDirective = 8097, kPortDefault = 8098;  // the per-listener test
 
 void drop_cache(const std::string& path) {
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -100,19 +106,31 @@ protected:
     // The patched Pound in vm1 (foreground, log on stderr), POUND_VPIPE=1 or unset; reported
     // started once its port accepts connections.
     static void start_pound(const std::string& key, bool vpipe) {
+        start_pound(key, vpipe, {{port(vpipe), ""}});
+    }
+    static std::string pound_config(const std::string& key, const std::vector<std::pair<int, std::string>>& listeners) {
+        std::ostringstream c;
+        c << "Daemon 0\nLogFacility -\nLogLevel 1\nPIDFile \"" << tmp_ << "/" << key << ".pid\"\n";
+        for (const auto& [p, extra] : listeners)
+            c << "ListenHTTP\n  xHTTP 1\n  Address " << kVm1Ip << "\n  Port " << p << "\n" << extra
+              << "  Service\n    Backend\n      Address " << kVm2Ip << "\n      Port " << kBackendPort
+              << "\n    End\n  End\nEnd\n";
+        return c.str();
+    }
+    // The same with several listeners: (port, extra lines in its ListenHTTP); started once every
+    // port accepts connections.
+    static void start_pound(const std::string& key, bool vpipe, const std::vector<std::pair<int, std::string>>& listeners) {
         const std::string conf = tmp_ + "/" + key + ".cfg";
-        std::ofstream(conf) << "Daemon 0\nLogFacility -\nLogLevel 1\n"
-                            << "PIDFile \"" << tmp_ << "/" << key << ".pid\"\n"
-                            << "ListenHTTP\n  xHTTP 1\n  Address " << kVm1Ip << "\n  Port " << port(vpipe) << "\n"
-                            << "  Service\n    Backend\n      Address " << kVm2Ip << "\n      Port " << kBackendPort
-                            << "\n    End\n  End\nEnd\n";
+        std::ofstream(conf) << pound_config(key, listeners);
         const std::string env = std::string(vpipe ? "POUND_VPIPE=1 " : "") +
                                  "VPIPE_MIN_OFFLOAD=" + std::to_string(kThreshold) + " ";
+        std::string wait;
+        for (const auto& l : listeners)
+            wait += "for i in $(seq 100); do (exec 3<>/dev/tcp/" + kVm1Ip + "/" + std::to_string(l.first) +
+                    ") 2>/dev/null && break; sleep 0.1; done; ";
         const std::string script = env + kPound + " -F -f " + conf +
-                                   " & p=$!; trap 'kill -TERM $p; wait $p; exit $?' TERM; " +
-                                   "for i in $(seq 100); do (exec 3<>/dev/tcp/" + kVm1Ip + "/" +
-                                   std::to_string(port(vpipe)) +
-                                   ") 2>/dev/null && break; sleep 0.1; done; echo listening on; wait $p";
+                                   " & p=$!; trap 'kill -TERM $p; wait $p; exit $?' TERM; " + wait +
+                                   "echo listening on; wait $p";
         start_server(key, "vm1", {"bash", "-c", script});
     }
 
@@ -237,6 +255,74 @@ TEST_F(PoundLab, VPipeEnabled_GetsAndUpload_KeepAlive_MovedByDom0) {
                 "64 MiB GET %.3f s, 64 MiB PUT %.3f s (one measurement each, not a benchmark)\n",
                 static_cast<unsigned long long>(m.bytes), static_cast<unsigned long long>(m.ops),
                 static_cast<unsigned long long>(kSize), m.get_secs, m.put_secs);
+}
+
+// One GET of 64 MiB through each of two listeners of one Pound: the one with `directive` in
+// its ListenHTTP first, then the one without; the engine's socket -> socket counters of vm1
+// after each (bytes, ops), the body checked by SHA-256 each time.
+struct PerListener {
+    uint64_t directive_bytes = 0, directive_ops = 0, default_bytes = 0, default_ops = 0;
+};
+
+TEST_F(PoundLab, VPipeDirective_WrongValue_ConfigRefused) {
+    const std::string conf = tmp_ + "/bad.cfg";
+    std::ofstream(conf) << pound_config("bad", {{kPortDirective, "  VPipe maybe\n"}});
+    auto r = lab({"exec", "vm1", "--", kPound, "-c", "-f", conf});
+    EXPECT_NE(r.status, 0) << r.all();
+    EXPECT_NE(r.all().find("not a boolean value"), std::string::npos) << r.all();
+    std::ofstream(conf) << pound_config("good", {{kPortDirective, "  VPipe off\n"}});
+    r = lab({"exec", "vm1", "--", kPound, "-c", "-f", conf});
+    EXPECT_EQ(r.status, 0) << r.all();
+}
+
+TEST_F(PoundLab, VPipeDirective_PerListener_WinsOverEnvironment) {
+    const std::string name = "pound-listener-64m", file = mount(2) + "/" + name;
+    EXPECT_EQ(write_pattern_file(file, kSeed, kSize, true), "");
+    const std::string want = sha256_of(file);
+    start_server("backend", "vm2",
+                 {kHttpd, "--mode", "sendfile", "--port", std::to_string(kBackendPort), "--root", mount(2)});
+    auto through = [&](const std::string& key, bool env, const char* directive) {
+        start_pound(key, env, {{kPortDirective, std::string("  VPipe ") + directive + "\n"}, {kPortDefault, ""}});
+        PerListener m;
+        for (int p : {kPortDirective, kPortDefault}) {
+            const auto [b0, o0] = engine_s2s();
+            auto r = client("curl -sS --max-time 120 -o - http://" + kVm1Ip + ":" + std::to_string(p) + "/" + name +
+                            " | sha256sum");
+            EXPECT_EQ(r.status, 0) << r.err << server_log(key);
+            EXPECT_EQ(r.out.substr(0, 64), want) << "port " << p;
+            const auto [b1, o1] = engine_s2s();
+            (p == kPortDirective ? m.directive_bytes : m.default_bytes) = b1 - b0;
+            (p == kPortDirective ? m.directive_ops : m.default_ops) = o1 - o0;
+        }
+        const std::string log = server_log(key);
+        EXPECT_EQ(stop_server(key), 0) << "Pound's exit status on SIGTERM; its output: " << log;
+        EXPECT_EQ(log.find("vpipe: fallback"), std::string::npos) << log;
+        EXPECT_EQ(log.find("failed"), std::string::npos) << log;
+        EXPECT_EQ(log.find("vpipe: enabled") != std::string::npos, env) << log;
+        return m;
+    };
+    const PerListener on = through("pound-directive-on", false, "on");
+    EXPECT_EQ(on.directive_ops, 1u) << "POUND_VPIPE unset, VPipe on: one hand-over";
+    EXPECT_LE(on.directive_bytes, kSize);
+    EXPECT_GE(on.directive_bytes, kSize - kMaxBuf);
+    EXPECT_EQ(on.default_ops, 0u) << "POUND_VPIPE unset, no directive: Pound's relay";
+    EXPECT_EQ(on.default_bytes, 0u);
+    const PerListener off = through("pound-directive-off", true, "off");
+    EXPECT_EQ(off.directive_ops, 0u) << "POUND_VPIPE=1, VPipe off: Pound's relay";
+    EXPECT_EQ(off.directive_bytes, 0u);
+    EXPECT_EQ(off.default_ops, 1u) << "POUND_VPIPE=1, no directive: one hand-over";
+    EXPECT_LE(off.default_bytes, kSize);
+    EXPECT_GE(off.default_bytes, kSize - kMaxBuf);
+    std::printf("[ Pound per listener ] engine socket_to_socket of vm1: POUND_VPIPE unset, VPipe on +%llu B in %llu "
+                "ops, no directive +%llu B in %llu ops; POUND_VPIPE=1, VPipe off +%llu B in %llu ops, no directive "
+                "+%llu B in %llu ops\n",
+                static_cast<unsigned long long>(on.directive_bytes), static_cast<unsigned long long>(on.directive_ops),
+                static_cast<unsigned long long>(on.default_bytes), static_cast<unsigned long long>(on.default_ops),
+                static_cast<unsigned long long>(off.directive_bytes), static_cast<unsigned long long>(off.directive_ops),
+                static_cast<unsigned long long>(off.default_bytes), static_cast<unsigned long long>(off.default_ops));
+    stop_server("backend");
+    std::error_code ec;
+    fs::remove(file, ec);
 }
 
 TEST_F(PoundLab, VPipeOff_SameRequests_EngineUntouched) {
