@@ -22,11 +22,13 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -87,9 +89,21 @@ protected:
         EXPECT_EQ(ps.out, "") << "a patched Pound is still running";
     }
 
-    // vm1's engine counters: socket -> socket bytes and operations (ring requests)
+    // vm1's engine counters: socket -> socket bytes and operations (ring requests), once vm1 has
+    // no operation running: the client has every byte before dom0 has handed the connections
+    // back and counted the operation, so a read right after curl could miss it (up to 30 s).
     static std::pair<uint64_t, uint64_t> engine_s2s() {
-        const json st = engine_stats();
+        json st = engine_stats();
+        const auto vm1_active = [](const json& j) {
+            for (const auto& v : j.value("vms", json::array()))
+                if (v.value("name", "") == "vm1") return v.value("active", uint64_t{0});
+            return uint64_t{0};
+        };
+        for (int i = 0; i < 1500 && vm1_active(st) > 0; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));  // (no event for "idle")
+            st = engine_stats();
+        }
+        EXPECT_EQ(vm1_active(st), 0u) << "vm1 still has an operation in dom0 after 30 s: " << st.dump();
         EXPECT_TRUE(st.contains("vms")) << "engine stats: " << st.dump();
         for (const auto& v : st.value("vms", json::array()))
             if (v.value("name", "") == "vm1") {
