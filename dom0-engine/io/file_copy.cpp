@@ -29,7 +29,7 @@ Window window(std::span<const Extent> src_ext, std::span<const Extent> dst_ext, 
 int copy_extents(BlockIo& io, PagePool& pool, DiskImage& src, std::span<const Extent> src_ext,
                  DiskImage& dst, std::span<const Extent> dst_ext, uint64_t length,
                  const ChargeFn& charge, uint64_t* moved,
-                 std::chrono::milliseconds buffer_wait) {
+                 std::chrono::milliseconds buffer_wait, const WriteGate& may_write) {
     if (moved) *moved = 0;
     if (total_length(src_ext) != length || total_length(dst_ext) != length) return -EINVAL;
     if (length == 0) return 0;
@@ -44,6 +44,7 @@ int copy_extents(BlockIo& io, PagePool& pool, DiskImage& src, std::span<const Ex
     const uint64_t windows = (length + window_bytes - 1) / window_bytes;
     uint64_t written = 0;
     int status = 0;
+    auto gate = [&] { return may_write ? may_write() : 0; };
     auto wrote = [&](const Window& w) {
         written += w.length;
         if (charge) charge(w.length);
@@ -54,6 +55,7 @@ int copy_extents(BlockIo& io, PagePool& pool, DiskImage& src, std::span<const Ex
             for (uint64_t k = 0; k < windows && status == 0; ++k) {
                 const Window w = window(src_ext, dst_ext, length, window_bytes, k);
                 status = io.read(src, w.src, first->data());
+                if (status == 0) status = gate();
                 if (status == 0) status = io.write(dst, w.dst, first->data());
                 if (status == 0) wrote(w);
             }
@@ -63,6 +65,7 @@ int copy_extents(BlockIo& io, PagePool& pool, DiskImage& src, std::span<const Ex
             status = io.read(src, cur.src, bufs[0]);
             for (uint64_t k = 0; k < windows && status == 0; ++k) {
                 uint8_t* cur_buf = bufs[k % 2];
+                if ((status = gate()) != 0) break;
                 if (k + 1 == windows) {
                     status = io.write(dst, cur.dst, cur_buf);
                     if (status == 0) wrote(cur);

@@ -17,6 +17,10 @@ namespace vpipe::engine {
 // Told the bytes of each window once they are written (the credit scheduler); may block.
 using ChargeFn = std::function<void(uint64_t bytes)>;
 
+// Asked before every batch of writes into the destination: 0 to go on, or a negative errno that
+// ends the copy there, nothing more written (the guest abandoned the request: VPIPE_EPF_ABANDONED).
+using WriteGate = std::function<int()>;
+
 // How long copy_extents waits for a pool buffer before giving up with -ENOSPC.
 inline constexpr std::chrono::milliseconds kCopyBufferWait{100};
 
@@ -28,9 +32,11 @@ inline constexpr std::chrono::milliseconds kCopyBufferWait{100};
 // bytes of the windows written before the failing one (0 if they could not be flushed).
 // Exceptions thrown by `charge` propagate (no I/O is in flight when it is called).
 // Uses a second pool buffer, when one is free at once, to read window k+1 while writing window k.
+// `may_write` (if set) is asked before each window's write; its error ends the copy with the
+// windows written before (flushed) as *moved.
 int copy_extents(BlockIo& io, PagePool& pool, DiskImage& src, std::span<const Extent> src_ext,
                  DiskImage& dst, std::span<const Extent> dst_ext, uint64_t length,
                  const ChargeFn& charge, uint64_t* moved,
-                 std::chrono::milliseconds buffer_wait = kCopyBufferWait);
+                 std::chrono::milliseconds buffer_wait = kCopyBufferWait, const WriteGate& may_write = {});
 
 }  // namespace vpipe::engine

@@ -83,6 +83,7 @@ std::string format_metrics(const nlohmann::json& stats) {
         {"vpipe_vm_rejected_total", "counter", "Requests that failed validation.", "rejected", false},
         {"vpipe_vm_peer_refused_total", "counter", "Socket requests the peer policy refused (a dom0 or another tenant's address).", "peer_refused", false},
         {"vpipe_vm_failed_total", "counter", "Valid requests whose I/O failed.", "failed", false},
+        {"vpipe_vm_abandoned_total", "counter", "Requests stopped before a write into the VM's disk: the guest gave them up or closed their channel.", "abandoned", false},
         {"vpipe_vm_active_operations", "gauge", "Operations in progress for the VM.", "active", false},
         {"vpipe_vm_weight", "gauge", "The VM's fairness weight.", "weight", true},
         {"vpipe_vm_credit_bytes", "gauge", "Bytes of credit the VM holds now (negative: debt).", "credit", true},

@@ -9,7 +9,7 @@ namespace vpipe::engine {
 
 int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& req,
                     uint64_t* moved, ShadowSockets* sockets, const DescWriter& write_back,
-                    const DescWordReader& read_word) {
+                    const DescWordReader& read_word, const WriteGate& may_write) {
     *moved = 0;
     // Credit is charged before each window's bytes move; they are counted once written.
     // copy_extents calls `charge` after window k is written, and it may already have read
@@ -36,14 +36,14 @@ int execute_request(Vm& vm, BlockIo& io, PagePool& pool, const ParsedRequest& re
         if (!src || !dst) return -EPERM;  // validated already; disks never go away under us
         prepay(2 * window);
         int r = copy_extents(io, pool, *src, req.src_file.extents, *dst, req.dst_file.extents,
-                             req.length, charge, moved);
+                             req.length, charge, moved, kCopyBufferWait, may_write);
         return r == -ENOMEM ? -ENOSPC : r;  // the protocol's "no buffers now"
     }
     case VPIPE_OP_FILE_TO_SOCKET:
     case VPIPE_OP_SOCKET_TO_FILE:
     case VPIPE_OP_SOCKET_TO_SOCKET: {
         if (!write_back) return -EOPNOTSUPP;
-        int r = execute_socket_request(vm, io, pool, sockets, req, write_back, moved, read_word);
+        int r = execute_socket_request(vm, io, pool, sockets, req, write_back, moved, read_word, may_write);
         return r == -ENOMEM ? -ENOSPC : r;
     }
     default:

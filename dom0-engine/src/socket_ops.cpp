@@ -563,7 +563,8 @@ int file_to_socket(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
 }
 
 int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, const ParsedRequest& req,
-                   const DescWriter& write, uint64_t* moved, const DescWordReader& read_word) {
+                   const DescWriter& write, uint64_t* moved, const DescWordReader& read_word,
+                   const WriteGate& may_write) {
     DiskImage* disk = vm.disk(req.dst_file.vdev);
     if (!disk) return -EPERM;
     Shadow src(sockets, vm.shadow_counters());
@@ -626,6 +627,12 @@ int socket_to_file(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets& sockets, 
             for (size_t i = 0, j = 0; i < filled.size(); ++i)
                 if (filled[i].len > 0) jobs.push_back({slices[j++], filled[i].data});
             if (!jobs.empty()) {
+                if (int g = may_write ? may_write() : 0; g != 0) {
+                    // the guest gave the request up: not a byte more into its blocks
+                    ahead.stop();
+                    status = g;
+                    break;
+                }
                 if (int wr = io.write_many(*disk, jobs); wr != 0) {
                     // these bytes were taken from the connection but could not be stored
                     ahead.stop();
@@ -841,7 +848,7 @@ int socket_to_socket(Vm& vm, PagePool& pool, ShadowSockets& sockets, const Parse
 
 int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* sockets,
                            const ParsedRequest& req, const DescWriter& write, uint64_t* moved,
-                           const DescWordReader& read_word) {
+                           const DescWordReader& read_word, const WriteGate& may_write) {
     *moved = 0;
     if (!sockets) {
         EndpointResult none;
@@ -852,7 +859,7 @@ int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* s
     try {
         switch (req.op) {
         case VPIPE_OP_FILE_TO_SOCKET: return file_to_socket(vm, io, pool, *sockets, req, write, moved);
-        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *sockets, req, write, moved, read_word);
+        case VPIPE_OP_SOCKET_TO_FILE: return socket_to_file(vm, io, pool, *sockets, req, write, moved, read_word, may_write);
         case VPIPE_OP_SOCKET_TO_SOCKET: return socket_to_socket(vm, pool, *sockets, req, write, moved);
         default: return -EINVAL;
         }

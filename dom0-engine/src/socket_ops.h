@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "io/block_io.h"
+#include "io/file_copy.h"
 #include "io/page_pool.h"
 #include "request.h"
 #include "shadow.h"
@@ -30,6 +31,6 @@ std::chrono::milliseconds socket_timeout();
 // *moved as documented in docs/protocol.md ("Socket endpoints").
 int execute_socket_request(Vm& vm, BlockIo& io, PagePool& pool, ShadowSockets* sockets,
                            const ParsedRequest& req, const DescWriter& write, uint64_t* moved,
-                           const DescWordReader& read_word = {});
+                           const DescWordReader& read_word = {}, const WriteGate& may_write = {});
 
 }  // namespace vpipe::engine

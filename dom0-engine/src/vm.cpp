@@ -64,6 +64,7 @@ nlohmann::json Vm::stats_json() const {
     j["bad_pages"] = counters_.bad_pages.load();
     j["ring_overflows"] = counters_.ring_overflows.load();
     j["cancelled"] = counters_.cancelled.load();
+    j["abandoned"] = counters_.abandoned.load();
     j["preparing"] = counters_.preparing.load();
     j["prepare_waits"] = counters_.prepare_waits.load();
     nlohmann::json ops = nlohmann::json::object(), bytes = nlohmann::json::object();

@@ -34,6 +34,8 @@ struct VmCounters {
     std::atomic<uint64_t> bad_pages{0};      // requests naming a descriptor page we cannot copy
     std::atomic<uint64_t> ring_overflows{0}; // channels dropped for a req_prod past the ring
     std::atomic<uint64_t> cancelled{0};      // queued operations skipped: their channel went away
+    std::atomic<uint64_t> abandoned{0};      // stopped before a write batch: the guest gave them up
+                                             // (VPIPE_EPF_ABANDONED) or their channel went away
     std::atomic<uint64_t> preparing{0};      // socket -> file requests readied by the guest meanwhile
     std::atomic<uint64_t> prepare_waits{0};  // receives that waited for the guest's watermark
 };

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -273,8 +274,37 @@ void VmService::handle(const vpipe_request& req) {
             return ch->host->read_desc_word(parsed->area[off / VPIPE_PAGE_SIZE],
                                             static_cast<uint32_t>(off % VPIPE_PAGE_SIZE), value);
         };
-        int status = execute_request(vm_, io, pool_, *parsed, &moved, sockets_, write_back, read_word);
-        if (status == 0)
+        // Before every batch of writes into the VM's disk: the guest may have given the request
+        // up (declared this engine unresponsive -- e.g. it was stopped -- then cut the
+        // destination and given its blocks back). Its mark in the live header, or a channel
+        // that is no longer the one the request came on, stops the request: nothing more is
+        // written. The mark is the guest's word: it can only stop this request.
+        const char* abandoned = nullptr;
+        WriteGate may_write = [ch, parsed, &abandoned]() -> int {
+            if (!ch->live) {
+                abandoned = "its channel is closed";
+                return -ESHUTDOWN;
+            }
+            uint64_t word = 0;
+            if (ch->host->read_desc_word(parsed->area[VPIPE_ABANDON_OFFSET / VPIPE_PAGE_SIZE],
+                                         VPIPE_ABANDON_OFFSET % VPIPE_PAGE_SIZE, &word) < 0) {
+                abandoned = "its header cannot be read";
+                return -ECANCELED;
+            }
+            uint32_t flags = 0;  // dst.result_flags: the word's first four bytes
+            std::memcpy(&flags, &word, sizeof(flags));
+            if (flags & VPIPE_EPF_ABANDONED) {
+                abandoned = "the guest abandoned it";
+                return -ECANCELED;
+            }
+            return 0;
+        };
+        int status = execute_request(vm_, io, pool_, *parsed, &moved, sockets_, write_back, read_word, may_write);
+        if (abandoned) {
+            c.abandoned++;
+            spdlog::warn("vm {}: {} request {:#x} abandoned after {} bytes ({}): nothing more written", vm_.name(),
+                         op_name(parsed->op), parsed->id, moved, abandoned);
+        } else if (status == 0)
             c.ops[parsed->op]++;
         else {
             c.failed++;

@@ -278,6 +278,12 @@ void EngineLink::on_done(void* arg, void* owner, int status, uint64_t moved) {
         vpipe_watch_lost_header(&t->lost_hdr);
         t->hdr_saved = true;
     }
+    if (conn->dead && t->pages.layout.data_pages) {
+        // given up on with the channel: the destination is cut and its blocks given back once
+        // the ticket is done. A live engine (stopped, then continued) must not write into them:
+        // the mark tells it, in the header it re-reads before each write batch.
+        vpipe_watch_abandon(&Conn::page_mem, conn, t->idx.data());
+    }
     t->status = status;
     t->moved = moved;
     t->done = true;

@@ -39,7 +39,8 @@ DESCRIPTION
     answer, or no answer to a request of a caller that is gone for that long declares the engine
     unresponsive: the channel is dropped and connected again, operations in flight fail as for an
     engine death (file -> file: a short count or ECANCELED; sockets: ECONNABORTED, reset), counted
-    in VPIPE_IOC_STATS.engine_timeouts. An application whose connection closes (killed) has its
+    in VPIPE_IOC_STATS.engine_timeouts. Each is marked abandoned in its descriptor header first,
+    so an engine that was only stopped writes nothing more of it when it runs again. An application whose connection closes (killed) has its
     operation stopped at the next safe point.
 
 EXIT STATUS

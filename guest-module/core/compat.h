@@ -16,6 +16,8 @@
 /* the consumer reads the producer index once, then the entries it publishes */
 #define VC_READ_INDEX(p) READ_ONCE(p)
 #define VC_RMB() virt_rmb()
+/* a word another domain re-reads, visible before anything the caller does after it */
+#define VC_STORE_MB(p, v) do { smp_store_release(&(p), (v)); virt_mb(); } while (0)
 #else
 #include <errno.h>
 #include <stdbool.h>
@@ -24,6 +26,8 @@
 #include <string.h>
 #define VC_READ_INDEX(p) __atomic_load_n(&(p), __ATOMIC_RELAXED)
 #define VC_RMB() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define VC_STORE_MB(p, v) do { __atomic_store_n(&(p), (v), __ATOMIC_RELEASE); \
+			       __atomic_thread_fence(__ATOMIC_SEQ_CST); } while (0)
 #endif
 
 #include "vpipe/abi/ioctl.h"

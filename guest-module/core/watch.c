@@ -58,3 +58,14 @@ void vpipe_watch_lost_header(struct vpipe_desc_header *h)
 	if (h->dst.kind == VPIPE_EP_SOCKET && !h->dst.result_flags)
 		h->dst.result_flags = VPIPE_EPF_TAKEN;
 }
+
+void vpipe_watch_abandon(vpipe_page_mem_fn mem, void *t, const uint32_t *idx)
+{
+	struct vpipe_desc_header *h = (struct vpipe_desc_header *)mem(t, idx[0]);
+
+	/* the guest wrote kind itself and dom0 never writes it; a socket destination's
+	 * result_flags are dom0's (TAKEN, results), and dom0 writes nothing into a file */
+	if (h->dst.kind != VPIPE_EP_FILE)
+		return;
+	VC_STORE_MB(h->dst.result_flags, VPIPE_EPF_ABANDONED);
+}

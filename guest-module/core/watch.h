@@ -21,6 +21,7 @@
 #ifndef VPIPE_CORE_WATCH_H
 #define VPIPE_CORE_WATCH_H
 
+#include "area.h"
 #include "compat.h"
 #include "desc.h"
 #include "ring.h"
@@ -57,6 +58,11 @@ enum vpipe_watch_verdict vpipe_watch_check(const struct vpipe_watch *w, uint64_t
 bool vpipe_watch_room_for_request(const struct vpipe_ring *f);
 /* a request's header as an unresponsive engine left it: endpoints not handed back are taken */
 void vpipe_watch_lost_header(struct vpipe_desc_header *h);
+/* a request given up on with its channel (the engine may still be alive, e.g. stopped and
+ * continued later): marks its FILE destination VPIPE_EPF_ABANDONED in the live area, so that the
+ * engine writes no further byte of it. Call it before the destination is cut or anything the
+ * request names is released; `idx` are the request's area pages (the header is in the first). */
+void vpipe_watch_abandon(vpipe_page_mem_fn mem, void *t, const uint32_t *idx);
 
 #ifdef __cplusplus
 }

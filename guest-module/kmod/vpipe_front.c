@@ -172,6 +172,9 @@ static void req_lost(void *arg, void *owner, int status, uint64_t moved)
 		 * (vpiped writes TAKEN first and gives up when that write fails). */
 		if (chan.hung_teardown)
 			vpipe_watch_lost_header(&r->lost_hdr);
+		/* before the caller cuts the destination and gives its blocks back: a live
+		 * engine writes no further byte of it (VPIPE_EPF_ABANDONED) */
+		vpipe_watch_abandon(page_mem, NULL, r->idx);
 	}
 	req_done(arg, owner, status, moved);
 }

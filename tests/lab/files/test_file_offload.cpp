@@ -11,10 +11,12 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -538,9 +540,8 @@ TEST_F(FileOffload, CallerKilledMidCopy) {
 // no answer to its NOP, declares the engine unresponsive (its engine_timeouts counter), drops
 // the channel and fails the requests in flight: the call returns the leading run dom0 answered
 // (or -1 ECANCELED) and the destination is cut to exactly that prefix, the source released.
-// The hung engine is then killed and restarted (continued, it could finish a copy it had begun
-// into blocks the guest gave back: docs/faults.md), the agent reconnects, and the rest of the
-// copy goes through byte-exact.
+// The hung engine is then killed and restarted (continued instead: the next test), the agent
+// reconnects, and the rest of the copy goes through byte-exact.
 TEST_F(FileOffload, EngineHungMidCopyTimesOutToAPrefix) {
     ShortAgentTimeout bound(2000);
     ASSERT_EQ(bound.error, "");
@@ -603,14 +604,183 @@ TEST_F(FileOffload, EngineHungMidCopyTimesOutToAPrefix) {
     expect_nothing_left_behind();
 }
 
+// The physical extents (byte offsets in the disk image: ext4 sits on the whole image) of bytes
+// [0, len) of fd, in file order; empty if FIEMAP fails or leaves a gap.
+struct PhysExtent {
+    uint64_t logical, physical, length;
+};
+std::vector<PhysExtent> physical_extents(int fd, uint64_t len) {
+    std::vector<PhysExtent> out;
+    std::vector<uint8_t> buf(sizeof(fiemap) + 1024 * sizeof(fiemap_extent));
+    auto* m = reinterpret_cast<fiemap*>(buf.data());
+    for (uint64_t at = 0; at < len;) {
+        std::memset(buf.data(), 0, buf.size());
+        m->fm_start = at;
+        m->fm_length = len - at;
+        m->fm_flags = FIEMAP_FLAG_SYNC;
+        m->fm_extent_count = 1024;
+        if (::ioctl(fd, FS_IOC_FIEMAP, m) != 0 || m->fm_mapped_extents == 0) return {};
+        for (uint32_t i = 0; i < m->fm_mapped_extents; ++i) {
+            const fiemap_extent& e = m->fm_extents[i];
+            if (e.fe_logical != at) return {};   // a hole: not prepared
+            const uint64_t n = std::min<uint64_t>(e.fe_length, len - at);
+            out.push_back({e.fe_logical, e.fe_physical, n});
+            at += n;
+            if (at >= len) break;
+        }
+    }
+    return out;
+}
+
+// Fault matrix, file -> file x the engine hangs and then RESUMES (vpiped SIGSTOPped once it
+// answered 32 MiB of 512 MiB, then continued with SIGCONT instead of killed). The agent declares
+// it unresponsive after request_timeout_ms (2 s), marks the requests in flight abandoned in
+// their headers (VPIPE_EPF_ABANDONED), cuts the destination to the answered prefix and gives the
+// blocks past it back to the filesystem. The continued engine must not write one more byte of
+// those requests: it checks the mark (and its channel) before every write batch, stops them and
+// counts them (`abandoned`). Checked in the disk image itself: the destination's blocks are
+// allocated before the call (fallocate, so the agent's preparation uses them and FIEMAP names
+// them up front); while the engine is stopped -- after anything it had in flight has landed --
+// the test overwrites the blocks past the prefix in the image with a filler; once the continued
+// engine is idle, none of them holds the source's bytes. Then the next copy is byte-exact.
+TEST_F(FileOffload, EngineHungThenContinuedWritesNothingOfAnAbandonedCopy) {
+    ShortAgentTimeout bound(2000);
+    ASSERT_EQ(bound.error, "");
+    const uint64_t seed = 66;
+    const std::string src = disk(0) + "/resume.src", dst = disk(1) + "/resume.dst";
+    const std::string image = info_["vms"][0]["disks"][1]["image"].get<std::string>();
+    const size_t len = 512u << 20, blk = 4096;
+    ASSERT_EQ(write_pattern_file(src, seed, len, true), "");
+    ::unlink(dst.c_str());
+    int in = ::open(src.c_str(), O_RDONLY), out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(out, 0);
+    // the destination's blocks, allocated (size 0) before the call: its preparation writes them
+    ASSERT_EQ(::fallocate(out, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(len)), 0) << std::strerror(errno);
+    const std::vector<PhysExtent> ext = physical_extents(out, len);
+    ASSERT_FALSE(ext.empty()) << "FIEMAP did not map the allocated destination";
+    ASSERT_TRUE(reconnected()) << engine_stats().dump();
+    const long long timeouts0 = agent_engine_timeouts();
+    ASSERT_GE(timeouts0, 0);
+    const uint64_t abandoned0 = engine_vm().value("abandoned", uint64_t{0});
+    const uint64_t b0 = f2f_bytes();
+    vpipe_set_fallback(0);
+    ssize_t n = 0;
+    int err = 0;
+    std::thread copier([&] {
+        errno = 0;
+        n = vpipe_file_to_file_fd(in, out, 0, len, 0);
+        err = errno;
+    });
+    const bool mid = copy_in_progress(b0, 32u << 20);
+    EngineHang hang(engine_pid());
+    copier.join();   // the agent's bound ends the call; nothing here asks the stopped engine
+    vpipe_set_fallback(1);
+    const long long timeouts1 = agent_engine_timeouts();
+    ASSERT_TRUE(mid) << "the copy was never seen in progress";
+    ASSERT_TRUE(hang.stopped) << "the engine was not stopped";
+    EXPECT_EQ(timeouts1, timeouts0 + 1) << "the agent did not count the unresponsive engine";
+    if (n < 0) {
+        EXPECT_EQ(err, ECANCELED) << std::strerror(err);
+    } else {
+        EXPECT_LT(static_cast<size_t>(n), len) << "all of it moved: the hang came too late";
+    }
+    const uint64_t valid = n > 0 ? static_cast<uint64_t>(n) : 0;
+    struct stat st{};
+    ASSERT_EQ(::fstat(out, &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), valid) << "the destination was not cut to the prefix";
+
+    // The blocks past the prefix (given back), as ranges of the image with their stream offsets.
+    struct Range {
+        uint64_t stream, image, length;
+    };
+    std::vector<Range> past;
+    const uint64_t from = (valid + blk - 1) / blk * blk;
+    for (const auto& e : ext) {
+        if (e.logical + e.length <= from) continue;
+        const uint64_t skip = e.logical < from ? from - e.logical : 0;
+        past.push_back({e.logical + skip, e.physical + skip, e.length - skip});
+    }
+    uint64_t past_bytes = 0;
+    for (const auto& r : past) past_bytes += r.length;
+    ASSERT_GT(past_bytes, 0u);
+    int img = ::open(image.c_str(), O_RDWR | O_DIRECT);
+    ASSERT_GE(img, 0) << image << ": " << std::strerror(errno);
+    const size_t io = 1u << 20;
+    void* mem = nullptr;
+    ASSERT_EQ(::posix_memalign(&mem, blk, io), 0);
+    std::unique_ptr<uint8_t, decltype(&std::free)> buf(static_cast<uint8_t*>(mem), &std::free);
+    // While the engine is stopped: whatever it wrote before the hang is overwritten with a filler
+    // (these blocks are free in the guest's filesystem now), so a source byte found there later
+    // was written after the guest gave the request up.
+    std::memset(buf.get(), 0xA5, io);
+    for (const auto& r : past)
+        for (uint64_t o = 0; o < r.length; o += io) {
+            const size_t k = static_cast<size_t>(std::min<uint64_t>(io, r.length - o));
+            ASSERT_EQ(::pwrite(img, buf.get(), k, static_cast<off_t>(r.image + o)), static_cast<ssize_t>(k))
+                << std::strerror(errno);
+        }
+    ASSERT_EQ(::fdatasync(img), 0);
+
+    hang.resume();   // the engine goes on from where it was stopped
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (engine_vm().value("active", 1) != 0 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the engine
+    const nlohmann::json e1 = engine_vm();
+    EXPECT_EQ(e1.value("active", -1), 0) << "the continued engine did not finish: " << e1.dump();
+    const uint64_t abandoned1 = e1.value("abandoned", uint64_t{0});
+    EXPECT_GE(abandoned1, abandoned0 + 1) << "the continued engine did not report the copy abandoned: " << e1.dump();
+
+    uint64_t source_blocks = 0, changed_blocks = 0;
+    std::vector<uint8_t> want(blk);
+    for (const auto& r : past)
+        for (uint64_t o = 0; o < r.length; o += io) {
+            const size_t k = static_cast<size_t>(std::min<uint64_t>(io, r.length - o));
+            ASSERT_EQ(::pread(img, buf.get(), k, static_cast<off_t>(r.image + o)), static_cast<ssize_t>(k))
+                << std::strerror(errno);
+            for (size_t b = 0; b < k; b += blk) {
+                const uint8_t* got = buf.get() + b;
+                fill_pattern(seed, r.stream + o + b, want.data(), blk);
+                if (std::memcmp(got, want.data(), blk) == 0) ++source_blocks;
+                if (std::any_of(got, got + blk, [](uint8_t c) { return c != 0xA5; })) ++changed_blocks;
+            }
+        }
+    ::close(img);
+    printf("[ info ] engine hung then continued mid file->file: returned %zd (errno %d); engine abandoned %llu -> "
+           "%llu; of %llu blocks past the prefix %llu hold source bytes, %llu changed after the filler\n",
+           n, err, static_cast<unsigned long long>(abandoned0), static_cast<unsigned long long>(abandoned1),
+           static_cast<unsigned long long>(past_bytes / blk), static_cast<unsigned long long>(source_blocks),
+           static_cast<unsigned long long>(changed_blocks));
+    EXPECT_EQ(source_blocks, 0u) << "the continued engine wrote the abandoned copy into blocks the guest gave back";
+
+    // the destination still holds exactly the prefix; the rest of the copy goes through
+    const std::vector<char> got = read_from_disk(dst);
+    EXPECT_EQ(got.size(), valid);
+    EXPECT_EQ(check_pattern(seed, 0, got.data(), got.size()), -1) << "a byte that is not the source's";
+    EXPECT_FALSE(held(src)) << "the source is still held";
+    ASSERT_TRUE(reconnected()) << engine_stats().dump();
+    EXPECT_EQ(offload(in, out, static_cast<off_t>(valid), len - valid, static_cast<off_t>(valid)),
+              static_cast<ssize_t>(len - valid));
+    ::close(in);
+    ::close(out);
+    const std::vector<char> all = read_from_disk(dst);
+    EXPECT_EQ(all.size(), len);
+    EXPECT_EQ(check_pattern(seed, 0, all.data(), all.size()), -1);
+    ::unlink(src.c_str());
+    ::unlink(dst.c_str());
+    expect_nothing_left_behind();
+}
+
 // Fault matrix, file -> file x the guest agent SIGKILLed mid-copy (once dom0 answered 32 MiB of
 // 512 MiB). The application's call was waiting on its agent connection: libvpipe never sends a
 // request that reached an agent again, so the call fails with ECONNABORTED (no fallback). The
 // dead agent had readied the destination for the stages it handed to dom0 but never finished
-// it: the file holds a prefix of the source (at least what dom0 had answered) followed by zeros
-// only -- never a byte that is neither. The restarted agent lets go of the dead one's holds
-// (source and destination are no longer immutable), and the next copy is byte-exact.
-TEST_F(FileOffload, AgentKilledMidCopyLeavesAPrefixThenZeros) {
+// it; dom0 stops each stage in flight at its next window once it sees the channel closed. The
+// file holds, at every offset, the source's byte or a zero -- never a byte that is neither --
+// and at least the bytes dom0 had written before the kill. The restarted agent lets go of the
+// dead one's holds (source and destination are no longer immutable), and the next copy is
+// byte-exact.
+TEST_F(FileOffload, AgentKilledMidCopyLeavesSourceBytesOrZeros) {
     const std::string src = disk(0) + "/agentkill.src", dst = disk(1) + "/agentkill.dst";
     const size_t len = 512u << 20;
     ASSERT_EQ(write_pattern_file(src, 64, len, true), "");
@@ -646,16 +816,30 @@ TEST_F(FileOffload, AgentKilledMidCopyLeavesAPrefixThenZeros) {
     EXPECT_FALSE(held(src)) << "the source is still held";
     EXPECT_FALSE(held(dst)) << "the destination is still held";
     const std::vector<char> got = read_from_disk(dst);
-    const long long bad = check_pattern(64, 0, got.data(), got.size());
-    const size_t prefix = bad < 0 ? got.size() : static_cast<size_t>(bad);
-    size_t zeros = 0;
-    while (prefix + zeros < got.size() && got[prefix + zeros] == 0) ++zeros;
-    printf("[ info ] agent killed mid file->file: errno %d; the destination holds %zu bytes: %zu of the source, "
-           "then %zu zeros\n",
-           err, got.size(), prefix, zeros);
+    const long long lead = check_pattern(64, 0, got.data(), got.size());
+    const size_t prefix = lead < 0 ? got.size() : static_cast<size_t>(lead);
+    // every byte: the source's at its offset, or a zero (prepared, not written)
+    size_t source = 0, zeros = 0, neither = 0, first_neither = got.size();
+    std::vector<char> want(1 << 20);
+    for (size_t at = 0; at < got.size(); at += want.size()) {
+        const size_t k = std::min(want.size(), got.size() - at);
+        fill_pattern(64, at, want.data(), k);
+        for (size_t i = 0; i < k; ++i) {
+            if (got[at + i] == want[i]) {
+                ++source;
+            } else if (got[at + i] == 0) {
+                ++zeros;
+            } else if (neither++ == 0) {
+                first_neither = at + i;
+            }
+        }
+    }
+    printf("[ info ] agent killed mid file->file: errno %d; the destination holds %zu bytes: a leading %zu of the "
+           "source, %zu of the source's bytes in all, %zu zeros\n",
+           err, got.size(), prefix, source, zeros);
     EXPECT_LE(got.size(), len);
-    EXPECT_GE(prefix, 32u << 20) << "less than dom0 had answered before the kill";
-    EXPECT_EQ(prefix + zeros, got.size()) << "a byte that is neither the source's nor zero at " << prefix + zeros;
+    EXPECT_GE(source, 32u << 20) << "less than dom0 had written before the kill";
+    EXPECT_EQ(neither, 0u) << "a byte that is neither the source's nor zero at " << first_neither;
     // the next copy, through the restarted agent, over the same destination
     ::close(out);
     out = ::open(dst.c_str(), O_WRONLY | O_TRUNC);

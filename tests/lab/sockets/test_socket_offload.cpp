@@ -1651,8 +1651,7 @@ TEST_F(Sockets, EngineHungMidFileToSocket) {
 }
 
 // socket -> file: dom0 had acknowledged stream bytes it may not have written. The hung engine
-// is killed and restarted rather than continued (continued, it would go on writing the file's
-// blocks after the guest gave them back: docs/faults.md). The file holds no byte that is not
+// is killed and restarted (continued instead: the next test). The file holds no byte that is not
 // the stream's, the client learns the connection is gone, the agent reconnects.
 TEST_F(Sockets, EngineHungMidSocketToFile) {
     ShortAgentTimeout bound(kHangBoundMs);
@@ -1703,6 +1702,84 @@ TEST_F(Sockets, EngineHungMidSocketToFile) {
     std::map<std::string, std::string> res;
     ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/after-hang-s2f", 1u << 20, 1u << 20, kSeed + 1, &res));
     EXPECT_EQ(res["offloaded"], std::to_string(1u << 20)) << res["vm"];
+}
+
+// socket -> file, the hung engine CONTINUED: the client paused once it had sent 8 MiB and dom0
+// had written them; the engine is stopped, the agent declares it unresponsive (the call fails
+// with ECONNABORTED), marks the request abandoned in its header and cuts the file; then the
+// engine is continued and the client sends the rest into the connection the engine still holds.
+// The engine must write none of it into the file's blocks (given back): it stops the request
+// at its next write batch and counts it abandoned; its bytes written for socket -> file stay
+// what they were before the hang. The file keeps only a prefix of the stream.
+TEST_F(Sockets, EngineHungThenContinuedMidSocketToFileWritesNothingMore) {
+    ShortAgentTimeout bound(kHangBoundMs);
+    ASSERT_EQ(bound.error, "");
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    auto vm1 = []() -> nlohmann::json {
+        const nlohmann::json st = engine_stats();
+        if (st.contains("vms"))
+            for (const auto& v : st["vms"])
+                if (v.value("name", "") == "vm1") return v;
+        return nlohmann::json::object();
+    };
+    auto s2f_bytes = [](const nlohmann::json& v) -> uint64_t {
+        return v.contains("bytes") ? v["bytes"].value("socket_to_file", uint64_t{0}) : 0;
+    };
+    const long long t0 = vm1_engine_timeouts();
+    ASSERT_GE(t0, 0);
+    const nlohmann::json e0 = vm1();
+    const uint64_t b0 = s2f_bytes(e0), abandoned0 = e0.value("abandoned", uint64_t{0});
+    const uint64_t len = 64u << 20, pause_at = 8u << 20;
+    const std::string resume = tmp_ + "/resume-hang-s2f-cont-" + std::to_string(::getpid());
+    const std::string file = disk_ + "/hung-s2f-cont";
+    int p = port();
+    Proc vm("vm1", "vm-recv-one-call", {"port=" + std::to_string(p), "file=" + file, "len=" + std::to_string(len)});
+    ASSERT_EQ(vm.line("READY"), "READY") << vm.all;
+    Proc cl("client", "client-pause-send",
+            {"port=" + std::to_string(p), "seed=" + std::to_string(kSeed), "len=" + std::to_string(len),
+             "pause_at=" + std::to_string(pause_at), "resume=" + resume});
+    ASSERT_EQ(cl.line("PAUSED"), "PAUSED") << cl.all;
+    ASSERT_TRUE(dom0_holds(1)) << engine_stats().dump();
+    // dom0 has written everything the client sent before its pause
+    const auto until = Clock::now() + std::chrono::seconds(20);
+    while (s2f_bytes(vm1()) - b0 < pause_at && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling the engine
+    const uint64_t before = s2f_bytes(vm1()) - b0;
+    ASSERT_EQ(before, pause_at) << "dom0 did not write what the client sent before its pause: " << vm1().dump();
+    EngineHang hang(engine_pid());
+    ASSERT_TRUE(hang.stopped);
+    auto r = fields(line_within(vm, "RESULT"));   // the agent's bound ends the call
+    const long long t1 = vm1_engine_timeouts();
+    hang.resume();                                 // continued, not killed
+    std::ofstream(resume).put('1');               // the client sends the rest
+    auto c = fields(line_within(cl, "RESULT"));
+    cl.wait();
+    vm.wait();
+    unlink(resume.c_str());
+    ASSERT_TRUE(dom0_idle()) << engine_stats().dump();
+    const nlohmann::json e1 = vm1();
+    const uint64_t after = s2f_bytes(e1) - b0, abandoned1 = e1.value("abandoned", uint64_t{0});
+    std::vector<uint8_t> data = file_bytes(file);
+    printf("[ info ] engine hung then continued mid socket->file: the call returned %s errno %s; engine_timeouts "
+           "%lld -> %lld; client sent %s; engine wrote %llu bytes before the hang, %llu in all; abandoned %llu -> "
+           "%llu; the file kept %zu bytes\n",
+           r["ret"].c_str(), r["err"].c_str(), t0, t1, c["sent"].c_str(), static_cast<unsigned long long>(before),
+           static_cast<unsigned long long>(after), static_cast<unsigned long long>(abandoned0),
+           static_cast<unsigned long long>(abandoned1), data.size());
+    EXPECT_EQ(t1, t0 + 1);
+    EXPECT_EQ(r["ret"], "-1") << vm.all;
+    EXPECT_EQ(r["err"], std::to_string(ECONNABORTED)) << vm.all;
+    EXPECT_EQ(after, before) << "the continued engine wrote more of the abandoned request into the VM's disk";
+    EXPECT_EQ(abandoned1, abandoned0 + 1) << "the engine did not report the request abandoned: " << e1.dump();
+    ASSERT_FALSE(c.empty()) << "the client was not told the end of the connection within 30 s\n" << cl.all;
+    EXPECT_LE(data.size(), pause_at);
+    EXPECT_EQ(check_pattern(kSeed, 0, data.data(), data.size()), -1) << data.size() << " bytes";
+    unlink(file.c_str());
+    ASSERT_TRUE(vm1_reconnected()) << engine_stats().dump();
+    std::map<std::string, std::string> res;
+    ASSERT_NO_FATAL_FAILURE(socket_to_file(disk_ + "/after-hang-s2f-cont", 1u << 20, 1u << 20, kSeed + 1, &res));
+    EXPECT_EQ(res["offloaded"], std::to_string(1u << 20)) << res["vm"];
+    expect_nothing_left_behind();
 }
 
 // socket -> socket: both connections were dom0's; both come back reset. The engine is continued

@@ -3,6 +3,7 @@
 // a request it did not answer.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 
 #include "watch.h"
@@ -106,4 +107,29 @@ TEST(EngineWatch, TheLastRingSlotIsTheWatchdogs) {
     }
     EXPECT_EQ(posted, VPIPE_RING_SLOTS - 1u);
     EXPECT_TRUE(vpipe_ring_has_room(&r));   // left for the NOP
+}
+
+// A request given up on: its FILE destination is marked abandoned in the live header (the
+// engine re-reads it before each write batch); the rest of the header, and a socket
+// destination's result_flags (dom0's word), are left as they are.
+TEST(EngineWatch, AbandonMarksOnlyAFileDestination) {
+    alignas(8) uint8_t page[VPIPE_PAGE_SIZE] = {};
+    auto* h = reinterpret_cast<vpipe_desc_header*>(page);
+    const uint32_t idx[1] = {0};
+    auto mem = [](void* t, uint32_t) { return static_cast<uint8_t*>(t); };
+    h->src.kind = VPIPE_EP_FILE;
+    h->dst.kind = VPIPE_EP_FILE;
+    vpipe_watch_abandon(mem, page, idx);
+    EXPECT_EQ(h->dst.result_flags, VPIPE_EPF_ABANDONED);
+    EXPECT_EQ(h->src.result_flags, 0u);
+    uint64_t word = 0;
+    std::memcpy(&word, page + VPIPE_ABANDON_OFFSET, sizeof(word));
+    uint32_t low = 0;
+    std::memcpy(&low, &word, sizeof(low));
+    EXPECT_EQ(low, VPIPE_EPF_ABANDONED) << "the engine reads the mark from the word at VPIPE_ABANDON_OFFSET";
+
+    h->dst.kind = VPIPE_EP_SOCKET;
+    h->dst.result_flags = VPIPE_EPF_TAKEN;
+    vpipe_watch_abandon(mem, page, idx);
+    EXPECT_EQ(h->dst.result_flags, VPIPE_EPF_TAKEN);
 }

@@ -90,6 +90,33 @@ TEST_F(CopyTest, WithinOneImage) {
     EXPECT_TRUE(dst_file_->contents() == dst_file_->model);
 }
 
+// The write gate (the guest's VPIPE_EPF_ABANDONED, the request's channel) is asked before every
+// window's write: once it says stop, not a byte more reaches the destination, and what was
+// written before is reported (flushed) as moved. Pipelined (2 buffers) and window by window.
+TEST_F(CopyTest, WriteGateStopsBeforeTheNextWindow) {
+    for (size_t buffers : {1u, 2u}) {
+        SCOPED_TRACE(buffers);
+        SetUp();
+        const uint64_t length = 5 * kMiB;
+        const std::vector<Extent> src_ext = {{0, length, false}};
+        const std::vector<Extent> dst_ext = {{8 * kMiB, length, false}};
+        PagePool pool(buffers, kMiB);
+        int asked = 0;
+        uint64_t moved = 0;
+        const int r = copy_extents(io_, pool, *src_, src_ext, *dst_, dst_ext, length, nullptr, &moved,
+                                   kCopyBufferWait, [&] { return ++asked > 2 ? -ECANCELED : 0; });
+        EXPECT_EQ(r, -ECANCELED);
+        EXPECT_EQ(asked, 3);
+        EXPECT_EQ(moved, 2 * kMiB);
+        EXPECT_EQ(pool.in_use(), 0u);
+        // exactly the first two windows landed
+        const std::vector<Extent> first = {{0, 2 * kMiB, false}};
+        const auto data = test::expected_stream(src_file_->model, first);
+        test::model_write(dst_file_->model, std::vector<Extent>{{8 * kMiB, 2 * kMiB, false}}, data.data());
+        EXPECT_TRUE(dst_file_->contents() == dst_file_->model);
+    }
+}
+
 TEST_F(CopyTest, EmptyPoolIsNoSpace) {
     PagePool pool(1, kMiB);
     auto held = pool.try_get();

@@ -260,6 +260,15 @@ struct vpipe_endpoint {
  * acknowledged bytes, and its dying process closed the connection. Nothing is restored; the
  * socket comes back reset and the operation fails with ECONNABORTED (never a fallback). */
 #define VPIPE_EPF_TAKEN 0x10u
+/* Guest-written, not a result: the guest gave up on the request (it declared the engine
+ * unresponsive and tears the channel down) and is about to cut the destination back to the
+ * answered prefix and give blocks back. Stored (only this word, release ordering, a full barrier
+ * after it) into the result_flags of a FILE destination -- a word dom0 never writes -- before the
+ * guest releases anything. dom0 re-reads it from the live area (never its private copy) before
+ * every batch of writes into the destination (file -> file, socket -> file) and, once set,
+ * writes no further byte of the request. Untrusted like every guest word: it stops only the
+ * request it is in. VPIPE_ABANDON_OFFSET is the naturally aligned 64-bit word that holds it. */
+#define VPIPE_EPF_ABANDONED 0x80000000u
 
 struct vpipe_desc_header {
 	uint32_t magic;            /* VPIPE_DESC_MAGIC */
@@ -271,6 +280,10 @@ struct vpipe_desc_header {
 	struct vpipe_endpoint src;
 	struct vpipe_endpoint dst;
 };
+
+/* the 64-bit word of the request's area that holds dst.result_flags (VPIPE_EPF_ABANDONED) */
+#define VPIPE_ABANDON_OFFSET (offsetof(struct vpipe_desc_header, dst) + \
+			      offsetof(struct vpipe_endpoint, result_flags))
 
 #define VPIPE_SEG_ZERO 0x0001      /* reads as zeros (hole / unwritten extent): source only */
 
@@ -299,5 +312,6 @@ VPIPE_STATIC_ASSERT(sizeof(struct vpipe_endpoint) == 128, "endpoint layout is AB
 VPIPE_STATIC_ASSERT(sizeof(struct vpipe_desc_header) == 272, "descriptor header is ABI");
 VPIPE_STATIC_ASSERT(sizeof(struct vpipe_segment) == 16, "segment layout is ABI");
 VPIPE_STATIC_ASSERT(VPIPE_PREPARED_OFFSET % 8 == 0, "the watermark is a naturally aligned word");
+VPIPE_STATIC_ASSERT(VPIPE_ABANDON_OFFSET % 8 == 0, "the abandonment mark lies in a naturally aligned word");
 
 #endif /* VPIPE_ABI_RING_H */
