@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -478,6 +479,34 @@ int cmd_up(const UpOptions& opt) {
     return 0;
 }
 
+// VPIPE_LAB_KEEP_LOGS=DIR: before /run/vpipe-lab goes, its logs (the engine's, each agent's:
+// every *.log below it) are copied to DIR/<UTC time>-<pid>/, keeping their relative paths, so
+// that a test that failed (lab tests take the lab down in their teardown) can still be read.
+// Returns that directory, or "" (not asked, or nothing copied; a failure is only reported).
+static std::string keep_logs() {
+    namespace fs = std::filesystem;
+    const char* dir = std::getenv("VPIPE_LAB_KEEP_LOGS");
+    if (!dir || !*dir) return "";
+    char stamp[32];
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    std::strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+    const fs::path to = fs::path(dir) / (std::string(stamp) + "-" + std::to_string(::getpid()));
+    std::error_code ec;
+    size_t copied = 0;
+    for (auto it = fs::recursive_directory_iterator(kRunDir, fs::directory_options::skip_permission_denied, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (!it->is_regular_file(ec) || it->path().extension() != ".log") continue;
+        const fs::path dst = to / fs::relative(it->path(), kRunDir, ec);
+        fs::create_directories(dst.parent_path(), ec);
+        if (!ec && fs::copy_file(it->path(), dst, fs::copy_options::overwrite_existing, ec)) ++copied;
+        if (ec) std::cerr << "vpipe-lab down: cannot keep " << it->path().string() << ": " << ec.message() << "\n";
+        ec.clear();
+    }
+    return copied ? to.string() : "";
+}
+
 int cmd_down(bool quiet) {
     if (geteuid() != 0) {
         std::cerr << "vpipe-lab down: must be run as root\n";
@@ -586,6 +615,7 @@ int cmd_down(bool quiet) {
     // 7. /run/vpipe-lab (never crosses a mount that survived)
     if (path_exists(kRunDir)) {
         anything = true;
+        if (auto kept = keep_logs(); !kept.empty() && !quiet) std::cerr << "vpipe-lab down: logs kept in " << kept << "\n";
         if (!mounts_under(kRunDir).empty()) {
             problems.push_back(std::string("not removing ") + kRunDir + ": something is still mounted below it");
         } else if (!remove_tree(kRunDir)) {

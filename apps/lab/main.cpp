@@ -172,11 +172,16 @@ int main(int argc, char** argv) {
                     "    lab cgroup or vpl-* namespace), unmounts /run/vpipe-lab/*, detaches loop devices backed\n"
                     "    by lab images, deletes the vpl-* namespaces (with the bridge, veths, qdiscs), removes the\n"
                     "    vpipe-lab cgroups, the images and /run/vpipe-lab. Works without state.json (after a\n"
-                    "    crash or a half-failed up) by scanning. Idempotent.\n"));
+                    "    crash or a half-failed up) by scanning. Idempotent.\n"
+                    "\nENVIRONMENT\n"
+                    "    VPIPE_LAB_KEEP_LOGS=DIR  first copy every *.log of /run/vpipe-lab (vpiped.log,\n"
+                    "                             vmN/agent.log) to DIR/<UTC time>-<pid>/: the lab tests take\n"
+                    "                             the lab down when they end, so this keeps a failed run's logs\n"));
     down_cmd->footer(std::string("EXIT STATUS\n"
                                  "    0  everything is gone (also when there was nothing)\n"
                                  "    1  something could not be removed (listed on stderr); run it again\n") +
-                     "\nEXAMPLES\n    vpipe-lab down\n");
+                     "\nEXAMPLES\n    vpipe-lab down\n"
+                     "    VPIPE_LAB_KEEP_LOGS=/tmp/lab-logs build/bin/test_socket_offload --gtest_repeat=20\n");
 
     // ---- info
     bool info_json = false;

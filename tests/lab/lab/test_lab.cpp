@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -422,6 +423,40 @@ TEST_F(Lab, DownAfterStateFileLost) {
 }
 
 class LabCrash : public Lab, public ::testing::WithParamInterface<std::string> {};
+
+// VPIPE_LAB_KEEP_LOGS: `down` first copies the engine's and each agent's log out of
+// /run/vpipe-lab (which it then removes as always); without it nothing is copied.
+TEST_F(Lab, DownKeepsLogsWhenAsked) {
+    auto up = lab({"up", "--vms", "2", "--disks", "1", "--disk-mib", "64", "--image-dir", tmp_});
+    ASSERT_EQ(up.status, 0) << up.out;
+    const std::string keep = tmp_ + "/kept";
+    auto down = lab({"down"}, {"VPIPE_LAB_KEEP_LOGS=" + keep});
+    EXPECT_EQ(down.status, 0) << down.out;
+    expect_clean(tmp_);
+    std::vector<fs::path> runs;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(keep, ec)) runs.push_back(e.path());
+    ASSERT_EQ(runs.size(), 1u) << "one directory per down under " << keep;
+    EXPECT_NE(down.out.find("logs kept in " + runs[0].string()), std::string::npos) << down.out;
+    for (const char* log : {"vpiped.log", "vm1/agent.log", "vm2/agent.log"}) {
+        const fs::path f = runs[0] / log;
+        ASSERT_TRUE(fs::is_regular_file(f)) << f << " not kept";
+        EXPECT_GT(fs::file_size(f), 0u) << f;
+    }
+    std::ifstream in(runs[0] / "vpiped.log");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("engine ready"), std::string::npos) << text;
+
+    // not asked: nothing copied, and the next `down` (nothing left) says nothing of logs
+    auto again = lab({"up", "--vms", "1", "--disks", "1", "--disk-mib", "64", "--image-dir", tmp_});
+    ASSERT_EQ(again.status, 0) << again.out;
+    auto plain = lab({"down"});
+    EXPECT_EQ(plain.status, 0) << plain.out;
+    EXPECT_EQ(plain.out.find("logs kept"), std::string::npos) << plain.out;
+    runs.clear();
+    for (const auto& e : fs::directory_iterator(keep, ec)) runs.push_back(e.path());
+    EXPECT_EQ(runs.size(), 1u);
+}
 
 TEST_P(LabCrash, DownCleansUpAfterKill9MidUp) {
     auto up = lab({"up", "--vms", "2", "--disks", "2", "--disk-mib", "64", "--neighbours", "1", "--no-daemons",
