@@ -280,14 +280,12 @@ void VmService::handle(const vpipe_request& req) {
         // that is no longer the one the request came on, stops the request: nothing more is
         // written. The mark is the guest's word: it can only stop this request.
         const char* abandoned = nullptr;
-        WriteGate may_write = [ch, parsed, &abandoned]() -> int {
-            if (!ch->live) {
-                abandoned = "its channel is closed";
-                return -ESHUTDOWN;
-            }
+        WriteGate may_write = [&read_word, &abandoned]() -> int {
             uint64_t word = 0;
-            if (ch->host->read_desc_word(parsed->area[VPIPE_ABANDON_OFFSET / VPIPE_PAGE_SIZE],
-                                         VPIPE_ABANDON_OFFSET % VPIPE_PAGE_SIZE, &word) < 0) {
+            if (int rd = read_word(VPIPE_ABANDON_OFFSET, &word); rd == -ESHUTDOWN) {
+                abandoned = "its channel is closed";
+                return rd;
+            } else if (rd < 0) {
                 abandoned = "its header cannot be read";
                 return -ECANCELED;
             }
