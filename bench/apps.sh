@@ -165,7 +165,7 @@ run_apps() {
      ! serve_wrapped lighttpd-vpipe 8086 VPIPE_MIN_OFFLOAD=262144 -- "$LIGHTTPD" -D -f "$(lighttpd_conf lighttpd-vpipe 8086 enable)" ||
      ! start backend vm2 "$B/vpipe-httpd" --mode sendfile --port 8090 --root "$M2" ||
      ! serve_wrapped pound-stock 9085 VPIPE_MIN_OFFLOAD=262144 -- "$POUND" -F -f "$(pound_conf pound-stock 9085)" ||
-     ! serve_wrapped pound-vpipe 9086 POUND_VPIPE=1 VPIPE_MIN_OFFLOAD=262144 -- "$POUND" -F -f "$(pound_conf pound-vpipe 9086)"; then
+     ! serve_wrapped pound-vpipe 9086 POUND_VPIPE=1 POUND_VPIPE_VERBOSE=1 VPIPE_MIN_OFFLOAD=262144 -- "$POUND" -F -f "$(pound_conf pound-vpipe 9086)"; then
     bench_down
     rm -rf "$APPS_SHM"
     return 1
@@ -301,7 +301,7 @@ apps_summary() {
       echo
     fi
     if [ -s "$TMPD/apps_pound" ]; then
-      echo "Pound's vPipe log lines during the run (POUND_VPIPE=1; numbers as N; count):"
+      echo "Pound's vPipe log lines during the run (POUND_VPIPE=1 POUND_VPIPE_VERBOSE=1; numbers as N; count):"
       echo
       sed 's/^/    /' "$TMPD/apps_pound"
       echo
