@@ -27,8 +27,10 @@
 #                                  --quick 60): exits non-zero when it did not pass
 #   bench/run.sh profile           only the profiles (profile/: ss, strace, perf of the losses)
 #   bench/run.sh summary           only re-plot and rewrite SUMMARY.md from the CSVs
-#   bench/run.sh [--quick] xen     real Xen under QEMU (bench/xen.sh: xen.csv, XEN.md; ~30 min,
-#                                  --quick ~6 min); boots QEMU: run it under the lab lock
+#   bench/run.sh [--quick] xen     real Xen under QEMU (bench/xen.sh: xen.csv, XEN.md, xen_fig4.png;
+#                                  both schedulers x both neighbour loads, busy loops and
+#                                  lookbusy-like: ~90 min, --quick ~6 min); boots QEMU: run it
+#                                  under the lab lock
 # --quick: fewer conditions, sizes and repetitions (a smoke run of every code path, ~6 min).
 # Environment: BUILD_DIR (default build, built with scripts/build.sh; any other dir is built
 # with cmake --build), FIG4_MIB (512), REPS (2: repetitions with the unlimited link), REPS_LINK (1);

@@ -244,7 +244,9 @@ summary() {
         echo
         echo "The VM under test and K busy neighbour domUs share one physical CPU, dom0 has the other;"
         echo "every ratio below is taken within one run (the full tables, the native dom0 control and what"
-        echo "TCG distorts are in XEN.md). The lab's models follow."
+        echo "TCG distorts are in XEN.md; the plot is [xen_fig4.png](xen_fig4.png)). Columns SCHED are neighbours"
+        echo "that loop without sleeping; SCHED/duty:PCT:MS lookbusy-like ones (PCT % busy in every MS ms, as"
+        echo "the paper's). The lab's models follow."
         echo
         sed -n '/^## Targets/,/^Rows with ok=0/p' "$R/XEN.md" | sed '1d;$d'
       fi

@@ -155,6 +155,8 @@ build_domU() {
   copy_bin "$U" "$BUILD/lib/libvpipe-preload.so" /usr/lib/vpipe/libvpipe-preload.so
   # the stress role's probe (static: every start sets its TLS up itself)
   gcc -O2 -static -Wall -Werror -o "$U/usr/bin/tlscheck" "$XEN_DIR/tlscheck.c" || die "tlscheck.c does not build"
+  # the bench's lookbusy-like neighbour (role burn with vpipe_load=duty:PCT:PERIOD_MS)
+  gcc -O2 -static -Wall -Werror -o "$U/usr/bin/dutyloop" "$XEN_DIR/dutyloop.c" || die "dutyloop.c does not build"
   strip_project "$U" "$BUILD" /usr/bin/cp-vpipe /usr/bin/vpipe-httpd /usr/bin/vpipe-proxy /usr/lib/vpipe/libvpipe-preload.so
   cp "$XEN_DIR/domU-init.sh" "$U/init"
   cp "$XEN_DIR/domU-scenario.sh" "$U/scenario.sh"

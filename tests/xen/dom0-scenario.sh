@@ -39,7 +39,7 @@ name = "$1"
 type = "pv"
 kernel = "/guests/vmlinuz"
 ramdisk = "/guests/domU.cpio"
-extra = "console=hvc0 loglevel=4 vpipe_role=$2 vpipe_ip=$DOMU_IP vpipe_client=$CLIENT_IP"
+extra = "console=hvc0 loglevel=4 vpipe_role=$2 vpipe_ip=$DOMU_IP vpipe_client=$CLIENT_IP${BENCH_LOAD:+ vpipe_load=$BENCH_LOAD}"
 vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
@@ -425,7 +425,7 @@ fi
 vcpu_time() { xl vcpu-list "$1" 2>/dev/null | awk 'NR > 1 { t += $6 } END { printf "%.1f", t }'; }
 BN=0
 bench_line() {  # bench_line OP MODE K REP SECS TTFB BYTES G0 G1 D0 D1 OK
-  echo "VPIPE-XEN BENCH sched=$SCHED neighbours=$3 op=$1 mode=$2 rep=$4 secs=$5 ttfb=$6 bytes=$7" \
+  echo "VPIPE-XEN BENCH sched=$SCHED load=$LOAD neighbours=$3 op=$1 mode=$2 rep=$4 secs=$5 ttfb=$6 bytes=$7" \
        "guest_cpu_s=$(echo "$9 $8" | awk '{printf "%.1f", $1-$2}') dom0_cpu_s=$(echo "${11} ${10}" | awk '{printf "%.1f", $1-$2}') ok=${12}"
 }
 bench_xfer() {  # bench_xfer OP MODE K REP
@@ -459,6 +459,11 @@ BENCH_SET="f2s:vpipe f2s:sendfile f2s:rw s2f:vpipe s2f:sendfile s2f:rw s2s:vpipe
 if [ "$MODE" = bench ]; then
   SCHED=$(xl info | sed -n 's/^xen_scheduler *: //p')
   KS=$(karg vpipe_bench_neighbours | grep . || echo 0:2)
+  # the neighbours' load (burn: never sleeps; duty:PCT:PERIOD_MS: lookbusy-like), passed to
+  # their kernels by mkcfg
+  LOAD=$(karg vpipe_bench_load | grep . || echo burn)
+  case $LOAD in burn|duty:[0-9]*:[0-9]*) ;; *) ck bench-load FAIL "vpipe_bench_load=$LOAD: burn or duty:PCT:PERIOD_MS"; result ;; esac
+  [ "$LOAD" = burn ] || BENCH_LOAD=$LOAD
   REPS=$(karg vpipe_bench_reps | grep . || echo 3)
   PCPU=$(shared_pcpu)
   xl vcpu-pin Domain-0 0 0

@@ -15,7 +15,8 @@
 #             client's server in vPipe (:9003) and splice (:9004) mode; drops its page cache
 #             whenever dom0 asks (data/cmd/drop)
 #   burn      no vPipe, no disk, no network: a busy loop until dom0 destroys it (a CPU-bound
-#             neighbour for bench/xen.sh)
+#             neighbour for bench/xen.sh), or with vpipe_load=duty:PCT:PERIOD_MS a lookbusy-like
+#             load that sleeps the rest of each period (dutyloop)
 #   shell     vpipe.ko connects, xvda mounted, then a shell on the console (developers)
 # Results go to xenstore (dom0 reads and prints them): data/check/<name> = "OK (...)"|"FAIL (...)",
 # data/ready = 1 when servers listen, data/end = "<n> checks, <m> failed" at the end. dom0 -> domU: data/cmd/<name>.
@@ -250,7 +251,13 @@ bench)
   umount_disk
   finish ;;
 burn)
+  # vpipe_load=duty:PCT:PERIOD_MS: lookbusy-like, computing PCT % of every period and asleep the
+  # rest (tests/xen/dutyloop.c); otherwise (burn) a loop that never sleeps
+  load=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^vpipe_load=//p' | tail -1)
   xenstore-write "$XS/ready" 1
+  case $load in
+    duty:*:*) p=${load#duty:}; say "neighbour load: dutyloop ${p%%:*}% of ${p#*:} ms"; exec dutyloop "${p%%:*}" "${p#*:}" ;;
+  esac
   while :; do :; done ;;
 shell)
   # for developers (xl create -c): the module loaded and connected, xvda on /mnt, then a shell

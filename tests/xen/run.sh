@@ -11,7 +11,7 @@
 #   --stress         the stress check only (domUs sharing one physical CPU; the full suite's
 #                    first step)
 #   --bench          bench/xen.sh's transfers under contention (BENCH_NEIGHBOURS=0:2,
-#                    BENCH_REPS=3; ctest's xen_bench_smoke runs one round with 0 and 1)
+#                    BENCH_REPS=3, BENCH_LOAD=burn|duty:PCT:PERIOD_MS: the neighbours' load; ctest's xen_bench_smoke runs one round with 0 and 1)
 #   --shell          set dom0 up, then a shell on the serial console (Ctrl-a x quits QEMU)
 #   --quick          re-pack the initramfs (and rebuild vpipe.ko) only; kernels/disks reused
 #   --no-build       boot the images as they are
@@ -96,6 +96,7 @@ DOM0_CMD="console=hvc0 earlyprintk=xen loglevel=4 rootfstype=ramfs vpipe_xen=$MO
 [ -n "${STRESS_SECS:-}" ] && DOM0_CMD+=" vpipe_stress_secs=$STRESS_SECS"
 [ -n "${BENCH_NEIGHBOURS:-}" ] && DOM0_CMD+=" vpipe_bench_neighbours=$BENCH_NEIGHBOURS"
 [ -n "${BENCH_REPS:-}" ] && DOM0_CMD+=" vpipe_bench_reps=$BENCH_REPS"
+[ -n "${BENCH_LOAD:-}" ] && DOM0_CMD+=" vpipe_bench_load=$BENCH_LOAD"
 QEMU_CPU=${QEMU_CPU:-max}
 QEMU=(qemu-system-x86_64 -accel tcg -cpu "$QEMU_CPU" -m "$MEM" -smp "$SMP"
   -nographic -monitor none -no-reboot
