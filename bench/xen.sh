@@ -46,34 +46,33 @@ CSV=$R/xen.csv
 mkdir -p "$R"
 TMPD=$(mktemp -d /tmp/vpipe-xenbench-XXXXXX)
 trap 'rm -rf "$TMPD"' EXIT
+: > "$TMPD/new.csv"   # the rows measured now, run after run
 HDR=sched,neighbours,op,mode,rep,secs,ttfb_s,mib_s,guest_cpu_s,dom0_cpu_s,ok,qemu_cpu,date
 
 first=1
 [ $REPORT = 1 ] && XEN_SCHEDS=""
 runs=()
 for load in $BENCH_LOADS; do for sched in $XEN_SCHEDS; do runs+=("$sched $load"); done; done
-[ $REPORT = 1 ] && runs=()
 for run in "${runs[@]}"; do
   read -r sched load <<< "$run"
-  name=$(label "$sched" "$load" | tr '/:' '--')
   xa=""; [ "$sched" = credit2 ] || xa="sched=$sched"
   build=--no-build; [ $first = 1 ] && build=--quick
   first=0
   echo "bench/xen.sh: $sched, neighbours ${BENCH_NEIGHBOURS//:/ and } ($load), $BENCH_REPS repetition(s)" >&2
-  BENCH_LOAD=$load XEN_ARGS=$xa tests/xen/run.sh --build-dir "$BUILD_DIR" --bench $build --timeout 3600 > "$TMPD/$name.out" 2>&1 ||
-    { tail -30 "$TMPD/$name.out" >&2; echo "bench/xen.sh: the $sched ($load) run failed (see $BUILD_DIR/xen/serial.log)" >&2; exit 1; }
-  cp "$BUILD_DIR/xen/serial.log" "$TMPD/$name.log"
+  BENCH_LOAD=$load XEN_ARGS=$xa tests/xen/run.sh --build-dir "$BUILD_DIR" --bench $build --timeout 3600 > "$TMPD/run.out" 2>&1 ||
+    { tail -30 "$TMPD/run.out" >&2; echo "bench/xen.sh: the $sched ($load) run failed (see $BUILD_DIR/xen/serial.log)" >&2; exit 1; }
   sed -n 's/^qemu -cpu \([^;]*\);.*/\1/p' "$BUILD_DIR/xen/summary.txt" | head -1 > "$TMPD/qemu_cpu"
   # VPIPE-XEN BENCH sched=S load=L neighbours=K op=O mode=M rep=R secs=T ttfb=F bytes=B guest_cpu_s=G dom0_cpu_s=D ok=1
-  grep -a 'VPIPE-XEN BENCH ' "$TMPD/$name.log" | sed 's/.*VPIPE-XEN BENCH //' |
+  grep -a 'VPIPE-XEN BENCH ' "$BUILD_DIR/xen/serial.log" | sed 's/.*VPIPE-XEN BENCH //' |
     awk -v cpu="$(cat "$TMPD/qemu_cpu")" -v d="$(date -u +%Y-%m-%dT%H:%MZ)" '{
       gsub(/\r/, "")   # line ends of the serial console
       for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
       s = v["sched"]; if (v["load"] != "" && v["load"] != "burn") s = s "/" v["load"]
       printf "%s,%s,%s,%s,%s,%s,%s,%.2f,%s,%s,%s,%s,%s\n", s, v["neighbours"], v["op"], v["mode"], v["rep"],
              v["secs"], v["ttfb"], (v["secs"] > 0 ? v["bytes"] / 1048576 / v["secs"] : 0), v["guest_cpu_s"],
-             v["dom0_cpu_s"], v["ok"], cpu, d }' > "$TMPD/$name.csv"
-  [ -s "$TMPD/$name.csv" ] || { echo "bench/xen.sh: no BENCH lines in the $sched ($load) run" >&2; exit 1; }
+             v["dom0_cpu_s"], v["ok"], cpu, d }' > "$TMPD/run.csv"
+  [ -s "$TMPD/run.csv" ] || { echo "bench/xen.sh: no BENCH lines in the $sched ($load) run" >&2; exit 1; }
+  cat "$TMPD/run.csv" >> "$TMPD/new.csv"
 done
 
 # replace the rows of the schedulers measured now, keep the others
@@ -84,7 +83,7 @@ if [ $REPORT = 0 ]; then
     labels=" "; for run in "${runs[@]}"; do labels+="$(label $run) "; done
     tail -n +2 "$CSV" | awk -F, -v s="$labels" 'index(s, " " $1 " ") == 0'
   fi
-  for run in "${runs[@]}"; do cat "$TMPD/$(label $run | tr '/:' '--').csv"; done
+  cat "$TMPD/new.csv"
 } > "$TMPD/all.csv"
 mv "$TMPD/all.csv" "$CSV"
 fi

@@ -251,22 +251,21 @@ def plot(png, scheds, ks, med):
     panels = [("f2s", "sendfile", "file -> socket: sendfile / vPipe", 3),
               ("s2s", "splice", "socket -> socket: splice proxy / vPipe", 2),
               ("s2f", "rw", "socket -> file: recv+pwrite+fdatasync / vPipe", 2)]
-    import tempfile, os
-    d = tempfile.mkdtemp(prefix="vpipe-xenplot-")
     gp = [f'set terminal pngcairo size 1500,480 font ",10"', f'set output "{png}"',
           'set multiplot layout 1,3 title "vPipe on real Xen 4.17 (QEMU TCG): improvement over the guest path, K busy neighbours on the VM physical CPU"',
           'set xlabel "busy neighbour domUs (K)"', 'set ylabel "time ratio (higher: vPipe faster)"',
           'set key top left', 'set grid', 'set xrange [-0.3:3.3]', 'set xtics 0,1,3', 'set yrange [0:*]']
-    for op, mode, title, target in panels:
+    for p, (op, mode, title, target) in enumerate(panels):
         plots = []
         for i, s in enumerate(scheds):
-            f = os.path.join(d, f"{op}-{i}.dat")
-            with open(f, "w") as fh:
-                for k in ks(s):
-                    c, v = med(s, k, op, mode), med(s, k, op, "vpipe")
-                    if c is not None and v:
-                        fh.write(f"{k} {c / v:.3f}\n")
-            plots.append(f'"{f}" using 1:2 with linespoints lw 2 title "{s}"')
+            # the points inline (gnuplot's datablocks): no files to clean up
+            gp.append(f"$d{p}_{i} << EOD")
+            for k in ks(s):
+                c, v = med(s, k, op, mode), med(s, k, op, "vpipe")
+                if c is not None and v:
+                    gp.append(f"{k} {c / v:.3f}")
+            gp.append("EOD")
+            plots.append(f'$d{p}_{i} using 1:2 with linespoints lw 2 title "{s}"')
         plots.append(f'{target} with lines dt 2 lc rgb "black" title "target {target}x"')
         plots.append('1 with lines dt 3 lc rgb "gray" title "equal"')
         gp += [f'set title "{title}"', "plot " + ", ".join(plots)]
